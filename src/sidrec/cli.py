@@ -1,0 +1,236 @@
+"""The ``sidrec`` command line. Sub-commands follow the flow of data (see docs/architecture.md).
+
+Every user-fixable problem surfaces as one line on stderr and exit code 2 (no traceback); set
+``SIDREC_DEBUG=1`` to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sidrec.errors import SidrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Generative recommendation with semantic IDs (TIGER, DIGER, ACERec, DREAM, SASRec).")
+data_app = typer.Typer(no_args_is_help=True, help="Read, convert and inspect datasets.")
+app.add_typer(data_app, name="data")
+out = Console()
+
+ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", "-c", help="YAML config file(s), applied in order")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.lr=3e-4 method=tiger")]
+
+
+def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[int]) -> Table:
+    t = Table(title=title)
+    for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")]:
+        t.add_column(col, justify="right" if col not in ("model", "subset") else "left")
+    for name, m in rows:
+        for sub in ("all", "warm", "cold"):
+            if sub in m:
+                r = m[sub]
+                t.add_row(name, sub, str(r["n_users"]),
+                          *[f"{r[f'{x}@{k}']:.4f}" for k in ks for x in ("recall", "ndcg")])
+    return t
+
+
+@data_app.command("prepare")
+def data_prepare(
+    input: Annotated[str, typer.Argument(help="raw dataset path (file or folder), or 'synthetic'")],
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="prepared dataset folder")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="auto|s3rec|lcrec|recbole|amazon|tabular")] = "auto",
+    kcore: Annotated[int, typer.Option(help="k-core filter (0 = keep as given)")] = 0,
+    name: Annotated[str, typer.Option(help="dataset name (default: folder name)")] = "",
+    cold_threshold: Annotated[int, typer.Option(help="cold = target with <= this many training interactions")] = 5,
+) -> None:
+    """Read a dataset in any supported format, report its statistics, and save it as Parquet."""
+    from sidrec.data.formats import load_dataset
+    from sidrec.data.protocol import LeaveOneOut
+
+    ds = load_dataset(input, fmt, name, kcore)
+    _print_stats(ds, cold_threshold)
+    dest = output or Path("data_prepared") / ds.name
+    ds.save(dest)
+    out.print(f"saved prepared dataset to [bold]{dest}[/]")
+    _ = LeaveOneOut
+
+
+def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
+    from sidrec.data.protocol import LeaveOneOut
+
+    s = ds.stats()
+    loo = LeaveOneOut.from_dataset(ds, 50, cold_threshold)
+    s["test_users"] = loo.subset_counts("test")
+    s["valid_users"] = loo.subset_counts("valid")
+    t = Table(title=f"dataset {ds.name}")
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+    t.add_row("users", f"{s['users']:,}")
+    t.add_row("items", f"{s['items']:,}")
+    t.add_row("interactions", f"{s['interactions']:,}")
+    t.add_row("sequence length min/mean/max", f"{s['seq_len_min']} / {s['seq_len_mean']:.2f} / {s['seq_len_max']}")
+    t.add_row("item fields", ", ".join(s["item_fields"]) or "-")
+    for split in ("test", "valid"):
+        c = s[f"{split}_users"]
+        t.add_row(f"{split} users cold / warm (<= {cold_threshold})", f"{c['cold']:,} / {c['warm']:,}")
+    if "filter" in s:
+        f = s["filter"]
+        t.add_row(f"{f['kcore']}-core removed users / items / interactions",
+                  f"{f['users_removed']:,} / {f['items_removed']:,} / {f['interactions_removed']:,} ({f['rounds']} rounds)")
+    out.print(t)
+    return s
+
+
+@data_app.command("stats")
+def data_stats(
+    input: Annotated[str, typer.Argument(help="dataset path (raw or prepared) or 'synthetic'")],
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    kcore: int = 0,
+    cold_threshold: int = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Print users, items, interactions, sequence lengths and cold/warm test-user counts."""
+    from sidrec.data.formats import load_dataset
+
+    ds = load_dataset(input, fmt, "", kcore)
+    if as_json:
+        from sidrec.data.protocol import LeaveOneOut
+
+        s = ds.stats()
+        s["test_users"] = LeaveOneOut.from_dataset(ds, 50, cold_threshold).subset_counts("test")
+        print(json.dumps(s, indent=2))
+    else:
+        _print_stats(ds, cold_threshold)
+
+
+@app.command()
+def embed(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="write the (n_items, d) array here")] = None,
+) -> None:
+    """Compute (or fetch from cache) item feature vectors: text embeddings or attribute SVD."""
+    from sidrec.config import load_config
+    from sidrec.features import item_features
+    from sidrec.io import save_npy
+    from sidrec.pipeline import dataset_from_config
+
+    cfg = load_config(config, overrides)
+    ds = dataset_from_config(cfg)
+    t0 = time.time()
+    emb = item_features(cfg.features, ds)
+    dest = output or Path(cfg.features.cache_dir) / f"{ds.name}.npy"
+    save_npy(dest, emb)
+    out.print(f"{ds.name}: {emb.shape[0]:,} items x {emb.shape[1]} dims in {time.time() - t0:.1f}s -> {dest}")
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in run_dir from its last checkpoint")] = False,
+    run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
+) -> None:
+    """Train a method (method=sasrec|...) on a dataset; writes a run directory with metrics.json."""
+    from sidrec.config import load_config
+    from sidrec.pipeline import train as run_train
+    from sidrec.training import distributed as D
+
+    ov = list(overrides or [])
+    if run_dir:
+        ov.append(f"run_dir={run_dir}")
+    cfg = load_config(config, ov)
+    res = run_train(cfg, resume=resume)
+    if D.is_main():
+        out.print(_metrics_table(f"{cfg.method} - test", [(cfg.method, res["test"]),
+                                                        ("popularity", res["popularity_test"])], [10, 50]))
+        out.print(f"run directory: [bold]{cfg.run_dir}[/]")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="a run directory written by 'sidrec train'")],
+    split: Annotated[str, typer.Option(help="valid | test | both")] = "test",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-evaluate a trained run's best checkpoint (full-catalogue ranking)."""
+    from sidrec.pipeline import evaluate as run_eval
+
+    splits = ("valid", "test") if split == "both" else (split,)
+    if any(s not in ("valid", "test") for s in splits):
+        raise SidrecError(f"--split must be valid, test or both, got '{split}'")
+    res = run_eval(run, splits)
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        for s in splits:
+            out.print(_metrics_table(f"{run} - {s}", [(s, res[s])], [5, 10, 20, 50]))
+
+
+@app.command()
+def recommend(
+    run: Annotated[Path, typer.Argument(help="a run directory")],
+    user: Annotated[str, typer.Option("--user", "-u", help="original user id")],
+    k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
+) -> None:
+    """Recommend the next items for a user (original ids), from their whole history."""
+    from sidrec.pipeline import recommend as run_rec
+
+    if k <= 0:
+        raise SidrecError("-k must be positive")
+    t = Table(title=f"top-{k} for user {user}")
+    t.add_column("rank", justify="right")
+    t.add_column("item")
+    t.add_column("score", justify="right")
+    for r, (item, score) in enumerate(run_rec(run, user, k), 1):
+        t.add_row(str(r), item, f"{score:.4f}")
+    out.print(t)
+
+
+@app.command()
+def quickstart(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="where the runs go")] = Path("runs/quickstart"),
+    users: Annotated[int, typer.Option(help="synthetic users")] = 3000,
+    items: Annotated[int, typer.Option(help="synthetic items")] = 600,
+) -> None:
+    """Run the main job end to end on the embedded synthetic dataset (no files, no network)."""
+    from sidrec.quickstart import run_quickstart
+
+    run_quickstart(run_dir, users, items, console=out)
+
+
+def main() -> None:
+    """Console entry point: user errors -> one line on stderr, exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except SidrecError as exc:
+        if os.environ.get("SIDREC_DEBUG"):
+            raise
+        print(f"sidrec: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("sidrec: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Typed configuration: dataclass schema, YAML layers and dotted command-line overrides.
+
+Why a typed schema instead of free dictionaries: a typo such as ``train.lr_rate=1e-3`` must fail loudly
+(naming ``train.lr``) instead of being silently ignored, and a wrong type (``train.epochs=ten``) must fail
+before an hour of training. Layers are merged in order: schema defaults -> YAML files (each may name a
+``base`` file it extends) -> ``key.sub=value`` overrides. The resolved config is saved in every run
+directory so a run can be reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidrec.errors import SidrecError
+
+
+@dataclass
+class DataConfig:
+    """Where the interactions come from and how they are split."""
+
+    path: str = "synthetic"  # a raw dataset path, a prepared directory, or "synthetic"
+    format: str = "auto"  # s3rec | lcrec | recbole | amazon | tabular | prepared | auto
+    name: str = ""  # display name; defaults to the folder name
+    max_len: int = 50  # history truncation (most recent items kept)
+    cold_threshold: int = 5  # a target is cold when it has <= this many training interactions
+    kcore: int = 0  # k-core filtering for raw review dumps (0 = as given)
+    synthetic_users: int = 3000
+    synthetic_items: int = 600
+    synthetic_seed: int = 7
+
+
+@dataclass
+class FeaturesConfig:
+    """Item content -> dense vectors."""
+
+    kind: str = "auto"  # auto | text | attributes | npy
+    model: str = "all-MiniLM-L6-v2"  # sentence-transformers name or path; the default loads offline
+    template: str = "{title}. Brand: {brand}. Categories: {categories}."
+    npy_path: str = ""  # precomputed (n_items, d) array when kind == npy
+    svd_dim: int = 128  # attribute features: TF-IDF -> truncated SVD dimension
+    batch_size: int = 128
+    cache_dir: str = ".cache/sidrec/features"
+
+
+@dataclass
+class TrainConfig:
+    """The shared trainer (all models)."""
+
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    bf16: bool = False
+    patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
+    eval_every: int = 1
+    eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
+    max_minutes: float = 0.0  # 0 = no wall-clock budget
+    threads: int = 0  # torch intra-op threads, 0 = library default
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Full-catalogue ranking metrics."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    exclude_history: bool = False  # mask items already in the history (off: pure full-catalogue ranking)
+    batch_size: int = 1024
+    buckets: list[int] = field(default_factory=lambda: [5, 10, 15, 20])  # upper bounds; last bucket is >20
+
+
+@dataclass
+class SASRecConfig:
+    """ID-based causal Transformer baseline (full-softmax cross-entropy, tied output embeddings)."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.3
+    emb_dropout: float = 0.3
+
+
+@dataclass
+class Config:
+    """The whole run configuration; one section per component."""
+
+    method: str = "sasrec"
+    seed: int = 42
+    run_dir: str = ""  # default: runs/<dataset>-<method>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form section for experiments
+
+
+# Sections added by later components register themselves here (name -> dataclass type) so that the
+# loader validates them like built-in sections.
+_EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Add a typed config section (used by tokenizer / model packages)."""
+    _EXTRA_SECTIONS[name] = cls
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        t = _resolve(cls, f.name)
+        name = f"{prefix}{f.name}"
+        keys.append(name)
+        if dataclasses.is_dataclass(t):
+            keys.extend(_all_keys(t, name + "."))
+    if cls is Config:
+        for sec, scls in _EXTRA_SECTIONS.items():
+            keys.append(f"{prefix}{sec}")
+            keys.extend(_all_keys(scls, f"{prefix}{sec}."))
+    return keys
+
+
+def _resolve(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _unknown_key(key: str) -> SidrecError:
+    valid = _all_keys(Config)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return SidrecError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one value against its declared type; raise a SidrecError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is Any:
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise SidrecError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SidrecError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise SidrecError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise SidrecError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise SidrecError(f"config key '{key}': expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SidrecError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise SidrecError(f"config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Recursively set fields of dataclass ``obj`` from a nested dict, validating keys and types."""
+    if not isinstance(data, dict):
+        raise SidrecError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(obj, Config) and key in _EXTRA_SECTIONS:
+            section = obj.extra_sections().setdefault(key, _EXTRA_SECTIONS[key]())
+            _apply(section, value or {}, full + ".")
+            continue
+        if key not in names:
+            raise _unknown_key(full)
+        tp = _resolve(type(obj), key)
+        if dataclasses.is_dataclass(tp):
+            _apply(getattr(obj, key), value or {}, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, tp, full))
+
+
+def _extra_sections(self: Config) -> dict[str, Any]:
+    if not hasattr(self, "_sections"):
+        object.__setattr__(self, "_sections", {})
+    return self._sections  # type: ignore[attr-defined]
+
+
+def _section(self: Config, name: str) -> Any:
+    """Typed access to a registered section, created with defaults when the config never named it."""
+    if name not in _EXTRA_SECTIONS:
+        raise KeyError(name)
+    return self.extra_sections().setdefault(name, _EXTRA_SECTIONS[name]())
+
+
+Config.extra_sections = _extra_sections  # type: ignore[attr-defined]
+Config.section = _section  # type: ignore[attr-defined]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML (so 3e-4, true, [5,10] work)."""
+    if "=" not in text:
+        raise SidrecError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_float(value):
+        value = float(value)
+    return key, value
+
+
+def _looks_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c in s.lower() for c in "e.") and not s.lower().startswith(("inf", "nan"))
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    parts = key.split(".")
+    out: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
+    path = path.resolve()
+    if path in seen:
+        raise SidrecError(f"{path}: config 'base' chain loops back to this file")
+    seen.add(path)
+    if not path.exists():
+        raise SidrecError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise SidrecError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SidrecError(f"{path}: a config file must be a mapping of sections")
+    layers: list[dict[str, Any]] = []
+    base = data.pop("base", None)
+    for b in [base] if isinstance(base, str) else (base or []):
+        layers.extend(_read_yaml((path.parent / b), seen))
+    layers.append(data)
+    return layers
+
+
+def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from YAML files and ``key=value`` overrides (applied in order)."""
+    cfg = Config()
+    for f in files or []:
+        for layer in _read_yaml(Path(f), set()):
+            _apply(cfg, layer)
+    for ov in overrides or []:
+        key, value = parse_override(ov)
+        _apply(cfg, _nest(key, value))
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the resolved config, including registered sections."""
+    d = dataclasses.asdict(cfg)
+    for name, sec in cfg.extra_sections().items():  # type: ignore[attr-defined]
+        d[name] = dataclasses.asdict(sec)
+    return d
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from sidrec.io import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,108 @@
+"""The leave-one-out protocol, cold/warm subsets and frequency buckets (METHODS.md section 0).
+
+For each user with at least 3 items: the last item is the test target, the second-to-last the validation
+target, everything before is training data. Validation histories are the training items; test histories
+also contain the validation item (the standard TIGER / SASRec protocol). Item frequencies are counted on
+the *training portion only*, so a test target that appears only as other users' test targets is cold
+(frequency 0), never warm by leakage. Users with fewer than 3 items contribute to training only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sidrec.data.dataset import Dataset
+
+
+@dataclass
+class EvalSet:
+    """One evaluation split: per user a (truncated) history and the single target item."""
+
+    split: str
+    users: np.ndarray  # user indices
+    histories: list[np.ndarray]  # most recent ``max_len`` items, time order
+    targets: np.ndarray  # item indices
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, idx: np.ndarray) -> EvalSet:
+        return EvalSet(self.split, self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
+
+    def padded_histories(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
+        """Left-padded (B, L) tensor of item indices; ``pad`` marks empty slots."""
+        hs = self.histories if idx is None else [self.histories[i] for i in idx]
+        return left_pad(hs, pad)
+
+
+def left_pad(seqs: list[np.ndarray], pad: int = -1, length: int | None = None) -> torch.Tensor:
+    """Stack variable-length sequences right-aligned (the most recent item in the last column)."""
+    n = max((len(s) for s in seqs), default=0) if length is None else length
+    out = np.full((len(seqs), max(n, 1)), pad, dtype=np.int64)
+    for r, s in enumerate(seqs):  # one memcpy per row; sequences are short
+        if len(s):
+            s = s[-n:]
+            out[r, n - len(s):] = s
+    return torch.from_numpy(out)
+
+
+@dataclass
+class LeaveOneOut:
+    """Training sequences, validation and test sets, and training item frequencies."""
+
+    n_items: int
+    max_len: int
+    train: list[np.ndarray]  # per user, full training portion (not truncated; models truncate)
+    valid: EvalSet
+    test: EvalSet
+    item_freq: np.ndarray  # interactions per item in the training portion
+    cold_threshold: int = 5
+    users_too_short: int = 0
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, max_len: int = 50, cold_threshold: int = 5) -> LeaveOneOut:
+        lens = ds.lengths
+        seqs = ds.sequences()
+        ok = np.flatnonzero(lens >= 3)
+        train = [s[:-2] if lens[u] >= 3 else s for u, s in enumerate(seqs)]
+        valid = EvalSet("valid", ok, [seqs[u][:-2][-max_len:] for u in ok],
+                        np.array([seqs[u][-2] for u in ok], dtype=np.int64))
+        test = EvalSet("test", ok, [seqs[u][:-1][-max_len:] for u in ok],
+                       np.array([seqs[u][-1] for u in ok], dtype=np.int64))
+        flat_train = np.concatenate(train) if train else np.zeros(0, dtype=np.int64)
+        freq = np.bincount(flat_train, minlength=ds.n_items).astype(np.int64)
+        return cls(ds.n_items, max_len, train, valid, test, freq, cold_threshold, int((lens < 3).sum()))
+
+    def split(self, name: str) -> EvalSet:
+        if name not in ("valid", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        return self.valid if name == "valid" else self.test
+
+    def is_cold(self, items: np.ndarray) -> np.ndarray:
+        return self.item_freq[items] <= self.cold_threshold
+
+    def cold_items(self) -> np.ndarray:
+        return np.flatnonzero(self.item_freq <= self.cold_threshold)
+
+    def subset_counts(self, split: str = "test") -> dict[str, int]:
+        es = self.split(split)
+        cold = self.is_cold(es.targets)
+        return {"all": len(es), "cold": int(cold.sum()), "warm": int((~cold).sum())}
+
+
+def bucket_labels(edges: list[int]) -> list[str]:
+    """Names of the frequency buckets for upper bounds ``edges`` (e.g. [5,10,15,20] -> 0-5 ... >20)."""
+    labels, lo = [], 0
+    for e in edges:
+        labels.append(f"{lo}-{e}")
+        lo = e + 1
+    labels.append(f">{edges[-1]}")
+    return labels
+
+
+def bucket_of(freq: np.ndarray, edges: list[int]) -> np.ndarray:
+    """Bucket index of each frequency: ``freq <= edges[0]`` -> 0, ..., ``> edges[-1]`` -> len(edges)."""
+    return np.searchsorted(np.asarray(edges), freq, side="left")

@@ -1,0 +1,132 @@
+"""Full-catalogue evaluation with one relevant item per user.
+
+Everything reduces to the 1-based *rank* of each user's target item:
+Recall@K = [rank <= K], NDCG@K = 1/log2(rank+1) if rank <= K, MRR = 1/rank (0 when the target was not
+retrieved at all, e.g. not in a beam's top-K list). Ranks from a score matrix are exact over the whole
+catalogue with a deterministic tie-break: among equal scores the lower item index ranks first. This
+matters: a model that outputs constant scores must not look good because the target happened to win a
+tie. Sampled-candidate metrics are deliberately not offered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from sidrec.data.protocol import EvalSet, bucket_labels, bucket_of
+
+NOT_FOUND = np.iinfo(np.int64).max
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each target in its row of ``scores`` (B, N), ties broken by lower item index."""
+    scores = scores.float()
+    t = scores.gather(1, targets.view(-1, 1))
+    higher = (scores > t).sum(1)
+    idx = torch.arange(scores.shape[1], device=scores.device).view(1, -1)
+    tied_before = ((scores == t) & (idx < targets.view(-1, 1))).sum(1)
+    return (higher + tied_before + 1).long()
+
+
+def ranks_from_topk(topk: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Rank of each target inside its top-K list (B, K); ``NOT_FOUND`` when absent. -1 entries are padding."""
+    topk = np.asarray(topk)
+    targets = np.asarray(targets).reshape(-1, 1)
+    hit = topk == targets
+    found = hit.any(1)
+    pos = hit.argmax(1) + 1
+    return np.where(found, pos, NOT_FOUND).astype(np.int64)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """Mean Recall@K, NDCG@K and MRR over users."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    n = len(ranks)
+    for k in ks:
+        hit = ranks <= k
+        out[f"recall@{k}"] = float(hit.mean()) if n else 0.0
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()) if n else 0.0
+    found = ranks < NOT_FOUND
+    out["mrr"] = float(np.where(found, 1.0 / np.where(found, ranks, 1.0), 0.0).mean()) if n else 0.0
+    return out
+
+
+class Evaluator:
+    """Turns ranks (or scores, or top-K lists) of one :class:`EvalSet` into metrics per subset."""
+
+    def __init__(
+        self,
+        eval_set: EvalSet,
+        item_freq: np.ndarray,
+        ks: list[int] | None = None,
+        cold_threshold: int = 5,
+        bucket_edges: list[int] | None = None,
+    ) -> None:
+        self.eval_set = eval_set
+        self.ks = list(ks or [5, 10, 20, 50])
+        self.freq = item_freq[eval_set.targets]
+        self.cold = self.freq <= cold_threshold
+        self.bucket_edges = list(bucket_edges or [5, 10, 15, 20])
+        self.buckets = bucket_of(self.freq, self.bucket_edges)
+
+    def metrics(self, ranks: np.ndarray) -> dict[str, dict[str, Any]]:
+        """Metrics for all / warm / cold / each bucket, each with its number of users."""
+        ranks = np.asarray(ranks)
+        subsets: dict[str, np.ndarray] = {
+            "all": np.ones(len(ranks), dtype=bool),
+            "warm": ~self.cold,
+            "cold": self.cold,
+        }
+        for b, label in enumerate(bucket_labels(self.bucket_edges)):
+            subsets[f"bucket_{label}"] = self.buckets == b
+        out: dict[str, dict[str, Any]] = {}
+        for name, mask in subsets.items():
+            m: dict[str, Any] = metrics_from_ranks(ranks[mask], self.ks)
+            m["n_users"] = int(mask.sum())
+            out[name] = m
+        return out
+
+    def evaluate_scores(
+        self,
+        score_fn: Callable[[np.ndarray], torch.Tensor],
+        batch_size: int = 1024,
+        exclude_history: bool = False,
+        progress: Callable[[Any], Any] | None = None,
+    ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+        """Rank the full catalogue with ``score_fn(rows) -> (B, n_items)`` scores, batch by batch."""
+        n = len(self.eval_set)
+        ranks = np.empty(n, dtype=np.int64)
+        starts = range(0, n, batch_size)
+        for s in progress(starts) if progress else starts:
+            rows = np.arange(s, min(n, s + batch_size))
+            with torch.no_grad():
+                scores = score_fn(rows).float()
+            targets = torch.from_numpy(self.eval_set.targets[rows])
+            if exclude_history:
+                hist = self.eval_set.padded_histories(rows, pad=-1)
+                keep_target = hist != targets.view(-1, 1)
+                hist = torch.where(keep_target, hist, torch.full_like(hist, -1))
+                valid = hist >= 0
+                r = torch.arange(len(rows)).view(-1, 1).expand_as(hist)
+                scores[r[valid], hist[valid]] = float("-inf")
+            ranks[rows] = ranks_from_scores(scores, targets).numpy()
+        return self.metrics(ranks), ranks
+
+    def evaluate_topk(self, topk: np.ndarray | torch.Tensor) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+        """Metrics from per-user top-K lists of item indices (K >= max(ks) for exact Recall@max)."""
+        ranks = ranks_from_topk(topk, self.eval_set.targets)
+        return self.metrics(ranks), ranks
+
+
+def popularity_scores(item_freq: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
+    """The popularity ranker: every user gets the training-frequency order (the floor any model must beat)."""
+    base = torch.from_numpy(item_freq.astype(np.float32))
+
+    def score(rows: np.ndarray) -> torch.Tensor:
+        return base.view(1, -1).expand(len(rows), -1)
+
+    return score

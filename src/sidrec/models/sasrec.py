@@ -1,0 +1,63 @@
+"""SASRec: a causal Transformer over item ids, trained with full-softmax cross-entropy.
+
+Why this baseline is the strong version: TIGER's table reports SASRec trained with sampled binary
+cross-entropy. Trained with cross-entropy over the *whole catalogue* at every position and tied input /
+output embeddings it is far stronger, and every semantic-ID method in this library is judged against it.
+Initialisation matters: embeddings start at std d^-0.5 (METHODS.md section 1).
+
+Item index ``i`` is embedded as token ``i + 1``; token 0 is padding. Sequences are left-padded so the most
+recent item is always in the last column.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sidrec.config import SASRecConfig
+from sidrec.models.layers import Block, causal_padding_mask
+from sidrec.models.losses import full_softmax_ce
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, max_len: int, cfg: SASRecConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_items = n_items
+        self.max_len = max_len
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln = nn.LayerNorm(d)
+        nn.init.normal_(self.item_emb.weight, std=d**-0.5)
+        nn.init.normal_(self.pos_emb.weight, std=d**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded item indices (-1 = pad) -> (B, T, d) hidden states."""
+        valid = seq >= 0
+        t = seq.shape[1]
+        # positions count back from the most recent item, so they mean the same in every batch width
+        pos = torch.arange(t - 1, -1, -1, device=seq.device).clamp(max=self.max_len - 1)
+        x = self.item_emb(seq + 1) + self.pos_emb(pos).unsqueeze(0)
+        x = self.emb_drop(x) * valid.unsqueeze(-1)
+        mask = causal_padding_mask(valid)
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        return self.ln(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.item_emb.weight[1:].t()
+
+    def forward(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over all non-padded positions (every position predicts its next item)."""
+        h = self.encode(seq)
+        m = target >= 0
+        return full_softmax_ce(h[m], self.item_emb.weight[1:], target[m])
+
+    @torch.no_grad()
+    def score(self, seq: torch.Tensor) -> torch.Tensor:
+        """Scores of every catalogue item as the next item after each (left-padded) history."""
+        return self.logits(self.encode(seq)[:, -1])

@@ -1,0 +1,87 @@
+"""The ``tokenizer`` config section.
+
+One flat dataclass for every tokenizer kind: the options of a kind it does not use are ignored, so a user
+can switch ``tokenizer.kind`` on the command line without editing other keys. Each option says which
+kinds read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidrec.errors import SidrecError
+
+KINDS = ("rqkmeans", "rqvae", "opq", "pq")
+RQ_KINDS = ("rqkmeans", "rqvae")
+
+
+@dataclass
+class TokenizerConfig:
+    """Item embedding -> semantic ID settings (see docs/tokenizers.md)."""
+
+    kind: str = "rqkmeans"  # rqkmeans | rqvae | opq | pq
+    seed: int | None = None  # None: the run's top-level seed (pipeline) or 0 (build_tokenizer)
+
+    # residual tokenizers (rqkmeans, rqvae)
+    levels: int = 3
+    codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])  # one per level, or one for all
+
+    # collisions (all kinds)
+    collisions: str = "append"  # append: add a disambiguation code | refuse: raise on any shared SID
+    extra_code: str = "auto"  # always | if_needed | auto (= always for rq kinds, if_needed for opq/pq)
+    collision_codebook: int = 256  # size of the disambiguation level (largest group that can be resolved)
+
+    # rqkmeans
+    kmeans_iters: int = 25
+    balanced: bool = False  # capacity-constrained assignment: no code holds > ceil(n/K * balance_factor)
+    balance_factor: float = 1.1
+
+    # rqvae
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
+    latent_dim: int = 32
+    epochs: int = 300
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    beta: float = 0.25  # commitment weight
+    estimator: str = "ste"  # ste | gumbel | soft (quantiser gradient estimator)
+    tau: float = 1.0  # softmax temperature for gumbel / soft
+    noise_scale: float = 1.0  # Gumbel noise scale s (gumbel only; none in eval mode)
+    dead_code_steps: int = 20  # re-seed codes unused for this many steps (0 = never)
+    kmeans_init: bool = True  # initialise each level's codebook by k-means on the first batch's residuals
+    device: str = "cpu"
+    progress: bool = True
+
+    # opq / pq
+    subspaces: int = 32  # m
+    subspace_codes: int = 256  # K per subspace (faiss needs a power of two)
+    pca_dim: int = 0  # 0 = no PCA before the rotation
+    opq_iters: int = 25  # faiss OPQMatrix.niter (alternations of rotation / PQ fit)
+
+    # diagnostics
+    collapse_threshold: float = 0.1  # a level is 'collapsed' below this utilisation (or perplexity share)
+
+    def sizes(self) -> list[int]:
+        """Per-level codebook sizes of a residual tokenizer (a single size is used for every level)."""
+        sizes = list(self.codebook_sizes)
+        if self.levels < 1:
+            raise SidrecError(f"tokenizer.levels must be >= 1, got {self.levels}")
+        if len(sizes) == 1:
+            sizes = sizes * self.levels
+        if len(sizes) != self.levels:
+            raise SidrecError(
+                f"tokenizer.codebook_sizes has {len(sizes)} entries but tokenizer.levels={self.levels}; "
+                "give one size per level or a single size for all levels"
+            )
+        if any(k < 2 for k in sizes):
+            raise SidrecError(f"tokenizer.codebook_sizes must all be >= 2, got {sizes}")
+        return sizes
+
+    def appends_code(self, collided: bool) -> bool:
+        """Whether the resolved SIDs get a disambiguation code (TIGER's 4th code)."""
+        mode = self.extra_code
+        if mode == "auto":
+            mode = "always" if self.kind in RQ_KINDS else "if_needed"
+        if mode not in ("always", "if_needed"):
+            raise SidrecError(f"tokenizer.extra_code must be always, if_needed or auto, got '{self.extra_code}'")
+        return mode == "always" or collided

@@ -1,0 +1,247 @@
+"""The shared trainer: AdamW, warm-up + cosine, clipping, bf16 autocast, early stopping, checkpoints,
+exact resume, progress bars, ``log.jsonl``, optional TensorBoard, and DDP under ``torchrun``.
+
+A model plugs in through a :class:`Task`: it produces the epoch's batches (deterministically from the
+epoch number), computes the loss of one batch by calling the model's ``forward`` (so DDP can hook the
+gradients), and evaluates a split with the model's *real* inference procedure (beam search, holistic
+scoring, full softmax...). Early stopping watches validation NDCG@10; the best checkpoint is the one
+tested.
+
+Exact resume: batch order depends only on (seed, epoch); the torch RNG state (dropout) is saved with each
+end-of-epoch checkpoint together with optimizer and scheduler state, so a run killed mid-way and resumed
+with ``--resume`` produces the same numbers as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from sidrec.config import TrainConfig
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, write_json
+from sidrec.progress import make_progress
+from sidrec.training import distributed as D
+
+Metrics = dict[str, dict[str, Any]]
+
+
+class Task(Protocol):
+    """What the trainer needs from a model recipe."""
+
+    model: nn.Module
+
+    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        """All batches of one epoch, deterministic given the epoch number."""
+        ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss of one batch; must go through ``model(...)`` (which may be a DDP wrapper)."""
+        ...
+
+    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> Metrics:
+        """Metrics per subset on ``split`` ('valid' or 'test') with the real inference procedure."""
+        ...
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: TrainConfig, run_dir: str | Path, seed: int = 0,
+                 select_metric: str = "ndcg@10") -> None:
+        self.task = task
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.seed = seed
+        self.select_metric = select_metric
+        self.device = next(task.model.parameters()).device
+        self.distributed = D.init(self.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        params = [p for p in task.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        n0 = max(1, len(task.train_batches(0)) // D.world_size())
+        self.total_steps = max(1, n0 * cfg.epochs)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        self.model: nn.Module = task.model
+        if self.distributed:
+            self.model = nn.parallel.DistributedDataParallel(task.model)
+        self.epoch = 0
+        self.step = 0
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.tb = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_state(self) -> None:
+        if not D.is_main():
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.ckpt_dir / "last.safetensors") as tmp:
+            save_model(self.task.model, str(tmp))
+        state = {
+            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+        }
+        with atomic_path(self.ckpt_dir / "last.state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def _save_best(self) -> None:
+        if D.is_main():
+            with atomic_path(self.ckpt_dir / "best.safetensors") as tmp:
+                save_model(self.task.model, str(tmp))
+
+    def resume(self) -> bool:
+        """Restore the last end-of-epoch checkpoint; returns False when there is none."""
+        st_path = self.ckpt_dir / "last.state.pt"
+        if not st_path.exists():
+            return False
+        load_model(self.task.model, str(self.ckpt_dir / "last.safetensors"))
+        st = torch.load(st_path, weights_only=False)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["numpy_rng"])
+        self.epoch, self.step = st["epoch"], st["step"]
+        self.best, self.best_epoch, self.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
+        log = self.run_dir / "log.jsonl"
+        if log.exists() and D.is_main():  # drop entries written after the checkpoint we resume from
+            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= self.epoch]
+            with atomic_path(log) as tmp:
+                tmp.write_text("".join(k + "\n" for k in keep))
+        return True
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not D.is_main():
+            return
+        with open(self.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.tb.add_scalar(k, v, record.get("epoch", 0))
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until the epoch budget, early stopping or the wall-clock budget; returns a summary."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.resume():
+                raise SidrecError(f"{self.ckpt_dir}: nothing to resume (no last checkpoint)")
+        elif D.is_main():
+            (self.run_dir / "log.jsonl").write_text("")
+        if cfg.tensorboard and D.is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise SidrecError("train.tensorboard=true needs the 'tensorboard' package") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        start = time.time()
+        stop = self.bad_epochs >= cfg.patience
+        with make_progress(cfg.progress and D.is_main()) as prog:
+            ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
+            while self.epoch < cfg.epochs and not stop:
+                t0 = time.time()
+                batches = self.task.train_batches(self.epoch)
+                if self.distributed:
+                    per = len(batches) // D.world_size()
+                    batches = batches[D.rank()::D.world_size()][:per]
+                self.model.train()
+                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), info="")
+                total_loss, n = 0.0, 0
+                for batch in batches:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                        loss = self.task.loss(self.model, batch)
+                    if not torch.isfinite(loss):
+                        raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
+                                          "lower train.lr or disable train.bf16")
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.grad_clip)
+                    self.opt.step()
+                    self.sched.step()
+                    self.step += 1
+                    total_loss += loss.item()
+                    n += 1
+                    prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
+                prog.remove_task(b_task)
+                self.epoch += 1
+                record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": total_loss / max(1, n),
+                                          "lr": self.sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+                improved = 0.0
+                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                    if D.is_main():
+                        self.model.eval()
+                        m = self.task.evaluate(self.task.model, "valid", cfg.eval_users)
+                        score = m["all"][self.select_metric]
+                        record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
+                        if score > self.best:
+                            self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                            improved = 1.0
+                        else:
+                            self.bad_epochs += 1
+                    improved, self.bad_epochs = D.broadcast_flags(improved, self.bad_epochs)
+                    self.bad_epochs = int(self.bad_epochs)
+                    if improved:
+                        self._save_best()
+                    stop = self.bad_epochs >= cfg.patience
+                if cfg.max_minutes > 0 and (time.time() - start) / 60 > cfg.max_minutes:
+                    stop = bool(D.broadcast_flags(1.0)[0])
+                    record["stopped"] = "max_minutes"
+                self._log(record)
+                self._save_state()
+                D.barrier()
+                prog.update(ep_task, completed=self.epoch,
+                            info=f"loss {record['loss']:.4f} best {self.select_metric} {self.best:.4f}")
+        if self.tb is not None:
+            self.tb.close()
+        return {"epochs": self.epoch, "best_epoch": self.best_epoch, "best_valid": self.best,
+                "train_s": time.time() - start}
+
+    def load_best(self) -> None:
+        best = self.ckpt_dir / "best.safetensors"
+        if best.exists():
+            load_model(self.task.model, str(best))
+
+    def final_evaluation(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the best checkpoint on validation and test; write ``metrics.json``."""
+        self.load_best()
+        self.task.model.eval()
+        out: dict[str, Any] = {"summary": summary}
+        if D.is_main():
+            out["valid"] = self.task.evaluate(self.task.model, "valid")
+            out["test"] = self.task.evaluate(self.task.model, "test")
+            write_json(self.run_dir / "metrics.json", out)
+        D.barrier()
+        return out

@@ -1,0 +1,28 @@
+"""Shared fixtures. Real-data tests skip with a reason when ../shared/data is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SIDREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_data(name: str) -> Path:
+    p = SHARED_DATA / name
+    if not p.exists():
+        pytest.skip(f"real data not available: {p} is absent")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic():
+    from sidrec.data.synthetic import generate
+
+    return generate(n_users=400, n_items=120, seed=3, n_topics=8)

@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sidrec.data.protocol import EvalSet
+from sidrec.eval.evaluator import NOT_FOUND, Evaluator, metrics_from_ranks, ranks_from_scores, ranks_from_topk
+
+
+def test_ranks_with_deterministic_ties():
+    scores = torch.tensor([[0.1, 0.5, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.9, 0.0]])
+    targets = torch.tensor([2, 2, 2])
+    # row 0: item 1 ties with target 2 and has the lower index -> rank 2
+    # row 1: constant scores -> the target loses every tie with lower indices -> rank 3
+    assert ranks_from_scores(scores, targets).tolist() == [2, 3, 1]
+
+
+def test_hand_computed_metrics():
+    ranks = np.array([1, 3, 11, NOT_FOUND])
+    m = metrics_from_ranks(ranks, [1, 10])
+    assert m["recall@1"] == pytest.approx(0.25)
+    assert m["recall@10"] == pytest.approx(0.5)
+    assert m["ndcg@10"] == pytest.approx((1.0 + 1.0 / math.log2(4)) / 4)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 11) / 4)
+
+
+def test_topk_ranks():
+    topk = np.array([[3, 1, 2], [0, 1, 2], [-1, -1, -1]])
+    assert ranks_from_topk(topk, np.array([2, 5, 0])).tolist() == [3, NOT_FOUND, NOT_FOUND]
+
+
+def test_subsets_cold_warm_and_buckets():
+    es = EvalSet("test", np.arange(4), [np.array([0])] * 4, np.array([0, 1, 2, 3]))
+    freq = np.array([0, 5, 6, 30])  # items 0,1 cold (<=5), 2,3 warm
+    ev = Evaluator(es, freq, ks=[1], cold_threshold=5)
+    m = ev.metrics(np.array([1, 2, 1, 2]))
+    assert m["all"]["recall@1"] == pytest.approx(0.5)
+    assert m["cold"]["n_users"] == 2 and m["cold"]["recall@1"] == pytest.approx(0.5)
+    assert m["warm"]["n_users"] == 2 and m["warm"]["recall@1"] == pytest.approx(0.5)
+    assert m["bucket_0-5"]["n_users"] == 2
+    assert m["bucket_6-10"]["n_users"] == 1 and m["bucket_6-10"]["recall@1"] == 1.0
+    assert m["bucket_>20"]["n_users"] == 1 and m["bucket_>20"]["recall@1"] == 0.0
+
+
+def test_score_path_matches_topk_path_and_excludes_history():
+    rng = np.random.default_rng(0)
+    n, items = 50, 30
+    scores = torch.from_numpy(rng.standard_normal((n, items)).astype(np.float32))
+    targets = rng.integers(0, items, n)
+    hists = [rng.choice(items, 3, replace=False) for _ in range(n)]
+    es = EvalSet("test", np.arange(n), hists, targets)
+    ev = Evaluator(es, np.zeros(items, dtype=np.int64), ks=[5, 10])
+    m_scores, ranks = ev.evaluate_scores(lambda rows: scores[rows], batch_size=7)
+    topk = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    m_topk, _ = ev.evaluate_topk(topk)
+    assert m_scores["all"] == pytest.approx(m_topk["all"])
+    m_ex, ranks_ex = ev.evaluate_scores(lambda rows: scores[rows].clone(), batch_size=7, exclude_history=True)
+    assert (ranks_ex <= ranks).all()  # masking history can only move the target up

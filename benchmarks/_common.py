@@ -1,0 +1,70 @@
+"""Shared helpers for benchmark scripts: machine description and the results-record format.
+
+Every script writes ``benchmarks/results/<script>.json``: a JSON list of records with ``dataset``,
+``method``, ``variant``, ``split``, ``subset``, ``metrics`` (lower-case names), ``wall_s``, ``machine``,
+``command`` and ``date``. ``render_results.py`` turns them into the tables of docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sidrec.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SIDREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def machine(threads: int | None = None) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    t = threads or torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, {t} torch threads, torch {torch.__version__}"
+
+
+def command() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+
+
+def record(dataset: str, method: str, variant: str, split: str, subset: str, metrics: dict[str, Any],
+           wall_s: float, threads: int | None = None) -> dict[str, Any]:
+    m = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    return {"dataset": dataset, "method": method, "variant": variant, "split": split, "subset": subset,
+            "metrics": m, "wall_s": round(wall_s, 2), "machine": machine(threads), "command": command(),
+            "date": _dt.date.today().isoformat()}
+
+
+def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any], wall_s: float,
+                subsets: tuple[str, ...] = ("all", "warm", "cold")) -> list[dict[str, Any]]:
+    """Records for the valid and test splits of one run's ``metrics.json`` (per subset)."""
+    out = []
+    for split in ("valid", "test"):
+        for sub in subsets:
+            if sub in metrics.get(split, {}):
+                out.append(record(dataset, method, variant, split, sub, metrics[split][sub], wall_s))
+    return out
+
+
+def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant")) -> Path:
+    """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest."""
+    path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text()) if path.exists() else []
+    new_keys = {tuple(r[k] for k in merge_key) for r in records}
+    kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
+    write_json(path, kept + records)
+    return path

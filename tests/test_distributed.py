@@ -16,7 +16,8 @@ def test_torchrun_two_processes(tmp_path):
     p = subprocess.run(
         cmd + ["--standalone", "--nproc_per_node=2", "-m", "sidrec.cli", "train", "data.path=synthetic",
                "data.synthetic_users=300", "data.synthetic_items=80", "train.epochs=10", "sasrec.d_model=16",
-               "train.batch_size=32",               "sasrec.ffn_dim=32", "train.lr=5e-3", "train.progress=false", "--run-dir", str(tmp_path / "ddp")],
+               "train.batch_size=32", "sasrec.ffn_dim=32", "train.lr=5e-3", "train.progress=false",
+               "--run-dir", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]

@@ -133,6 +133,50 @@ def embed(
 
 
 @app.command()
+def tokenize(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
+) -> None:
+    """Fit the configured tokenizer (tokenizer.kind=rqkmeans|rqvae|opq|pq) and write SID table + report."""
+    from sidrec.config import load_config
+    from sidrec.features import item_features
+    from sidrec.pipeline import dataset_from_config, seed_everything
+    from sidrec.runs import prepare_run_dir
+    from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, run_tokenize
+
+    ov = list(overrides or [])
+    if run_dir:
+        ov.append(f"run_dir={run_dir}")
+    cfg = load_config(config, ov)
+    tcfg = cfg.section("tokenizer")  # type: ignore[attr-defined]
+    seed_everything(cfg.seed)
+    ds = dataset_from_config(cfg)
+    emb = item_features(cfg.features, ds, progress=tcfg.progress)
+    if not cfg.run_dir:
+        cfg.run_dir = str(Path("runs") / f"{ds.name}-tokenize-{tcfg.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = prepare_run_dir(cfg, ds.name)
+    table = run_tokenize(cfg, ds, emb, run)
+    rep = json.loads((run / REPORT_FILE).read_text())
+    t = Table(title=f"{ds.name}: {tcfg.kind} semantic IDs")
+    t.add_column("level")
+    t.add_column("codes", justify="right")
+    t.add_column("utilisation", justify="right")
+    t.add_column("perplexity", justify="right")
+    for i, lv in enumerate(rep["levels"], 1):
+        t.add_row(str(i), str(lv["codes"]), f"{lv['utilization']:.1%}", f"{lv['perplexity']:.1f}")
+    out.print(t)
+    before, after = rep["collisions_before"], rep["collisions_after"]
+    out.print(f"collisions before resolution: {before['collision_rate']:.2%} of items (largest group "
+              f"{before['largest_group']}); after: {after['collision_rate']:.2%}; SID length {rep['sid_length']}")
+    out.print(f"reconstruction error (relative): {rep.get('reconstruction_rel', float('nan')):.4f}; "
+              f"fit {rep['fit_s']:.1f}s")
+    for w in rep["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}")
+    out.print(f"{table.n_sids:,} SIDs for {table.n_items:,} items -> [bold]{run / SID_TABLE_FILE}[/]")
+
+
+@app.command()
 def train(
     config: ConfigOpt = None,
     overrides: Overrides = None,

@@ -288,6 +288,7 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
 
 def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from YAML files and ``key=value`` overrides (applied in order)."""
+    import sidrec.recipes._sections  # noqa: F401 - the methods' sections (tiger, tokenizer, ...) must be known
     cfg = Config()
     for f in files or []:
         for layer in _read_yaml(Path(f), set()):

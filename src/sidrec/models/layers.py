@@ -36,8 +36,17 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        kv = x if memory is None else memory
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        k, v = self.project_kv(x if memory is None else memory)
+        return self.attend(x, k, v, mask=mask, is_causal=is_causal)
+
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, heads, S, head_dim) of ``kv``: computed once and cached by incremental decoders."""
+        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """Queries from ``x`` (B, T, d) over precomputed keys / values (B, heads, S, head_dim)."""
+        q = self._split(self.q_proj(x))
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
         out = F.scaled_dot_product_attention(
@@ -78,6 +87,33 @@ class Block(nn.Module):
         if self.cross is not None and memory is not None:
             x = x + self.drop(self.cross(self.ln_cross(x), memory=memory, mask=memory_mask))
         return x + self.drop(self.ffn(self.ln2(x)))
+
+    def step(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+             memory_mask: torch.Tensor | None = None,
+             cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Incremental causal decoding for ``G`` hypotheses that share one memory row (beam search).
+
+        ``x`` is (B, G, t, d): the newest ``t`` decoder positions of G hypotheses per memory row. With a
+        ``cache`` (keys / values of earlier positions, (B*G, heads, t0, head_dim)) only ``t == 1`` new
+        position is allowed; without one the ``t`` positions attend causally among themselves. Cross-attention
+        reads precomputed memory keys / values (B, heads, S, head_dim) with the G*t queries of a row folded
+        into one query axis, so the memory is never copied per hypothesis. Returns the new states and the
+        self-attention keys / values including the new positions (the cache for the next step).
+        """
+        b, g, t, d = x.shape
+        if cache is not None and t != 1:
+            raise ValueError("Block.step with a cache decodes one new position at a time")
+        h = self.ln1(x).reshape(b * g, t, d)
+        k, v = self.attn.project_kv(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        a = self.attn.attend(h, k, v, is_causal=cache is None and t > 1)
+        x = x + self.drop(a.view(b, g, t, d))
+        if self.cross is not None and memory_kv is not None:
+            c = self.cross.attend(self.ln_cross(x).reshape(b, g * t, d), memory_kv[0], memory_kv[1], mask=memory_mask)
+            x = x + self.drop(c.view(b, g, t, d))
+        return x + self.drop(self.ffn(self.ln2(x))), (k, v)
 
 
 def causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,13 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import sidrec.recipes._sections  # noqa: F401 - registers the methods' config sections before configs load
 from sidrec.errors import SidrecError
 
 # method name -> "module:function" building the task: f(cfg, dataset, split, run_dir) -> Task
 RECIPES: dict[str, str] = {
     "sasrec": "sidrec.recipes.sasrec:build",
+    "tiger": "sidrec.recipes.tiger:build",
 }
 
 

@@ -1,0 +1,78 @@
+"""Tokenizer diagnostics on the real datasets: RQ-KMeans 3x256, RQ-VAE 3x256 and OPQ 32x256.
+
+For each (dataset, tokenizer): per-level utilisation, perplexity, collision rate and largest collision group
+before resolution, uniqueness after resolution, relative reconstruction error and fit wall time on this
+machine. Beauty uses MiniLM text embeddings; Sports and Toys attribute features (TF-IDF + SVD), as in the
+dataset configs.
+
+Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae opq] [--threads 2]
+
+(Named sid_tokenizers.py, not tokenizers.py: the script's folder is on sys.path and would shadow the Hugging
+Face ``tokenizers`` package that sentence-transformers imports.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from sidrec.config import load_config
+from sidrec.features import item_features
+from sidrec.pipeline import dataset_from_config
+from sidrec.sid.config import TokenizerConfig
+from sidrec.sid.pipeline import tokenize
+
+from _common import REPO, record, save
+
+SETTINGS = {
+    "rqkmeans": ("3x256 + collision code", dict(kind="rqkmeans", levels=3, codebook_sizes=[256])),
+    "rqvae": ("3x256 + collision code", dict(kind="rqvae", levels=3, codebook_sizes=[256], progress=False)),
+    "opq": ("32x256", dict(kind="opq", subspaces=32, subspace_codes=256)),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
+    ap.add_argument("--kinds", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.datasets:
+        cfg = load_config([REPO / "configs" / name / "data.yaml"])
+        cfg.data.path = str((REPO / cfg.data.path).resolve())  # configs name paths relative to the repo root
+        ds = dataset_from_config(cfg)
+        emb = item_features(cfg.features, ds, progress=False)
+        feats = f"{cfg.features.kind} {emb.shape[1]}-d"
+        recs = []
+        for kind in args.kinds:
+            variant, opts = SETTINGS[kind]
+            t0 = time.time()
+            res = tokenize(TokenizerConfig(**opts, seed=args.seed), emb)
+            wall = time.time() - t0
+            rep = res.report
+            util = rep["utilization"]
+            m: dict[str, float] = {f"utilization_l{i + 1}": u for i, u in enumerate(util)} if len(util) <= 4 else {}
+            m.update({"utilization_min": float(min(util)), "utilization_mean": float(np.mean(util)),
+                      "perplexity_l1": rep["perplexity"][0],
+                      "collision_rate_before": rep["collisions_before"]["collision_rate"],
+                      "largest_group_before": rep["collisions_before"]["largest_group"],
+                      "unique_sids_before": rep["collisions_before"]["unique_sids"],
+                      "collision_rate_after": rep["collisions_after"]["collision_rate"],
+                      "unique_after": float(rep["collisions_after"]["colliding_items"] == 0),
+                      "sid_length": rep["sid_length"], "reconstruction_rel": rep["reconstruction_rel"],
+                      "fit_s": rep["fit_s"], "items": rep["items"]})
+            r = record(name, kind, f"{variant}, {feats}", "test", "all", m, wall, args.threads)
+            recs.append(r)
+            print(f"{name} {kind}: util {[round(u, 3) for u in util[:4]]} collisions {m['collision_rate_before']:.3%} "
+                  f"(largest {m['largest_group_before']}) -> {m['collision_rate_after']:.3%}, recon "
+                  f"{m['reconstruction_rel']:.4f}, {wall:.1f}s", flush=True)
+        save("sid_tokenizers", recs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""TIGER recipe: item features -> semantic IDs -> encoder-decoder trained on every history prefix ->
+trie-constrained beam search -> top-K items -> Evaluator.
+
+Semantic IDs come from the shared tokenizer stage (``tokenizer`` config section; the TIGER configs pick
+RQ-VAE 3 x 256 plus the collision code). The SID table is written to the run directory and reused when it
+is there, so ``--resume`` and ``sidrec evaluate RUN`` never refit the tokenizer (a refit could change the
+SIDs under trained weights); a table fitted under other data / features / tokenizer settings is refused.
+
+Training samples (prefix augmentation, decisive for TIGER's quality): for a training sequence
+``i_1..i_n`` every ``(i_1..i_{t-1}) -> i_t`` for t = 2..n is a sample, history truncated to the most recent
+``data.max_len`` items. Samples are grouped by history length (``bucketed_batches``) so a batch is padded
+only to its own longest history.
+
+Evaluation and checkpoint selection use the real inference procedure: constrained beam search of width
+``tiger.beam`` returning distinct items. A beam of width W yields at most W items, so metrics at K > W
+(Recall@50 with the default beam 20) are computed on the W-item list (they equal the @W numbers); set
+``tiger.beam`` >= max(eval.ks) for exact large-K metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sidrec.config import Config
+from sidrec.data.dataset import Dataset
+from sidrec.data.protocol import EvalSet, LeaveOneOut
+from sidrec.decoding.beam import beam_search, compact
+from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import Evaluator
+from sidrec.io import write_json
+from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.recipes.sasrec import bucketed_batches
+
+SID_TABLE_FILE = "sid_table.parquet"  # written by the shared tokenizer stage (sidrec.sid.pipeline)
+SID_SOURCE_FILE = "sid_table.source.json"  # what the run's SID table was fitted from (checked on reuse)
+
+
+# ---------------------------------------------------------------------------------------------- SIDs
+def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
+    """Everything the SIDs depend on: dataset identity, feature settings and tokenizer settings."""
+    tok = dataclasses.asdict(cfg.section("tokenizer"))  # type: ignore[attr-defined]
+    tok.pop("progress", None)
+    if tok.get("seed") is None:
+        tok["seed"] = cfg.seed
+    feats = dataclasses.asdict(cfg.features)
+    for k in ("batch_size", "cache_dir"):
+        feats.pop(k, None)
+    data = {"name": dataset.name, "n_items": dataset.n_items, "kcore": cfg.data.kcore}
+    if cfg.data.path == "synthetic":
+        data.update(users=cfg.data.synthetic_users, items=cfg.data.synthetic_items, seed=cfg.data.synthetic_seed)
+    return {"data": data, "features": feats, "tokenizer": tok}
+
+
+def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
+    """The run's SIDs: reuse the run directory's table when present, else fit the configured tokenizer.
+
+    The table is reused only if it was fitted from the same data, features and tokenizer settings (recorded
+    in ``sid_table.source.json``): training into an existing run directory with a changed tokenizer must not
+    silently keep the old SIDs. A table without that record (e.g. from ``sidrec tokenize``) is trusted.
+    """
+    from sidrec.sid.pipeline import run_tokenize
+    from sidrec.sid.table import SIDTable
+
+    run = Path(run_dir)
+    path, stamp = run / SID_TABLE_FILE, run / SID_SOURCE_FILE
+    source = json.loads(json.dumps(sid_source(cfg, dataset)))  # normalised like the stored copy
+    if path.exists():
+        if stamp.exists() and json.loads(stamp.read_text()) != source:
+            raise SidrecError(f"{path} was fitted with other data / features / tokenizer settings than this config "
+                              f"(see {stamp}); use a new run_dir or delete the SID table to refit it")
+        table = SIDTable.load(path)
+        if not stamp.exists():
+            write_json(stamp, source)
+    else:
+        table = run_tokenize(cfg, dataset, _features(cfg, dataset), run)
+        write_json(stamp, source)
+    return SIDCodes.from_table(table)
+
+
+def _features(cfg: Config, dataset: Dataset) -> np.ndarray:
+    from sidrec.features import item_features
+
+    return item_features(cfg.features, dataset, progress=cfg.train.progress)
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def prefix_samples(train: list[np.ndarray], max_len: int) -> dict[str, np.ndarray]:
+    """Every prefix of every training sequence as a (history, next item) sample, as flat index arrays.
+
+    Returns ``flat`` (all training items concatenated), and per sample ``user``, ``end`` (index in ``flat``
+    of the target; the history is ``flat[end - hist_len:end]``) and ``hist_len`` (<= max_len).
+    """
+    lens = np.array([len(s) for s in train], dtype=np.int64)
+    flat = np.concatenate(train).astype(np.int64) if len(train) else np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    per = np.maximum(lens - 1, 0)  # samples per user
+    user = np.repeat(np.arange(len(train)), per)
+    first = np.cumsum(per) - per  # index of each user's first sample
+    t = np.arange(int(per.sum())) - np.repeat(first, per) + 1  # position of the target in its sequence, >= 1
+    return {"flat": flat, "user": user, "end": starts[user] + t, "hist_len": np.minimum(t, max_len)}
+
+
+class TIGERTask:
+    """The TIGER :class:`~sidrec.training.trainer.Task`: model, prefix batches, beam-search evaluation."""
+
+    def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.tcfg: TIGERConfig = cfg.section("tiger")
+        self.split = split
+        self.sids = semantic_ids(cfg, dataset, run_dir)
+        if len(self.sids.primary) != split.n_items:
+            raise SidrecError(f"the SID table has {len(self.sids.primary)} items, the dataset {split.n_items}; "
+                              f"delete {Path(run_dir) / SID_TABLE_FILE} to refit")
+        self.trie = SIDTrie.from_codes(self.sids)
+        self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
+        self.samples = prefix_samples(split.train, cfg.data.max_len)
+        self.evaluators: dict[str, Evaluator] = {}
+
+    # -------------------------------------------------------------------------------- training
+    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        s = self.samples
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        out = []
+        for idx in bucketed_batches(s["hist_len"], self.cfg.train.batch_size, rng):
+            t = int(s["hist_len"][idx].max())
+            end = s["end"][idx]
+            pos = end[:, None] - t + np.arange(t)[None, :]
+            valid = pos >= (end - s["hist_len"][idx])[:, None]
+            hist = np.where(valid, s["flat"][np.maximum(pos, 0)], -1)
+            out.append({"history": torch.from_numpy(hist), "user": torch.from_numpy(s["user"][idx]),
+                        "target": torch.from_numpy(s["flat"][end])})
+        return out
+
+    def codes_of(self, items: torch.Tensor) -> torch.Tensor:
+        """Primary SIDs (..., L) of item indices (...); -1 items give all -1 codes."""
+        codes = self.sids.primary[items.clamp(min=0)]
+        return codes.masked_fill((items < 0).unsqueeze(-1), -1)
+
+    def _users(self, users: torch.Tensor) -> torch.Tensor | None:
+        return users if self.tcfg.user_buckets > 0 else None
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(self.codes_of(batch["history"]), self._users(batch["user"]), self.codes_of(batch["target"]))
+
+    # -------------------------------------------------------------------------------- inference
+    def decode(self, model: nn.Module, es: EvalSet, k: int, exclude_history: bool = False,
+               beam: int | None = None, keep_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` distinct items (n, k) and their SID log-probabilities by constrained beam search.
+
+        ``exclude_history`` drops items of the user's history from the beam's list (the list gets shorter;
+        the search itself is not changed). With ``keep_targets`` the evaluation target is never dropped, as
+        in :meth:`sidrec.eval.evaluator.Evaluator.evaluate_scores`.
+        """
+        core = model.module if hasattr(model, "module") else model
+        core.eval()
+        beam = beam or self.tcfg.beam
+        n = len(es)
+        items = torch.full((n, k), -1, dtype=torch.long)
+        scores = torch.full((n, k), float("-inf"))
+        bs = max(1, self.tcfg.eval_batch_users)
+        for s in range(0, n, bs):
+            rows = np.arange(s, min(n, s + bs))
+            hist = es.padded_histories(rows, pad=-1)
+            users = torch.from_numpy(es.users[rows]).long()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+                res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam)
+            it, sc = res.items, res.scores
+            if exclude_history:
+                if keep_targets:
+                    tgt = torch.from_numpy(es.targets[rows]).view(-1, 1)
+                    hist = hist.masked_fill(hist == tgt, -1)
+                seen = ((it.unsqueeze(2) == hist.unsqueeze(1)) & (hist >= 0).unsqueeze(1)).any(2)
+                it, sc = compact(it, sc, (it >= 0) & ~seen, beam)
+            it, sc = compact(it, sc, it >= 0, k)
+            items[s:s + len(rows)], scores[s:s + len(rows)] = it, sc
+        return items, scores
+
+    def evaluator(self, split: str) -> Evaluator:
+        if split not in self.evaluators:
+            c = self.cfg
+            self.evaluators[split] = Evaluator(self.split.split(split), self.split.item_freq, c.eval.ks,
+                                               c.data.cold_threshold, c.eval.buckets)
+        return self.evaluators[split]
+
+    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
+        ev = self.evaluator(split)
+        if max_users and max_users < len(ev.eval_set):
+            rows = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ev.eval_set), max_users, replace=False))
+            ev = Evaluator(ev.eval_set.subset(rows), self.split.item_freq, self.cfg.eval.ks,
+                           self.cfg.data.cold_threshold, self.cfg.eval.buckets)
+        items, _ = self.decode(model, ev.eval_set, max(self.cfg.eval.ks), self.cfg.eval.exclude_history,
+                               keep_targets=True)
+        m, _ = ev.evaluate_topk(items.numpy())
+        return m
+
+    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per user of ``eval_set`` (-1 padded when the beam yields fewer) and their scores."""
+        items, scores = self.decode(self.model, eval_set, k, self.cfg.eval.exclude_history, max(k, self.tcfg.beam))
+        return items.numpy(), scores.numpy()
+
+
+def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> TIGERTask:
+    return TIGERTask(cfg, dataset, split, Path(run_dir))
+
+
+__all__ = ["TIGERTask", "build", "prefix_samples", "semantic_ids", "sid_source"]

@@ -69,3 +69,12 @@ def test_train_evaluate_recommend(tmp_path):
     _assert_clean_error(run("evaluate", str(tmp_path)), "not a run directory")
     _assert_clean_error(run("train", "--resume", "--run-dir", str(tmp_path / "fresh"), "data.path=synthetic"),
                         "nothing to resume")
+
+
+def test_quickstart_runs_end_to_end_small(tmp_path):
+    p = run("quickstart", "--run-dir", str(tmp_path / "qs"), "--users", "300", "--items", "100")
+    assert p.returncode == 0, p.stderr[-2000:]
+    for method in ("sasrec", "tiger"):
+        m = json.loads((tmp_path / "qs" / method / "metrics.json").read_text())
+        assert m["test"]["all"]["n_users"] == 300
+    assert "popularity" in p.stdout and "tiger" in p.stdout

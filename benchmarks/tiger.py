@@ -1,0 +1,54 @@
+"""TIGER end to end on Beauty, Sports and Toys: tokenizer stage + training + beam-search evaluation.
+
+Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--threads 2] [key=value ...]
+Writes runs/bench/tiger-<dataset> (reused by benchmarks/tiger_decode.py) and benchmarks/results/tiger.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sidrec.config import load_config
+from sidrec.pipeline import train
+
+from _common import REPO, run_records, save
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
+    ap.add_argument("--config", default="tiger-cpu", help="configs/<dataset>/<CONFIG>.yaml")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
+    ap.add_argument("overrides", nargs=argparse.REMAINDER, default=[])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.datasets:
+        run = Path("runs/bench") / f"tiger-{name}"
+        cfg = load_config([REPO / "configs" / name / f"{args.config}.yaml"],
+                          [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
+        t0 = time.time()
+        res = train(cfg)
+        wall = time.time() - t0
+        tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
+        variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
+                                   f"{tc.encoder_layers}+{tc.decoder_layers}L d{tc.d_model}, beam {tc.beam}")
+        recs = run_records(name, "tiger", variant, res, wall)
+        rep = json.loads((run / "tokenizer_report.json").read_text()) if (run / "tokenizer_report.json").exists() else {}
+        for r in recs:
+            r["metrics"]["epochs"] = res["summary"]["epochs"]
+            r["metrics"]["best_epoch"] = res["summary"]["best_epoch"]
+            if rep:
+                r["metrics"]["utilization_l1"] = rep["utilization"][0]
+        save("tiger", recs)
+        t = res["test"]["all"]
+        print(f"{name}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,3 +26,12 @@ def tiny_synthetic():
     from sidrec.data.synthetic import generate
 
     return generate(n_users=400, n_items=120, seed=3, n_topics=8)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops run faster on one intra-op thread, and far faster on a loaded machine (no spinning workers)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

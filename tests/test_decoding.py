@@ -14,14 +14,7 @@ from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.models.tiger import TIGER, TIGERConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: one intra-op thread is faster, and far faster on a loaded machine (no spinning workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

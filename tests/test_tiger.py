@@ -25,13 +25,7 @@ TINY = ["method=tiger", "data.path=synthetic", "data.synthetic_users=400", "data
         "train.progress=false", "train.threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops: one intra-op thread is faster, and far faster on a loaded machine (no spinning workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs(samples: dict[str, np.ndarray]) -> list[tuple[int, list[int], int]]:

@@ -12,8 +12,8 @@ from torch import nn
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import LeaveOneOut, left_pad
-from sidrec.eval.evaluator import Evaluator
 from sidrec.models.sasrec import SASRec
+from sidrec.recipes._eval import EvaluatorsMixin
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -29,7 +29,7 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return [groups[i] for i in perm]
 
 
-class SASRecTask:
+class SASRecTask(EvaluatorsMixin):
     def __init__(self, cfg: Config, split: LeaveOneOut) -> None:
         self.cfg = cfg
         self.split = split
@@ -38,7 +38,6 @@ class SASRecTask:
         rows = [s[-(L + 1):] for s in split.train if len(s) >= 2]
         self.mat = left_pad(rows, pad=-1, length=L + 1)  # (n_train_users, L+1), most recent on the right
         self.lens = np.array([len(r) for r in rows])
-        self.evaluators: dict[str, Evaluator] = {}
 
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.cfg.seed, epoch])
@@ -53,19 +52,8 @@ class SASRecTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["seq"], batch["target"])
 
-    def evaluator(self, split: str) -> Evaluator:
-        if split not in self.evaluators:
-            c = self.cfg
-            self.evaluators[split] = Evaluator(self.split.split(split), self.split.item_freq, c.eval.ks,
-                                               c.data.cold_threshold, c.eval.buckets)
-        return self.evaluators[split]
-
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
-        ev = self.evaluator(split)
-        if max_users and max_users < len(ev.eval_set):
-            rows = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ev.eval_set), max_users, replace=False))
-            ev = Evaluator(ev.eval_set.subset(rows), self.split.item_freq, self.cfg.eval.ks,
-                           self.cfg.data.cold_threshold, self.cfg.eval.buckets)
+        ev = self.eval_subset(split, max_users)
         es = ev.eval_set
         core = model.module if hasattr(model, "module") else model
         core.eval()

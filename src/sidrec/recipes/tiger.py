@@ -34,9 +34,9 @@ from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.decoding.beam import beam_search, compact
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator
 from sidrec.io import write_json
 from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.recipes._eval import EvaluatorsMixin
 from sidrec.recipes.sasrec import bucketed_batches
 
 SID_TABLE_FILE = "sid_table.parquet"  # written by the shared tokenizer stage (sidrec.sid.pipeline)
@@ -108,7 +108,7 @@ def prefix_samples(train: list[np.ndarray], max_len: int) -> dict[str, np.ndarra
     return {"flat": flat, "user": user, "end": starts[user] + t, "hist_len": np.minimum(t, max_len)}
 
 
-class TIGERTask:
+class TIGERTask(EvaluatorsMixin):
     """The TIGER :class:`~sidrec.training.trainer.Task`: model, prefix batches, beam-search evaluation."""
 
     def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
@@ -122,7 +122,6 @@ class TIGERTask:
         self.trie = SIDTrie.from_codes(self.sids)
         self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
         self.samples = prefix_samples(split.train, cfg.data.max_len)
-        self.evaluators: dict[str, Evaluator] = {}
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -183,19 +182,8 @@ class TIGERTask:
             items[s:s + len(rows)], scores[s:s + len(rows)] = it, sc
         return items, scores
 
-    def evaluator(self, split: str) -> Evaluator:
-        if split not in self.evaluators:
-            c = self.cfg
-            self.evaluators[split] = Evaluator(self.split.split(split), self.split.item_freq, c.eval.ks,
-                                               c.data.cold_threshold, c.eval.buckets)
-        return self.evaluators[split]
-
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
-        ev = self.evaluator(split)
-        if max_users and max_users < len(ev.eval_set):
-            rows = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ev.eval_set), max_users, replace=False))
-            ev = Evaluator(ev.eval_set.subset(rows), self.split.item_freq, self.cfg.eval.ks,
-                           self.cfg.data.cold_threshold, self.cfg.eval.buckets)
+        ev = self.eval_subset(split, max_users)
         items, _ = self.decode(model, ev.eval_set, max(self.cfg.eval.ks), self.cfg.eval.exclude_history,
                                keep_targets=True)
         m, _ = ev.evaluate_topk(items.numpy())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import faiss
 import numpy as np
 import torch
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)  # faiss's OpenMP pool would otherwise use every core
     for name in args.datasets:
         cfg = load_config([REPO / "configs" / name / "data.yaml"])
         cfg.data.path = str((REPO / cfg.data.path).resolve())  # configs name paths relative to the repo root

@@ -15,6 +15,7 @@ from sidrec.errors import SidrecError
 
 # method name -> "module:function" building the task: f(cfg, dataset, split, run_dir) -> Task
 RECIPES: dict[str, str] = {
+    "acerec": "sidrec.recipes.acerec:build",
     "sasrec": "sidrec.recipes.sasrec:build",
     "tiger": "sidrec.recipes.tiger:build",
 }

@@ -1,0 +1,130 @@
+"""ACERec recipe: item features -> long OPQ semantic IDs -> ATM + intent-token Transformer trained on every
+position of each user sequence -> holistic scoring of the full catalogue -> Evaluator.
+
+SIDs come from the shared tokenizer stage (:func:`sidrec.recipes.tiger.semantic_ids`: same run-directory
+reuse and staleness check as TIGER). The configs set ``tokenizer.kind: opq`` with ``subspaces`` x
+``subspace_codes`` (paper 32 x 256). ACERec needs the tokenizer's *raw* m codes: when two items share all
+m codes the shared stage appends a disambiguation code (``extra_code: if_needed``), which ACERec ignores by
+default (it reads the table's first m columns); such items get equal scores and the Evaluator breaks the tie
+by index.
+With ``acerec.collision_code: true`` the appended code is modelled as one more subspace with its own codebook
+size, so items with identical content codes can still be told apart (the synthetic data needs it: groups of
+up to 25 items there have identical features, hence identical OPQ codes).
+
+Training batches are SASRec-style: each user's most recent ``max_len + 1`` training items, left-padded and
+grouped by length (:func:`~sidrec.recipes.sasrec.bucketed_batches`); the state after item t is trained to
+predict item t+1, for every t in one forward pass. Evaluation runs the real inference procedure: one forward
+pass per user, (m, K) log-probabilities, gather-and-sum over all items (:class:`HolisticScorer`), ranked by
+the shared Evaluator -- full-catalogue and exact, so no invalid IDs can be produced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sidrec.config import Config
+from sidrec.data.dataset import Dataset
+from sidrec.data.protocol import EvalSet, LeaveOneOut, left_pad
+from sidrec.decoding.holistic import HolisticScorer
+from sidrec.decoding.trie import SIDCodes
+from sidrec.errors import SidrecError
+from sidrec.models.acerec import ACERec, ACERecConfig
+from sidrec.recipes._eval import EvaluatorsMixin
+from sidrec.recipes.sasrec import bucketed_batches
+from sidrec.recipes.tiger import SID_TABLE_FILE, semantic_ids
+from sidrec.sid.config import RQ_KINDS, TokenizerConfig
+
+
+def raw_codes(sids: SIDCodes, tok: TokenizerConfig, collision_code: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """The tokenizer's own codes (n_items, m) and their codebook sizes, without the appended collision code
+    unless ``collision_code`` (then it is one more column; a table without one is used as it is)."""
+    m = tok.levels if tok.kind in RQ_KINDS else tok.subspaces
+    if len(sids.sizes) < m:
+        raise SidrecError(f"the SID table has {len(sids.sizes)} codes per item, tokenizer.kind={tok.kind} gives {m}")
+    n = len(sids.sizes) if collision_code else m
+    return sids.primary[:, :n].clone(), [int(s) for s in sids.sizes[:n]]
+
+
+class ACERecTask(EvaluatorsMixin):
+    """The ACERec :class:`~sidrec.training.trainer.Task`: model, sequence batches, holistic evaluation."""
+
+    def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.acfg: ACERecConfig = cfg.section("acerec")  # type: ignore[attr-defined]
+        self.split = split
+        sids = semantic_ids(cfg, dataset, run_dir)
+        if len(sids.primary) != split.n_items:
+            raise SidrecError(f"the SID table has {len(sids.primary)} items, the dataset {split.n_items}; "
+                              f"delete {Path(run_dir) / SID_TABLE_FILE} to refit")
+        codes, K = raw_codes(sids, cfg.section("tokenizer"), self.acfg.collision_code)  # type: ignore[attr-defined]
+        self.model: nn.Module = ACERec(codes, K, cfg.data.max_len, self.acfg, split.item_freq)
+        self.scorer = HolisticScorer(codes, self.acfg.eval_chunk)
+        L = cfg.data.max_len
+        rows = [s[-(L + 1):] for s in split.train if len(s) >= 2]
+        self.mat = left_pad(rows, pad=-1, length=L + 1)  # (n_train_users, L+1), most recent on the right
+        self.lens = np.array([len(r) for r in rows])
+
+    # -------------------------------------------------------------------------------- training
+    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        out = []
+        for idx in bucketed_batches(self.lens, self.cfg.train.batch_size, rng):
+            t = int(self.lens[idx].max())
+            sub = self.mat[torch.from_numpy(idx), -t:]
+            inp, tgt = sub[:, :-1], sub[:, 1:]
+            out.append({"seq": inp, "target": torch.where(inp >= 0, tgt, torch.full_like(tgt, -1))})
+        return out
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["seq"], batch["target"])
+
+    # -------------------------------------------------------------------------------- inference
+    def _core(self, model: nn.Module) -> ACERec:
+        core = model.module if hasattr(model, "module") else model
+        core.eval()
+        return core  # type: ignore[return-value]
+
+    def log_probs(self, model: nn.Module, hist: torch.Tensor) -> torch.Tensor:
+        """(B, m, K) per-subspace log-probabilities of the next item after left-padded histories (B, T)."""
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            return self._core(model).log_probs(hist).float()
+
+    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
+        ev = self.eval_subset(split, max_users)
+        es = ev.eval_set
+
+        def score(rows: np.ndarray) -> torch.Tensor:
+            return self.scorer.scores(self.log_probs(model, es.padded_histories(rows, pad=-1)))
+
+        m, _ = ev.evaluate_scores(score, self.acfg.eval_batch_users, self.cfg.eval.exclude_history)
+        return m
+
+    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per user of ``eval_set`` by holistic score (history items excluded if configured)."""
+        items, scores = [], []
+        bs = max(1, self.acfg.eval_batch_users)
+        for s in range(0, len(eval_set), bs):
+            hist = eval_set.padded_histories(np.arange(s, min(len(eval_set), s + bs)), pad=-1)
+            logp = self.log_probs(self.model, hist)
+            if self.cfg.eval.exclude_history:  # exact: score everything, mask the history, then rank
+                sc = self.scorer.scores(logp)
+                r = torch.arange(len(hist)).view(-1, 1).expand_as(hist)
+                sc[r[hist >= 0], hist[hist >= 0]] = float("-inf")
+                v, i = sc.topk(min(k, sc.shape[1]), 1)
+            else:
+                v, i = self.scorer.topk(logp, k)
+            items.append(i)
+            scores.append(v)
+        return torch.cat(items).numpy(), torch.cat(scores).numpy()
+
+
+def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> ACERecTask:
+    return ACERecTask(cfg, dataset, split, Path(run_dir))
+
+
+__all__ = ["ACERecTask", "build", "raw_codes"]

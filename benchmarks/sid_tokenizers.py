@@ -38,7 +38,7 @@ SETTINGS = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
-    ap.add_argument("--kinds", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--kinds", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()

@@ -25,8 +25,10 @@ def main() -> None:
     ap.add_argument("--config", default="tiger-cpu", help="configs/<dataset>/<CONFIG>.yaml")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
-    ap.add_argument("overrides", nargs=argparse.REMAINDER, default=[])
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
+    # key=value words among the positionals are config overrides (so flags may come before or after them)
+    args.overrides = [a for a in args.datasets if "=" in a]
+    args.datasets = [a for a in args.datasets if "=" not in a] or ["beauty", "sports", "toys"]
     torch.set_num_threads(args.threads)
     for name in args.datasets:
         run = Path("runs/bench") / f"tiger-{name}"

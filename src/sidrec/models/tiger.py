@@ -103,13 +103,20 @@ class TIGER(nn.Module):
             self.code_emb.weight[self.vocab].zero_()
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """History SIDs (B, T, L), left-padded with -1 -> encoder output (B, S, d) and its validity (B, S)."""
+    def encode(self, history: torch.Tensor, users: torch.Tensor | None = None,
+               emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """History SIDs (B, T, L), left-padded with -1 -> encoder output (B, S, d) and its validity (B, S).
+
+        ``emb`` (B, T, L, d) replaces the code-embedding lookup (DIGER feeds straight-through mixtures of
+        code embeddings so the recommendation loss reaches the tokenizer); ``history`` still gives the mask.
+        """
         b, t, length = history.shape
         valid = history >= 0
-        tok = torch.where(valid, history + self.offsets, torch.full_like(history, self.vocab))
+        if emb is None:
+            tok = torch.where(valid, history + self.offsets, torch.full_like(history, self.vocab))
+            emb = self.code_emb(tok)
         pos = torch.arange(t - 1, -1, -1, device=history.device).clamp(max=self.max_len - 1)
-        x = self.code_emb(tok) + self.item_pos(pos).view(1, t, 1, -1)
+        x = emb + self.item_pos(pos).view(1, t, 1, -1)
         x, valid = x.view(b, t * length, -1), valid.view(b, t * length)
         if self.user_emb is not None:
             if users is None:
@@ -126,13 +133,19 @@ class TIGER(nn.Module):
         return self.encoder_ln(x), valid
 
     # ------------------------------------------------------------------ decoder
-    def _dec_inputs(self, prefix: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Embeddings of decoder positions ``start..start+t`` for codes ``prefix`` (..., t) (BOS at position 0)."""
+    def _dec_inputs(self, prefix: torch.Tensor, start: int = 0, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of decoder positions ``start..start+t`` for codes ``prefix`` (..., t) (BOS at position 0).
+
+        ``emb`` (..., t, d), only with ``start == 0``, replaces the lookup of the prefix codes' embeddings.
+        """
         t = prefix.shape[-1]
         parts = []
         if start == 0:
             parts.append(self.bos.expand(*prefix.shape[:-1], 1, -1))
-        if t:
+        if emb is not None and start == 0:
+            if t:
+                parts.append(emb)
+        elif t:
             codes = prefix[..., max(0, start - 1):] if start else prefix
             lv = torch.arange(start - 1 if start else 0, t, device=prefix.device)
             parts.append(self.code_emb(codes + self.offsets[lv]))
@@ -140,9 +153,10 @@ class TIGER(nn.Module):
         pos = torch.arange(start, start + x.shape[-2], device=prefix.device)
         return x + self.dec_pos(pos)
 
-    def decode(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    def decode(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefix: torch.Tensor,
+               prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced decoder: codes (B, t) -> hidden states (B, t+1, d) (position l predicts code l)."""
-        x = self.drop(self._dec_inputs(prefix))
+        x = self.drop(self._dec_inputs(prefix, emb=prefix_emb))
         mask = memory_valid.unsqueeze(1)
         for blk in self.decoder:
             x = blk(x, memory=memory, memory_mask=mask, is_causal=True)
@@ -154,11 +168,26 @@ class TIGER(nn.Module):
         hi = lo + self.sizes[level]
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
 
-    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the target SIDs (B, L) given history SIDs (B, T, L)."""
-        memory, valid = self.encode(history, users)
-        h = self.decode(memory, valid, target[:, :-1])
-        losses = [F.cross_entropy(self.level_logits(h[:, lv], lv).float(), target[:, lv]) for lv in range(self.length)]
+    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
+                history_emb: torch.Tensor | None = None, target_emb: torch.Tensor | None = None,
+                target_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the target SIDs (B, L) given history SIDs (B, T, L).
+
+        The optional arguments are DIGER's differentiable path: ``history_emb`` (B, T, L, d) and
+        ``target_emb`` (B, L, d) replace the code-embedding lookups, and ``target_weights[l]`` (B, K_l), when
+        given, is the target distribution of level l (a straight-through one-hot: the loss value is the
+        cross-entropy of the hard code, its gradient reaches the soft assignment).
+        """
+        memory, valid = self.encode(history, users, history_emb)
+        h = self.decode(memory, valid, target[:, :-1], None if target_emb is None else target_emb[:, :-1])
+        losses = []
+        for lv in range(self.length):
+            logits = self.level_logits(h[:, lv], lv).float()
+            w = target_weights[lv] if target_weights is not None else None
+            if w is None:
+                losses.append(F.cross_entropy(logits, target[:, lv]))
+            else:
+                losses.append(-(w.float() * logits.log_softmax(-1)).sum(-1).mean())
         return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ incremental decoding (beam search)

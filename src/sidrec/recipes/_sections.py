@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from sidrec.config import _EXTRA_SECTIONS, register_section
 from sidrec.models.acerec import ACERecConfig
+from sidrec.models.diger import DIGERConfig
 from sidrec.models.tiger import TIGERConfig
 from sidrec.sid.config import TokenizerConfig
 
 register_section("tiger", TIGERConfig)
 register_section("acerec", ACERecConfig)
+register_section("diger", DIGERConfig)
 if "tokenizer" not in _EXTRA_SECTIONS:  # the tokenizer package may register its own section first
     register_section("tokenizer", TokenizerConfig)

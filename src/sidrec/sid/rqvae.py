@@ -50,6 +50,7 @@ from sidrec.sid.config import TokenizerConfig
 from sidrec.sid.rqkmeans import nearest
 
 ESTIMATORS = ("ste", "gumbel", "soft")
+NOISES = ("gumbel", "gaussian")
 _CHUNK = 4096
 
 
@@ -61,6 +62,8 @@ class QuantizerOutput(NamedTuple):
     loss: torch.Tensor  # scalar VQ loss (codebook + beta * commitment, summed over levels)
     logits: list[torch.Tensor]  # per level (n, K_l): -||r_l - c_k||^2, before any noise (carry gradients)
     residuals: list[torch.Tensor]  # per level (n, D): the residual r_l that level quantised (detached)
+    weights: list[torch.Tensor]  # per level (n, K_l): one-hot of the chosen code; gumbel / soft: straight-through
+    nearest: torch.Tensor  # (n, L) noiseless argmax code of each level's residual (what FrqUD counts)
 
 
 def _check_estimator(estimator: str, tau: float, noise_scale: float) -> None:
@@ -77,6 +80,15 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, like: tor
     u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
     tiny = torch.finfo(like.dtype).tiny
     return -torch.log(-torch.log(u.clamp(min=tiny, max=1.0 - 1e-7)))
+
+
+def sample_noise(kind: str, shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) or standard normal samples (DIGER's ablation swaps the distribution, nothing else)."""
+    if kind == "gumbel":
+        return gumbel_noise(shape, generator, like)
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    raise SidrecError(f"noise must be one of {', '.join(NOISES)}, got '{kind}'")
 
 
 class ResidualQuantizer(nn.Module):
@@ -125,7 +137,11 @@ class ResidualQuantizer(nn.Module):
         return (r * r).sum(1, keepdim=True) - 2.0 * r @ c.t() + (c * c).sum(1)[None, :]
 
     def forward(self, z: torch.Tensor, estimator: str | None = None, tau: float | None = None,
-                noise_scale: float | None = None, generator: torch.Generator | None = None) -> QuantizerOutput:
+                noise_scale: float | None = None, generator: torch.Generator | None = None,
+                noise: str = "gumbel", hot: Sequence[torch.Tensor] | None = None) -> QuantizerOutput:
+        """Quantise ``z`` (n, dim). ``noise`` picks the perturbation of ``gumbel`` (Gumbel or Gaussian);
+        ``hot`` (per level, a (K_l,) bool mask) restricts it to rows whose noiseless code is hot (DIGER's
+        FrqUD): the other rows take their nearest code, with the plain softmax as backward path."""
         est = self.estimator if estimator is None else estimator
         t = self.tau if tau is None else float(tau)
         s = self.noise_scale if noise_scale is None else float(noise_scale)
@@ -134,27 +150,39 @@ class ResidualQuantizer(nn.Module):
         r = z
         quantized = torch.zeros_like(z)
         loss = z.new_zeros(())
-        codes, logits_all, residuals = [], [], []
+        codes, logits_all, residuals, weights, nearest_codes = [], [], [], [], []
         for level, book in enumerate(self.codebooks):
             logits = -self.distances(r, level)
-            scores = logits + s * gumbel_noise(logits.shape, generator, logits) if noisy_mode else logits
-            k = scores.argmax(1)
+            near = logits.detach().argmax(1)
+            if noisy_mode:
+                eps = s * sample_noise(noise, logits.shape, generator, logits)
+                if hot is not None:
+                    eps = eps * hot[level].to(logits.device)[near].unsqueeze(1).to(eps.dtype)
+                scores = logits + eps
+            else:
+                scores = logits
+            k = scores.detach().argmax(1)
             c = book[k]
             loss = loss + F.mse_loss(c, r.detach()) + self.beta * F.mse_loss(r, c.detach())
+            one_hot = F.one_hot(k, book.shape[0]).to(z.dtype)
             if est == "ste":
                 q = c.detach()  # the straight-through identity is added once, below
+                w = one_hot
             else:
                 y = torch.softmax(scores / t, dim=1)
-                w = F.one_hot(k, book.shape[0]).to(y.dtype) - y.detach() + y
+                w = one_hot - y.detach() + y
                 q = w @ book
             quantized = quantized + q
             codes.append(k)
+            nearest_codes.append(near)
             logits_all.append(logits)
             residuals.append(r.detach())
+            weights.append(w)
             r = r - c.detach()
         if est == "ste":
             quantized = z + (quantized - z).detach()
-        return QuantizerOutput(quantized, torch.stack(codes, 1), loss, logits_all, residuals)
+        return QuantizerOutput(quantized, torch.stack(codes, 1), loss, logits_all, residuals, weights,
+                               torch.stack(nearest_codes, 1))
 
     def assign(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Nearest code per level (n, L) and the per-level logits ``-||r_l - c_k||^2`` (with gradients).

@@ -78,13 +78,13 @@ class Trainer:
         self.distributed = D.init(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        params = [p for p in task.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-        )
+        if hasattr(task, "param_groups"):  # a task with parts that learn at different rates (DIGER)
+            groups = task.param_groups(cfg.weight_decay, cfg.lr)
+        else:
+            params = [p for p in task.model.parameters() if p.requires_grad]
+            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
         n0 = max(1, len(task.train_batches(0)) // D.world_size())
         self.total_steps = max(1, n0 * cfg.epochs)
         self.sched = torch.optim.lr_scheduler.LambdaLR(

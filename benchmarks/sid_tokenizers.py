@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
+from sidrec.errors import SidrecError
 from sidrec.features import item_features
 from sidrec.pipeline import dataset_from_config
 from sidrec.sid.config import TokenizerConfig
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)  # faiss's OpenMP pool would otherwise use every core
     for name in args.datasets:
@@ -54,7 +55,13 @@ def main() -> None:
         for kind in args.kinds:
             variant, opts = SETTINGS[kind]
             t0 = time.time()
-            res = tokenize(TokenizerConfig(**opts, seed=args.seed), emb)
+            try:
+                res = tokenize(TokenizerConfig(**opts, seed=args.seed), emb)
+            except SidrecError as exc:  # a collision group larger than the 256-code disambiguation level
+                print(f"{name} {kind}: {exc}; retrying with tokenizer.collision_codebook=1024", flush=True)
+                variant += " (collision codebook 1024)"
+                t0 = time.time()
+                res = tokenize(TokenizerConfig(**opts, seed=args.seed, collision_codebook=1024), emb)
             wall = time.time() - t0
             rep = res.report
             util = rep["utilization"]

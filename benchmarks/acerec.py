@@ -1,0 +1,155 @@
+"""ACERec on Beauty / Sports / Toys, its ablations, and inference throughput against TIGER's beam search.
+
+Usage:
+  python benchmarks/acerec.py train [beauty sports toys] [--variants atm mean nointent noisa] [--threads 2]
+         [--reuse] [key=value ...]
+  python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
+         [--users 1000] [--threads 2]
+
+``train`` writes runs/bench/acerec-<dataset>-<variant> and records per split / subset; the variants are the
+issue's ablations on one backbone: atm (full model), mean (mean pooling instead of the Attentive Token
+Merger), nointent (no intent token: predict from the mean of the block's latent states), noisa (no
+item-level alignment loss). All variants of a dataset share one OPQ table (copied from the first run).
+``speed`` scores the same test users with both trained models, in one process, each the way its evaluation
+runs it: ACERec's holistic scoring (exact top-10 over the full catalogue) and TIGER's constrained beam search
+(beam 20, top-10), both under the same precision (fp32) and threads, and reports users/s and the peak
+resident memory added by each (measured in a fresh child process per method).
+Writes benchmarks/results/acerec.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sidrec.config import load_config
+from sidrec.pipeline import load_run, train
+
+from _common import REPO, record, run_records, save
+
+VARIANTS = {
+    "atm": [],
+    "mean": ["acerec.merge=mean"],
+    "nointent": ["acerec.intent_token=false"],
+    "noisa": ["acerec.isa=false"],
+}
+SHARED_FILES = ("sid_table.parquet", "sid_table.source.json", "tokenizer", "tokenizer_report.json",
+                "tokenizer_usage.png")
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str]) -> None:
+    for name in datasets:
+        first: Path | None = None
+        for variant in args.variants:
+            run = Path("runs/bench") / f"acerec-{name}-{variant}"
+            if first is not None and not (run / "sid_table.parquet").exists():
+                run.mkdir(parents=True, exist_ok=True)
+                for f in SHARED_FILES:
+                    p = first / f
+                    if p.is_dir():
+                        shutil.copytree(p, run / f)
+                    elif p.exists():
+                        shutil.copy2(p, run / f)
+            cfg = load_config([REPO / "configs" / name / "acerec.yaml"],
+                              [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
+                              + VARIANTS[variant] + overrides)
+            t0 = time.time()
+            if args.reuse and (run / "metrics.json").exists():
+                res = json.loads((run / "metrics.json").read_text())
+                wall = float(res["summary"]["train_s"])
+            else:
+                res = train(cfg)
+                wall = time.time() - t0
+            first = first or run
+            recs = run_records(name, "acerec", variant, res, wall)
+            for r in recs:
+                r["metrics"].update(epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
+            save("acerec", recs)
+            t = res["test"]["all"]
+            print(f"{name} {variant}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",
+                  flush=True)
+
+
+def _measure(kind: str, run: str, users: int, threads: int, seed: int, out: mp.Queue) -> None:
+    """Child process: load one model, score ``users`` test users, report users/s and peak RSS growth."""
+    torch.set_num_threads(threads)
+    cfg, ds, split, task = load_run(run)
+    cfg.train.bf16 = False
+    es = split.test
+    rows = np.sort(np.random.default_rng(seed).choice(len(es), min(users, len(es)), replace=False))
+    sub = es.subset(rows)
+    warm = sub.subset(np.arange(min(8, len(sub))))
+    if kind == "acerec":
+        def run_once(e):  # exact top-10 over the full catalogue, batch by batch
+            bs = task.acfg.eval_batch_users
+            for s in range(0, len(e), bs):
+                hist = e.padded_histories(np.arange(s, min(len(e), s + bs)), pad=-1)
+                task.scorer.topk(task.log_probs(task.model, hist), 10)
+    else:
+        def run_once(e):
+            task.decode(task.model, e, 10, beam=20)
+    run_once(warm)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    run_once(sub)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.put({"name": ds.name, "users": len(sub), "seconds": dt, "users_per_s": len(sub) / dt,
+             "peak_rss_mb": peak / 1024, "rss_growth_mb": max(0, peak - base) / 1024,
+             "items": int(split.n_items)})
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    ctx = mp.get_context("spawn")
+    res = {}
+    for kind, run in (("acerec", args.acerec), ("tiger", args.tiger)):
+        q = ctx.Queue()
+        p = ctx.Process(target=_measure, args=(kind, run, args.users, args.threads, 0, q))
+        p.start()
+        res[kind] = q.get()
+        p.join()
+        print(f"{kind}: {res[kind]['users_per_s']:.1f} users/s, peak RSS {res[kind]['peak_rss_mb']:.0f} MB")
+    a, t = res["acerec"], res["tiger"]
+    name = a["name"]
+    recs = [
+        record(name, "acerec", "holistic scoring, exact top-10 of the catalogue, fp32", "test", "all",
+               {"users": a["users"], "users_per_s": a["users_per_s"], "peak_rss_mb": a["peak_rss_mb"],
+                "rss_growth_mb": a["rss_growth_mb"], "speedup_vs_tiger": a["users_per_s"] / t["users_per_s"]},
+               a["seconds"], args.threads),
+        record(name, "tiger", "beam search W20, top-10, fp32 (compared with acerec)", "test", "all",
+               {"users": t["users"], "users_per_s": t["users_per_s"], "peak_rss_mb": t["peak_rss_mb"],
+                "rss_growth_mb": t["rss_growth_mb"]}, t["seconds"], args.threads),
+    ]
+    print(f"holistic / beam: {a['users_per_s'] / t['users_per_s']:.2f}x; wrote {save('acerec', recs)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["train", "speed"])
+    ap.add_argument("datasets", nargs="*", default=[])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--acerec", default="runs/bench/acerec-beauty-atm")
+    ap.add_argument("--tiger", default="runs/bench/tiger-beauty")
+    ap.add_argument("--users", type=int, default=1000)
+    args = ap.parse_intermixed_args()
+    torch.set_num_threads(args.threads)
+    overrides = [a for a in args.datasets if "=" in a]
+    datasets = [a for a in args.datasets if "=" not in a] or ["beauty"]
+    if args.command == "train":
+        cmd_train(args, overrides, datasets)
+    else:
+        cmd_speed(args)
+
+
+if __name__ == "__main__":
+    main()

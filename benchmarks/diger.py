@@ -1,0 +1,137 @@
+"""DIGER vs the two-stage TIGER with the same backbone, data, RQ-VAE and budget, plus DIGER's ablations.
+
+Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 0 1] [--threads 2]
+       [--reuse] [key=value ...]
+
+Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud (DIGER default), sdud, both
+(SDUD + FrqUD), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
+gaussian (Gaussian noise instead of Gumbel, FrqUD). Every run of a seed starts from the same SID table: the
+tokenizer stage's files are copied from the seed's first run, so the variants differ only in training.
+With --reuse a finished run directory (metrics.json present) is read instead of retrained; for seed 0 the
+two-stage run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) is used when present.
+Writes runs/bench/diger-<dataset>-<variant>-s<seed> and benchmarks/results/diger.json (one record per run and
+split/subset, with utilisation per level and SID drift, and a mean/std record per variant over the seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sidrec.config import load_config
+from sidrec.pipeline import train
+
+from _common import REPO, record, run_records, save
+
+VARIANTS = {
+    "tiger": ("tiger-cpu", []),
+    "frqud": ("diger", []),
+    "sdud": ("diger", ["diger.decay=sdud"]),
+    "both": ("diger", ["diger.decay=both"]),
+    "nodecay": ("diger", ["diger.decay=none"]),
+    "ste": ("diger", ["diger.noise=none", "diger.decay=none"]),
+    "gaussian": ("diger", ["diger.noise=gaussian"]),
+}
+TOKENIZER_FILES = ("sid_table.parquet", "sid_table.source.json", "tokenizer", "tokenizer_report.json",
+                   "tokenizer_usage.png")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Give ``dst`` the SID table and tokenizer state of ``src`` (same seed, same settings)."""
+    if not (src / "sid_table.parquet").exists() or (dst / "sid_table.parquet").exists():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        p = src / name
+        if p.is_dir():
+            shutil.copytree(p, dst / name)
+        elif p.exists():
+            shutil.copy2(p, dst / name)
+
+
+def sid_stats(run: Path) -> dict[str, float]:
+    """Final utilisation per level and SID drift of a DIGER run (from its diger_log.jsonl)."""
+    log = run / "diger_log.jsonl"
+    if not log.exists():
+        rep = json.loads((run / "tokenizer_report.json").read_text()) if (run / "tokenizer_report.json").exists() else {}
+        out = {f"utilization_l{i + 1}": u for i, u in enumerate(rep.get("utilization", []))}
+        out["sid_drift"] = 0.0
+        return out
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    last = [r for r in rows if r["when"] == "evaluate test"] or rows
+    r = last[-1]
+    out = {f"utilization_l{i + 1}": u for i, u in enumerate(r["utilization"])}
+    out.update(sid_drift=r["sid_drift"], collision_rate=r["collision_rate"],
+               noise_scale_final=r["noise_scale"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("datasets", nargs="*", default=["beauty"])
+    ap.add_argument("--variants", nargs="+", default=["tiger", "frqud"], choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true")
+    args = ap.parse_intermixed_args()
+    overrides = [a for a in args.datasets if "=" in a]
+    datasets = [a for a in args.datasets if "=" not in a] or ["beauty"]
+    torch.set_num_threads(args.threads)
+    for name in datasets:
+        for seed in args.seeds:
+            first: Path | None = None
+            for variant in args.variants:
+                conf, extra = VARIANTS[variant]
+                run = Path("runs/bench") / f"diger-{name}-{variant}-s{seed}"
+                if variant == "tiger" and seed == 0 and args.reuse and (Path("runs/bench") / f"tiger-{name}" /
+                                                                        "metrics.json").exists():
+                    run = Path("runs/bench") / f"tiger-{name}"
+                if first is not None:
+                    copy_tokenizer(first, run)
+                cfg = load_config([REPO / "configs" / name / f"{conf}.yaml"],
+                                  [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
+                                   "train.progress=false"] + extra + overrides)
+                t0 = time.time()
+                if args.reuse and (run / "metrics.json").exists():
+                    res = json.loads((run / "metrics.json").read_text())
+                    wall = float(res["summary"].get("wall_s", res["summary"].get("train_s", 0.0)))
+                else:
+                    res = train(cfg)
+                    wall = time.time() - t0
+                first = first or run
+                method = "tiger" if variant == "tiger" else "diger"
+                recs = run_records(name, method, f"{variant}, seed {seed}", res, wall)
+                stats = sid_stats(run)
+                for r in recs:
+                    r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
+                save("diger", recs)
+                t = res["test"]["all"]
+                print(f"{name} {variant} seed {seed}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} "
+                      f"drift {stats.get('sid_drift', 0):.3f} in {wall / 60:.1f} min", flush=True)
+        # mean and spread over seeds, per variant (test, all users)
+        all_recs = json.loads((REPO / "benchmarks" / "results" / "diger.json").read_text())
+        summary = []
+        for variant in args.variants:
+            rows = [r for r in all_recs if r["dataset"] == name and r["split"] == "test" and r["subset"] == "all"
+                    and r["variant"].startswith(f"{variant}, seed ")]
+            if not rows:
+                continue
+            m: dict[str, float] = {"seeds": float(len(rows))}
+            for k in ("recall@10", "ndcg@10", "utilization_l1", "sid_drift"):
+                vals = np.array([r["metrics"][k] for r in rows if k in r["metrics"]], dtype=float)
+                if len(vals):
+                    m[f"{k}_mean"], m[f"{k}_std"] = float(vals.mean()), float(vals.std())
+            summary.append(record(name, rows[0]["method"], f"{variant}, mean over seeds", "test", "all", m,
+                                  sum(r["wall_s"] for r in rows)))
+        if summary:
+            save("diger", summary)
+
+
+if __name__ == "__main__":
+    main()

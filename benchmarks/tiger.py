@@ -39,7 +39,8 @@ def main() -> None:
         wall = time.time() - t0
         tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
-                                   f"{tc.encoder_layers}+{tc.decoder_layers}L d{tc.d_model}, beam {tc.beam}")
+                                   f"{tc.encoder_layers}+{tc.decoder_layers}L d{tc.d_model}, beam {tc.beam}"
+                                   + "".join(f", {o}" for o in args.overrides))
         recs = run_records(name, "tiger", variant, res, wall)
         rep = json.loads((run / "tokenizer_report.json").read_text()) if (run / "tokenizer_report.json").exists() else {}
         for r in recs:

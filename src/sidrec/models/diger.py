@@ -93,6 +93,11 @@ class DIGER(nn.Module):
             for p in rqvae.encoder.parameters():
                 p.requires_grad_(False)
         self.register_buffer("features", features.float(), persistent=False)
+        if cfg.freeze_encoder:  # a frozen encoder's latents never change: compute them once, not per batch
+            with torch.no_grad():
+                self.register_buffer("latents", rqvae.encoder(self.features), persistent=False)
+        else:
+            self.latents = None
         self.register_buffer("collision", collision.long(), persistent=False)
         self.sigma = nn.Parameter(torch.tensor(float(cfg.noise_scale))) if cfg.decay in ("sdud", "both") else None
         for level, k in enumerate(rqvae.quantizer.sizes):  # FrqUD usage shares, start uniform
@@ -124,7 +129,7 @@ class DIGER(nn.Module):
         cfg = self.cfg
         with torch.autocast(items.device.type, enabled=False):
             x = self.features[items]
-            z = self.rqvae.encoder(x)
+            z = self.latents[items] if self.latents is not None else self.rqvae.encoder(x)
             est = "soft" if cfg.noise == "none" else "gumbel"
             out = self.rqvae.quantizer(z, estimator=est, tau=cfg.tau, noise_scale=self.noise_scale(),
                                        generator=generator, noise=cfg.noise if cfg.noise != "none" else "gumbel",

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import train
+from sidrec.pipeline import load_run, train
 
 from _common import REPO, run_records, save
 
@@ -24,6 +24,9 @@ def main() -> None:
     ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
     ap.add_argument("--config", default="tiger-cpu", help="configs/<dataset>/<CONFIG>.yaml")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="read a finished runs/bench run instead of training")
+    ap.add_argument("--seen-excluded", action="store_true",
+                    help="also evaluate the test split with the user's history items removed from the list")
     ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
     args = ap.parse_intermixed_args()
     # key=value words among the positionals are config overrides (so flags may come before or after them)
@@ -35,13 +38,24 @@ def main() -> None:
         cfg = load_config([REPO / "configs" / name / f"{args.config}.yaml"],
                           [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         t0 = time.time()
-        res = train(cfg)
-        wall = time.time() - t0
+        if args.reuse and (run / "metrics.json").exists():
+            res = json.loads((run / "metrics.json").read_text())
+            wall = float(res.get("wall_s", res["summary"]["train_s"]))
+        else:
+            res = train(cfg)
+            wall = time.time() - t0
         tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
                                    f"{tc.encoder_layers}+{tc.decoder_layers}L d{tc.d_model}, beam {tc.beam}"
                                    + "".join(f", {o}" for o in args.overrides))
         recs = run_records(name, "tiger", variant, res, wall)
+        if args.seen_excluded:  # the same checkpoint, the user's own history items dropped from the beam's list
+            _, _, _, task = load_run(run)
+            task.cfg.eval.exclude_history = True
+            seen = {"test": task.evaluate(task.model, "test")}
+            recs += run_records(name, "tiger", variant + ", seen items excluded", seen, wall)
+        if "popularity_test" in res:
+            recs += run_records(name, "popularity", "train frequency", {"test": res["popularity_test"]}, 0.0)
         rep = json.loads((run / "tokenizer_report.json").read_text()) if (run / "tokenizer_report.json").exists() else {}
         for r in recs:
             r["metrics"]["epochs"] = res["summary"]["epochs"]

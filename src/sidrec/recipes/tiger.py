@@ -165,8 +165,11 @@ class TIGERTask(EvaluatorsMixin):
         items = torch.full((n, k), -1, dtype=torch.long)
         scores = torch.full((n, k), float("-inf"))
         bs = max(1, self.tcfg.eval_batch_users)
+        # users batched by history length: a batch's encoder input is padded only to its own longest
+        # history (Amazon histories are mostly far shorter than max_len, so this halves the encoder work)
+        order = np.argsort(np.array([len(h) for h in es.histories], dtype=np.int64), kind="stable")
         for s in range(0, n, bs):
-            rows = np.arange(s, min(n, s + bs))
+            rows = order[s:s + bs]
             hist = es.padded_histories(rows, pad=-1)
             users = torch.from_numpy(es.users[rows]).long()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
@@ -179,7 +182,8 @@ class TIGERTask(EvaluatorsMixin):
                 seen = ((it.unsqueeze(2) == hist.unsqueeze(1)) & (hist >= 0).unsqueeze(1)).any(2)
                 it, sc = compact(it, sc, (it >= 0) & ~seen, beam)
             it, sc = compact(it, sc, it >= 0, k)
-            items[s:s + len(rows)], scores[s:s + len(rows)] = it, sc
+            idx = torch.from_numpy(rows)
+            items[idx], scores[idx] = it, sc
         return items, scores
 
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import load_run, train
 
-from _common import REPO, record, run_records, save
+from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
 
 VARIANTS = {
     "atm": [],
@@ -41,23 +40,13 @@ VARIANTS = {
     "nointent": ["acerec.intent_token=false"],
     "noisa": ["acerec.isa=false"],
 }
-SHARED_FILES = ("sid_table.parquet", "sid_table.source.json", "tokenizer", "tokenizer_report.json",
-                "tokenizer_usage.png")
-
-
 def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str]) -> None:
     for name in datasets:
         first: Path | None = None
         for variant in args.variants:
             run = Path("runs/bench") / f"acerec-{name}-{variant}"
-            if first is not None and not (run / "sid_table.parquet").exists():
-                run.mkdir(parents=True, exist_ok=True)
-                for f in SHARED_FILES:
-                    p = first / f
-                    if p.is_dir():
-                        shutil.copytree(p, run / f)
-                    elif p.exists():
-                        shutil.copy2(p, run / f)
+            if first is not None:
+                copy_tokenizer_stage(first, run)
             cfg = load_config([REPO / "configs" / name / "acerec.yaml"],
                               [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
                               + VARIANTS[variant] + overrides)
@@ -143,8 +132,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000)
     args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
-    overrides = [a for a in args.datasets if "=" in a]
-    datasets = [a for a in args.datasets if "=" not in a] or ["beauty"]
+    datasets, overrides = split_positionals(args.datasets, ["beauty"])
     if args.command == "train":
         cmd_train(args, overrides, datasets)
     else:

@@ -1,14 +1,14 @@
 """DIGER vs the two-stage TIGER with the same backbone, data, RQ-VAE and budget, plus DIGER's ablations.
 
-Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 0 1] [--threads 2]
+Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
        [--reuse] [key=value ...]
 
 Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud (DIGER default), sdud, both
 (SDUD + FrqUD), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
 gaussian (Gaussian noise instead of Gumbel, FrqUD). Every run of a seed starts from the same SID table: the
 tokenizer stage's files are copied from the seed's first run, so the variants differ only in training.
-With --reuse a finished run directory (metrics.json present) is read instead of retrained; for seed 0 the
-two-stage run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) is used when present.
+With --reuse a finished run directory (metrics.json present) is read instead of retrained; for the configs'
+seed (42) the two-stage run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) is used when present.
 Writes runs/bench/diger-<dataset>-<variant>-s<seed> and benchmarks/results/diger.json (one record per run and
 split/subset, with utilisation per level and SID drift, and a mean/std record per variant over the seeds).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import train
 
-from _common import REPO, record, run_records, save
+from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
 
 VARIANTS = {
     "tiger": ("tiger-cpu", []),
@@ -38,23 +37,6 @@ VARIANTS = {
     "ste": ("diger", ["diger.noise=none", "diger.decay=none"]),
     "gaussian": ("diger", ["diger.noise=gaussian"]),
 }
-TOKENIZER_FILES = ("sid_table.parquet", "sid_table.source.json", "tokenizer", "tokenizer_report.json",
-                   "tokenizer_usage.png")
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Give ``dst`` the SID table and tokenizer state of ``src`` (same seed, same settings)."""
-    if not (src / "sid_table.parquet").exists() or (dst / "sid_table.parquet").exists():
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        p = src / name
-        if p.is_dir():
-            shutil.copytree(p, dst / name)
-        elif p.exists():
-            shutil.copy2(p, dst / name)
-
-
 def sid_stats(run: Path) -> dict[str, float]:
     """Final utilisation per level and SID drift of a DIGER run (from its diger_log.jsonl)."""
     log = run / "diger_log.jsonl"
@@ -76,12 +58,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty"])
     ap.add_argument("--variants", nargs="+", default=["tiger", "frqud"], choices=list(VARIANTS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_intermixed_args()
-    overrides = [a for a in args.datasets if "=" in a]
-    datasets = [a for a in args.datasets if "=" not in a] or ["beauty"]
+    datasets, overrides = split_positionals(args.datasets, ["beauty"])
     torch.set_num_threads(args.threads)
     for name in datasets:
         for seed in args.seeds:
@@ -89,11 +70,12 @@ def main() -> None:
             for variant in args.variants:
                 conf, extra = VARIANTS[variant]
                 run = Path("runs/bench") / f"diger-{name}-{variant}-s{seed}"
-                if variant == "tiger" and seed == 0 and args.reuse and (Path("runs/bench") / f"tiger-{name}" /
-                                                                        "metrics.json").exists():
-                    run = Path("runs/bench") / f"tiger-{name}"
+                two_stage = Path("runs/bench") / f"tiger-{name}"  # benchmarks/tiger.py's run, if same seed
+                if (variant == "tiger" and args.reuse and (two_stage / "metrics.json").exists()
+                        and load_config([two_stage / "config.yaml"]).seed == seed):
+                    run = two_stage
                 if first is not None:
-                    copy_tokenizer(first, run)
+                    copy_tokenizer_stage(first, run)
                 cfg = load_config([REPO / "configs" / name / f"{conf}.yaml"],
                                   [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
                                    "train.progress=false"] + extra + overrides)

@@ -14,7 +14,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import load_run, train
 
-from _common import REPO, run_records, save
+from _common import REPO, run_records, save, split_positionals
 
 
 def main() -> None:
@@ -23,9 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="re-evaluate an existing runs/bench run instead of training")
     args = ap.parse_intermixed_args()
-    # key=value words among the positionals are config overrides (so flags may come before or after them)
-    args.overrides = [a for a in args.datasets if "=" in a]
-    args.datasets = [a for a in args.datasets if "=" not in a] or ["beauty", "sports", "toys"]
+    args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
         cfg = load_config([REPO / "configs" / name / "sasrec.yaml"],

@@ -16,7 +16,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import load_run, train
 
-from _common import REPO, run_records, save
+from _common import REPO, run_records, save, split_positionals
 
 
 def main() -> None:
@@ -29,9 +29,7 @@ def main() -> None:
                     help="also evaluate the test split with the user's history items removed from the list")
     ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
     args = ap.parse_intermixed_args()
-    # key=value words among the positionals are config overrides (so flags may come before or after them)
-    args.overrides = [a for a in args.datasets if "=" in a]
-    args.datasets = [a for a in args.datasets if "=" not in a] or ["beauty", "sports", "toys"]
+    args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
         run = Path("runs/bench") / f"tiger-{name}"

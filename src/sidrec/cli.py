@@ -132,6 +132,13 @@ def embed(
     out.print(f"{ds.name}: {emb.shape[0]:,} items x {emb.shape[1]} dims in {time.time() - t0:.1f}s -> {dest}")
 
 
+def _config_with_run_dir(config: list[Path] | None, overrides: list[str] | None, run_dir: str | None) -> Any:
+    """The config from files + dotted overrides, with ``--run-dir`` as one more override."""
+    from sidrec.config import load_config
+
+    return load_config(config, list(overrides or []) + ([f"run_dir={run_dir}"] if run_dir else []))
+
+
 @app.command()
 def tokenize(
     config: ConfigOpt = None,
@@ -139,16 +146,12 @@ def tokenize(
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
 ) -> None:
     """Fit the configured tokenizer (tokenizer.kind=rqkmeans|rqvae|opq|pq) and write SID table + report."""
-    from sidrec.config import load_config
     from sidrec.features import item_features
     from sidrec.pipeline import dataset_from_config, seed_everything
     from sidrec.runs import prepare_run_dir
     from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, run_tokenize
 
-    ov = list(overrides or [])
-    if run_dir:
-        ov.append(f"run_dir={run_dir}")
-    cfg = load_config(config, ov)
+    cfg = _config_with_run_dir(config, overrides, run_dir)
     tcfg = cfg.section("tokenizer")  # type: ignore[attr-defined]
     seed_everything(cfg.seed)
     ds = dataset_from_config(cfg)
@@ -184,14 +187,10 @@ def train(
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
 ) -> None:
     """Train a method (method=sasrec|...) on a dataset; writes a run directory with metrics.json."""
-    from sidrec.config import load_config
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D
 
-    ov = list(overrides or [])
-    if run_dir:
-        ov.append(f"run_dir={run_dir}")
-    cfg = load_config(config, ov)
+    cfg = _config_with_run_dir(config, overrides, run_dir)
     res = run_train(cfg, resume=resume)
     if D.is_main():
         out.print(_metrics_table(f"{cfg.method} - test", [(cfg.method, res["test"]),

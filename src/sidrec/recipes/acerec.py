@@ -29,13 +29,13 @@ from torch import nn
 
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
-from sidrec.data.protocol import EvalSet, LeaveOneOut, left_pad
+from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
 from sidrec.models.acerec import ACERec, ACERecConfig
 from sidrec.recipes._eval import EvaluatorsMixin
-from sidrec.recipes.sasrec import bucketed_batches
+from sidrec.recipes.sasrec import NextItemBatches
 from sidrec.recipes.tiger import SID_TABLE_FILE, semantic_ids
 from sidrec.sid.config import RQ_KINDS, TokenizerConfig
 
@@ -64,21 +64,11 @@ class ACERecTask(EvaluatorsMixin):
         codes, K = raw_codes(sids, cfg.section("tokenizer"), self.acfg.collision_code)  # type: ignore[attr-defined]
         self.model: nn.Module = ACERec(codes, K, cfg.data.max_len, self.acfg, split.item_freq)
         self.scorer = HolisticScorer(codes, self.acfg.eval_chunk)
-        L = cfg.data.max_len
-        rows = [s[-(L + 1):] for s in split.train if len(s) >= 2]
-        self.mat = left_pad(rows, pad=-1, length=L + 1)  # (n_train_users, L+1), most recent on the right
-        self.lens = np.array([len(r) for r in rows])
+        self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        out = []
-        for idx in bucketed_batches(self.lens, self.cfg.train.batch_size, rng):
-            t = int(self.lens[idx].max())
-            sub = self.mat[torch.from_numpy(idx), -t:]
-            inp, tgt = sub[:, :-1], sub[:, 1:]
-            out.append({"seq": inp, "target": torch.where(inp >= 0, tgt, torch.full_like(tgt, -1))})
-        return out
+        return self.batches(epoch)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["seq"], batch["target"])

@@ -29,25 +29,41 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return [groups[i] for i in perm]
 
 
-class SASRecTask(EvaluatorsMixin):
-    def __init__(self, cfg: Config, split: LeaveOneOut) -> None:
-        self.cfg = cfg
-        self.split = split
-        self.model: nn.Module = SASRec(split.n_items, cfg.data.max_len, cfg.sasrec)
-        L = cfg.data.max_len
-        rows = [s[-(L + 1):] for s in split.train if len(s) >= 2]
-        self.mat = left_pad(rows, pad=-1, length=L + 1)  # (n_train_users, L+1), most recent on the right
-        self.lens = np.array([len(r) for r in rows])
+class NextItemBatches:
+    """Every user's most recent ``max_len + 1`` training items as next-item batches (SASRec, ACERec).
 
-    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng([self.cfg.seed, epoch])
+    Each batch is ``seq`` (B, t) left-padded with -1 and ``target`` (B, t): the item after each position
+    (-1 where the input is padding), t = the batch's own longest sequence, so one forward pass trains every
+    position of every user.
+    """
+
+    def __init__(self, train: list[np.ndarray], max_len: int, batch_size: int, seed: int) -> None:
+        rows = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+        self.mat = left_pad(rows, pad=-1, length=max_len + 1)  # (n_train_users, L+1), most recent on the right
+        self.lens = np.array([len(r) for r in rows])
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __call__(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, epoch])
         out = []
-        for idx in bucketed_batches(self.lens, self.cfg.train.batch_size, rng):
+        for idx in bucketed_batches(self.lens, self.batch_size, rng):
             t = int(self.lens[idx].max())
             sub = self.mat[torch.from_numpy(idx), -t:]
             inp, tgt = sub[:, :-1], sub[:, 1:]
             out.append({"seq": inp, "target": torch.where(inp >= 0, tgt, torch.full_like(tgt, -1))})
         return out
+
+
+class SASRecTask(EvaluatorsMixin):
+    def __init__(self, cfg: Config, split: LeaveOneOut) -> None:
+        self.cfg = cfg
+        self.split = split
+        self.model: nn.Module = SASRec(split.n_items, cfg.data.max_len, cfg.sasrec)
+        self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)
+
+    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        return self.batches(epoch)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["seq"], batch["target"])

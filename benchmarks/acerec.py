@@ -77,11 +77,8 @@ def _measure(kind: str, run: str, users: int, threads: int, seed: int, out: mp.Q
     sub = es.subset(rows)
     warm = sub.subset(np.arange(min(8, len(sub))))
     if kind == "acerec":
-        def run_once(e):  # exact top-10 over the full catalogue, batch by batch
-            bs = task.acfg.eval_batch_users
-            for s in range(0, len(e), bs):
-                hist = e.padded_histories(np.arange(s, min(len(e), s + bs)), pad=-1)
-                task.scorer.topk(task.log_probs(task.model, hist), 10)
+        def run_once(e):  # exact top-10 over the full catalogue, as `sidrec recommend` runs it
+            task.recommend(e, 10)
     else:
         def run_once(e):
             task.decode(task.model, e, 10, beam=20)

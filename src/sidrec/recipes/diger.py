@@ -66,6 +66,9 @@ class DIGERTask(TIGERTask):
         self.model = DIGER(self.model, rqvae, x, self.sids.primary[:, -1].clone(), self.dcfg)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log_index = 0
+        log = self.run_dir / DIGER_LOG_FILE
+        if not (self.run_dir / "checkpoints" / "last.state.pt").exists() and log.exists():
+            log.unlink()  # a fresh run (nothing to resume or evaluate): start the SID log afresh
 
     # -------------------------------------------------------------------------------- optimiser
     def param_groups(self, weight_decay: float, lr: float) -> list[dict[str, Any]]:

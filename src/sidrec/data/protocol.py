@@ -32,6 +32,11 @@ class EvalSet:
     def subset(self, idx: np.ndarray) -> EvalSet:
         return EvalSet(self.split, self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
 
+    def length_order(self) -> np.ndarray:
+        """Row indices ordered by history length (stable). Batching users in this order pads each batch
+        only to its own longest history; Amazon histories are mostly far shorter than ``max_len``."""
+        return np.argsort(np.array([len(h) for h in self.histories], dtype=np.int64), kind="stable")
+
     def padded_histories(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
         """Left-padded (B, L) tensor of item indices; ``pad`` marks empty slots."""
         hs = self.histories if idx is None else [self.histories[i] for i in idx]

@@ -97,12 +97,17 @@ class Evaluator:
         exclude_history: bool = False,
         progress: Callable[[Any], Any] | None = None,
     ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
-        """Rank the full catalogue with ``score_fn(rows) -> (B, n_items)`` scores, batch by batch."""
+        """Rank the full catalogue with ``score_fn(rows) -> (B, n_items)`` scores, batch by batch.
+
+        Batches hold users of similar history length (:meth:`EvalSet.length_order`), so a model that pads
+        to the batch's longest history wastes little; the metrics do not depend on the order.
+        """
         n = len(self.eval_set)
         ranks = np.empty(n, dtype=np.int64)
+        order = self.eval_set.length_order()
         starts = range(0, n, batch_size)
         for s in progress(starts) if progress else starts:
-            rows = np.arange(s, min(n, s + batch_size))
+            rows = order[s:s + batch_size]
             with torch.no_grad():
                 scores = score_fn(rows).float()
             targets = torch.from_numpy(self.eval_set.targets[rows])

@@ -33,7 +33,6 @@ from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator
 from sidrec.models.acerec import ACERec, ACERecConfig
 from sidrec.recipes._eval import EvaluatorsMixin
 from sidrec.recipes.sasrec import NextItemBatches
@@ -82,21 +81,11 @@ class ACERecTask(EvaluatorsMixin):
 
     def log_probs(self, model: nn.Module, hist: torch.Tensor) -> torch.Tensor:
         """(B, m, K) per-subspace log-probabilities of the next item after left-padded histories (B, T)."""
-        valid = (hist >= 0).any(0)
-        if valid.any():  # drop columns that are padding for every user of the batch (left padding)
-            hist = hist[:, int(valid.float().argmax()):]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
             return self._core(model).log_probs(hist).float()
 
-    @staticmethod
-    def _by_length(es: EvalSet) -> np.ndarray:
-        """Users ordered by history length: batches of similar length waste little on padding."""
-        return np.argsort(np.array([len(h) for h in es.histories], dtype=np.int64), kind="stable")
-
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
         ev = self.eval_subset(split, max_users)
-        ev = Evaluator(ev.eval_set.subset(self._by_length(ev.eval_set)), self.split.item_freq, self.cfg.eval.ks,
-                       self.cfg.data.cold_threshold, self.cfg.eval.buckets)  # metrics do not depend on order
         es = ev.eval_set
 
         def score(rows: np.ndarray) -> torch.Tensor:
@@ -109,7 +98,7 @@ class ACERecTask(EvaluatorsMixin):
         """Top-k items per user of ``eval_set`` by holistic score (history items excluded if configured)."""
         items, scores = [], []
         bs = max(1, self.acfg.eval_batch_users)
-        order = self._by_length(eval_set)
+        order = eval_set.length_order()  # each batch padded only to its own longest history
         for s in range(0, len(eval_set), bs):
             hist = eval_set.padded_histories(order[s:s + bs], pad=-1)
             logp = self.log_probs(self.model, hist)

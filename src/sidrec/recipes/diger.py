@@ -90,13 +90,23 @@ class DIGERTask(TIGERTask):
 
     @torch.no_grad()
     def derive_table(self, model: nn.Module | None = None) -> tuple[SIDTable, np.ndarray]:
-        """The deterministic SID table of the current tokenizer weights (and the unresolved codes)."""
+        """The deterministic SID table of the current tokenizer weights (and the unresolved codes).
+
+        Re-derivation is skipped when the tokenizer weights equal those of the last derivation: the trainer
+        asks for epoch-0 batches twice, and an evaluation is followed by an epoch start with the same weights.
+        """
         core = self._core(model or self.model)
+        weights = [p.detach().clone() for p in core.rqvae.parameters()]
+        last = self.__dict__.get("_derived")
+        if last is not None and all(torch.equal(a, b) for a, b in zip(last[0], weights, strict=True)):
+            return last[1], last[2]
         self.tokenizer.model = copy.deepcopy(core.rqvae).float().eval()
         self.tokenizer._model64 = None
         codes = self.tokenizer.encode(self.emb)
         resolved, sizes = resolve_codes(self.tokenizer, self.emb, codes)
-        return SIDTable.from_codes(resolved, sizes, self.item_ids), codes
+        table = SIDTable.from_codes(resolved, sizes, self.item_ids)
+        self._derived = (weights, table, codes)
+        return table, codes
 
     def refresh(self, model: nn.Module | None = None, when: str = "") -> SIDTable:
         """Re-derive the SID table, install it for decoding and training, and log SID diagnostics."""

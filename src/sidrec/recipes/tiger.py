@@ -165,9 +165,7 @@ class TIGERTask(EvaluatorsMixin):
         items = torch.full((n, k), -1, dtype=torch.long)
         scores = torch.full((n, k), float("-inf"))
         bs = max(1, self.tcfg.eval_batch_users)
-        # users batched by history length: a batch's encoder input is padded only to its own longest
-        # history (Amazon histories are mostly far shorter than max_len, so this halves the encoder work)
-        order = np.argsort(np.array([len(h) for h in es.histories], dtype=np.int64), kind="stable")
+        order = es.length_order()  # the encoder input is padded only to each batch's longest history
         for s in range(0, n, bs):
             rows = order[s:s + bs]
             hist = es.padded_histories(rows, pad=-1)

@@ -1,7 +1,7 @@
 """DIGER vs the two-stage TIGER with the same backbone, data, RQ-VAE and budget, plus DIGER's ablations.
 
 Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
-       [--reuse] [key=value ...]
+       [--reuse] [--resume] [key=value ...]
 
 Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud (DIGER default), sdud, both
 (SDUD + FrqUD), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run (end-of-epoch checkpoint, no metrics.json) instead of restarting")
     args = ap.parse_intermixed_args()
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
     torch.set_num_threads(args.threads)
@@ -83,6 +85,11 @@ def main() -> None:
                 if args.reuse and (run / "metrics.json").exists():
                     res = json.loads((run / "metrics.json").read_text())
                     wall = float(res["summary"].get("wall_s", res["summary"].get("train_s", 0.0)))
+                elif args.resume and (run / "checkpoints" / "last.state.pt").exists():
+                    before = sum(json.loads(x).get("epoch_s", 0.0)
+                                 for x in (run / "log.jsonl").read_text().splitlines() if x.strip())
+                    res = train(cfg, resume=True)
+                    wall = time.time() - t0 + before  # epochs trained before the interruption count too
                 else:
                     res = train(cfg)
                     wall = time.time() - t0

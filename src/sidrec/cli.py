@@ -30,9 +30,14 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e
 
 
 def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[int]) -> Table:
+    """Recall / NDCG at ``ks`` per model and subset; cut-offs the run did not compute are left out."""
+    present = {k for _, m in rows for r in m.values() if isinstance(r, dict) for k in r}
+    ks = [k for k in ks if f"recall@{k}" in present] or sorted(
+        {int(k.split("@")[1]) for k in present if k.startswith("recall@")})
     t = Table(title=title)
     for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")]:
-        t.add_column(col, justify="right" if col not in ("model", "subset") else "left")
+        t.add_column(col, justify="right" if col not in ("model", "subset") else "left",
+                     no_wrap=col == "model", min_width=max(len(n) for n, _ in rows) if col == "model" and rows else None)
     for name, m in rows:
         for sub in ("all", "warm", "cold"):
             if sub in m:
@@ -223,6 +228,8 @@ def recommend(
     run: Annotated[Path, typer.Argument(help="a run directory")],
     user: Annotated[str, typer.Option("--user", "-u", help="original user id")],
     k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
+    sid_table: Annotated[Path | None, typer.Option("--sid-table", help="decode over this SID table "
+                                                   "(e.g. from 'sidrec add-items' or RUN/dream/)")] = None,
 ) -> None:
     """Recommend the next items for a user (original ids), from their whole history."""
     from sidrec.pipeline import recommend as run_rec
@@ -233,9 +240,43 @@ def recommend(
     t.add_column("rank", justify="right")
     t.add_column("item")
     t.add_column("score", justify="right")
-    for r, (item, score) in enumerate(run_rec(run, user, k), 1):
+    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table), 1):
         t.add_row(str(r), item, f"{score:.4f}")
     out.print(t)
+
+
+@app.command()
+def dream(
+    run: Annotated[Path, typer.Argument(help="a finished TIGER run directory")],
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="valid | test: the users the stage table is measured on")] = "test",
+) -> None:
+    """Refine cold items' SIDs of a TIGER run (DREAM: CART -> UC3 -> CPDE); writes RUN/dream/."""
+    from sidrec.dream.pipeline import run_dream
+
+    if split not in ("valid", "test"):
+        raise SidrecError(f"--split must be valid or test, got '{split}'")
+    res = run_dream(run, overrides or [], split=split)
+    rows = [(st, res["stages"][st]) for st in res["stages"]]
+    out.print(_metrics_table(f"DREAM stages - {split}", rows, [5, 10, 50]))
+    d = res["diagnostics"]
+    out.print(f"CART changed {d['cart_primary_changed']:.1%} of cold SIDs; UC3 switched {d['uc3_switch_rate']:.1%}; "
+              f"written to [bold]{run / 'dream'}[/]")
+
+
+@app.command("add-items")
+def add_items(
+    run: Annotated[Path, typer.Argument(help="a trained run directory")],
+    items: Annotated[Path, typer.Argument(help="new items: JSON Lines or CSV with item_id and text fields")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="where the extended SID table goes")] = None,
+    embeddings: Annotated[Path | None, typer.Option(help="(n_new, d) .npy content vectors instead of text")] = None,
+) -> None:
+    """Give new catalogue items valid, unique SIDs from the run's tokenizer (no retraining)."""
+    from sidrec.dream.newitems import add_items as run_add
+
+    table, path = run_add(run, items, out_file, embeddings)
+    out.print(f"catalogue now {table.n_items} items; SID table written to [bold]{path}[/] "
+              f"(use: sidrec recommend {run} --sid-table {path} -u USER)")
 
 
 @app.command()

@@ -101,9 +101,28 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
     return {s: task.evaluate(task.model, s) for s in splits}
 
 
-def recommend(run_dir: str | Path, user: str, k: int = 10) -> list[tuple[str, float]]:
-    """Top-k original item ids for a user (by original id), from their full history."""
+def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None) -> list[tuple[str, float]]:
+    """Top-k original item ids for a user (by original id), from their full history.
+
+    ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
+    new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
+    """
     cfg, ds, split, task = load_run(run_dir)
+    item_ids = ds.item_ids
+    if sid_table is not None:
+        from sidrec.decoding.trie import SIDCodes, SIDTrie
+        from sidrec.sid.table import SIDTable
+
+        if not hasattr(task, "trie"):
+            raise SidrecError(f"--sid-table needs a SID-based run (this one is '{cfg.method}')")
+        table = SIDTable.load(sid_table)
+        if table.sizes != list(task.sids.sizes):
+            raise SidrecError(f"{sid_table}: codebook sizes {table.sizes} differ from the run's {task.sids.sizes}")
+        if table.n_items < ds.n_items:
+            raise SidrecError(f"{sid_table}: {table.n_items} items, fewer than the run's {ds.n_items}")
+        task.sids = SIDCodes.from_table(table)
+        task.trie = SIDTrie.from_codes(task.sids)
+        item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     try:
         u = ds.user_ids.index(str(user))
     except ValueError:
@@ -113,7 +132,7 @@ def recommend(run_dir: str | Path, user: str, k: int = 10) -> list[tuple[str, fl
     hist = ds.sequence(u)[-cfg.data.max_len:]
     es = EvalSet("recommend", np.array([u]), [hist], np.array([0]))
     items, scores = task.recommend(es, k) if hasattr(task, "recommend") else _score_recommend(task, es, k)
-    return [(ds.item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0]
+    return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0]
 
 
 def _score_recommend(task: Any, es: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ dataclasses, not the recipes themselves.
 from __future__ import annotations
 
 from sidrec.config import _EXTRA_SECTIONS, register_section
+from sidrec.dream.config import DREAMConfig
 from sidrec.models.acerec import ACERecConfig
 from sidrec.models.diger import DIGERConfig
 from sidrec.models.tiger import TIGERConfig
@@ -16,5 +17,6 @@ from sidrec.sid.config import TokenizerConfig
 register_section("tiger", TIGERConfig)
 register_section("acerec", ACERecConfig)
 register_section("diger", DIGERConfig)
+register_section("dream", DREAMConfig)
 if "tokenizer" not in _EXTRA_SECTIONS:  # the tokenizer package may register its own section first
     register_section("tokenizer", TokenizerConfig)

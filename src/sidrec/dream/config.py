@@ -1,0 +1,38 @@
+"""The ``dream`` config section (stage 1 settings nest under ``dream.cart``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidrec.sid.cart import CARTConfig
+
+
+@dataclass
+class DREAMConfig:
+    """DREAM's stages. The CPDE loss weights (lambda_*) are not published; see docs/dream.md for the choice."""
+
+    cart: CARTConfig = field(default_factory=CARTConfig)
+    negatives: str = "family"  # counterfactual negatives: family (TF-IDF within product family) | none
+    family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
+    rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
+    uc3_tau: float = 1.0  # tau_c of the per-context softmax over candidates
+    uc3_min_support: int = 3  # contexts an item needs before its SID may switch
+    uc3_min_margin: float = 0.05  # top-2 vote margin needed to switch
+    uc3_batch: int = 256  # contexts scored together
+    hypotheses: int = 4  # B weighted SIDs per cold item
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    cpde_epochs: int = 4
+    cpde_warmup_epochs: int = 2  # hypothesis weights stay fixed for these epochs
+    cpde_update_every: int = 50  # steps between weight updates
+    cpde_lr: float = 1e-3
+    cpde_batch_size: int = 256
+    cpde_warm_ratio: float = 1.0  # warm (distillation) samples per cold sample
+    update_keep: float = 0.7  # w <- keep * w + (1 - keep) * (alpha + score), then renormalised
+    lambda_soft: float = 1.0
+    lambda_kl: float = 0.1
+    lambda_kd: float = -1.0  # < 0: the warm / cold ratio of training samples (warm mass as in the real data)
+    lambda_warm: float = -1.0  # NLL of warm samples' own SIDs (< 0: the warm / cold sample ratio); 0 = off
+    kd_gate: bool = True  # weight warm positions by the teacher's confidence (1 - H / log K)
+    eval_beam: int = 50  # beam width for the stage table (>= 50 so Recall@50 is exact)
+    eval_users: int = 0  # 0 = all users of the split

@@ -1,0 +1,185 @@
+"""CPDE: a dynamic beam of weighted SID hypotheses per cold item, learned by LoRA adapters.
+
+Why several hypotheses: committing a cold item to one SID before it has enough feedback is the mistake
+DREAM exists to avoid. Each cold item keeps ``B`` SIDs with weights; training raises the likelihood of all
+of them in proportion to their weights (``L_soft``), and the weights follow which SID the model finds
+easiest to produce in the item's real contexts.
+
+Why LoRA with a frozen base: the backbone already serves warm items well. Rank-``r`` adapters (peft) on the
+attention query and value projections are the only trainable weights, so cold samples cannot move the base
+weights at all; a KL term keeps the cold SID positions near a frozen reference copy and an entropy-gated
+distillation term keeps warm predictions near it too. After training the adapters are merged into the
+weights (one plain TIGER for deployment).
+
+Loss per step: ``lambda_soft * L_soft + lambda_kl * KL(p_theta || p_ref) + lambda_kd * L_KD`` where
+``L_soft = sum_b w_b NLL(SID_b | history)`` over a batch of cold samples, the KL is taken at the SID
+positions of the item's current best hypothesis, and ``L_KD = sum_l g_l KL(p_ref || p_theta)`` over a batch
+of warm samples with gate ``g_l = 1 - H(p_ref,l) / log K_l`` (confident teacher positions count most).
+After ``warmup_epochs``, every ``update_every`` steps each item's hypotheses are re-scored by the softmax of
+their recent mean negative NLL and ``w <- keep * w + (1 - keep) * (alpha + score)`` (renormalised), where
+``alpha`` are the initial weights; only items seen since the last update (confident) are updated.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sidrec.dream.config import DREAMConfig
+from sidrec.dream.uc3 import level_log_probs, sid_nll_from_memory
+from sidrec.models.tiger import TIGER
+from sidrec.progress import track
+
+
+@dataclass
+class CPDEResult:
+    """The merged model, final hypothesis weights and the weight history (mean weight per slot, per update)."""
+
+    model: TIGER
+    weights: np.ndarray  # (n_cold, B)
+    weight_history: list[list[float]] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)
+    lambda_kd: float = 0.0  # the distillation weight used (resolved when the config says 'auto')
+
+
+def add_lora(model: TIGER, rank: int, alpha: float) -> torch.nn.Module:
+    """A peft LoRA wrapper around a copy of ``model`` (q and v projections only; base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    conf = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, bias="none")
+    return get_peft_model(copy.deepcopy(model), conf)
+
+
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from log-probabilities."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], samples: dict[str, np.ndarray],
+               cold_index: np.ndarray, hyps: np.ndarray, alpha: np.ndarray, cfg: DREAMConfig,
+               users_fn: Callable[[torch.Tensor], torch.Tensor | None], seed: int = 0,
+               progress: bool = True) -> CPDEResult:
+    """Fine-tune LoRA adapters on cold samples with weighted hypotheses; returns the merged model.
+
+    ``samples``: prefix samples (``flat``, ``user``, ``end``, ``hist_len``); ``cold_index`` (n_items,) maps an
+    item to its row in ``hyps`` (n_cold, B, L) or -1 for warm items; ``alpha`` (n_cold, B) initial weights
+    (0 for invalid hypotheses). ``codes_of`` maps item indices to history SIDs, ``users_fn`` user indices to
+    the model's user input (or None).
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    ref = copy.deepcopy(base).eval().requires_grad_(False)
+    peft_model = add_lora(base, cfg.lora_rank, cfg.lora_alpha)
+    model: TIGER = peft_model.base_model.model  # the TIGER with LoRA layers injected
+    model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.cpde_lr)
+    hyps_t = torch.as_tensor(hyps, dtype=torch.long)
+    alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
+    w = alpha_t.clone()
+    valid_h = (hyps_t >= 0).all(2)
+    tgt = samples["flat"][samples["end"]]
+    ci = cold_index[tgt]
+    has_valid = valid_h.any(1).numpy()
+    cold_rows = np.flatnonzero((ci >= 0) & has_valid[np.maximum(ci, 0)])  # items with at least one valid SID
+    warm_rows = np.flatnonzero(ci < 0)
+    nll_sum = torch.zeros_like(w)
+    nll_cnt = torch.zeros_like(w)
+    history: list[list[float]] = [w.sum(0).div(max(1, len(w))).tolist()]
+    losses: list[dict[str, float]] = []
+    bs = cfg.cpde_batch_size
+    n_warm = max(1, int(round(bs * cfg.cpde_warm_ratio))) if len(warm_rows) else 0
+    steps = max(1, math.ceil(len(cold_rows) / bs))
+    ratio = len(warm_rows) / max(1, len(cold_rows))
+    lambda_kd = cfg.lambda_kd if cfg.lambda_kd >= 0 else ratio
+    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else ratio
+    step = 0
+
+    def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = int(samples["hist_len"][rows].max())
+        end = samples["end"][rows]
+        pos = end[:, None] - t + np.arange(t)[None, :]
+        ok = pos >= (end - samples["hist_len"][rows])[:, None]
+        hist = torch.from_numpy(np.where(ok, samples["flat"][np.maximum(pos, 0)], -1))
+        return codes_of(hist), users_fn(torch.from_numpy(samples["user"][rows]))
+
+    for epoch in range(cfg.cpde_epochs):
+        order = rng.permutation(cold_rows)
+        sums = np.zeros(5)
+        for s in track(range(steps), f"CPDE epoch {epoch + 1}/{cfg.cpde_epochs}", enabled=progress):
+            rows = order[s * bs:(s + 1) * bs]
+            if len(rows) == 0:
+                continue
+            hist, users = batch(rows)
+            item = torch.from_numpy(ci[tgt[rows]])
+            h = hyps_t[item]  # (b, B, L)
+            mem, val = model.encode(hist, users)
+            nll = sid_nll_from_memory(model, mem, val, h)  # (b, B), inf for invalid
+            wb = w[item] * valid_h[item]
+            wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
+            soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()
+            # KL to the reference at the SID positions of the current best hypothesis
+            best = h[torch.arange(len(rows)), (w[item] * valid_h[item]).argmax(1)]
+            lp = level_log_probs(model, mem, val, best)
+            with torch.no_grad():
+                rmem, rval = ref.encode(hist, users)
+                lp_ref = level_log_probs(ref, rmem, rval, best)
+            kl = torch.stack([_kl(a, b).mean() for a, b in zip(lp, lp_ref, strict=True)]).mean()
+            kd = torch.zeros(())
+            warm_nll = torch.zeros(())
+            if n_warm:
+                wr = rng.choice(warm_rows, n_warm, replace=len(warm_rows) < n_warm)
+                whist, wusers = batch(wr)
+                wt = codes_of(torch.from_numpy(tgt[wr]))
+                wmem, wval = model.encode(whist, wusers)
+                wlp = level_log_probs(model, wmem, wval, wt)
+                with torch.no_grad():
+                    rm, rv = ref.encode(whist, wusers)
+                    wlp_ref = level_log_probs(ref, rm, rv, wt)
+                terms = []
+                for a, b in zip(wlp, wlp_ref, strict=True):
+                    gate = 1 - (-(b.exp() * b).sum(-1)) / math.log(b.shape[-1]) if cfg.kd_gate else 1.0
+                    terms.append((gate * _kl(b, a)).mean())
+                kd = torch.stack(terms).mean()
+                warm_nll = -torch.stack([a.gather(1, wt[:, i:i + 1]).mean() for i, a in enumerate(wlp)]).sum()
+            loss = cfg.lambda_soft * soft + cfg.lambda_kl * kl + lambda_kd * kd + lambda_warm * warm_nll
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                fin = torch.isfinite(nll)
+                nll_sum.index_put_((item,), torch.where(fin, nll, torch.zeros_like(nll)).detach(), accumulate=True)
+                nll_cnt.index_put_((item,), fin.float(), accumulate=True)
+            step += 1
+            if epoch >= cfg.cpde_warmup_epochs and step % cfg.cpde_update_every == 0:
+                w = update_weights(w, alpha_t, nll_sum, nll_cnt, valid_h, cfg.update_keep)
+                nll_sum.zero_()
+                nll_cnt.zero_()
+                history.append(w.sum(0).div(max(1, len(w))).tolist())
+            sums += np.array([loss.item(), soft.item(), kl.item(), kd.item(), warm_nll.item()])
+        names = ["loss", "soft", "kl", "kd", "warm_nll"]
+        losses.append(dict(zip(names, map(float, sums / steps), strict=True), epoch=epoch + 1))
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return CPDEResult(merged, w.numpy(), history, losses, lambda_kd)
+
+
+def update_weights(w: torch.Tensor, alpha: torch.Tensor, nll_sum: torch.Tensor, nll_cnt: torch.Tensor,
+                   valid: torch.Tensor, keep: float) -> torch.Tensor:
+    """One periodic update: items whose every valid hypothesis was scored since the last update move their
+    weights toward ``alpha + softmax(-mean NLL)``; the others keep theirs. Rows stay normalised."""
+    seen = ((nll_cnt > 0) | ~valid).all(1) & (nll_cnt.sum(1) > 0)
+    mean = nll_sum / nll_cnt.clamp(min=1)
+    score = (-mean).masked_fill(~valid, float("-inf")).softmax(1).nan_to_num(0.0)
+    new = keep * w + (1 - keep) * (alpha + score)
+    new = new * valid
+    new = new / new.sum(1, keepdim=True).clamp(min=1e-8)
+    return torch.where(seen.unsqueeze(1), new, w)
+
+
+__all__ = ["CPDEResult", "add_lora", "train_cpde", "update_weights"]

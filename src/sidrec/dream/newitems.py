@@ -1,0 +1,120 @@
+"""New items for a trained run: content SIDs from the run's own tokenizer, made unique, with no retraining.
+
+Why: a shop adds products every day and cannot retrain the tokenizer and the recommender for each one. The
+run's tokenizer already maps content to codes; a new item gets the codes of its text (so it lands next to
+similar items the model knows) and the lowest collision code that is free under that prefix, so its SID is
+valid, unique and decodable at once. The extended table is written next to the run's own table (which is
+never modified); ``sidrec recommend RUN --sid-table FILE`` decodes over it. Once the new items have their
+first interactions, ``sidrec dream`` refines their SIDs like any other cold item's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from sidrec.config import load_config
+from sidrec.dream.sids import place_sids
+from sidrec.errors import SidrecError
+from sidrec.sid.table import SIDTable
+
+CATALOGUE_TABLE = "sid_table.catalogue.parquet"
+
+
+def read_new_items(path: str | Path) -> list[dict[str, Any]]:
+    """Items from JSON Lines (one object per line) or CSV (a header row); each needs a non-empty ``item_id``."""
+    p = Path(path)
+    if not p.exists():
+        raise SidrecError(f"{p}: file not found")
+    rows: list[dict[str, Any]] = []
+    if p.suffix.lower() == ".csv":
+        with open(p, newline="") as fh:
+            for n, row in enumerate(csv.DictReader(fh), 2):
+                if not (row.get("item_id") or "").strip():
+                    raise SidrecError(f"{p}, line {n}: expected a non-empty 'item_id' column")
+                rows.append(dict(row))
+    else:
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SidrecError(f"{p}, line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or not str(obj.get("item_id", "")).strip():
+                raise SidrecError(f"{p}, line {n}: expected a JSON object with a non-empty \"item_id\"")
+            rows.append(obj)
+    if not rows:
+        raise SidrecError(f"{p}: no items")
+    ids = [str(r["item_id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise SidrecError(f"{p}: item id '{dup}' appears more than once")
+    return rows
+
+
+def new_item_embeddings(cfg: Any, rows: list[dict[str, Any]], embeddings: str | Path | None = None) -> np.ndarray:
+    """Content vectors for new items, the way the run embedded its catalogue (text), or from a .npy file."""
+    from sidrec.features.core import encode_texts, item_texts
+
+    if embeddings:
+        emb = np.load(embeddings).astype(np.float32)
+        if emb.ndim != 2 or len(emb) != len(rows):
+            raise SidrecError(f"{embeddings}: expected ({len(rows)}, d) embeddings, got {emb.shape}")
+        return emb
+    kind = cfg.features.kind
+    if kind not in ("text", "auto") or (kind == "auto" and not any("title" in r for r in rows)):
+        raise SidrecError(f"the run's features are '{kind}', which cannot embed new items on their own; "
+                          "pass --embeddings FILE.npy with one row per new item")
+    fields = sorted({k for r in rows for k in r if k != "item_id"})
+    items = {f: [r.get(f) for r in rows] for f in fields}
+    fake = SimpleNamespace(items=items, n_items=len(rows), item_ids=[str(r["item_id"]) for r in rows])
+    return encode_texts(item_texts(fake, cfg.features.template), cfg.features.model, progress=False)  # type: ignore[arg-type]
+
+
+def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | None = None,
+              embeddings: str | Path | None = None) -> tuple[SIDTable, Path]:
+    """Extend the run's SID table with new items; returns the table and where it was written."""
+    from sidrec.sid.base import load_tokenizer
+
+    run = Path(run_dir)
+    if not (run / "config.yaml").exists() or not (run / "sid_table.parquet").exists():
+        raise SidrecError(f"{run}: not a run directory with a SID table (config.yaml, sid_table.parquet)")
+    cfg = load_config([run / "config.yaml"])
+    src = Path(out) if out else run / CATALOGUE_TABLE
+    base = SIDTable.load(src if src.exists() and out is None else run / "sid_table.parquet")
+    rows = read_new_items(items_path)
+    known = set(base.item_ids or [])
+    clash = [str(r["item_id"]) for r in rows if str(r["item_id"]) in known]
+    if clash:
+        raise SidrecError(f"{items_path}: item '{clash[0]}' is already in the catalogue ({len(clash)} known ids)")
+    tok = load_tokenizer(run / "tokenizer")
+    emb = new_item_embeddings(cfg, rows, embeddings)
+    codes = tok.encode(emb)
+    lq = codes.shape[1]
+    if lq == base.length:  # no collision code in this run: a repeated SID cannot be told apart
+        full = codes
+        if (codes[:, None, :] == base.codes[None, :, :]).all(2).any():
+            raise SidrecError("a new item's SID equals an existing item's and the run has no collision code")
+    else:
+        last = place_sids(base.codes, codes, base.sizes[-1])
+        if (last < 0).any():
+            i = int(np.flatnonzero(last < 0)[0])
+            raise SidrecError(f"no free collision code for new item '{rows[i]['item_id']}' under SID prefix "
+                              f"{codes[i].tolist()} (all {base.sizes[-1]} in use)")
+        full = np.concatenate([codes, last[:, None]], 1)
+    n0 = base.n_items
+    ids = (base.item_ids or [str(i) for i in range(n0)]) + [str(r["item_id"]) for r in rows]
+    new = SIDTable(np.concatenate([base.items, np.arange(n0, n0 + len(rows))]), np.concatenate([base.codes, full]),
+                   base.sizes, n0 + len(rows), np.concatenate([base.weights, np.ones(len(rows), np.float32)]),
+                   np.concatenate([base.is_primary, np.ones(len(rows), bool)]), ids)
+    new.save(src)
+    return new, src
+
+
+__all__ = ["CATALOGUE_TABLE", "add_items", "new_item_embeddings", "read_new_items"]

@@ -1,0 +1,271 @@
+"""Run DREAM's three stages on a trained TIGER run and evaluate every stage on the same users.
+
+Why on top of a finished run: DREAM refines the SIDs of cold items *after* the backbone has been trained;
+the backbone is frozen in stages 1-2 and only gains LoRA adapters in stage 3. Results go to
+``RUN/dream/``: one SID table per stage, the merged stage-3 weights, ``dream.json`` (diagnostics and the
+stage table) and ``report.md``. The run's own files are never modified.
+
+Stage table rows: ``static`` (the run as trained), ``cart`` (cold items move to CART's best candidate),
+``uc3`` (the backbone's vote where its gates pass; Compat-Top1 decoding), ``cpde-top1`` (LoRA-merged model,
+each cold item's highest-weight hypothesis) and ``cpde-beam`` (same model, all hypotheses of a cold item
+registered in the trie: Beam-Aware decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sidrec.config import Config, load_config
+from sidrec.data.dataset import Dataset
+from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.dream.config import DREAMConfig
+from sidrec.dream.cpde import train_cpde
+from sidrec.dream.sids import complete_candidates, table_with
+from sidrec.dream.uc3 import sid_nll, uc3_decide
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, write_json, write_text
+from sidrec.progress import track
+from sidrec.sid.cart import family_negatives, train_cart
+from sidrec.sid.table import SIDTable
+
+DREAM_DIR = "dream"
+STAGES = ("static", "cart", "uc3", "cpde-top1", "cpde-beam")
+
+
+def item_docs_and_families(ds: Dataset, template: str, family_field: str = "") -> tuple[list[str], list[str]]:
+    """Per item a text document (for TF-IDF retrieval) and its product family (last value of a list field)."""
+    from sidrec.features.core import ATTRIBUTE_FIELDS, item_texts
+
+    if "title" in ds.items:
+        docs = item_texts(ds, template)
+    else:
+        f = next((x for x in ATTRIBUTE_FIELDS if x in ds.items), None)
+        if f is None:
+            raise SidrecError(f"dataset '{ds.name}' has no text or attribute fields for counterfactual negatives")
+        docs = [" ".join(f"a{v}" for v in (vals if isinstance(vals, list) else [vals]) if v) for vals in ds.items[f]]
+    field = family_field or next((x for x in ("categories", *ATTRIBUTE_FIELDS) if x in ds.items), "")
+    if field and field not in ds.items:
+        raise SidrecError(f"dream.family_field: dataset '{ds.name}' has no item field '{field}' "
+                          f"(fields: {', '.join(ds.items)})")
+    fam = []
+    for v in (ds.items[field] if field else [None] * ds.n_items):
+        vals = v if isinstance(v, list) else ([v] if v else [])
+        fam.append(str(vals[-1]) if vals else "")
+    return docs, fam
+
+
+def external_rewrite(command: str) -> Any:
+    """The rewrite hook as a shell command: texts on stdin (one per line), rewritten queries on stdout."""
+
+    def rewrite(texts: list[str]) -> list[str]:
+        res = subprocess.run(shlex.split(command), input="\n".join(t.replace("\n", " ") for t in texts),
+                             capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise SidrecError(f"dream.rewrite_command failed ({res.returncode}): {res.stderr.strip()[:200]}")
+        out = res.stdout.splitlines()
+        if len(out) != len(texts):
+            raise SidrecError(f"dream.rewrite_command returned {len(out)} lines for {len(texts)} items")
+        return out
+
+    return rewrite
+
+
+def _say(msg: str) -> None:
+    """One line per finished stage on stderr (stages take minutes on the real datasets)."""
+    print(f"[dream {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _set_table(task: Any, table: SIDTable) -> None:
+    task.sids = SIDCodes.from_table(table)
+    task.trie = SIDTrie.from_codes(task.sids)
+
+
+def evaluate_stage(task: Any, model: torch.nn.Module, table: SIDTable, split: str, max_users: int = 0) -> dict:
+    """Metrics of ``model`` decoding over ``table`` (the table's primary SIDs also encode the histories)."""
+    _set_table(task, table)
+    return task.evaluate(model, split, max_users)
+
+
+def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: str = "test",
+              stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
+    """All stages on a finished TIGER run; returns (and writes to RUN/dream/dream.json) the stage table."""
+    from sidrec.pipeline import load_run
+
+    t_start = time.time()
+    run = Path(run_dir)
+    cfg0, ds, split_obj, task = load_run(run)
+    if cfg0.method != "tiger":
+        raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg0.method}')")
+    cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
+    cfg.run_dir = str(run)
+    task.cfg = cfg
+    dcfg: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
+    cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
+    base_table = SIDTable.load(run / "sid_table.parquet")
+    base = base_table.primary.numpy()
+    sizes = base_table.sizes
+    out_dir = run / DREAM_DIR
+    out_dir.mkdir(exist_ok=True)
+    cold = split_obj.item_freq <= cfg.data.cold_threshold
+    cold_items = np.flatnonzero(cold)
+    diag: dict[str, Any] = {"cold_items": int(len(cold_items)), "items": int(ds.n_items)}
+    timings: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- stage 1: CART
+    t0 = time.time()
+    from sidrec.recipes.tiger import _features
+
+    emb = _features(cfg, ds).astype(np.float32)
+    if dcfg.negatives == "family":
+        docs, fam = item_docs_and_families(ds, cfg.features.template, dcfg.family_field)
+        rw = external_rewrite(dcfg.rewrite_command) if dcfg.rewrite_command else None
+        negs = family_negatives(docs, fam, split_obj.train, dcfg.cart.hard_negatives, rewrite=rw)
+    elif dcfg.negatives == "none":
+        negs = np.full((ds.n_items, 1), -1, dtype=np.int64)
+    else:
+        raise SidrecError(f"dream.negatives must be 'family' or 'none', got '{dcfg.negatives}'")
+    diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
+    cart, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress)
+    cands = complete_candidates(base, cold_items, cres.candidates[cold_items], sizes[-1])
+    cand_scores = np.where((cands >= 0).all(2), cres.scores[cold_items], -np.inf)
+    # stage-1 primary: the best *valid* candidate (invalid ones sort last)
+    order = np.argsort(-cand_scores, axis=1, kind="stable")
+    cands = np.take_along_axis(cands, order[:, :, None], 1)
+    cand_scores = np.take_along_axis(cand_scores, order, 1)
+    cart_table = table_with(base, sizes, cold_items, cands[:, :1], item_ids=ds.item_ids)
+    changed = (cart_table.primary.numpy()[cold_items] != base[cold_items]).any(1)
+    diag["cart_primary_changed"] = float(changed.mean()) if len(changed) else 0.0
+    diag["cart_valid_candidates"] = float((cands >= 0).all(2).sum(1).mean()) if len(cands) else 0.0
+    diag["cart_losses"] = cres.history
+    cart_table.save(out_dir / "sid_table.cart.parquet")
+    timings["cart_s"] = time.time() - t0
+    _say(f"CART: {timings['cart_s']:.0f} s, primary SID changed for {diag['cart_primary_changed']:.1%} of "
+         f"{len(cold_items)} cold items")
+
+    # ---------------------------------------------------------------- stage 2: UC3
+    t0 = time.time()
+    from sidrec.recipes.tiger import prefix_samples
+
+    _set_table(task, cart_table)  # histories are read with the stage-1 SIDs
+    samples = prefix_samples(split_obj.train, cfg.data.max_len)
+    cold_index = np.full(ds.n_items, -1, dtype=np.int64)
+    cold_index[cold_items] = np.arange(len(cold_items))
+    tgt = samples["flat"][samples["end"]]
+    ctx_rows = np.flatnonzero(cold_index[tgt] >= 0)
+    model = task.model
+    model.eval()
+    nlls = []
+    cands_t = torch.from_numpy(cands)
+    with torch.no_grad():
+        for s in track(range(0, len(ctx_rows), dcfg.uc3_batch), "UC3 scoring", enabled=progress):
+            rows = ctx_rows[s:s + dcfg.uc3_batch]
+            hist, users = _batch(samples, rows, task)
+            nlls.append(sid_nll(model, hist, users, cands_t[cold_index[tgt[rows]]]))
+    nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
+    dec = uc3_decide(nll, cold_index[tgt[ctx_rows]], len(cold_items), dcfg.uc3_tau, dcfg.uc3_min_support,
+                     dcfg.uc3_min_margin)
+    chosen = cands[np.arange(len(cold_items)), dec.chosen]
+    uc3_table = table_with(base, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
+    uc3_table.save(out_dir / "sid_table.uc3.parquet")
+    diag.update(uc3_switch_rate=dec.switch_rate, uc3_contexts=int(len(ctx_rows)),
+                uc3_items_with_support=float((dec.support >= dcfg.uc3_min_support).mean()) if len(cold_items) else 0.0)
+    timings["uc3_s"] = time.time() - t0
+    _say(f"UC3: {timings['uc3_s']:.0f} s, {len(ctx_rows)} contexts, switch rate {dec.switch_rate:.1%}")
+
+    # ---------------------------------------------------------------- stage 3: CPDE
+    t0 = time.time()
+    nb = min(dcfg.hypotheses, cands.shape[1])
+    # hypotheses: the UC3 choice first, then the other candidates in CART order
+    key = np.tile(np.arange(cands.shape[1]), (len(cold_items), 1))
+    key[np.arange(len(cold_items)), dec.chosen] = -1
+    rest = np.argsort(key, axis=1, kind="stable")[:, :nb]
+    hyps = np.take_along_axis(cands, rest[:, :, None], 1)
+    hs = np.take_along_axis(cand_scores, rest, 1)
+    lv = len(sizes) - 1
+    alpha = torch.from_numpy(hs * lv).float().softmax(1).nan_to_num(0.0).numpy()  # CART's joint probability
+    _set_table(task, uc3_table)
+    cres3 = train_cpde(model, task.codes_of, samples, cold_index, hyps, alpha, dcfg, task._users, cfg.seed, progress)
+    w = cres3.weights
+    top = np.argsort(-w, axis=1, kind="stable")
+    top1 = np.take_along_axis(hyps, top[:, :1, None], 1)
+    cpde_top1 = table_with(base, sizes, cold_items, top1, item_ids=ds.item_ids)
+    ordered = np.take_along_axis(hyps, top[:, :, None], 1)
+    ordered_w = np.take_along_axis(w, top, 1)
+    ordered = np.where((ordered_w > 0)[:, :, None], ordered, -1)
+    cpde_beam = table_with(base, sizes, cold_items, ordered, ordered_w, item_ids=ds.item_ids)
+    cpde_beam.save(out_dir / "sid_table.cpde.parquet")
+    from safetensors.torch import save_model
+
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_model(cres3.model, str(tmp))
+    diag.update(cpde_weight_history=cres3.weight_history, cpde_losses=cres3.losses,
+                cpde_mean_weights=np.sort(w, 1)[:, ::-1].mean(0).tolist() if len(w) else [],
+                cpde_top1_changed=float((top[:, 0] != 0).mean()) if len(w) else 0.0,
+                lambda_kd=cres3.lambda_kd)
+    timings["cpde_s"] = time.time() - t0
+    _say(f"CPDE: {timings['cpde_s']:.0f} s, losses {cres3.losses[-1] if cres3.losses else {}}")
+
+    # ---------------------------------------------------------------- evaluation of every stage
+    tables = {"static": (task.model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
+              "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam)}
+    results: dict[str, Any] = {}
+    for name in stages:
+        t0 = time.time()
+        m, tab = tables[name]
+        results[name] = evaluate_stage(task, m, tab, split, dcfg.eval_users)
+        timings[f"eval_{name}_s"] = time.time() - t0
+        _say(f"{name}: N@10 all {results[name]['all']['ndcg@10']:.4f} warm {results[name]['warm']['ndcg@10']:.4f} "
+             f"cold {results[name]['cold']['ndcg@10']:.4f} ({timings[f'eval_{name}_s']:.0f} s)")
+    out = {"run": str(run), "split": split, "stages": results, "diagnostics": diag, "timings": timings,
+           "wall_s": time.time() - t_start, "config": dataclasses.asdict(dcfg)}
+    write_json(out_dir / "dream.json", out)
+    write_text(out_dir / "report.md", render(out))
+    return out
+
+
+def _batch(samples: dict[str, np.ndarray], rows: np.ndarray, task: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    t = int(samples["hist_len"][rows].max())
+    end = samples["end"][rows]
+    pos = end[:, None] - t + np.arange(t)[None, :]
+    ok = pos >= (end - samples["hist_len"][rows])[:, None]
+    hist = torch.from_numpy(np.where(ok, samples["flat"][np.maximum(pos, 0)], -1))
+    return task.codes_of(hist), task._users(torch.from_numpy(samples["user"][rows]))
+
+
+def render(out: dict[str, Any]) -> str:
+    """The stage table and diagnostics as Markdown."""
+    lines = [f"# DREAM on {out['run']} ({out['split']})", "",
+             "| stage | subset | users | R@5 | N@5 | R@10 | N@10 | R@50 | N@50 |", "|---|---|---|---|---|---|---|---|---|"]
+    for st, res in out["stages"].items():
+        for sub in ("all", "warm", "cold"):
+            m = res[sub]
+            lines.append(f"| {st} | {sub} | {m['n_users']} | " + " | ".join(
+                f"{m.get(f'{k}@{n}', float('nan')):.4f}" for n in (5, 10, 50) for k in ("recall", "ndcg")) + " |")
+    d = out["diagnostics"]
+    lines += ["", f"- cold items: {d['cold_items']} of {d['items']}",
+              f"- CART: primary SID changed for {d['cart_primary_changed']:.1%} of cold items",
+              f"- UC3: {d['uc3_switch_rate']:.1%} of cold items switch ({d['uc3_contexts']} contexts)",
+              f"- CPDE mean hypothesis weights (sorted): {', '.join(f'{x:.3f}' for x in d['cpde_mean_weights'])}",
+              f"- wall time: {out['wall_s'] / 60:.1f} min"]
+    return "\n".join(lines) + "\n"
+
+
+def load_dream(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / DREAM_DIR / "dream.json"
+    if not p.exists():
+        raise SidrecError(f"{p} not found: run 'sidrec dream {run_dir}' first")
+    return json.loads(p.read_text())
+
+
+__all__ = ["STAGES", "evaluate_stage", "item_docs_and_families", "load_dream", "run_dream"]

@@ -1,0 +1,313 @@
+"""CART: DREAM's intent-aware tokenizer (stage 1), which proposes behaviour-aligned candidate SIDs.
+
+Why: a cold item's static SID was fitted from its text alone, before anyone bought it, and the backbone
+almost never generates it. CART re-learns an item -> code mapping in which items bought in the same
+contexts land on the same codes, while staying anchored to the base SIDs (the frozen backbone speaks their
+language). It then lists, per item, the few most likely code sequences; the next stages choose between them.
+
+Model (METHODS.md section 4):
+
+* item vector ``z_i = LayerNorm(W e_i + r_i)`` from the content embedding ``e_i`` and a per-item
+  collaborative residual ``r_i`` (zero at the start, so an item with no interactions keeps its content view);
+* per level ``l`` a query ``q_{i,l} = U_l z_i`` and logits ``tau_s * cos(q_{i,l}, c_{l,k})`` over a codebook
+  initialised from the base SIDs (codeword ``k`` starts at the mean query of the items whose base code is k);
+* Gumbel-softmax with an exponentially annealed temperature, straight-through (hard codes forward, soft
+  gradients backward); the quantised item vector is the sum of the chosen codewords.
+
+Losses: ``L = L_NCE + w_cal * L_cal + w_div * L_div + w_anc * L_anc``.
+
+* ``L_NCE``: InfoNCE between a training item's quantised vector and the momentum (EMA) key encoder's vector of
+  the item bought next, against a FIFO queue of past keys and the item's counterfactual hard negatives;
+* ``L_cal``: a small target-attention click model (attention features ``[z_j; z*; z_j - z*; z_j * z*]``) must
+  tell the real next item from a random one, given the user's recent history, from the *quantised* target;
+* ``L_div``: ``1 - H(mean assignment) / log K`` per level (keeps the codebooks in use);
+* ``L_anc``: cross-entropy of the logits to the base codes (keeps warm items where the backbone knows them).
+
+Candidates: ``q(s|i) = mean_l log softmax(l_{i,l})[s_l]``; the top-``n`` code sequences (exact, by a
+batched search over the per-level top-``n`` lists) form the candidate pool, the best is the refined SID.
+
+Counterfactual hard negatives come from a pluggable generator (:func:`family_negatives` by default: items
+of the same product family that are textually close but never bought together with the item; see its
+docstring for the optional rewrite hook).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sidrec.errors import SidrecError
+from sidrec.progress import track
+
+
+@dataclass
+class CARTConfig:
+    """Stage-1 settings (the paper's values where it gives them; the CPU batch is larger than its 64)."""
+
+    dim: int = 64  # width of z
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    logit_scale: float = 10.0  # tau_s of the cosine logits
+    tau_start: float = 1.0  # Gumbel-softmax temperature, annealed exponentially ...
+    tau_end: float = 0.1  # ... to this value at the last step
+    nce_temperature: float = 0.1
+    queue_size: int = 8192
+    momentum: float = 0.995  # EMA of the key encoder
+    hard_negatives: int = 8  # counterfactual negatives per item
+    history: int = 10  # items of context for the calibration click model
+    w_cal: float = 1.0
+    w_div: float = 0.1
+    w_anchor: float = 0.5
+    candidates: int = 8  # size of the candidate pool per item
+
+
+class CART(nn.Module):
+    """Item vectors, per-level cosine logits and Gumbel straight-through codes (see the module docstring)."""
+
+    def __init__(self, emb: torch.Tensor, base_codes: torch.Tensor, sizes: list[int], cfg: CARTConfig) -> None:
+        super().__init__()
+        n, d_in = emb.shape
+        d = cfg.dim
+        self.cfg = cfg
+        self.sizes = [int(s) for s in sizes]
+        self.register_buffer("emb", emb.float(), persistent=False)
+        self.proj = nn.Linear(d_in, d)
+        self.residual = nn.Embedding(n, d)
+        nn.init.zeros_(self.residual.weight)
+        self.ln = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in self.sizes)
+        self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(k, d) * d**-0.5) for k in self.sizes)
+        self._init_codebooks(base_codes)
+        # the calibration click model (target attention over the history, then a scorer)
+        self.att = nn.Sequential(nn.Linear(4 * d, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.click = nn.Sequential(nn.Linear(3 * d, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    @torch.no_grad()
+    def _init_codebooks(self, base: torch.Tensor) -> None:
+        """Codeword k of level l = mean query of the items whose base code at level l is k (others: random)."""
+        z = self.item_vectors(torch.arange(len(self.emb)))
+        for lv, size in enumerate(self.sizes):
+            q = F.normalize(self.heads[lv](z), dim=-1)
+            s = torch.zeros(size, q.shape[1]).index_add_(0, base[:, lv], q)
+            cnt = torch.bincount(base[:, lv], minlength=size).float().unsqueeze(1)
+            used = cnt[:, 0] > 0
+            self.codebooks[lv].data[used] = s[used] / cnt[used]
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """``z_i`` (..., d) for item indices (...)."""
+        return self.ln(self.proj(self.emb[items]) + self.residual(items))
+
+    def logits(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level cosine logits (..., K_l) scaled by ``logit_scale``."""
+        return [self.cfg.logit_scale * F.normalize(h(z), dim=-1) @ F.normalize(c, dim=-1).T
+                for h, c in zip(self.heads, self.codebooks, strict=True)]
+
+    def quantise(self, logits: list[torch.Tensor], tau: float | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Quantised vector (sum of the chosen unit codewords) and the one-hot codes.
+
+        ``tau=None``: deterministic argmax (inference, key encoder); otherwise Gumbel-softmax at temperature
+        ``tau`` with straight-through hard codes.
+        """
+        onehots = []
+        out = 0.0
+        for lg, c in zip(logits, self.codebooks, strict=True):
+            if tau is None:
+                oh = F.one_hot(lg.argmax(-1), lg.shape[-1]).to(lg.dtype)
+            else:
+                oh = F.gumbel_softmax(lg, tau=tau, hard=True)
+            onehots.append(oh)
+            out = out + oh @ F.normalize(c, dim=-1)
+        return out, onehots  # type: ignore[return-value]
+
+    def click_logit(self, hist: torch.Tensor, hist_valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Target-attention click score (B,) of target vectors (B, d) given history vectors (B, T, d)."""
+        t = target.unsqueeze(1).expand_as(hist)
+        a = self.att(torch.cat([hist, t, hist - t, hist * t], -1)).squeeze(-1)
+        a = a.masked_fill(~hist_valid, float("-inf")).softmax(-1).nan_to_num(0.0)
+        u = (a.unsqueeze(-1) * hist).sum(1)
+        return self.click(torch.cat([u, target, u * target], -1)).squeeze(-1)
+
+
+@dataclass
+class CARTResult:
+    """Candidate pool and diagnostics of a trained CART."""
+
+    candidates: np.ndarray  # (n_items, C, L) code sequences, best first
+    scores: np.ndarray  # (n_items, C) q(s|i), mean per-level log-probability
+    history: list[dict[str, float]]  # per-epoch losses
+
+
+def _pairs_and_contexts(train: list[np.ndarray], history: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (previous items, next item) of the training sequences: histories (P, H) left-padded with -1."""
+    from sidrec.recipes.tiger import prefix_samples
+
+    s = prefix_samples(train, history)
+    if len(s["end"]) == 0:
+        raise SidrecError("CART needs training sequences with at least two items")
+    pos = s["end"][:, None] - history + np.arange(history)[None, :]
+    valid = pos >= (s["end"] - s["hist_len"])[:, None]
+    hist = np.where(valid, s["flat"][np.maximum(pos, 0)], -1)
+    return hist, s["flat"][s["end"]]
+
+
+def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train: list[np.ndarray],
+               negatives: np.ndarray, cfg: CARTConfig, seed: int = 0, progress: bool = True) -> tuple[CART, CARTResult]:
+    """Fit CART on the training sequences; returns the model and each item's candidate SIDs.
+
+    ``base_codes`` (n_items, L) are the static SIDs without the collision code; ``negatives`` (n_items, H)
+    the counterfactual hard negatives (-1 = none).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = len(emb)
+    base = torch.as_tensor(base_codes, dtype=torch.long)
+    model = CART(torch.as_tensor(emb), base, sizes, cfg)
+    key = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    hist_np, tgt_np = _pairs_and_contexts(train, cfg.history)
+    negs = torch.as_tensor(negatives, dtype=torch.long)
+    queue = F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=-1)
+    qptr = 0
+    steps_per_epoch = max(1, math.ceil(len(tgt_np) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    log: list[dict[str, float]] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(tgt_np))
+        sums = np.zeros(5)
+        for s in track(range(steps_per_epoch), f"CART epoch {epoch + 1}/{cfg.epochs}", enabled=progress):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            hist = torch.from_numpy(hist_np[idx])
+            items = torch.from_numpy(tgt_np[idx])
+            prev = hist[:, -1]  # the item bought just before (always present: prefix samples have >= 1)
+            tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
+            z = model.item_vectors(items)
+            lg = model.logits(z)
+            zq, _ = model.quantise(lg, tau)
+            zq = F.normalize(zq, dim=-1)
+            with torch.no_grad():  # keys: the momentum encoder's deterministic codes
+                k_pos = F.normalize(key.quantise(key.logits(key.item_vectors(prev)), None)[0], dim=-1)
+                hn = negs[items]
+                hn_valid = hn >= 0
+                k_hn = F.normalize(key.quantise(key.logits(key.item_vectors(hn.clamp(min=0))), None)[0], dim=-1)
+            pos = (zq * k_pos).sum(-1, keepdim=True)
+            neg_q = zq @ queue.T
+            neg_h = torch.einsum("bd,bhd->bh", zq, k_hn).masked_fill(~hn_valid, float("-inf"))
+            nce = F.cross_entropy(torch.cat([pos, neg_q, neg_h], 1) / cfg.nce_temperature,
+                                  torch.zeros(len(items), dtype=torch.long))
+            # calibration: real next item vs a random item, from the quantised target
+            hv = hist >= 0
+            hz = model.item_vectors(hist.clamp(min=0))
+            rand = torch.from_numpy(rng.integers(0, n, len(items)))
+            zq_r = F.normalize(model.quantise(model.logits(model.item_vectors(rand)), tau)[0], dim=-1)
+            logit = torch.cat([model.click_logit(hz, hv, zq), model.click_logit(hz, hv, zq_r)])
+            label = torch.cat([torch.ones(len(items)), torch.zeros(len(items))])
+            cal = F.binary_cross_entropy_with_logits(logit, label)
+            div = torch.stack([1 - _entropy(x.softmax(-1).mean(0)) / math.log(x.shape[-1]) for x in lg]).mean()
+            anc = torch.stack([F.cross_entropy(x, base[items, lv]) for lv, x in enumerate(lg)]).mean()
+            loss = nce + cfg.w_cal * cal + cfg.w_div * div + cfg.w_anchor * anc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for pk, pq in zip(key.parameters(), model.parameters(), strict=True):
+                    pk.mul_(cfg.momentum).add_(pq.detach(), alpha=1 - cfg.momentum)
+                m = len(k_pos)
+                ptr = (qptr + torch.arange(m)) % cfg.queue_size
+                queue[ptr] = k_pos
+                qptr = int((qptr + m) % cfg.queue_size)
+            sums += np.array([loss.item(), nce.item(), cal.item(), div.item(), anc.item()])
+            step += 1
+        sums /= steps_per_epoch
+        log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], map(float, sums), strict=True), epoch=epoch + 1))
+    cands, scores = candidate_sids(model, cfg.candidates)
+    return model, CARTResult(cands, scores, log)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * (p + 1e-12).log()).sum(-1)
+
+
+@torch.no_grad()
+def candidate_sids(model: CART, n: int, items: torch.Tensor | None = None,
+                   chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``n`` code sequences per item by ``q(s|i)`` (mean per-level log-probability), best first.
+
+    The top-n sequences can only use each level's top-n codes, so the search is over n^L combinations per
+    item, built level by level with one ``topk`` per level (batched over items).
+    """
+    model.eval()
+    idx = torch.arange(len(model.emb)) if items is None else items
+    out_c, out_s = [], []
+    for s in range(0, len(idx), chunk):
+        lg = model.logits(model.item_vectors(idx[s:s + chunk]))
+        b = len(lg[0])
+        score = torch.zeros(b, 1)
+        seqs = torch.zeros(b, 1, 0, dtype=torch.long)
+        for x in lg:
+            lp, code = x.log_softmax(-1).topk(min(n, x.shape[-1]), dim=-1)  # (b, n)
+            cand = (score.unsqueeze(2) + lp.unsqueeze(1)).view(b, -1)
+            score, flat = cand.topk(min(n, cand.shape[1]), dim=1)
+            parent = flat // lp.shape[1]
+            c = code.gather(1, flat % lp.shape[1])
+            seqs = torch.cat([seqs.gather(1, parent.unsqueeze(2).expand(-1, -1, seqs.shape[2])), c.unsqueeze(2)], 2)
+        out_c.append(seqs)
+        out_s.append(score / len(lg))
+    model.train()
+    return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
+
+
+# ------------------------------------------------------------------------------------ counterfactual negatives
+NegativeGenerator = Callable[..., np.ndarray]
+
+
+def family_negatives(docs: list[str], family: list[str], train: list[np.ndarray], k: int = 8,
+                     rewrite: Callable[[list[str]], list[str]] | None = None, chunk: int = 1024) -> np.ndarray:
+    """Counterfactual hard negatives without a language model: (n_items, k) item indices, -1 padded.
+
+    For each item: items of the same product ``family`` (e.g. the leaf category) that are closest to it by
+    TF-IDF cosine but never appear in a training history together with it -- same kind of product, another
+    purchase intent. ``rewrite`` is the paper's hook: a function mapping each item's text to a rewritten query
+    (e.g. a language model that flips the purchase intent); the rewritten texts are then used as retrieval
+    queries against the real items' texts, under the same family and co-occurrence filters.
+    """
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    n = len(docs)
+    if len(family) != n:
+        raise SidrecError(f"family_negatives: {len(family)} family labels for {n} items")
+    vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+    x = vec.fit_transform(docs)
+    queries = x if rewrite is None else vec.transform(rewrite(list(docs)))
+    fam = np.unique(np.asarray(family), return_inverse=True)[1].reshape(-1)
+    rows = np.concatenate([np.full(len(s), u) for u, s in enumerate(train) if len(s)]) if train else np.zeros(0)
+    cols = np.concatenate([s for s in train if len(s)]) if train else np.zeros(0)
+    ui = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(train), n))
+    co = (ui.T @ ui).tocsr()  # items ever in one history together
+    out = np.full((n, k), -1, dtype=np.int64)
+    fam_t = torch.from_numpy(fam)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        sim = torch.from_numpy((queries[s:e] @ x.T).toarray().astype(np.float32))
+        ok = fam_t[s:e].unsqueeze(1) == fam_t.unsqueeze(0)
+        blk = co[s:e].tocoo()
+        ok[torch.from_numpy(blk.row.astype(np.int64)), torch.from_numpy(blk.col.astype(np.int64))] = False
+        ok[torch.arange(e - s), torch.arange(s, e)] = False
+        sim = sim.masked_fill(~ok, float("-inf"))
+        v, i = sim.topk(min(k, n), dim=1)
+        i = torch.where(torch.isfinite(v), i, torch.full_like(i, -1))
+        out[s:e, :i.shape[1]] = i.numpy()
+    return out
+
+
+__all__ = ["CART", "CARTConfig", "CARTResult", "candidate_sids", "family_negatives", "train_cart"]

@@ -1,0 +1,341 @@
+"""DREAM: SID placement, CART candidates and negatives, UC3 gates, LoRA isolation, multi-SID hits, new items,
+and a tiny end-to-end run of the three stages."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidrec.decoding.beam import beam_search
+from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.dream.config import DREAMConfig
+from sidrec.dream.cpde import add_lora, update_weights
+from sidrec.dream.newitems import add_items, read_new_items
+from sidrec.dream.sids import complete_candidates, place_sids, table_with
+from sidrec.dream.uc3 import sid_nll, uc3_decide
+from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import ranks_from_topk
+from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.sid.cart import CART, CARTConfig, candidate_sids, family_negatives
+from sidrec.sid.table import SIDTable
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------ placement
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_placed_sids_are_unique_and_avoid_fixed(seed):
+    rng = np.random.default_rng(seed)
+    k = 4
+    fixed = np.unique(rng.integers(0, 3, (12, 3)), axis=0)
+    new = rng.integers(0, 3, (20, 2))
+    last = place_sids(fixed, new, k)
+    ok = last >= 0
+    full = np.concatenate([new, last[:, None]], 1)[ok]
+    assert len(np.unique(full, axis=0)) == len(full)  # unique among themselves
+    assert not (full[:, None, :] == fixed[None, :, :]).all(2).any()  # and against every fixed SID
+    # -1 only when the prefix really has no free code left for this row
+    for i in np.flatnonzero(~ok):
+        used = {int(f[-1]) for f in fixed if (f[:-1] == new[i]).all()}
+        used |= {int(last[j]) for j in range(len(new)) if ok[j] and (new[j] == new[i]).all()}
+        assert len(used) == k
+
+
+def test_candidate_equal_to_own_base_prefix_keeps_its_sid():
+    base = np.array([[0, 0, 0], [0, 0, 1], [1, 1, 0]])
+    cands = np.array([[[0, 0], [1, 1]]])  # item 1: its own prefix, then item 2's prefix
+    full = complete_candidates(base, np.array([1]), cands, 4)
+    assert full[0, 0].tolist() == [0, 0, 1]
+    assert full[0, 1].tolist() == [1, 1, 1]  # code 0 is item 2's
+
+
+# ------------------------------------------------------------------------------------------ multi-SID hits
+class FixedDecoder:
+    """A StepDecoder whose next-code probabilities depend only on the prefix (the same for every user)."""
+
+    def __init__(self, probs: dict[tuple[int, ...], list[float]]) -> None:
+        self.probs = probs
+
+    def start_decoding(self, users: torch.Tensor) -> int:
+        return len(users)
+
+    def next_log_probs(self, b: int, prefix: torch.Tensor | None, parent: torch.Tensor | None):
+        rows = [[()]] * b if prefix is None else [[tuple(p) for p in r] for r in prefix.tolist()]
+        return b, torch.tensor([[self.probs[p] for p in r] for r in rows]).log()
+
+
+def test_cold_item_with_several_sids_is_returned_once_and_any_sid_is_a_hit():
+    base = np.array([[0, 0], [1, 1], [1, 0]])  # items 0, 1, 2
+    # item 2 is cold: primary (0, 1), second hypothesis (1, 0) (its base SID)
+    table = table_with(base, [2, 2], np.array([2]), np.array([[[0, 1], [1, 0]]]), np.array([[0.6, 0.4]]))
+    assert table.primary[2].tolist() == [0, 1] and table.n_sids == 4
+    trie = SIDTrie.from_codes(SIDCodes.from_table(table))
+    # log p: first code 1 is likelier; (1, 0) is the best SID overall and belongs to item 2
+    # SID probabilities: (1,0) item 2 .48, (0,0) item 0 .36, (1,1) item 1 .12, (0,1) item 2 .04
+    dec = FixedDecoder({(): [0.4, 0.6], (0,): [0.9, 0.1], (1,): [0.8, 0.2]})
+    res = beam_search(dec, (torch.arange(3),), trie, beam=4, k=4)
+    assert res.items[0].tolist() == [2, 0, 1, -1]  # item 2 once, at its best SID (1, 0)
+    assert np.isclose(float(res.scores[0, 0].exp()), 0.48, atol=1e-6)
+    ranks = ranks_from_topk(res.items.numpy(), np.array([2, 0, 1]))
+    assert ranks.tolist() == [1, 2, 3]
+    # with only the primary hypothesis the same item ranks last: the second SID is what made it a hit at 1
+    only = table_with(base, [2, 2], np.array([2]), np.array([[[0, 1]]]))
+    res1 = beam_search(dec, (torch.arange(1),), SIDTrie.from_codes(SIDCodes.from_table(only)), beam=4, k=4)
+    assert res1.items[0].tolist() == [0, 1, 2, -1]
+
+
+# ------------------------------------------------------------------------------------------ UC3
+def test_uc3_gates_on_a_constructed_example():
+    inf = np.inf
+    # 4 cold items, 3 candidates each; NLL per context (lower = the frozen model prefers it)
+    nll, ctx = [], []
+    for _ in range(3):  # item 0: three contexts that all prefer candidate 2 -> switch
+        nll.append([5.0, 6.0, 0.5])
+        ctx.append(0)
+    for _ in range(2):  # item 1: prefers candidate 1 but only two contexts -> no switch (support)
+        nll.append([6.0, 0.1, 6.0])
+        ctx.append(1)
+    for a in (0.0, 0.02, 0.0, 0.02):  # item 2: a near tie between 0 and 1 -> no switch (margin)
+        nll.append([1.0 + a, 1.0 + 0.02 - a, 9.0])
+        ctx.append(2)
+    for _ in range(4):  # item 3: candidate 2 is invalid (no free code); 1 preferred
+        nll.append([4.0, 0.2, inf])
+        ctx.append(3)
+    d = uc3_decide(np.array(nll), np.array(ctx), 4, tau=1.0, min_support=3, min_margin=0.05)
+    assert d.support.tolist() == [3, 2, 4, 4]
+    assert d.switch.tolist() == [True, False, False, True]
+    assert d.chosen.tolist() == [2, 0, 0, 1]
+    assert d.winner[1] == 1 and d.margin[2] < 0.05
+    assert d.votes[3, 2] == 0.0
+    assert np.isclose(d.switch_rate, 0.5)
+    # a context with a uniform preference has zero confidence and does not move the vote
+    d2 = uc3_decide(np.array([[1.0, 1.0, 1.0], [0.1, 5.0, 5.0]]), np.array([0, 0]), 1, min_support=1)
+    assert np.isclose(d2.votes[0].sum(), 1.0) and d2.votes[0, 0] > 0.9
+
+
+def test_sid_nll_matches_teacher_forced_loss():
+    torch.manual_seed(0)
+    model = TIGER([4, 3], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8,
+                                         ffn_dim=32, dropout=0.0, user_buckets=0)).eval()
+    hist = torch.randint(0, 3, (3, 2, 2))
+    sids = torch.tensor([[[1, 2], [0, 0]], [[3, 1], [-1, -1]], [[2, 2], [2, 0]]])
+    with torch.no_grad():
+        nll = sid_nll(model, hist, None, sids)
+        for b in range(3):
+            for h in range(2):
+                if sids[b, h, 0] < 0:
+                    assert torch.isinf(nll[b, h])
+                    continue
+                ce = model(hist[b:b + 1], None, sids[b, h].view(1, -1)) * 2  # mean over 2 positions
+                assert torch.isclose(nll[b, h], ce, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ CPDE
+def test_lora_leaves_base_weights_untouched_by_cold_samples():
+    torch.manual_seed(0)
+    base = TIGER([4, 3, 5], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8,
+                                           ffn_dim=32, dropout=0.0, user_buckets=0))
+    pm = add_lora(base, 4, 8.0)
+    model = pm.base_model.model
+    before = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" not in k}
+    trainable = [k for k, v in pm.named_parameters() if v.requires_grad]
+    assert trainable and all("lora_" in k for k in trainable)
+    assert any(".q_proj." in k for k in trainable) and any(".v_proj." in k for k in trainable)
+    assert not any(".k_proj." in k or ".o_proj." in k for k in trainable)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    hist = torch.randint(0, 3, (8, 3, 3))
+    hyps = torch.randint(0, 3, (8, 4, 3))  # cold samples with four hypotheses each
+    for _ in range(3):
+        loss = sid_nll(model, hist, None, hyps).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = dict(pm.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    lora_b = [v for k, v in after.items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b)  # the adapters did learn
+    merged = pm.merge_and_unload()
+    assert not torch.equal(merged.decoder[0].attn.q_proj.weight, base.decoder[0].attn.q_proj.weight)
+    assert torch.equal(merged.decoder[0].attn.k_proj.weight, base.decoder[0].attn.k_proj.weight)
+
+
+def test_weight_update_moves_toward_the_likelier_hypothesis_and_stays_normalised():
+    w = torch.tensor([[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])
+    alpha = w.clone()
+    nll_sum = torch.tensor([[1.0, 8.0], [0.0, 0.0], [2.0, 0.0]])
+    cnt = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    valid = torch.tensor([[True, True], [True, True], [True, False]])
+    new = update_weights(w, alpha, nll_sum, cnt, valid, keep=0.7)
+    assert new[0, 0] > 0.5 > new[0, 1]  # item 0: hypothesis 0 has the lower NLL
+    assert torch.equal(new[1], w[1])  # item 1 was not seen: unchanged
+    assert torch.allclose(new.sum(1), torch.ones(3)) and new[2, 1] == 0  # invalid stays at zero
+
+
+# ------------------------------------------------------------------------------------------ CART
+def test_candidate_search_equals_brute_force():
+    torch.manual_seed(1)
+    n, sizes = 5, [6, 5, 4]
+    cart = CART(torch.randn(n, 12), torch.randint(0, 4, (n, 3)), sizes, CARTConfig(dim=8, logit_scale=3.0))
+    cands, scores = candidate_sids(cart, 7)
+    with torch.no_grad():
+        lps = [x.log_softmax(-1) for x in cart.logits(cart.item_vectors(torch.arange(n)))]
+    for i in range(n):
+        allc = list(itertools.product(*[range(s) for s in sizes]))
+        sc = np.array([sum(float(lps[lv][i, c]) for lv, c in enumerate(s)) / 3 for s in allc])
+        best = np.argsort(-sc, kind="stable")[:7]
+        assert np.allclose(scores[i], sc[best], atol=1e-5)
+        assert {tuple(c) for c in cands[i].tolist()} == {allc[j] for j in best} or np.allclose(
+            np.sort(sc[best]), np.sort(scores[i]), atol=1e-5)
+
+
+def test_family_negatives_same_family_never_cooccurring():
+    docs = ["red lipstick matte", "red lipstick gloss", "red lipstick matte long", "blue shampoo", "lipstick red"]
+    fam = ["lips", "lips", "lips", "hair", "lips"]
+    train = [np.array([0, 1]), np.array([3, 4])]  # 0 and 1 were bought together
+    neg = family_negatives(docs, fam, train, k=3)
+    assert neg.shape == (5, 3)
+    assert 1 not in neg[0] and 0 not in neg[0]  # co-occurring and self excluded
+    assert set(neg[0][neg[0] >= 0]) == {2, 4}
+    assert neg[0][0] == 2  # textually closest first
+    assert (neg[3] == -1).all()  # no other item in its family
+    assert all(fam[j] == fam[i] for i in range(5) for j in neg[i] if j >= 0)
+    # the rewrite hook changes the retrieval query, not the filters
+    neg2 = family_negatives(docs, fam, train, k=1, rewrite=lambda t: ["lipstick red"] * len(t))
+    assert neg2[0, 0] == 4
+
+
+# ------------------------------------------------------------------------------------------ new items
+def test_new_items_get_valid_unique_sids(tmp_path):
+    from sidrec.sid.config import TokenizerConfig
+    from sidrec.sid.pipeline import tokenize
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((60, 8)).astype(np.float32)
+    cfg = TokenizerConfig(kind="rqkmeans", levels=2, codebook_sizes=[4], collision_codebook=16)
+    res = tokenize(cfg, emb, [f"i{i}" for i in range(60)])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: tiger\nfeatures:\n  kind: attributes\n")
+    res.tokenizer.save(run / "tokenizer")
+    res.table.save(run / "sid_table.parquet")
+    items = tmp_path / "new.jsonl"
+    items.write_text("\n".join(json.dumps({"item_id": f"new{i}"}) for i in range(5)) + "\n")
+    new_emb = tmp_path / "new.npy"
+    np.save(new_emb, emb[[0, 0, 1, 2, 3]])  # copies of known items: their prefixes are already taken
+    table, path = add_items(run, items, embeddings=new_emb)
+    assert path.exists() and table.n_items == 65 and table.item_ids[-1] == "new4"
+    again = SIDTable.load(path)  # validated on load: one primary each, no SID shared by two items
+    assert len(np.unique(again.codes, axis=0)) == again.n_sids == 65
+    assert (again.codes[-5:, :-1] == res.tokenizer.encode(emb[[0, 0, 1, 2, 3]])).all()  # content codes kept
+    assert (again.primary[:60] == SIDTable.load(run / "sid_table.parquet").primary).all()  # old ones unchanged
+    with pytest.raises(SidrecError, match="already in the catalogue"):
+        add_items(run, items, embeddings=new_emb)
+    with pytest.raises(SidrecError, match="cannot embed new items"):
+        other = tmp_path / "other.jsonl"
+        other.write_text(json.dumps({"item_id": "x"}) + "\n")
+        add_items(run, other)
+
+
+def test_new_items_file_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"item_id": "a"}\n{"title": "no id"}\n')
+    with pytest.raises(SidrecError, match=r"bad.jsonl, line 2: .*item_id"):
+        read_new_items(p)
+    p.write_text('{"item_id": "a"}\nnot json\n')
+    with pytest.raises(SidrecError, match="line 2: not valid JSON"):
+        read_new_items(p)
+    p.write_text('{"item_id": "a"}\n{"item_id": "a"}\n')
+    with pytest.raises(SidrecError, match="more than once"):
+        read_new_items(p)
+
+
+def test_dream_config_section_loads():
+    from sidrec.config import load_config
+
+    cfg = load_config(None, ["dream.cart.epochs=2", "dream.hypotheses=3"])
+    d: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    assert d.cart.epochs == 2 and d.hypotheses == 3
+    with pytest.raises(SidrecError):
+        load_config(None, ["dream.cart.epoch=2"])
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
+    import hashlib
+
+    from sidrec.config import load_config
+    from sidrec.dream.pipeline import STAGES, run_dream
+    from sidrec.pipeline import train
+    from test_tiger import TINY
+
+    run = tmp_path / "tiger"
+    train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}"]))
+    digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
+    out = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
+                          "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",
+                          "dream.lambda_warm=-1"], progress=False)
+    assert tuple(out["stages"]) == STAGES
+    for res in out["stages"].values():
+        assert {"all", "warm", "cold"} <= set(res) and res["cold"]["n_users"] > 0
+        assert {"recall@5", "ndcg@10", "recall@50"} <= set(res["all"])
+    d = out["diagnostics"]
+    assert 0 <= d["cart_primary_changed"] <= 1 and 0 <= d["uc3_switch_rate"] <= 1
+    assert len(d["cpde_weight_history"]) > 1 and np.isclose(sum(d["cpde_mean_weights"]), 1.0, atol=1e-4)
+    base = SIDTable.load(run / "sid_table.parquet")
+    split_freq = np.bincount(np.concatenate([s[:-2] if len(s) >= 3 else s for s in _sequences(run)]),
+                             minlength=base.n_items)
+    warm = split_freq > 12
+    for name in ("cart", "uc3", "cpde"):
+        t = SIDTable.load(run / "dream" / f"sid_table.{name}.parquet")  # validated: unique, one primary each
+        assert (t.primary.numpy()[warm] == base.primary.numpy()[warm]).all()  # warm items keep their SIDs
+    assert (run / "dream" / "model.safetensors").exists() and (run / "dream" / "report.md").exists()
+    assert hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest() == digest  # run untouched
+
+
+def _sequences(run):
+    from sidrec.pipeline import load_run
+
+    _, ds, _, _ = load_run(run)
+    return ds.sequences()
+
+
+def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
+    from sidrec.config import load_config
+    from sidrec.pipeline import dataset_from_config
+    from sidrec.recipes.tiger import _features
+    from test_cli import _assert_clean_error, run
+    from test_tiger import TINY
+
+    rd = tmp_path / "tiger"
+    p = run("train", *TINY, "train.epochs=2", "data.cold_threshold=12", "--run-dir", str(rd))
+    assert p.returncode == 0, p.stderr
+    p = run("dream", str(rd), "dream.cart.epochs=1", "dream.cart.queue_size=128", "dream.cpde_epochs=1",
+            "dream.cpde_warmup_epochs=0", "dream.cpde_update_every=1", "dream.cpde_batch_size=64")
+    assert p.returncode == 0, p.stderr
+    assert "cpde-beam" in p.stdout and "cold" in p.stdout and (rd / "dream" / "dream.json").exists()
+    _assert_clean_error(run("dream", str(rd), "dream.negatives=llm"), "dream.negatives")
+    _assert_clean_error(run("dream", str(rd), "--split", "train"), "--split")
+    # new items: bad file -> exit 2 naming the line; good file -> valid SIDs, recommendable at once
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"item_id": "n1"}\n[1, 2]\n')
+    _assert_clean_error(run("add-items", str(rd), str(bad)), "bad.jsonl, line 2")
+    cfg = load_config([rd / "config.yaml"])
+    emb = _features(cfg, dataset_from_config(cfg))
+    good = tmp_path / "new.jsonl"
+    good.write_text("".join(json.dumps({"item_id": f"NEW{i}"}) + "\n" for i in range(3)))
+    np.save(tmp_path / "new.npy", emb[:3])
+    _assert_clean_error(run("add-items", str(rd), str(good)), "--embeddings")
+    p = run("add-items", str(rd), str(good), "--embeddings", str(tmp_path / "new.npy"))
+    assert p.returncode == 0, p.stderr
+    table = SIDTable.load(rd / "sid_table.catalogue.parquet")
+    assert table.item_ids[-3:] == ["NEW0", "NEW1", "NEW2"]
+    p = run("recommend", str(rd), "--user", "U000001", "-k", "120", "--sid-table",
+            str(rd / "sid_table.catalogue.parquet"))
+    assert p.returncode == 0, p.stderr

@@ -297,6 +297,13 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
         assert (t.primary.numpy()[warm] == base.primary.numpy()[warm]).all()  # warm items keep their SIDs
     assert (run / "dream" / "model.safetensors").exists() and (run / "dream" / "report.md").exists()
     assert hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest() == digest  # run untouched
+    # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
+    cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
+    again = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
+                            "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32"], stages=("static",),
+                      progress=False)
+    assert again["diagnostics"].get("cart_reused") and "cart_reused" not in d
+    assert (SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes == cart1).all()
 
 
 def _sequences(run):

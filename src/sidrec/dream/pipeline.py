@@ -14,6 +14,7 @@ registered in the trie: Beam-Aware decoding).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shlex
 import subprocess
@@ -35,7 +36,7 @@ from sidrec.dream.uc3 import sid_nll, uc3_decide
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json, write_text
 from sidrec.progress import track
-from sidrec.sid.cart import family_negatives, train_cart
+from sidrec.sid.cart import CARTResult, family_negatives, train_cart
 from sidrec.sid.table import SIDTable
 
 DREAM_DIR = "dream"
@@ -126,17 +127,36 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     t0 = time.time()
     from sidrec.recipes.tiger import _features
 
-    emb = _features(cfg, ds).astype(np.float32)
-    if dcfg.negatives == "family":
-        docs, fam = item_docs_and_families(ds, cfg.features.template, dcfg.family_field)
-        rw = external_rewrite(dcfg.rewrite_command) if dcfg.rewrite_command else None
-        negs = family_negatives(docs, fam, split_obj.train, dcfg.cart.hard_negatives, rewrite=rw)
-    elif dcfg.negatives == "none":
-        negs = np.full((ds.n_items, 1), -1, dtype=np.int64)
+    # CART depends only on the data, the base SIDs and these settings: a finished fit is reused, so tuning the
+    # later stages (dream.lambda_*, CPDE epochs) does not refit it
+    cart_key = {"cart": dataclasses.asdict(dcfg.cart), "negatives": dcfg.negatives, "family": dcfg.family_field,
+                "rewrite": dcfg.rewrite_command, "seed": cfg.seed, "cold_threshold": cfg.data.cold_threshold,
+                "base": hashlib.sha256(base.tobytes()).hexdigest()}
+    cache = out_dir / "cart_candidates.npz"
+    cached = None
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == json.dumps(cart_key, sort_keys=True):
+                cached = (z["candidates"], z["scores"], json.loads(str(z["history"])), float(z["negs"]))
+    if cached is not None:
+        cres = CARTResult(cached[0], cached[1], cached[2])
+        diag["hard_negatives_per_item"] = cached[3]
+        diag["cart_reused"] = True
     else:
-        raise SidrecError(f"dream.negatives must be 'family' or 'none', got '{dcfg.negatives}'")
-    diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
-    cart, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress)
+        emb = _features(cfg, ds).astype(np.float32)
+        if dcfg.negatives == "family":
+            docs, fam = item_docs_and_families(ds, cfg.features.template, dcfg.family_field)
+            rw = external_rewrite(dcfg.rewrite_command) if dcfg.rewrite_command else None
+            negs = family_negatives(docs, fam, split_obj.train, dcfg.cart.hard_negatives, rewrite=rw)
+        elif dcfg.negatives == "none":
+            negs = np.full((ds.n_items, 1), -1, dtype=np.int64)
+        else:
+            raise SidrecError(f"dream.negatives must be 'family' or 'none', got '{dcfg.negatives}'")
+        diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
+        _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, candidates=cres.candidates, scores=cres.scores, key=json.dumps(cart_key, sort_keys=True),
+                     history=json.dumps(cres.history), negs=diag["hard_negatives_per_item"])
     cands = complete_candidates(base, cold_items, cres.candidates[cold_items], sizes[-1])
     cand_scores = np.where((cands >= 0).all(2), cres.scores[cold_items], -np.inf)
     # stage-1 primary: the best *valid* candidate (invalid ones sort last)

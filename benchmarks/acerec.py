@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/acerec.py train [beauty sports toys] [--variants atm mean nointent noisa] [--threads 2]
-         [--reuse] [key=value ...]
+         [--reuse] [--tag TEXT] [--compare-epoch N] [key=value ...]
   python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
          [--users 1000] [--threads 2]
 
@@ -51,16 +51,22 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                               [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
                               + VARIANTS[variant] + overrides)
             t0 = time.time()
-            if args.reuse and (run / "metrics.json").exists():
+            reused = args.reuse and (run / "metrics.json").exists()
+            if reused:
                 res = json.loads((run / "metrics.json").read_text())
                 wall = float(res["summary"]["train_s"])
             else:
                 res = train(cfg)
                 wall = time.time() - t0
             first = first or run
-            recs = run_records(name, "acerec", variant, res, wall)
+            label = variant if reused else f"{variant}{args.tag}"
+            recs = run_records(name, "acerec", label, res, wall)
+            rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+            curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}
             for r in recs:
                 r["metrics"].update(epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
+                if args.compare_epoch in curve:  # equal-budget comparison of variants stopped at different epochs
+                    r["metrics"][f"valid_subset_ndcg@10_epoch{args.compare_epoch}"] = curve[args.compare_epoch]
             save("acerec", recs)
             t = res["test"]["all"]
             print(f"{name} {variant}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",
@@ -124,6 +130,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs")
+    ap.add_argument("--compare-epoch", type=int, default=4,
+                    help="also record each run's validation-subset NDCG@10 after this epoch (equal budget)")
     ap.add_argument("--acerec", default="runs/bench/acerec-beauty-atm")
     ap.add_argument("--tiger", default="runs/bench/tiger-beauty")
     ap.add_argument("--users", type=int, default=1000)

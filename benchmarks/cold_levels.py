@@ -1,0 +1,90 @@
+"""Where cold items lose: per-SID-position NLL and rank of the test target's SID, warm vs cold users.
+
+Usage: python benchmarks/cold_levels.py [beauty toys ...] [--threads 1]
+
+For the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) and, when present, each DREAM stage in
+its dream/ folder, the teacher-forced negative log-likelihood of every test user's target SID at each
+position (and the rank of the target code among its level's codes) is averaged over warm and cold users.
+A beam search keeps a SID only if every prefix stays among the best ones, so the level at which cold targets
+fall behind is the level that keeps them out of the top-K. Writes benchmarks/results/cold_levels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sidrec.decoding.trie import SIDCodes
+from sidrec.dream.uc3 import level_log_probs
+from sidrec.pipeline import load_run
+from sidrec.sid.table import SIDTable
+
+from _common import record, save, split_positionals
+
+
+def target_levels(task, model, table: SIDTable, es, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(n, L) NLL and rank (0 = the model's top code) of each user's target SID at each position."""
+    task.sids = SIDCodes.from_table(table)
+    nll, rank = [], []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(es), batch):
+            rows = np.arange(s, min(len(es), s + batch))
+            hist = task.codes_of(es.padded_histories(rows, pad=-1))
+            users = task._users(torch.from_numpy(es.users[rows]))
+            tgt = task.codes_of(torch.from_numpy(es.targets[rows]))
+            mem, val = model.encode(hist, users)
+            lps = level_log_probs(model, mem, val, tgt)
+            own = [lp.gather(1, tgt[:, i:i + 1]) for i, lp in enumerate(lps)]
+            nll.append(-torch.cat(own, 1))
+            rank.append(torch.stack([(lp > o).sum(1) for lp, o in zip(lps, own, strict=True)], 1))
+    return torch.cat(nll).numpy(), torch.cat(rank).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("datasets", nargs="*", default=["beauty"])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_intermixed_args()
+    datasets, _ = split_positionals(args.datasets, ["beauty"])
+    torch.set_num_threads(args.threads)
+    for name in datasets:
+        run = Path("runs/bench") / f"tiger-{name}"
+        cfg, ds, split, task = load_run(run)
+        es = split.test
+        cold = split.item_freq[es.targets] <= cfg.data.cold_threshold
+        stages = {"static": (task.model, SIDTable.load(run / "sid_table.parquet"))}
+        dd = run / "dream"
+        for st in ("cart", "uc3"):
+            if (dd / f"sid_table.{st}.parquet").exists():
+                stages[st] = (task.model, SIDTable.load(dd / f"sid_table.{st}.parquet"))
+        if (dd / "model.safetensors").exists() and (dd / "sid_table.cpde.parquet").exists():
+            import copy
+
+            from safetensors.torch import load_model
+
+            m = copy.deepcopy(task.model)
+            load_model(m, str(dd / "model.safetensors"))
+            stages["cpde"] = (m, SIDTable.load(dd / "sid_table.cpde.parquet"))
+        recs = []
+        for st, (model, table) in stages.items():
+            t0 = time.time()
+            nll, rank = target_levels(task, model, table, es)
+            for sub, mask in (("warm", ~cold), ("cold", cold)):
+                met: dict[str, float] = {"n_users": float(mask.sum()), "nll_total": float(nll[mask].sum(1).mean())}
+                for lv in range(nll.shape[1]):
+                    met[f"nll_l{lv + 1}"] = float(nll[mask, lv].mean())
+                    met[f"rank_median_l{lv + 1}"] = float(np.median(rank[mask, lv]))
+                recs.append(record(name, "tiger" if st == "static" else "dream",
+                                   f"target SID NLL per position, {st}", "test", sub, met, time.time() - t0,
+                                   args.threads))
+                print(name, st, sub, {k: round(v, 2) for k, v in met.items()}, flush=True)
+        save("cold_levels", recs)
+
+
+if __name__ == "__main__":
+    main()

@@ -328,6 +328,12 @@ def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
             "dream.cpde_warmup_epochs=0", "dream.cpde_update_every=1", "dream.cpde_batch_size=64")
     assert p.returncode == 0, p.stderr
     assert "cpde-beam" in p.stdout and "cold" in p.stdout and (rd / "dream" / "dream.json").exists()
+    p = run("recommend", str(rd), "--user", "U000001", "-k", "5", "--sid-table",
+            str(rd / "dream" / "sid_table.cpde.parquet"), "--weights", str(rd / "dream" / "model.safetensors"))
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    _assert_clean_error(run("recommend", str(rd), "--user", "U000001", "--weights", str(tmp_path / "junk.safetensors")),
+                        "junk.safetensors")
     _assert_clean_error(run("dream", str(rd), "dream.negatives=llm"), "dream.negatives")
     _assert_clean_error(run("dream", str(rd), "--split", "train"), "--split")
     # new items: bad file -> exit 2 naming the line; good file -> valid SIDs, recommendable at once

@@ -230,6 +230,8 @@ def recommend(
     k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
     sid_table: Annotated[Path | None, typer.Option("--sid-table", help="decode over this SID table "
                                                    "(e.g. from 'sidrec add-items' or RUN/dream/)")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="other weights for the run's model "
+                                                 "(e.g. RUN/dream/model.safetensors)")] = None,
 ) -> None:
     """Recommend the next items for a user (original ids), from their whole history."""
     from sidrec.pipeline import recommend as run_rec
@@ -240,7 +242,7 @@ def recommend(
     t.add_column("rank", justify="right")
     t.add_column("item")
     t.add_column("score", justify="right")
-    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table), 1):
+    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table, weights), 1):
         t.add_row(str(r), item, f"{score:.4f}")
     out.print(t)
 

@@ -101,13 +101,25 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
     return {s: task.evaluate(task.model, s) for s in splits}
 
 
-def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None) -> list[tuple[str, float]]:
+def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None,
+              weights: str | Path | None = None) -> list[tuple[str, float]]:
     """Top-k original item ids for a user (by original id), from their full history.
 
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
     cfg, ds, split, task = load_run(run_dir)
+    if weights is not None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        if not Path(weights).exists():
+            raise SidrecError(f"{weights}: weights file not found")
+        try:
+            load_model(task.model, str(weights))
+        except (SafetensorError, RuntimeError) as exc:
+            raise SidrecError(f"{weights}: not weights of this run's model ({str(exc).splitlines()[0][:200]})") from None
+        task.model.eval()
     item_ids = ds.item_ids
     if sid_table is not None:
         from sidrec.decoding.trie import SIDCodes, SIDTrie

@@ -34,6 +34,7 @@ from sidrec.dream.config import DREAMConfig
 from sidrec.dream.uc3 import level_log_probs, sid_nll_from_memory
 from sidrec.models.tiger import TIGER
 from sidrec.progress import track
+from sidrec.recipes.tiger import sample_histories
 
 
 @dataclass
@@ -101,11 +102,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     step = 0
 
     def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        t = int(samples["hist_len"][rows].max())
-        end = samples["end"][rows]
-        pos = end[:, None] - t + np.arange(t)[None, :]
-        ok = pos >= (end - samples["hist_len"][rows])[:, None]
-        hist = torch.from_numpy(np.where(ok, samples["flat"][np.maximum(pos, 0)], -1))
+        hist = torch.from_numpy(sample_histories(samples, rows))
         return codes_of(hist), users_fn(torch.from_numpy(samples["user"][rows]))
 
     for epoch in range(cfg.cpde_epochs):

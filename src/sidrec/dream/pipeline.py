@@ -255,11 +255,9 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
 
 def _batch(samples: dict[str, np.ndarray], rows: np.ndarray, task: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    t = int(samples["hist_len"][rows].max())
-    end = samples["end"][rows]
-    pos = end[:, None] - t + np.arange(t)[None, :]
-    ok = pos >= (end - samples["hist_len"][rows])[:, None]
-    hist = torch.from_numpy(np.where(ok, samples["flat"][np.maximum(pos, 0)], -1))
+    from sidrec.recipes.tiger import sample_histories
+
+    hist = torch.from_numpy(sample_histories(samples, rows))
     return task.codes_of(hist), task._users(torch.from_numpy(samples["user"][rows]))
 
 

@@ -108,6 +108,15 @@ def prefix_samples(train: list[np.ndarray], max_len: int) -> dict[str, np.ndarra
     return {"flat": flat, "user": user, "end": starts[user] + t, "hist_len": np.minimum(t, max_len)}
 
 
+def sample_histories(samples: dict[str, np.ndarray], rows: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Left-padded (-1) histories (len(rows), width) of prefix samples ``rows``; width defaults to the longest."""
+    hl = samples["hist_len"][rows]
+    t = int(hl.max()) if width is None else width
+    end = samples["end"][rows]
+    pos = end[:, None] - t + np.arange(t)[None, :]
+    return np.where(pos >= (end - hl)[:, None], samples["flat"][np.maximum(pos, 0)], -1)
+
+
 class TIGERTask(EvaluatorsMixin):
     """The TIGER :class:`~sidrec.training.trainer.Task`: model, prefix batches, beam-search evaluation."""
 
@@ -129,13 +138,8 @@ class TIGERTask(EvaluatorsMixin):
         rng = np.random.default_rng([self.cfg.seed, epoch])
         out = []
         for idx in bucketed_batches(s["hist_len"], self.cfg.train.batch_size, rng):
-            t = int(s["hist_len"][idx].max())
-            end = s["end"][idx]
-            pos = end[:, None] - t + np.arange(t)[None, :]
-            valid = pos >= (end - s["hist_len"][idx])[:, None]
-            hist = np.where(valid, s["flat"][np.maximum(pos, 0)], -1)
-            out.append({"history": torch.from_numpy(hist), "user": torch.from_numpy(s["user"][idx]),
-                        "target": torch.from_numpy(s["flat"][end])})
+            out.append({"history": torch.from_numpy(sample_histories(s, idx)),
+                        "user": torch.from_numpy(s["user"][idx]), "target": torch.from_numpy(s["flat"][s["end"][idx]])})
         return out
 
     def codes_of(self, items: torch.Tensor) -> torch.Tensor:
@@ -201,4 +205,4 @@ def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> T
     return TIGERTask(cfg, dataset, split, Path(run_dir))
 
 
-__all__ = ["TIGERTask", "build", "prefix_samples", "semantic_ids", "sid_source"]
+__all__ = ["TIGERTask", "build", "prefix_samples", "sample_histories", "semantic_ids", "sid_source"]

@@ -148,15 +148,12 @@ class CARTResult:
 
 def _pairs_and_contexts(train: list[np.ndarray], history: int) -> tuple[np.ndarray, np.ndarray]:
     """Every (previous items, next item) of the training sequences: histories (P, H) left-padded with -1."""
-    from sidrec.recipes.tiger import prefix_samples
+    from sidrec.recipes.tiger import prefix_samples, sample_histories
 
     s = prefix_samples(train, history)
     if len(s["end"]) == 0:
         raise SidrecError("CART needs training sequences with at least two items")
-    pos = s["end"][:, None] - history + np.arange(history)[None, :]
-    valid = pos >= (s["end"] - s["hist_len"])[:, None]
-    hist = np.where(valid, s["flat"][np.maximum(pos, 0)], -1)
-    return hist, s["flat"][s["end"]]
+    return sample_histories(s, np.arange(len(s["end"])), history), s["flat"][s["end"]]
 
 
 def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train: list[np.ndarray],

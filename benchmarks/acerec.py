@@ -13,7 +13,9 @@ item-level alignment loss). All variants of a dataset share one OPQ table (copie
 ``speed`` scores the same test users with both trained models, in one process, each the way its evaluation
 runs it: ACERec's holistic scoring (exact top-10 over the full catalogue) and TIGER's constrained beam search
 (beam 20, top-10), both under the same precision (fp32) and threads, and reports users/s and the peak
-resident memory added by each (measured in a fresh child process per method).
+resident memory added by each (measured in a fresh child process per method). A warm-up call on 8 users
+runs first, so ACERec's catalogue table (merged item tokens, built once per model) is not in the timing,
+as in a server.
 Writes benchmarks/results/acerec.json.
 """
 

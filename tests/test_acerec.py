@@ -84,6 +84,15 @@ def test_holistic_scores_are_sums_of_code_log_probs():
     torch.testing.assert_close(scores, HolisticScorer(model.item_codes, chunk=10_000).scores(logp))
 
 
+@pytest.mark.parametrize("kw", [{}, {"intent_token": False}, {"merge": "mean"}])
+def test_fast_inference_path_equals_the_full_forward(kw):
+    model = small_model(**kw).eval()
+    seq = torch.tensor([[-1, -1, 3, 7, 11], [5, 9, 2, 2, 40], [-1, -1, -1, -1, 8]])
+    full = model.log_probs(seq)
+    fast = model.log_probs(seq, model.item_table(chunk=7))  # catalogue tokens cached, last block only
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_topk_equals_brute_force_sort():
     g = torch.Generator().manual_seed(3)
     codes = torch.randint(0, K, (500, M), generator=g)
@@ -172,3 +181,20 @@ def test_tiny_acerec_beats_popularity(tmp_path):
     assert np.array_equal(items, task.scorer.scores(logp).argsort(dim=1, descending=True, stable=True)[:, :10].numpy())
     # the section round-trips through the saved config
     assert dataclasses.asdict(cfg.section("acerec")) == dataclasses.asdict(load_config(None, TINY).section("acerec"))
+
+
+def test_item_table_cache_follows_the_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from sidrec.recipes.acerec import ACERecTask
+
+    task = ACERecTask.__new__(ACERecTask)
+    task.cfg = SimpleNamespace(train=SimpleNamespace(bf16=False))
+    model = small_model().eval()
+    t1 = task.item_table(model)
+    assert task.item_table(model) is t1  # unchanged weights: reused
+    with torch.no_grad():
+        model.code_emb.add_(0.1)  # an in-place update, as an optimiser step makes
+    t2 = task.item_table(model)
+    assert t2 is not t1 and not torch.allclose(t2[0], t1[0])
+    torch.testing.assert_close(t2[0], model.item_table()[0])

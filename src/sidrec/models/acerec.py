@@ -242,9 +242,55 @@ class ACERec(nn.Module):
         return logits.masked_fill(~self.code_valid, float("-inf"))
 
     @torch.no_grad()
-    def log_probs(self, seq: torch.Tensor) -> torch.Tensor:
-        """Per-subspace log-probabilities (B, m, K) of the item following each left-padded history (B, T)."""
-        return self.code_logits(self.encode(seq)[:, -1]).float().log_softmax(-1)
+    def log_probs(self, seq: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-subspace log-probabilities (B, m, K) of the item following each left-padded history (B, T).
+
+        Inference computes only what the answer depends on: with ``items`` (:meth:`item_table`, the summaries
+        and latents of the whole catalogue, computed once per evaluation) no item is merged again per user,
+        and the last layer runs its queries for the most recent block only (the only state that is read).
+        """
+        if items is None:
+            return self.code_logits(self.encode(seq)[:, -1]).float().log_softmax(-1)
+        valid = seq >= 0
+        s_all, z_all = items
+        idx = seq.clamp(min=0)
+        h = self.last_state(z_all[idx], s_all[idx], valid)
+        return self.code_logits(h).float().log_softmax(-1)
+
+    @torch.no_grad()
+    def item_table(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summaries (N, d) and latents (N, k, d) of every catalogue item (eval mode: deterministic)."""
+        s_parts, z_parts = [], []
+        for lo in range(0, self.n_items, chunk):
+            _, s, z = self.items(self.item_codes[lo:lo + chunk])
+            s_parts.append(s)
+            z_parts.append(z)
+        return torch.cat(s_parts), torch.cat(z_parts)
+
+    def last_state(self, latents: torch.Tensor, summary: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The prediction state (B, d) after the most recent item: :meth:`sequence`'s last row, cheaper.
+
+        All layers but the last run as in :meth:`sequence`; the last one computes queries for the final block
+        only. Under the block-causal mask the final block sees every valid position, so this is exact.
+        """
+        b, t = valid.shape
+        parts = [latents]
+        if self.cfg.intent_token:
+            parts.append((summary + self.intent_type).unsqueeze(2))
+        x = torch.cat(parts, 2)
+        pos = torch.arange(t - 1, -1, -1, device=valid.device).clamp(max=self.max_len - 1)
+        x = x + self.item_pos(pos).view(1, t, 1, -1) + self.slot_emb.weight.view(1, 1, self.block, -1)
+        x = self.drop(x * valid.view(b, t, 1, 1)).reshape(b, t * self.block, -1)
+        mask = block_causal_mask(valid, self.block)
+        for blk in self.blocks[:-1]:
+            x = blk(x, mask=mask)
+        last = self.blocks[-1]
+        hn = last.ln1(x)
+        q = x[:, -self.block:]
+        q = q + last.drop(last.attn(hn[:, -self.block:], memory=hn, mask=mask[:, -self.block:]))
+        q = q + last.drop(last.ffn(last.ln2(q)))
+        h = self.ln(q)
+        return h[:, -1] if self.cfg.intent_token else h.mean(1)
 
     # ------------------------------------------------------------------ training
     def forward(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -79,17 +79,39 @@ class ACERecTask(EvaluatorsMixin):
         core.eval()
         return core  # type: ignore[return-value]
 
-    def log_probs(self, model: nn.Module, hist: torch.Tensor) -> torch.Tensor:
-        """(B, m, K) per-subspace log-probabilities of the next item after left-padded histories (B, T)."""
+    def log_probs(self, model: nn.Module, hist: torch.Tensor,
+                  items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, m, K) per-subspace log-probabilities of the next item after left-padded histories (B, T).
+
+        ``items``: the catalogue's merged tokens (:meth:`item_table`), computed once per evaluation pass.
+        """
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
-            return self._core(model).log_probs(hist).float()
+            return self._core(model).log_probs(hist, items).float()
+
+    def item_table(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The catalogue's summaries and latents, rebuilt only when the weights changed since the last call.
+
+        Why cached: a server answering one user at a time must not re-merge 12k items per request; the key is
+        the parameters' in-place version counters, which every optimiser step and weight load bumps.
+        """
+        core = self._core(model)
+        key = (id(core), self.cfg.train.bf16, *(p._version for p in core.parameters()))
+        cached = self.__dict__.get("_item_table")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            table = core.item_table()
+        self.__dict__["_item_table"] = (key, table)
+        return table
 
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
         ev = self.eval_subset(split, max_users)
         es = ev.eval_set
 
+        table = self.item_table(model)
+
         def score(rows: np.ndarray) -> torch.Tensor:
-            return self.scorer.scores(self.log_probs(model, es.padded_histories(rows, pad=-1)))
+            return self.scorer.scores(self.log_probs(model, es.padded_histories(rows, pad=-1), table))
 
         m, _ = ev.evaluate_scores(score, self.acfg.eval_batch_users, self.cfg.eval.exclude_history)
         return m
@@ -99,9 +121,10 @@ class ACERecTask(EvaluatorsMixin):
         items, scores = [], []
         bs = max(1, self.acfg.eval_batch_users)
         order = eval_set.length_order()  # each batch padded only to its own longest history
+        table = self.item_table(self.model)
         for s in range(0, len(eval_set), bs):
             hist = eval_set.padded_histories(order[s:s + bs], pad=-1)
-            logp = self.log_probs(self.model, hist)
+            logp = self.log_probs(self.model, hist, table)
             if self.cfg.eval.exclude_history:  # exact: score everything, mask the history, then rank
                 sc = self.scorer.scores(logp)
                 r = torch.arange(len(hist)).view(-1, 1).expand_as(hist)

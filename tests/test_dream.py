@@ -301,10 +301,14 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
     # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
     again = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
-                            "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32"], stages=("static",),
-                      progress=False)
+                            "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32", "dream.keep_base=true"],
+                      stages=("static",), progress=False)
     assert again["diagnostics"].get("cart_reused") and "cart_reused" not in d
     assert (SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes == cart1).all()
+    # keep_base: a cold item leaves its base SID only where UC3 switched it
+    uc3 = SIDTable.load(run / "dream" / "sid_table.uc3.parquet").primary.numpy()
+    moved = (uc3 != base.primary.numpy()).any(1)
+    assert moved.sum() <= round(again["diagnostics"]["uc3_switch_rate"] * again["diagnostics"]["cold_items"])
 
 
 def _sequences(run):

@@ -15,6 +15,7 @@ class DREAMConfig:
     negatives: str = "family"  # counterfactual negatives: family (TF-IDF within product family) | none
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
+    keep_base: bool = False  # not in the paper: the base SID is a UC3 candidate and the fallback (not CART's best)
     uc3_tau: float = 1.0  # tau_c of the per-context softmax over candidates
     uc3_min_support: int = 3  # contexts an item needs before its SID may switch
     uc3_min_margin: float = 0.05  # top-2 vote margin needed to switch

@@ -173,6 +173,16 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     _say(f"CART: {timings['cart_s']:.0f} s, primary SID changed for {diag['cart_primary_changed']:.1%} of "
          f"{len(cold_items)} cold items")
 
+    if dcfg.keep_base and len(cold_items):
+        # the base SID joins the pool as candidate 0, the fallback when UC3's gates do not pass
+        own = base[cold_items]
+        is_base = (cands == own[:, None, :]).all(2)
+        keep = np.argsort(is_base, axis=1, kind="stable")[:, :cands.shape[1] - 1]
+        cands = np.concatenate([own[:, None, :], np.take_along_axis(cands, keep[:, :, None], 1)], 1)
+        rest_scores = np.take_along_axis(cand_scores, keep, 1)
+        top = np.where(np.isfinite(cand_scores[:, :1]), cand_scores[:, :1], 0.0)
+        cand_scores = np.concatenate([top, rest_scores], 1)
+
     # ---------------------------------------------------------------- stage 2: UC3
     t0 = time.time()
     from sidrec.recipes.tiger import prefix_samples

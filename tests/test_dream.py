@@ -297,6 +297,7 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
         t = SIDTable.load(run / "dream" / f"sid_table.{name}.parquet")  # validated: unique, one primary each
         assert (t.primary.numpy()[warm] == base.primary.numpy()[warm]).all()  # warm items keep their SIDs
     assert (run / "dream" / "model.safetensors").exists() and (run / "dream" / "report.md").exists()
+    assert (run / "dream" / "cpde.png").stat().st_size > 1000
     assert hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest() == digest  # run untouched
     # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes

@@ -261,6 +261,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
            "wall_s": time.time() - t_start, "config": dataclasses.asdict(dcfg)}
     write_json(out_dir / "dream.json", out)
     write_text(out_dir / "report.md", render(out))
+    plot(out, out_dir / "cpde.png")
     return out
 
 
@@ -269,6 +270,36 @@ def _batch(samples: dict[str, np.ndarray], rows: np.ndarray, task: Any) -> tuple
 
     hist = torch.from_numpy(sample_histories(samples, rows))
     return task.codes_of(hist), task._users(torch.from_numpy(samples["user"][rows]))
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    """CPDE's mean sorted hypothesis weights per periodic update and its losses per epoch (``cpde.png``)."""
+    d = out["diagnostics"]
+    hist, losses = d.get("cpde_weight_history") or [], d.get("cpde_losses") or []
+    if not hist or not losses:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = np.sort(np.asarray(hist, dtype=float), axis=1)[:, ::-1]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for b in range(w.shape[1]):
+        ax[0].plot(np.arange(len(w)), w[:, b], label=f"hypothesis {b + 1}")
+    ax[0].set_title("mean hypothesis weight (sorted)")
+    ax[0].set_xlabel("weight update (0 = initial)")
+    ax[0].legend()
+    ep = [r["epoch"] for r in losses]
+    for k in ("soft", "kl", "kd", "warm_nll"):
+        ax[1].plot(ep, [r.get(k, np.nan) for r in losses], marker="o", label=k)
+    ax[1].set_title("CPDE losses")
+    ax[1].set_xlabel("epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 def render(out: dict[str, Any]) -> str:
@@ -284,7 +315,8 @@ def render(out: dict[str, Any]) -> str:
     lines += ["", f"- cold items: {d['cold_items']} of {d['items']}",
               f"- CART: primary SID changed for {d['cart_primary_changed']:.1%} of cold items",
               f"- UC3: {d['uc3_switch_rate']:.1%} of cold items switch ({d['uc3_contexts']} contexts)",
-              f"- CPDE mean hypothesis weights (sorted): {', '.join(f'{x:.3f}' for x in d['cpde_mean_weights'])}",
+              f"- CPDE mean hypothesis weights (sorted): {', '.join(f'{x:.3f}' for x in d['cpde_mean_weights'])} "
+              "(over training: cpde.png)",
               f"- wall time: {out['wall_s'] / 60:.1f} min"]
     return "\n".join(lines) + "\n"
 

@@ -273,7 +273,7 @@ def _batch(samples: dict[str, np.ndarray], rows: np.ndarray, task: Any) -> tuple
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
-    """CPDE's mean sorted hypothesis weights per periodic update and its losses per epoch (``cpde.png``)."""
+    """CPDE's mean weight per hypothesis slot at each periodic update and its losses per epoch (``cpde.png``)."""
     d = out["diagnostics"]
     hist, losses = d.get("cpde_weight_history") or [], d.get("cpde_losses") or []
     if not hist or not losses:
@@ -283,11 +283,11 @@ def plot(out: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    w = np.sort(np.asarray(hist, dtype=float), axis=1)[:, ::-1]
+    w = np.asarray(hist, dtype=float)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     for b in range(w.shape[1]):
-        ax[0].plot(np.arange(len(w)), w[:, b], label=f"hypothesis {b + 1}")
-    ax[0].set_title("mean hypothesis weight (sorted)")
+        ax[0].plot(np.arange(len(w)), w[:, b], marker="o", label=f"slot {b + 1}" + (" (UC3's choice)" if b == 0 else ""))
+    ax[0].set_title("mean weight per hypothesis slot")
     ax[0].set_xlabel("weight update (0 = initial)")
     ax[0].legend()
     ep = [r["epoch"] for r in losses]

@@ -238,6 +238,11 @@ def test_new_items_get_valid_unique_sids(tmp_path):
     assert (again.primary[:60] == SIDTable.load(run / "sid_table.parquet").primary).all()  # old ones unchanged
     with pytest.raises(SidrecError, match="already in the catalogue"):
         add_items(run, items, embeddings=new_emb)
+    more = tmp_path / "more.csv"
+    more.write_text("item_id,title\nlater1,x\n")
+    np.save(tmp_path / "more.npy", emb[[0]])
+    table2, _ = add_items(run, more, embeddings=tmp_path / "more.npy")  # extends the catalogue table
+    assert table2.n_items == 66 and table2.item_ids[-1] == "later1" and len(np.unique(table2.codes, axis=0)) == 66
     with pytest.raises(SidrecError, match="cannot embed new items"):
         other = tmp_path / "other.jsonl"
         other.write_text(json.dumps({"item_id": "x"}) + "\n")

@@ -4,8 +4,9 @@ Why: a shop adds products every day and cannot retrain the tokenizer and the rec
 run's tokenizer already maps content to codes; a new item gets the codes of its text (so it lands next to
 similar items the model knows) and the lowest collision code that is free under that prefix, so its SID is
 valid, unique and decodable at once. The extended table is written next to the run's own table (which is
-never modified); ``sidrec recommend RUN --sid-table FILE`` decodes over it. Once the new items have their
-first interactions, ``sidrec dream`` refines their SIDs like any other cold item's.
+never modified) and extended again by later calls; ``sidrec recommend RUN --sid-table FILE`` decodes over
+it. Once the new items have their first interactions, ``sidrec dream`` refines their SIDs like any other
+cold item's.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | Non
         raise SidrecError(f"{run}: not a run directory with a SID table (config.yaml, sid_table.parquet)")
     cfg = load_config([run / "config.yaml"])
     src = Path(out) if out else run / CATALOGUE_TABLE
-    base = SIDTable.load(src if src.exists() and out is None else run / "sid_table.parquet")
+    run_table = SIDTable.load(run / "sid_table.parquet")
+    base = SIDTable.load(src) if src.exists() else run_table  # an existing catalogue table is extended
+    if base.sizes != run_table.sizes or base.n_items < run_table.n_items:
+        raise SidrecError(f"{src} is not an extension of {run / 'sid_table.parquet'} (codebooks {base.sizes} vs "
+                          f"{run_table.sizes}, {base.n_items} vs {run_table.n_items} items)")
     rows = read_new_items(items_path)
     known = set(base.item_ids or [])
     clash = [str(r["item_id"]) for r in rows if str(r["item_id"]) in known]

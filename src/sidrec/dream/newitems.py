@@ -5,8 +5,8 @@ run's tokenizer already maps content to codes; a new item gets the codes of its 
 similar items the model knows) and the lowest collision code that is free under that prefix, so its SID is
 valid, unique and decodable at once. The extended table is written next to the run's own table (which is
 never modified) and extended again by later calls; ``sidrec recommend RUN --sid-table FILE`` decodes over
-it. Once the new items have their first interactions, ``sidrec dream`` refines their SIDs like any other
-cold item's.
+it. Refining these SIDs from the new items' first interactions (DREAM's stages 2-3) is not supported yet:
+``sidrec dream`` reads the items and interactions of the run's own dataset.
 """
 
 from __future__ import annotations

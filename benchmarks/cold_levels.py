@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidrec.decoding.trie import SIDCodes
 from sidrec.dream.uc3 import level_log_probs
 from sidrec.pipeline import load_run
 from sidrec.sid.table import SIDTable
@@ -28,7 +27,7 @@ from _common import record, save, split_positionals
 
 def target_levels(task, model, table: SIDTable, es, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(n, L) NLL and rank (0 = the model's top code) of each user's target SID at each position."""
-    task.sids = SIDCodes.from_table(table)
+    task.use_sids(table)
     nll, rank = [], []
     model.eval()
     with torch.no_grad():
@@ -63,13 +62,7 @@ def main() -> None:
             if (dd / f"sid_table.{st}.parquet").exists():
                 stages[st] = (task.model, SIDTable.load(dd / f"sid_table.{st}.parquet"))
         if (dd / "model.safetensors").exists() and (dd / "sid_table.cpde.parquet").exists():
-            import copy
-
-            from safetensors.torch import load_model
-
-            m = copy.deepcopy(task.model)
-            load_model(m, str(dd / "model.safetensors"))
-            stages["cpde"] = (m, SIDTable.load(dd / "sid_table.cpde.parquet"))
+            stages["cpde"] = (load_run(run, dd / "model.safetensors")[3].model, SIDTable.load(dd / "sid_table.cpde.parquet"))
         recs = []
         for st, (model, table) in stages.items():
             t0 = time.time()

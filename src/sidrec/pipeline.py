@@ -76,8 +76,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return out
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, Dataset, LeaveOneOut, Any]:
-    """Rebuild config, data split and task of a finished run, with its best weights loaded."""
+def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Config, Dataset, LeaveOneOut, Any]:
+    """Rebuild config, data split and task of a finished run, with its best weights (or ``weights``) loaded."""
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
@@ -86,12 +86,17 @@ def load_run(run_dir: str | Path) -> tuple[Config, Dataset, LeaveOneOut, Any]:
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
     task = get_builder(cfg.method)(cfg, ds, split, run)
-    best = run / "checkpoints" / "best.safetensors"
+    best = Path(weights) if weights is not None else run / "checkpoints" / "best.safetensors"
     if not best.exists():
-        raise SidrecError(f"{run}: no trained weights (checkpoints/best.safetensors)")
+        raise SidrecError(f"{weights}: weights file not found" if weights is not None
+                          else f"{run}: no trained weights (checkpoints/best.safetensors)")
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    load_model(task.model, str(best))
+    try:
+        load_model(task.model, str(best))
+    except (SafetensorError, RuntimeError) as exc:
+        raise SidrecError(f"{best}: not weights of this run's model ({str(exc).splitlines()[0][:200]})") from None
     task.model.eval()
     return cfg, ds, split, task
 
@@ -108,32 +113,15 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
-    cfg, ds, split, task = load_run(run_dir)
-    if weights is not None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
-        if not Path(weights).exists():
-            raise SidrecError(f"{weights}: weights file not found")
-        try:
-            load_model(task.model, str(weights))
-        except (SafetensorError, RuntimeError) as exc:
-            raise SidrecError(f"{weights}: not weights of this run's model ({str(exc).splitlines()[0][:200]})") from None
-        task.model.eval()
+    cfg, ds, split, task = load_run(run_dir, weights)
     item_ids = ds.item_ids
     if sid_table is not None:
-        from sidrec.decoding.trie import SIDCodes, SIDTrie
         from sidrec.sid.table import SIDTable
 
-        if not hasattr(task, "trie"):
+        if not hasattr(task, "use_sids"):
             raise SidrecError(f"--sid-table needs a SID-based run (this one is '{cfg.method}')")
         table = SIDTable.load(sid_table)
-        if table.sizes != list(task.sids.sizes):
-            raise SidrecError(f"{sid_table}: codebook sizes {table.sizes} differ from the run's {task.sids.sizes}")
-        if table.n_items < ds.n_items:
-            raise SidrecError(f"{sid_table}: {table.n_items} items, fewer than the run's {ds.n_items}")
-        task.sids = SIDCodes.from_table(table)
-        task.trie = SIDTrie.from_codes(task.sids)
+        task.use_sids(table, source=str(sid_table))
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     try:
         u = ds.user_ids.index(str(user))

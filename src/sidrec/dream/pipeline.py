@@ -28,7 +28,6 @@ import torch
 
 from sidrec.config import Config, load_config
 from sidrec.data.dataset import Dataset
-from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.cpde import train_cpde
 from sidrec.dream.sids import complete_candidates, table_with
@@ -86,14 +85,9 @@ def _say(msg: str) -> None:
     print(f"[dream {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _set_table(task: Any, table: SIDTable) -> None:
-    task.sids = SIDCodes.from_table(table)
-    task.trie = SIDTrie.from_codes(task.sids)
-
-
 def evaluate_stage(task: Any, model: torch.nn.Module, table: SIDTable, split: str, max_users: int = 0) -> dict:
     """Metrics of ``model`` decoding over ``table`` (the table's primary SIDs also encode the histories)."""
-    _set_table(task, table)
+    task.use_sids(table)
     return task.evaluate(model, split, max_users)
 
 
@@ -187,7 +181,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     t0 = time.time()
     from sidrec.recipes.tiger import prefix_samples
 
-    _set_table(task, cart_table)  # histories are read with the stage-1 SIDs
+    task.use_sids(cart_table)  # histories are read with the stage-1 SIDs
     samples = prefix_samples(split_obj.train, cfg.data.max_len)
     cold_index = np.full(ds.n_items, -1, dtype=np.int64)
     cold_index[cold_items] = np.arange(len(cold_items))
@@ -224,7 +218,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     hs = np.take_along_axis(cand_scores, rest, 1)
     lv = len(sizes) - 1
     alpha = torch.from_numpy(hs * lv).float().softmax(1).nan_to_num(0.0).numpy()  # CART's joint probability
-    _set_table(task, uc3_table)
+    task.use_sids(uc3_table)
     cres3 = train_cpde(model, task.codes_of, samples, cold_index, hyps, alpha, dcfg, task._users, cfg.seed, progress)
     w = cres3.weights
     top = np.argsort(-w, axis=1, kind="stable")

@@ -208,19 +208,24 @@ class ACERec(nn.Module):
         The state of block t depends on items <= t only (block-causal mask) and predicts item t+1.
         """
         b, t = valid.shape
+        x, mask = self._tokens(latents, summary, valid)
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        h = self.ln(x).view(b, t, self.block, -1)
+        return h[:, :, -1] if self.cfg.intent_token else h.mean(2)
+
+    def _tokens(self, latents: torch.Tensor, summary: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Transformer input (B, T*block, d): latents (+ intent token) with positions, and its mask."""
+        b, t = valid.shape
         parts = [latents]
         if self.cfg.intent_token:
             parts.append((summary + self.intent_type).unsqueeze(2))
         x = torch.cat(parts, 2)  # (B, T, block, d)
         pos = torch.arange(t - 1, -1, -1, device=valid.device).clamp(max=self.max_len - 1)
         x = x + self.item_pos(pos).view(1, t, 1, -1) + self.slot_emb.weight.view(1, 1, self.block, -1)
-        x = self.drop(x * valid.view(b, t, 1, 1))
-        x = x.reshape(b, t * self.block, -1)
-        mask = block_causal_mask(valid, self.block)
-        for blk in self.blocks:
-            x = blk(x, mask=mask)
-        h = self.ln(x).view(b, t, self.block, -1)
-        return h[:, :, -1] if self.cfg.intent_token else h.mean(2)
+        x = self.drop(x * valid.view(b, t, 1, 1)).reshape(b, t * self.block, -1)
+        return x, block_causal_mask(valid, self.block)
 
     def encode_codes(self, codes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """History given as codes (B, T, m) with validity (B, T) -> prediction states (B, T, d)."""
@@ -273,15 +278,7 @@ class ACERec(nn.Module):
         All layers but the last run as in :meth:`sequence`; the last one computes queries for the final block
         only. Under the block-causal mask the final block sees every valid position, so this is exact.
         """
-        b, t = valid.shape
-        parts = [latents]
-        if self.cfg.intent_token:
-            parts.append((summary + self.intent_type).unsqueeze(2))
-        x = torch.cat(parts, 2)
-        pos = torch.arange(t - 1, -1, -1, device=valid.device).clamp(max=self.max_len - 1)
-        x = x + self.item_pos(pos).view(1, t, 1, -1) + self.slot_emb.weight.view(1, 1, self.block, -1)
-        x = self.drop(x * valid.view(b, t, 1, 1)).reshape(b, t * self.block, -1)
-        mask = block_causal_mask(valid, self.block)
+        x, mask = self._tokens(latents, summary, valid)
         for blk in self.blocks[:-1]:
             x = blk(x, mask=mask)
         last = self.blocks[-1]

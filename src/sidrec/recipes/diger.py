@@ -30,7 +30,6 @@ from torch import nn
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
-from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path
 from sidrec.models.diger import DIGER, DIGERConfig
@@ -112,8 +111,7 @@ class DIGERTask(TIGERTask):
         """Re-derive the SID table, install it for decoding and training, and log SID diagnostics."""
         core = self._core(model or self.model)
         table, codes = self.derive_table(core)
-        self.sids = SIDCodes.from_table(table)
-        self.trie = SIDTrie.from_codes(self.sids)
+        self.use_sids(table)
         core.collision.copy_(self.sids.primary[:, -1])
         sizes = core.rqvae.quantizer.sizes
         util = [float(np.unique(codes[:, lv]).size / k) for lv, k in enumerate(sizes)]

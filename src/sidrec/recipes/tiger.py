@@ -124,13 +124,29 @@ class TIGERTask(EvaluatorsMixin):
         self.cfg = cfg
         self.tcfg: TIGERConfig = cfg.section("tiger")
         self.split = split
-        self.sids = semantic_ids(cfg, dataset, run_dir)
-        if len(self.sids.primary) != split.n_items:
-            raise SidrecError(f"the SID table has {len(self.sids.primary)} items, the dataset {split.n_items}; "
+        sids = semantic_ids(cfg, dataset, run_dir)
+        if len(sids.primary) != split.n_items:
+            raise SidrecError(f"the SID table has {len(sids.primary)} items, the dataset {split.n_items}; "
                               f"delete {Path(run_dir) / SID_TABLE_FILE} to refit")
-        self.trie = SIDTrie.from_codes(self.sids)
+        self.use_sids(sids)
         self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
         self.samples = prefix_samples(split.train, cfg.data.max_len)
+
+    def use_sids(self, sids: SIDCodes | Any, source: str = "SID table") -> None:
+        """Install the SIDs (a :class:`SIDCodes` or a ``SIDTable``) that histories are read as and beams decode to.
+
+        One entry point for every table swap (DIGER's re-derived tables, DREAM's stage tables, a catalogue
+        extended by ``sidrec add-items``): a table must keep the model's codebooks and cover the dataset's items.
+        """
+        codes = sids if isinstance(sids, SIDCodes) else SIDCodes.from_table(sids)
+        if hasattr(self, "sids"):
+            if list(codes.sizes) != list(self.sids.sizes):
+                raise SidrecError(f"{source}: codebook sizes {list(codes.sizes)} differ from the run's "
+                                  f"{list(self.sids.sizes)}")
+            if len(codes.primary) < self.split.n_items:
+                raise SidrecError(f"{source}: {len(codes.primary)} items, fewer than the run's {self.split.n_items}")
+        self.sids = codes
+        self.trie = SIDTrie.from_codes(codes)
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ Every script writes ``benchmarks/results/<script>.json``: a JSON list of records
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -62,12 +63,19 @@ def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any]
 
 
 def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant")) -> Path:
-    """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest."""
+    """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest.
+
+    The read-merge-write holds an exclusive lock on a side file, so two benchmark processes finishing at the
+    same moment (variants run in parallel) cannot drop each other's records.
+    """
     path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else []
-    new_keys = {tuple(r[k] for k in merge_key) for r in records}
-    kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
-    write_json(path, kept + records)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else []
+        new_keys = {tuple(r[k] for k in merge_key) for r in records}
+        kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
+        write_json(path, kept + records)
     return path
 
 

@@ -1,13 +1,14 @@
 """DREAM's stage table on top of the benchmark TIGER runs: static SIDs -> CART -> + UC3 -> + CPDE.
 
-Usage: python benchmarks/dream.py [beauty toys ...] [--threads 1] [--split test] [--tag NAME] [key=value ...]
+Usage: python benchmarks/dream.py [beauty toys ...] [--threads 1] [--split valid test] [--tag NAME] [key=value ...]
 
 Needs the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>); its files are not changed, DREAM
 writes runs/bench/tiger-<dataset>/dream/. ``key=value`` overrides go to the ``dream`` section (e.g.
 dream.lambda_kd=1). Writes benchmarks/results/dream.json: per stage and subset (all / warm / cold) Recall and
 NDCG at 5, 10 and 50 (beam 50, so @50 is exact), plus one diagnostics record per dataset (fraction of cold
 items whose primary SID changed in CART, UC3 switch rate, mean CPDE hypothesis weights, time per stage).
-``--tag`` is appended to the variant names so tuning runs do not overwrite the main table.
+``--tag`` is appended to the variant names so tuning runs do not overwrite the main table. With several
+``--split`` values the stages are fitted once and evaluated on each (settings chosen on valid, reported on test).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--split", default="test", choices=["valid", "test"])
+    ap.add_argument("--split", nargs="+", default=["test"], choices=["valid", "test"])
     ap.add_argument("--tag", default="")
     args = ap.parse_intermixed_args()
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
@@ -37,21 +38,23 @@ def main() -> None:
         if not (run / "metrics.json").exists():
             raise SystemExit(f"{run} has no finished TIGER run: python benchmarks/tiger.py {name} first")
         t0 = time.time()
-        out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=args.split, progress=False)
+        out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=tuple(args.split), progress=False)
         wall = time.time() - t0
         tag = f", {args.tag}" if args.tag else ""
         recs = []
-        for stage, res in out["stages"].items():
-            for sub in ("all", "warm", "cold"):
-                recs.append(record(name, "dream" if stage != "static" else "tiger", f"{stage}{tag}", args.split,
-                                   sub, res[sub], out["timings"].get(f"eval_{stage}_s", 0.0), args.threads))
+        for sp, stages in out["by_split"].items():
+            for stage, res in stages.items():
+                t_eval = out["timings"].get(f"eval_{stage}_s" if sp == args.split[0] else f"eval_{stage}_{sp}_s", 0.0)
+                for sub in ("all", "warm", "cold"):
+                    recs.append(record(name, "dream" if stage != "static" else "tiger", f"{stage}{tag}", sp,
+                                       sub, res[sub], t_eval, args.threads))
         d = out["diagnostics"]
         diag = {"cart_primary_changed": d["cart_primary_changed"], "uc3_switch_rate": d["uc3_switch_rate"],
                 "uc3_items_with_support": d["uc3_items_with_support"], "cold_items": d["cold_items"],
                 "cpde_top1_changed": d["cpde_top1_changed"], "lambda_kd": d["lambda_kd"],
                 **{f"cpde_mean_weight_{i + 1}": w for i, w in enumerate(d["cpde_mean_weights"])},
                 **{k: v for k, v in out["timings"].items() if not k.startswith("eval_")}}
-        recs.append(record(name, "dream", f"diagnostics{tag}", args.split, "all", diag, wall, args.threads))
+        recs.append(record(name, "dream", f"diagnostics{tag}", args.split[0], "all", diag, wall, args.threads))
         save("dream", recs, merge_key=("dataset", "method", "variant", "split"))
         s, c = out["stages"], "cold"
         print(f"{name}: cold N@10 static {s['static'][c]['ndcg@10']:.4f} -> cpde-beam {s['cpde-beam'][c]['ndcg@10']:.4f}; "

@@ -308,8 +308,12 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
     again = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
                             "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32", "dream.keep_base=true"],
-                      stages=("static",), progress=False)
+                      stages=("static",), split=("valid", "test"), progress=False)
     assert again["diagnostics"].get("cart_reused") and "cart_reused" not in d
+    # several splits: fitted once, evaluated on each (valid numbers differ from test ones)
+    assert set(again["by_split"]) == {"valid", "test"} and again["stages"] == again["by_split"]["valid"]
+    assert again["by_split"]["valid"]["static"]["all"] != again["by_split"]["test"]["static"]["all"]
+    assert "| test | static | all |" in (run / "dream" / "report.md").read_text()
     assert (SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes == cart1).all()
     # keep_base: a cold item leaves its base SID only where UC3 switched it
     uc3 = SIDTable.load(run / "dream" / "sid_table.uc3.parquet").primary.numpy()

@@ -91,10 +91,20 @@ def evaluate_stage(task: Any, model: torch.nn.Module, table: SIDTable, split: st
     return task.evaluate(model, split, max_users)
 
 
-def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: str = "test",
+def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: str | tuple[str, ...] = "test",
               stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
-    """All stages on a finished TIGER run; returns (and writes to RUN/dream/dream.json) the stage table."""
+    """All stages on a finished TIGER run; returns (and writes to RUN/dream/dream.json) the stage table.
+
+    ``split`` may name several splits (``("valid", "test")``): the stages are fitted once and evaluated on
+    each, so settings can be chosen on validation and the chosen run's test numbers need no refit.
+    ``stages`` / ``split`` of the result describe the first split; ``by_split`` holds all of them.
+    """
     from sidrec.pipeline import load_run
+
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    for sp in splits:
+        if sp not in ("valid", "test"):
+            raise SidrecError(f"split must be 'valid' or 'test', got '{sp}'")
 
     t_start = time.time()
     run = Path(run_dir)
@@ -243,16 +253,22 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     # ---------------------------------------------------------------- evaluation of every stage
     tables = {"static": (task.model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
               "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam)}
-    results: dict[str, Any] = {}
-    for name in stages:
-        t0 = time.time()
-        m, tab = tables[name]
-        results[name] = evaluate_stage(task, m, tab, split, dcfg.eval_users)
-        timings[f"eval_{name}_s"] = time.time() - t0
-        _say(f"{name}: N@10 all {results[name]['all']['ndcg@10']:.4f} warm {results[name]['warm']['ndcg@10']:.4f} "
-             f"cold {results[name]['cold']['ndcg@10']:.4f} ({timings[f'eval_{name}_s']:.0f} s)")
-    out = {"run": str(run), "split": split, "stages": results, "diagnostics": diag, "timings": timings,
-           "wall_s": time.time() - t_start, "config": dataclasses.asdict(dcfg)}
+    by_split: dict[str, dict[str, Any]] = {}
+    for sp in splits:
+        results: dict[str, Any] = {}
+        for name in stages:
+            t0 = time.time()
+            m, tab = tables[name]
+            results[name] = evaluate_stage(task, m, tab, sp, dcfg.eval_users)
+            tkey = f"eval_{name}_s" if sp == splits[0] else f"eval_{name}_{sp}_s"
+            timings[tkey] = time.time() - t0
+            _say(f"{name} ({sp}): N@10 all {results[name]['all']['ndcg@10']:.4f} warm "
+                 f"{results[name]['warm']['ndcg@10']:.4f} cold {results[name]['cold']['ndcg@10']:.4f} "
+                 f"({timings[tkey]:.0f} s)")
+        by_split[sp] = results
+    out = {"run": str(run), "split": splits[0], "stages": by_split[splits[0]], "by_split": by_split,
+           "diagnostics": diag, "timings": timings, "wall_s": time.time() - t_start,
+           "config": dataclasses.asdict(dcfg)}
     write_json(out_dir / "dream.json", out)
     write_text(out_dir / "report.md", render(out))
     plot(out, out_dir / "cpde.png")
@@ -298,13 +314,16 @@ def plot(out: dict[str, Any], path: Path) -> None:
 
 def render(out: dict[str, Any]) -> str:
     """The stage table and diagnostics as Markdown."""
-    lines = [f"# DREAM on {out['run']} ({out['split']})", "",
-             "| stage | subset | users | R@5 | N@5 | R@10 | N@10 | R@50 | N@50 |", "|---|---|---|---|---|---|---|---|---|"]
-    for st, res in out["stages"].items():
-        for sub in ("all", "warm", "cold"):
-            m = res[sub]
-            lines.append(f"| {st} | {sub} | {m['n_users']} | " + " | ".join(
-                f"{m.get(f'{k}@{n}', float('nan')):.4f}" for n in (5, 10, 50) for k in ("recall", "ndcg")) + " |")
+    by_split = out.get("by_split") or {out["split"]: out["stages"]}
+    lines = [f"# DREAM on {out['run']} ({', '.join(by_split)})", "",
+             "| split | stage | subset | users | R@5 | N@5 | R@10 | N@10 | R@50 | N@50 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for sp, stages in by_split.items():
+        for st, res in stages.items():
+            for sub in ("all", "warm", "cold"):
+                m = res[sub]
+                lines.append(f"| {sp} | {st} | {sub} | {m['n_users']} | " + " | ".join(
+                    f"{m.get(f'{k}@{n}', float('nan')):.4f}" for n in (5, 10, 50) for k in ("recall", "ndcg")) + " |")
     d = out["diagnostics"]
     lines += ["", f"- cold items: {d['cold_items']} of {d['items']}",
               f"- CART: primary SID changed for {d['cart_primary_changed']:.1%} of cold items",

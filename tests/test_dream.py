@@ -367,3 +367,82 @@ def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
     p = run("recommend", str(rd), "--user", "U000001", "-k", "120", "--sid-table",
             str(rd / "sid_table.catalogue.parquet"))
     assert p.returncode == 0, p.stderr
+
+
+# ------------------------------------------------------------------------------------------ refine added items
+def test_neighbour_prefixes_distinct_nearest_and_not_own():
+    from sidrec.dream.refine import neighbour_prefixes
+
+    rng = np.random.default_rng(3)
+    pool = rng.standard_normal((40, 6)).astype(np.float32)
+    pre = rng.integers(0, 3, size=(40, 2))
+    q = np.concatenate([pool[[5, 9]] + 0.01, np.full((1, 6), np.nan, np.float32)])
+    own = np.array([pre[5], [9, 9], [0, 0]])
+    got = neighbour_prefixes(q, pool, pre, own, n=4)
+    assert (got[2] == -1).all()  # no content vector: no neighbours
+    cos = (pool / np.linalg.norm(pool, axis=1, keepdims=True)) @ (q[0] / np.linalg.norm(q[0]))
+    want = []
+    for j in np.argsort(-cos, kind="stable"):
+        t = tuple(pre[j])
+        if t != tuple(own[0]) and t not in want:
+            want.append(t)
+    assert [tuple(x) for x in got[0]] == want[:4]
+    assert len({tuple(x) for x in got[1]}) == 4  # distinct
+
+
+def test_refine_added_items_from_first_interactions(tmp_path):
+    from sidrec.config import load_config
+    from sidrec.dream.newitems import add_items
+    from sidrec.dream.refine import refine_items
+    from sidrec.dream.uc3 import sid_nll
+    from sidrec.pipeline import load_run, train
+    from sidrec.recipes.tiger import _features
+    from test_cli import _assert_clean_error
+    from test_cli import run as cli
+    from test_tiger import TINY
+
+    rd = tmp_path / "tiger"
+    train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", "tiger.user_buckets=16",
+                                    f"run_dir={rd}"]))
+    cfg, ds, split, task = load_run(rd)
+    emb = _features(cfg, ds)
+    cold = np.flatnonzero(split.item_freq <= 12)[:6]
+    items = tmp_path / "new.jsonl"
+    items.write_text("".join(json.dumps({"item_id": f"NEW{k}"}) + "\n" for k in range(len(cold))))
+    np.save(tmp_path / "new.npy", emb[cold])  # new items that look like cold ones: their content paths are rare
+    table0, path = add_items(rd, items, embeddings=tmp_path / "new.npy")
+    n_run = ds.n_items
+    # one context per item (known users), plus an unknown user whose only context comes from the file
+    inter = tmp_path / "first.csv"
+    lines = ["user_id,item_id,timestamp"] + [f"{ds.user_ids[k]},NEW{k},{100 + k}" for k in range(len(cold))]
+    lines += [f"stranger,{ds.item_ids[0]},1", "stranger,NEW0,2"]
+    inter.write_text("\n".join(lines) + "\n")
+    # default gates (support >= 3): one or two contexts per item never switch
+    res = refine_items(rd, inter, out=tmp_path / "strict.parquet", progress=False)
+    assert res.added == len(cold) and res.with_contexts == len(cold) and res.contexts == len(cold) + 1
+    assert res.switched == [] and (SIDTable.load(res.path).codes == table0.codes).all()
+    # loose gates: every item ends with the candidate the frozen model finds likeliest in its context
+    res = refine_items(rd, inter, out=tmp_path / "loose.parquet", progress=False,
+                       overrides=["dream.uc3_min_support=1", "dream.uc3_min_margin=0"])
+    new = SIDTable.load(res.path)  # validated on load: unique SIDs, one primary each
+    assert (new.codes[:n_run] == table0.codes[:n_run]).all()  # the run's items are never touched
+    assert res.switched, "no added item switched although its content path is a rare one"
+    task.use_sids(table0)
+    warm_prefixes = {tuple(p) for p in table0.codes[np.flatnonzero(split.item_freq > 12), :-1]}
+    for k in range(1, len(cold)):  # items with exactly one context (NEW0 has two)
+        hist = task.codes_of(torch.as_tensor(ds.sequence(k)[-cfg.data.max_len:])[None])
+        sids = torch.as_tensor(np.stack([table0.codes[n_run + k], new.codes[n_run + k]]))[None]
+        old_nll, new_nll = sid_nll(task.model, hist, task._users(torch.tensor([k])), sids)[0].tolist()
+        if f"NEW{k}" in res.switched:
+            assert new_nll < old_nll and tuple(new.codes[n_run + k, :-1]) in warm_prefixes
+        else:
+            assert (new.codes[n_run + k] == table0.codes[n_run + k]).all()
+    # bad input: unknown item names the file and line; the CLI exits 2 without a traceback
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id\nU000001,NEW0\nU000002,NOPE\n")
+    with pytest.raises(SidrecError, match=r"bad.csv, line 3: item 'NOPE'"):
+        refine_items(rd, bad, progress=False)
+    _assert_clean_error(cli("refine-items", str(rd), str(bad)), "bad.csv, line 3")
+    p = cli("refine-items", str(rd), str(inter), "dream.uc3_min_support=1", "dream.uc3_min_margin=0")
+    assert p.returncode == 0, p.stderr
+    assert f"{len(res.switched)} switched" in p.stdout and (SIDTable.load(path).codes == new.codes).all()

@@ -281,6 +281,27 @@ def add_items(
               f"(use: sidrec recommend {run} --sid-table {path} -u USER)")
 
 
+@app.command("refine-items")
+def refine_items(
+    run: Annotated[Path, typer.Argument(help="a trained TIGER run directory")],
+    interactions: Annotated[Path, typer.Argument(help="first interactions: CSV or JSON Lines with user_id, item_id "
+                                                     "[, timestamp]")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dream.uc3_* gate settings as key=value")] = None,
+    table: Annotated[Path | None, typer.Option(help="catalogue SID table (default RUN/sid_table.catalogue.parquet)")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="where the refined table goes (default: in place)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="other weights of the run (e.g. RUN/dream/model.safetensors)")] = None,
+    candidates: Annotated[int, typer.Option(help="SIDs voted on per item (its own + nearest warm items' paths)")] = 8,
+) -> None:
+    """Re-choose the SIDs of items added with add-items from their first interactions (frozen model, no training)."""
+    from sidrec.dream.refine import refine_items as run_refine
+
+    if candidates < 1:
+        raise SidrecError(f"--candidates must be at least 1, got {candidates}")
+    res = run_refine(run, interactions, table, out_file, weights, candidates, overrides or [])
+    out.print(f"{res.added} added items, {res.with_contexts} with interactions ({res.contexts} scored contexts); "
+              f"{len(res.switched)} switched SID; table written to [bold]{res.path}[/]")
+
+
 @app.command()
 def quickstart(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="where the runs go")] = Path("runs/quickstart"),

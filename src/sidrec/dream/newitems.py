@@ -5,8 +5,9 @@ run's tokenizer already maps content to codes; a new item gets the codes of its 
 similar items the model knows) and the lowest collision code that is free under that prefix, so its SID is
 valid, unique and decodable at once. The extended table is written next to the run's own table (which is
 never modified) and extended again by later calls; ``sidrec recommend RUN --sid-table FILE`` decodes over
-it. Refining these SIDs from the new items' first interactions (DREAM's stages 2-3) is not supported yet:
-``sidrec dream`` reads the items and interactions of the run's own dataset.
+it. The new items' content vectors are kept beside the table (``<table>.embeddings.npy``) so that
+``sidrec refine-items`` can later re-choose their SIDs from their first interactions
+(:mod:`sidrec.dream.refine`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from sidrec.errors import SidrecError
 from sidrec.sid.table import SIDTable
 
 CATALOGUE_TABLE = "sid_table.catalogue.parquet"
+
+
+def embeddings_path(table_path: str | Path) -> Path:
+    """Where the content vectors of a catalogue table's added items are kept (rows in the order added)."""
+    p = Path(table_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".embeddings.npy")
 
 
 def read_new_items(path: str | Path) -> list[dict[str, Any]]:
@@ -118,8 +125,17 @@ def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | Non
     new = SIDTable(np.concatenate([base.items, np.arange(n0, n0 + len(rows))]), np.concatenate([base.codes, full]),
                    base.sizes, n0 + len(rows), np.concatenate([base.weights, np.ones(len(rows), np.float32)]),
                    np.concatenate([base.is_primary, np.ones(len(rows), bool)]), ids)
+    # content vectors of all added items (NaN rows for items added before they were kept), for refine-items
+    ef = embeddings_path(src)
+    n_added_before = n0 - run_table.n_items
+    prev = np.load(ef) if ef.exists() else np.zeros((0, emb.shape[1]), np.float32)
+    if len(prev) != n_added_before or prev.shape[1] != emb.shape[1]:
+        prev = np.full((n_added_before, emb.shape[1]), np.nan, np.float32)
+    from sidrec.io import save_npy
+
+    save_npy(ef, np.concatenate([prev, emb.astype(np.float32)]))
     new.save(src)
     return new, src
 
 
-__all__ = ["CATALOGUE_TABLE", "add_items", "new_item_embeddings", "read_new_items"]
+__all__ = ["CATALOGUE_TABLE", "add_items", "embeddings_path", "new_item_embeddings", "read_new_items"]

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
-from sidrec.dream.refine import neighbour_candidates, vote
+from sidrec.dream.refine import neighbour_candidates
 from sidrec.dream.sids import table_with
+from sidrec.dream.uc3 import uc3_vote
 from sidrec.pipeline import load_run
 from sidrec.recipes.tiger import _features, prefix_samples
 from sidrec.sid.table import SIDTable
@@ -61,7 +62,7 @@ def main() -> None:
         cold_index[cold] = np.arange(len(cold))
         tgt = samples["flat"][samples["end"]]
         ctx_rows = np.flatnonzero(cold_index[tgt] >= 0)
-        dec = vote(task, samples, ctx_rows, cold_index[tgt[ctx_rows]], np.arange(ds.n_users), cands, dcfg, False)
+        dec = uc3_vote(task, samples, ctx_rows, cold_index[tgt[ctx_rows]], np.arange(ds.n_users), cands, dcfg, False)
         chosen = cands[np.arange(len(cold)), dec.chosen]
         vote_s = time.time() - t0
         both = np.stack([chosen, np.where(dec.switch[:, None], base[cold], -1)], 1)

@@ -34,29 +34,39 @@ def embeddings_path(table_path: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".parquet") + ".embeddings.npy")
 
 
-def read_new_items(path: str | Path) -> list[dict[str, Any]]:
-    """Items from JSON Lines (one object per line) or CSV (a header row); each needs a non-empty ``item_id``."""
+def read_records(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs of a CSV (header row) or JSON Lines file, so errors can name the line.
+
+    ``what`` names the expected fields in the error for a JSON line that is not an object.
+    """
     p = Path(path)
     if not p.exists():
         raise SidrecError(f"{p}: file not found")
-    rows: list[dict[str, Any]] = []
     if p.suffix.lower() == ".csv":
         with open(p, newline="") as fh:
-            for n, row in enumerate(csv.DictReader(fh), 2):
-                if not (row.get("item_id") or "").strip():
-                    raise SidrecError(f"{p}, line {n}: expected a non-empty 'item_id' column")
-                rows.append(dict(row))
-    else:
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SidrecError(f"{p}, line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or not str(obj.get("item_id", "")).strip():
-                raise SidrecError(f"{p}, line {n}: expected a JSON object with a non-empty \"item_id\"")
-            rows.append(obj)
+            return [(n, dict(r)) for n, r in enumerate(csv.DictReader(fh), 2)]
+    out: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SidrecError(f"{p}, line {n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise SidrecError(f"{p}, line {n}: expected a JSON object with {what}")
+        out.append((n, obj))
+    return out
+
+
+def read_new_items(path: str | Path) -> list[dict[str, Any]]:
+    """Items from JSON Lines (one object per line) or CSV (a header row); each needs a non-empty ``item_id``."""
+    p = Path(path)
+    rows: list[dict[str, Any]] = []
+    for n, row in read_records(p, 'a non-empty "item_id"'):
+        if not str(row.get("item_id") or "").strip():
+            raise SidrecError(f"{p}, line {n}: expected a non-empty 'item_id'")
+        rows.append(row)
     if not rows:
         raise SidrecError(f"{p}: no items")
     ids = [str(r["item_id"]) for r in rows]
@@ -138,4 +148,4 @@ def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | Non
     return new, src
 
 
-__all__ = ["CATALOGUE_TABLE", "add_items", "embeddings_path", "new_item_embeddings", "read_new_items"]
+__all__ = ["CATALOGUE_TABLE", "add_items", "embeddings_path", "new_item_embeddings", "read_new_items", "read_records"]

@@ -31,10 +31,9 @@ from sidrec.data.dataset import Dataset
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.cpde import train_cpde
 from sidrec.dream.sids import complete_candidates, table_with
-from sidrec.dream.uc3 import sid_nll, uc3_decide
+from sidrec.dream.uc3 import uc3_vote
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json, write_text
-from sidrec.progress import track
 from sidrec.sid.cart import CARTResult, family_negatives, train_cart
 from sidrec.sid.table import SIDTable
 
@@ -198,17 +197,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     tgt = samples["flat"][samples["end"]]
     ctx_rows = np.flatnonzero(cold_index[tgt] >= 0)
     model = task.model
-    model.eval()
-    nlls = []
-    cands_t = torch.from_numpy(cands)
-    with torch.no_grad():
-        for s in track(range(0, len(ctx_rows), dcfg.uc3_batch), "UC3 scoring", enabled=progress):
-            rows = ctx_rows[s:s + dcfg.uc3_batch]
-            hist, users = _batch(samples, rows, task)
-            nlls.append(sid_nll(model, hist, users, cands_t[cold_index[tgt[rows]]]))
-    nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
-    dec = uc3_decide(nll, cold_index[tgt[ctx_rows]], len(cold_items), dcfg.uc3_tau, dcfg.uc3_min_support,
-                     dcfg.uc3_min_margin)
+    dec = uc3_vote(task, samples, ctx_rows, cold_index[tgt[ctx_rows]], np.arange(ds.n_users), cands, dcfg, progress)
     chosen = cands[np.arange(len(cold_items)), dec.chosen]
     uc3_table = table_with(base, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
     uc3_table.save(out_dir / "sid_table.uc3.parquet")
@@ -273,13 +262,6 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     write_text(out_dir / "report.md", render(out))
     plot(out, out_dir / "cpde.png")
     return out
-
-
-def _batch(samples: dict[str, np.ndarray], rows: np.ndarray, task: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from sidrec.recipes.tiger import sample_histories
-
-    hist = torch.from_numpy(sample_histories(samples, rows))
-    return task.codes_of(hist), task._users(torch.from_numpy(samples["user"][rows]))
 
 
 def plot(out: dict[str, Any], path: Path) -> None:

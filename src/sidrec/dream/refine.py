@@ -16,21 +16,16 @@ indices (the hashed user token then lands in some bucket, as for any user).
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from sidrec.dream.newitems import CATALOGUE_TABLE, embeddings_path
+from sidrec.dream.newitems import CATALOGUE_TABLE, embeddings_path, read_records
 from sidrec.dream.sids import complete_candidates, table_with
-from sidrec.dream.uc3 import sid_nll, uc3_decide
+from sidrec.dream.uc3 import uc3_vote
 from sidrec.errors import SidrecError
 from sidrec.io import save_npy
-from sidrec.progress import track
 from sidrec.sid.table import SIDTable
 
 
@@ -49,23 +44,7 @@ class RefineResult:
 def read_interactions(path: str | Path, known_items: set[str]) -> list[tuple[str, str, float]]:
     """(user_id, item_id, timestamp) rows from CSV (header) or JSON Lines; timestamp optional (file order)."""
     p = Path(path)
-    if not p.exists():
-        raise SidrecError(f"{p}: file not found")
-    raw: list[tuple[int, dict[str, Any]]] = []
-    if p.suffix.lower() == ".csv":
-        with open(p, newline="") as fh:
-            raw = [(n, dict(r)) for n, r in enumerate(csv.DictReader(fh), 2)]
-    else:
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SidrecError(f"{p}, line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise SidrecError(f"{p}, line {n}: expected a JSON object with user_id and item_id")
-            raw.append((n, obj))
+    raw = read_records(p, "user_id and item_id")
     rows = []
     for n, r in raw:
         u, i = str(r.get("user_id") or "").strip(), str(r.get("item_id") or "").strip()
@@ -135,29 +114,6 @@ def neighbour_candidates(base: np.ndarray, sizes: list[int], items: np.ndarray, 
     return cands
 
 
-def vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ctx_item: np.ndarray, users: np.ndarray,
-         cands: np.ndarray, dcfg: Any, progress: bool = True) -> Any:
-    """UC3 decision over candidate SIDs (n, C, L): the task's frozen model scores them in each context.
-
-    ``ctx_rows`` are prefix samples (histories read through the task's installed SID table) whose target is
-    item ``ctx_item`` (an index into ``cands``); ``users`` maps a sample's sequence to its user index.
-    """
-    from sidrec.recipes.tiger import sample_histories
-
-    model = task.model
-    model.eval()
-    nlls = []
-    cands_t = torch.from_numpy(cands)
-    with torch.no_grad():
-        for s in track(range(0, len(ctx_rows), dcfg.uc3_batch), "scoring candidate SIDs", enabled=progress):
-            r = ctx_rows[s:s + dcfg.uc3_batch]
-            hist = torch.from_numpy(sample_histories(samples, r))
-            u = torch.from_numpy(users[samples["user"][r]])
-            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]]))
-    nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
-    return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
-
-
 def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str | Path | None = None,
                  out: str | Path | None = None, weights: str | Path | None = None, candidates: int = 8,
                  overrides: list[str] | None = None, progress: bool = True) -> RefineResult:
@@ -220,7 +176,7 @@ def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str 
     cands = neighbour_candidates(base, table.sizes, added, emb_new, run_emb[warm], warm, candidates)
 
     # ------------------------------------------------------------ UC3 vote by the frozen model
-    dec = vote(task, samples, ctx_rows, ctx_item, np.asarray(uidx, dtype=np.int64), cands, dcfg, progress)
+    dec = uc3_vote(task, samples, ctx_rows, ctx_item, np.asarray(uidx, dtype=np.int64), cands, dcfg, progress)
     chosen = cands[np.arange(len(added)), dec.chosen]
     new = table_with(base, table.sizes, added, chosen[:, None], item_ids=ids)
     dst = Path(out) if out else src
@@ -231,4 +187,4 @@ def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str 
     return RefineResult(new, dst, len(added), int((dec.support > 0).sum()), switched, len(ctx_rows))
 
 
-__all__ = ["RefineResult", "neighbour_candidates", "neighbour_prefixes", "read_interactions", "refine_items", "vote"]
+__all__ = ["RefineResult", "neighbour_candidates", "neighbour_prefixes", "read_interactions", "refine_items"]

@@ -15,11 +15,13 @@ stage-1 SID (candidate 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from sidrec.models.tiger import TIGER
+from sidrec.progress import track
 
 
 def level_log_probs(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor) -> list[torch.Tensor]:
@@ -89,4 +91,27 @@ def uc3_decide(nll: np.ndarray | torch.Tensor, ctx_item: np.ndarray, n: int, tau
     return UC3Decision(votes.numpy(), support.numpy(), margin.numpy(), winner.numpy(), switch.numpy(), chosen.numpy())
 
 
-__all__ = ["UC3Decision", "level_log_probs", "sid_nll", "sid_nll_from_memory", "uc3_decide"]
+def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ctx_item: np.ndarray, users: np.ndarray,
+         cands: np.ndarray, dcfg: Any, progress: bool = True) -> UC3Decision:
+    """UC3 decision over candidate SIDs (n, C, L): the task's frozen model scores them in each context, batched.
+
+    ``ctx_rows`` are prefix samples (histories read through the task's installed SID table) whose target is
+    item ``ctx_item`` (an index into ``cands``); ``users`` maps a sample's sequence to its user index.
+    """
+    from sidrec.recipes.tiger import sample_histories
+
+    model = task.model
+    model.eval()
+    nlls = []
+    cands_t = torch.from_numpy(cands)
+    with torch.no_grad():
+        for s in track(range(0, len(ctx_rows), dcfg.uc3_batch), "UC3 scoring", enabled=progress):
+            r = ctx_rows[s:s + dcfg.uc3_batch]
+            hist = torch.from_numpy(sample_histories(samples, r))
+            u = torch.from_numpy(users[samples["user"][r]])
+            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]]))
+    nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
+    return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
+
+
+__all__ = ["UC3Decision", "level_log_probs", "sid_nll", "sid_nll_from_memory", "uc3_decide", "uc3_vote"]

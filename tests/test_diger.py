@@ -14,7 +14,7 @@ from sidrec.errors import SidrecError
 from sidrec.models.diger import DIGER, DIGERConfig
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.pipeline import evaluate, train
-from sidrec.recipes.diger import DIGER_LOG_FILE, DIGER_TABLE_FILE
+from sidrec.recipes.diger import DIGER_LOG_FILE, DIGER_TABLE_FILE, DIGER_USAGE_FILE
 from sidrec.sid.rqvae import RQVAE
 from sidrec.sid.table import SIDTable
 
@@ -145,5 +145,7 @@ def test_tiny_joint_run_moves_sids_and_reproduces_them(tmp_path):
     assert max(r["sid_drift"] for r in log) > 0  # joint training changed some items' SIDs
     table = SIDTable.load(run / DIGER_TABLE_FILE)
     assert len(np.unique(table.primary.numpy(), axis=0)) == table.n_items  # unique after resolution
+    assert (run / DIGER_USAGE_FILE).stat().st_size > 1000  # usage heat maps, start vs end
+    assert f"]({DIGER_USAGE_FILE})" in (run / "report.md").read_text()  # linked from the run report
     again = evaluate(run, splits=("test",))  # SIDs re-derived from the checkpoint: same numbers
     assert again["test"]["all"]["ndcg@10"] == pytest.approx(res["test"]["all"]["ndcg@10"])

@@ -286,7 +286,7 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
     digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
     out = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
                           "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",
-                          "dream.lambda_warm=-1"], progress=False)
+                          "dream.lambda_warm=-1", "dream.keep_base=false"], progress=False)  # paper-like path
     assert tuple(out["stages"]) == STAGES
     for res in out["stages"].values():
         assert {"all", "warm", "cold"} <= set(res) and res["cold"]["n_users"] > 0

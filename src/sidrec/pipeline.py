@@ -71,7 +71,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         out["dataset"] = ds.stats()
         out["wall_s"] = time.time() - t0
         write_json(run / "metrics.json", out)
-        write_text(run / "report.md", render_report(cfg, out))
+        write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
     D.shutdown()
     return out
 
@@ -142,8 +142,9 @@ def _score_recommend(task: Any, es: Any, k: int) -> tuple[np.ndarray, np.ndarray
     return i.numpy(), v.numpy()
 
 
-def render_report(cfg: Config, out: dict[str, Any]) -> str:
-    """A short human-readable summary of a run (also printed by the CLI)."""
+def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = None) -> str:
+    """A short human-readable summary of a run (also printed by the CLI); ``plots`` are PNG names in the run
+    directory, linked so the report shows the run's diagnostics (tokenizer usage, DIGER's SID dynamics)."""
     ks = cfg.eval.ks
     lines = [f"# {cfg.method} on {out.get('dataset', {}).get('name', cfg.data.path)}", ""]
     s = out.get("summary", {})
@@ -159,4 +160,6 @@ def render_report(cfg: Config, out: dict[str, Any]) -> str:
                 r = m[sub]
                 vals = " | ".join(f"{r[f'recall@{k}']:.4f} | {r[f'ndcg@{k}']:.4f}" for k in ks)
                 lines.append(f"| {name} | {sub} | {r['n_users']} | {vals} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

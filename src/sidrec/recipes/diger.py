@@ -35,6 +35,7 @@ from sidrec.io import atomic_path
 from sidrec.models.diger import DIGER, DIGERConfig
 from sidrec.recipes.tiger import TIGERTask, _features
 from sidrec.sid.collisions import collision_stats
+from sidrec.sid.diagnostics import plot_usage_panels
 from sidrec.sid.pipeline import TOKENIZER_DIR, resolve_codes
 from sidrec.sid.rqvae import RQVAETokenizer
 from sidrec.sid.table import SIDTable
@@ -42,6 +43,7 @@ from sidrec.sid.table import SIDTable
 DIGER_TABLE_FILE = "sid_table.diger.parquet"
 DIGER_LOG_FILE = "diger_log.jsonl"
 DIGER_PLOT_FILE = "diger_training.png"
+DIGER_USAGE_FILE = "diger_usage.png"  # code usage heat maps: start vs the last re-derivation
 
 
 class DIGERTask(TIGERTask):
@@ -148,7 +150,13 @@ class DIGERTask(TIGERTask):
         return super().recommend(eval_set, k)
 
     def plot(self) -> None:
-        """Utilisation, SID drift, collision rate and noise scale over training (``diger_training.png``)."""
+        """Utilisation, SID drift, collision rate and noise scale over training (``diger_training.png``),
+        and per-level usage heat maps of the starting and the current SIDs (``diger_usage.png``)."""
+        if "_derived" in self.__dict__:
+            sizes = list(self._core(self.model).rqvae.quantizer.sizes)
+            plot_usage_panels({"code usage at the start (two-stage SIDs), log(1 + items)": self.start_codes.numpy(),
+                               "code usage after joint training, log(1 + items)": self._derived[2]},
+                              sizes, self.run_dir / DIGER_USAGE_FILE)
         path = self.run_dir / DIGER_LOG_FILE
         rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
         rows = [r for r in rows if r["when"].startswith("epoch")]

@@ -62,6 +62,15 @@ def plot_usage(codes: np.ndarray, sizes: list[int], path: str | Path, title: str
     Codes are sorted by usage within each level, so a flat band means balanced usage and a bright left
     edge with a dark tail means collapse.
     """
+    plot_usage_panels({title or "code usage per level, log(1 + items)": codes}, sizes, path)
+
+
+def plot_usage_panels(panels: dict[str, np.ndarray], sizes: list[int], path: str | Path) -> None:
+    """One usage heat map per labelled code matrix, stacked on a shared colour scale (e.g. start vs end).
+
+    A shared scale is what makes snapshots comparable: collapse during training shows as the bright left
+    edge growing from one panel to the next.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,16 +79,21 @@ def plot_usage(codes: np.ndarray, sizes: list[int], path: str | Path, title: str
     from sidrec.io import atomic_path
 
     width = max(sizes)
-    grid = np.full((len(sizes), width), np.nan)
-    for lv, c in enumerate(level_usage(codes, sizes)):
-        grid[lv, :len(c)] = np.sort(c)[::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(sizes) + 1.2))
-    im = ax.imshow(np.log1p(grid), aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_xlabel("code (sorted by usage)")
-    ax.set_ylabel("level")
-    ax.set_yticks(range(len(sizes)), [str(i + 1) for i in range(len(sizes))])
-    ax.set_title(title or "code usage per level, log(1 + items)")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    grids = []
+    for codes in panels.values():
+        grid = np.full((len(sizes), width), np.nan)
+        for lv, c in enumerate(level_usage(codes, sizes)):
+            grid[lv, :len(c)] = np.sort(c)[::-1]
+        grids.append(np.log1p(grid))
+    vmax = max(float(np.nanmax(g)) for g in grids)
+    fig, axes = plt.subplots(len(grids), 1, figsize=(8, (0.45 * len(sizes) + 1.2) * len(grids)), squeeze=False)
+    for ax, (label, grid) in zip(axes[:, 0], zip(panels, grids, strict=True), strict=True):
+        im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=vmax)
+        ax.set_xlabel("code (sorted by usage)")
+        ax.set_ylabel("level")
+        ax.set_yticks(range(len(sizes)), [str(i + 1) for i in range(len(sizes))])
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -3,8 +3,8 @@
 Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
        [--reuse] [--resume] [key=value ...]
 
-Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud (DIGER default), sdud, both
-(SDUD + FrqUD), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
+Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud, sdud, both (SDUD + FrqUD, the configs'
+default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
 gaussian (Gaussian noise instead of Gumbel, FrqUD). Every run of a seed starts from the same SID table: the
 tokenizer stage's files are copied from the seed's first run, so the variants differ only in training.
 With --reuse a finished run directory (metrics.json present) is read instead of retrained; for the configs'
@@ -30,12 +30,12 @@ from _common import REPO, copy_tokenizer_stage, record, run_records, save, split
 
 VARIANTS = {
     "tiger": ("tiger-cpu", []),
-    "frqud": ("diger", []),
+    "frqud": ("diger", ["diger.decay=frqud"]),
     "sdud": ("diger", ["diger.decay=sdud"]),
     "both": ("diger", ["diger.decay=both"]),
     "nodecay": ("diger", ["diger.decay=none"]),
     "ste": ("diger", ["diger.noise=none", "diger.decay=none"]),
-    "gaussian": ("diger", ["diger.noise=gaussian"]),
+    "gaussian": ("diger", ["diger.noise=gaussian", "diger.decay=frqud"]),
 }
 def sid_stats(run: Path) -> dict[str, float]:
     """Final utilisation per level and SID drift of a DIGER run (from its diger_log.jsonl)."""

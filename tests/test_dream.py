@@ -339,9 +339,11 @@ def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
     p = run("train", *TINY, "train.epochs=2", "data.cold_threshold=12", "--run-dir", str(rd))
     assert p.returncode == 0, p.stderr
     p = run("dream", str(rd), "dream.cart.epochs=1", "dream.cart.queue_size=128", "dream.cpde_epochs=1",
-            "dream.cpde_warmup_epochs=0", "dream.cpde_update_every=1", "dream.cpde_batch_size=64")
+            "dream.cpde_warmup_epochs=0", "dream.cpde_update_every=1", "dream.cpde_batch_size=64", "--split", "both")
     assert p.returncode == 0, p.stderr
     assert "cpde-beam" in p.stdout and "cold" in p.stdout and (rd / "dream" / "dream.json").exists()
+    assert "DREAM stages - valid" in p.stdout and "DREAM stages - test" in p.stdout
+    _assert_clean_error(run("dream", str(rd), "--split", "train"), "--split")
     p = run("recommend", str(rd), "--user", "U000001", "-k", "5", "--sid-table",
             str(rd / "dream" / "sid_table.cpde.parquet"), "--weights", str(rd / "dream" / "model.safetensors"))
     assert p.returncode == 0, p.stderr

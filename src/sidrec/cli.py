@@ -251,16 +251,18 @@ def recommend(
 def dream(
     run: Annotated[Path, typer.Argument(help="a finished TIGER run directory")],
     overrides: Overrides = None,
-    split: Annotated[str, typer.Option(help="valid | test: the users the stage table is measured on")] = "test",
+    split: Annotated[str, typer.Option(
+        help="valid | test | both: the users the stage table is measured on (both: fit once, choose on valid)")] = "test",
 ) -> None:
     """Refine cold items' SIDs of a TIGER run (DREAM: CART -> UC3 -> CPDE); writes RUN/dream/."""
     from sidrec.dream.pipeline import run_dream
 
-    if split not in ("valid", "test"):
-        raise SidrecError(f"--split must be valid or test, got '{split}'")
-    res = run_dream(run, overrides or [], split=split)
-    rows = [(st, res["stages"][st]) for st in res["stages"]]
-    out.print(_metrics_table(f"DREAM stages - {split}", rows, [5, 10, 50]))
+    if split not in ("valid", "test", "both"):
+        raise SidrecError(f"--split must be valid, test or both, got '{split}'")
+    res = run_dream(run, overrides or [], split=("valid", "test") if split == "both" else split)
+    for name, stages in res["by_split"].items():
+        rows = [(st, stages[st]) for st in stages]
+        out.print(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))
     d = res["diagnostics"]
     out.print(f"CART changed {d['cart_primary_changed']:.1%} of cold SIDs; UC3 switched {d['uc3_switch_rate']:.1%}; "
               f"written to [bold]{run / 'dream'}[/]")

@@ -47,7 +47,7 @@ class DIGERConfig:
     """The ``diger`` config section (paper values as defaults; every ablation is a value here)."""
 
     noise: str = "gumbel"  # gumbel | gaussian | none (plain straight-through through the softmax)
-    decay: str = "frqud"  # none | sdud | frqud | both
+    decay: str = "both"  # none | sdud | frqud | both (both: chosen on Beauty validation, docs/diger.md)
     tau: float = 2.0  # softmax temperature of the soft assignment
     noise_scale: float = 1.0  # fixed noise scale s (decay none / frqud); SDUD's initial sigma
     sdud_lambda: float = 1.7

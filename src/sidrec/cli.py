@@ -203,6 +203,15 @@ def train(
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
 
 
+def _parse_splits(split: str) -> tuple[str, ...]:
+    """``--split valid | test | both`` as the tuple of splits to measure (both: valid first, where settings are
+    chosen, then test)."""
+    splits = ("valid", "test") if split == "both" else (split,)
+    if any(s not in ("valid", "test") for s in splits):
+        raise SidrecError(f"--split must be valid, test or both, got '{split}'")
+    return splits
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="a run directory written by 'sidrec train'")],
@@ -212,9 +221,7 @@ def evaluate(
     """Re-evaluate a trained run's best checkpoint (full-catalogue ranking)."""
     from sidrec.pipeline import evaluate as run_eval
 
-    splits = ("valid", "test") if split == "both" else (split,)
-    if any(s not in ("valid", "test") for s in splits):
-        raise SidrecError(f"--split must be valid, test or both, got '{split}'")
+    splits = _parse_splits(split)
     res = run_eval(run, splits)
     if as_json:
         print(json.dumps(res, indent=2))
@@ -257,9 +264,7 @@ def dream(
     """Refine cold items' SIDs of a TIGER run (DREAM: CART -> UC3 -> CPDE); writes RUN/dream/."""
     from sidrec.dream.pipeline import run_dream
 
-    if split not in ("valid", "test", "both"):
-        raise SidrecError(f"--split must be valid, test or both, got '{split}'")
-    res = run_dream(run, overrides or [], split=("valid", "test") if split == "both" else split)
+    res = run_dream(run, overrides or [], split=_parse_splits(split))
     for name, stages in res["by_split"].items():
         rows = [(st, stages[st]) for st in stages]
         out.print(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))

@@ -40,7 +40,7 @@ def main() -> None:
             res = json.loads((run / "metrics.json").read_text())
             wall = float(res.get("wall_s", res["summary"]["train_s"]))
         else:
-            res = train(cfg)
+            res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
         tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "

@@ -73,3 +73,41 @@ def test_tiny_sasrec_beats_popularity(tmp_path):
     assert ours > 2 * pop, (ours, pop)
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "config.yaml").exists()
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+
+
+def test_resume_from_an_old_pickled_state_is_still_exact(tmp_path, monkeypatch):
+    """Runs written before the safetensors state (``last.state.pt``) resume through the weights-only unpickler."""
+    from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state
+
+    ref = train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'full'}"]))
+    original = SASRecTask.train_batches
+
+    def dies_in_epoch_3(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch)
+
+    monkeypatch.setattr(SASRecTask, "train_batches", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'old'}"]))
+    monkeypatch.setattr(SASRecTask, "train_batches", original)
+    ck = tmp_path / "old" / "checkpoints"
+    state = load_state(ck / STATE_FILE)
+    state["optimizer"]["param_groups"] = [{**g, "betas": tuple(g["betas"])} for g in state["optimizer"]["param_groups"]]
+    torch.save(state, ck / LEGACY_STATE_FILE)  # what older versions wrote
+    (ck / STATE_FILE).unlink()
+    resumed = train(load_config([tmp_path / "old" / "config.yaml"]), resume=True)
+    assert resumed["test"]["all"] == ref["test"]["all"]
+    assert (ck / STATE_FILE).exists() and not (ck / LEGACY_STATE_FILE).exists()
+
+
+def test_resume_state_without_optimizer_is_one_line_error(tmp_path):
+    from sidrec.errors import SidrecError
+    from sidrec.training.state import STATE_FILE, load_state, save_state
+
+    train(load_config(None, TINY + ["train.epochs=1", f"run_dir={tmp_path}"]))
+    st = load_state(tmp_path / "checkpoints" / STATE_FILE)
+    del st["optimizer"]
+    save_state(tmp_path / "checkpoints" / STATE_FILE, st)
+    with pytest.raises(SidrecError, match="incomplete resume state .no 'optimizer'"):
+        train(load_config([tmp_path / "config.yaml"]), resume=True)

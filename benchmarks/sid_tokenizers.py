@@ -47,7 +47,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)  # faiss's OpenMP pool would otherwise use every core
     for name in args.datasets:
         cfg = load_config([REPO / "configs" / name / "data.yaml"])
-        cfg.data.path = str((REPO / cfg.data.path).resolve())  # configs name paths relative to the repo root
+        cfg.data.path = str((REPO / cfg.data.path).resolve())  # a relative override is relative to the repo root
         ds = dataset_from_config(cfg)
         emb = item_features(cfg.features, ds, progress=False)
         feats = f"{cfg.features.kind} {emb.shape[1]}-d"

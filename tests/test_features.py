@@ -50,7 +50,7 @@ def test_attribute_features_are_cached(tmp_path):
 
 
 def test_text_features_offline_minilm(tmp_path):
-    cfg = FeaturesConfig(kind="text", cache_dir=str(tmp_path))
+    cfg = FeaturesConfig(kind="text", cache_dir=str(tmp_path), min_text_coverage=0.6)  # item c has no text
     emb = item_features(cfg, _ds(), progress=False)
     assert emb.shape == (3, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)

@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generative recommendation with semantic IDs (TIGER, DIGER, ACERec, DREAM, SASRec).")
 data_app = typer.Typer(no_args_is_help=True, help="Read, convert and inspect datasets.")
 app.add_typer(data_app, name="data")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+app.add_typer(config_app, name="config")
 out = Console()
 
 ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", "-c", help="YAML config file(s), applied in order")]
@@ -50,7 +52,9 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[
 @data_app.command("prepare")
 def data_prepare(
     input: Annotated[str, typer.Argument(help="raw dataset path (file or folder), or 'synthetic'")],
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="prepared dataset folder")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="prepared dataset folder (default: data_prepared/<dataset name>, in the working "
+        "directory)")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="auto|s3rec|lcrec|recbole|amazon|tabular")] = "auto",
     kcore: Annotated[int, typer.Option(help="k-core filter (0 = keep as given)")] = 0,
     name: Annotated[str, typer.Option(help="dataset name (default: folder name)")] = "",
@@ -84,7 +88,9 @@ def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
     t.add_row("items", f"{s['items']:,}")
     t.add_row("interactions", f"{s['interactions']:,}")
     t.add_row("sequence length min/mean/max", f"{s['seq_len_min']} / {s['seq_len_mean']:.2f} / {s['seq_len_max']}")
-    t.add_row("item fields", ", ".join(s["item_fields"]) or "-")
+    cov = s.get("field_coverage", {})
+    t.add_row("item fields (share of items with a value)",
+              ", ".join(f"{f} {cov.get(f, 0):.0%}" for f in s["item_fields"]) or "-")
     for split in ("test", "valid"):
         c = s[f"{split}_users"]
         t.add_row(f"{split} users cold / warm (<= {cold_threshold})", f"{c['cold']:,} / {c['warm']:,}")
@@ -212,7 +218,12 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in run_dir that has other "
                                             "settings (it is kept if this run fails before training starts)")] = False,
 ) -> None:
-    """Train a method (method=sasrec|...) on a dataset; writes a run directory with metrics.json."""
+    """Train a method on a dataset; writes a run directory with metrics.json.
+
+    Methods (method=NAME): sasrec (ID-based Transformer baseline), tiger (semantic IDs + encoder-decoder + beam
+    search), diger (TIGER with its RQ-VAE trained jointly), acerec (long OPQ IDs + holistic scoring). See
+    docs/own-dataset.md for your own data and 'sidrec config show' for every setting.
+    """
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D
 
@@ -222,6 +233,20 @@ def train(
         out.print(_metrics_table(f"{cfg.method} - test", [(cfg.method, res["test"]),
                                                         ("popularity", res["popularity_test"])], [10, 50]))
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table at its natural width when stdout is not a terminal (rich would squeeze it to 80 columns
+    and cut the numbers to '0.0…')."""
+    (out if out.is_terminal else Console(width=max(out.width, 240))).print(table)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Print the resolved config: every key of every section, its value, and the default where it differs."""
+    from sidrec.config import load_config, render_config
+
+    print(render_config(load_config(config, overrides)), end="")
 
 
 def _parse_splits(split: str) -> tuple[str, ...]:
@@ -248,7 +273,7 @@ def evaluate(
         print(json.dumps(res, indent=2))
     else:
         for s in splits:
-            out.print(_metrics_table(f"{run} - {s}", [(s, res[s])], [5, 10, 20, 50]))
+            _print_wide(_metrics_table(f"{run} - {s}", [(s, res[s])], [5, 10, 20, 50]))
 
 
 @app.command()
@@ -260,6 +285,8 @@ def recommend(
                                                    "(e.g. from 'sidrec add-items' or RUN/dream/)")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="other weights for the run's model "
                                                  "(e.g. RUN/dream/model.safetensors)")] = None,
+    include_history: Annotated[bool, typer.Option("--include-history", help="also list items the user already "
+                                                  "has (left out by default)")] = False,
 ) -> None:
     """Recommend the next items for a user (original ids), from their whole history."""
     from sidrec.pipeline import recommend as run_rec
@@ -270,7 +297,7 @@ def recommend(
     t.add_column("rank", justify="right")
     t.add_column("item")
     t.add_column("score", justify="right")
-    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table, weights), 1):
+    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table, weights, not include_history), 1):
         t.add_row(str(r), item, f"{score:.4f}")
     out.print(t)
 
@@ -291,7 +318,7 @@ def dream(
     res = run_dream(run, overrides or [], split=_parse_splits(split), allow_config_commands=allow_config_commands)
     for name, stages in res["by_split"].items():
         rows = [(st, stages[st]) for st in stages]
-        out.print(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))
+        _print_wide(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))
     d = res["diagnostics"]
     out.print(f"CART changed {d['cart_primary_changed']:.1%} of cold SIDs; UC3 switched {d['uc3_switch_rate']:.1%}; "
               f"written to [bold]{run / 'dream'}[/]")

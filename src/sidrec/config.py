@@ -44,7 +44,10 @@ class FeaturesConfig:
 
     kind: str = "auto"  # auto | text | attributes | npy
     model: str = "all-MiniLM-L6-v2"  # sentence-transformers name or path; the default loads offline
-    template: str = "{title}. Brand: {brand}. Categories: {categories}."
+    # auto: every text field the reader provides (title, text, description, brand, categories, keywords,
+    # category paths; see sidrec.features.core.AUTO_TEMPLATE); or a format string such as "{title}. {brand}"
+    template: str = "auto"
+    min_text_coverage: float = 0.95  # text embeddings stop with an error when more items than this lack text
     npy_path: str = ""  # precomputed (n_items, d) array when kind == npy
     svd_dim: int = 128  # attribute features: TF-IDF -> truncated SVD dimension
     batch_size: int = 128
@@ -258,6 +261,7 @@ _RULES: list[tuple[str, Any]] = [
     ("*dropout", _UNIT_OPEN),
     ("*momentum", _UNIT_OPEN),
     ("train.min_lr_ratio", _UNIT),
+    ("features.min_text_coverage", _UNIT),
     ("dream.update_keep", _UNIT),
     ("tokenizer.collapse_threshold", _UNIT),
     ("tokenizer.balance_factor", _AT_LEAST_1),
@@ -381,6 +385,39 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+# Path settings a config file may name, resolved relative to the folder of the file that names them (so a
+# config works from any working directory). On the command line they stay relative to the working directory.
+# features.cache_dir and run_dir stay relative to the working directory (outputs of the current job).
+FILE_RELATIVE_KEYS = (("data", "path"), ("features", "npy_path"))
+# resolved path -> (as written, config file): lets a "not found" name the file and the folder it was relative to
+_PATH_ORIGINS: dict[str, tuple[str, str]] = {}
+
+
+def _resolve_paths(data: dict[str, Any], path: Path) -> None:
+    for section, key in FILE_RELATIVE_KEYS:
+        sec = data.get(section)
+        raw = sec.get(key) if isinstance(sec, dict) else None
+        if not isinstance(raw, str) or not raw or raw == "synthetic" or Path(raw).expanduser().is_absolute():
+            continue
+        here = (path.parent / raw).resolve()
+        if not here.exists() and Path(raw).exists():
+            # configs written before paths were file-relative (a run's config.yaml saved by an older sidrec
+            # holds paths relative to the working directory it ran in)
+            here = Path(raw).resolve()
+        sec[key] = str(here)
+        _PATH_ORIGINS[str(here)] = (raw, str(path))
+
+
+def describe_path(value: str) -> str:
+    """``value`` with where it came from: the config file and its folder, or the working directory."""
+    if value in _PATH_ORIGINS:
+        raw, file = _PATH_ORIGINS[value]
+        return f"'{raw}' (in {file}, relative to its folder {Path(file).parent}; i.e. {value})"
+    if not Path(value).expanduser().is_absolute():
+        return f"'{value}' (relative to the working directory {Path.cwd()})"
+    return f"'{value}'"
+
+
 def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
     path = path.resolve()
     if path in seen:
@@ -396,6 +433,7 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
         raise SidrecError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise SidrecError(f"{path}: a config file must be a mapping of sections")
+    _resolve_paths(data, path)
     layers: list[dict[str, Any]] = []
     base = data.pop("base", None)
     for b in [base] if isinstance(base, str) else (base or []):
@@ -431,6 +469,37 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     for name, sec in cfg.extra_sections().items():  # type: ignore[attr-defined]
         d[name] = dataclasses.asdict(sec)
     return d
+
+
+def render_config(cfg: Config) -> str:
+    """The resolved config as YAML with every key of every section; a value that differs from the schema
+    default says the default in a comment (``sidrec config show``). Loading the output gives the same config."""
+    import json
+
+    def scalar(v: Any) -> str:
+        return json.dumps(v)  # JSON scalars and lists are YAML; strings come out quoted, so '{title}' stays one
+
+    lines: list[str] = []
+
+    def emit(obj: Any, default: Any, depth: int) -> None:
+        pad = "  " * depth
+        for f in dataclasses.fields(obj):
+            v, dv = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(v):
+                lines.append(f"{pad}{f.name}:")
+                emit(v, dv, depth + 1)
+            elif f.name == "extra":
+                if v:
+                    lines.append(f"{pad}extra: {scalar(v)}")
+            else:
+                note = "" if v == dv else f"  # default: {scalar(dv)}"
+                lines.append(f"{pad}{f.name}: {scalar(v)}{note}")
+
+    emit(cfg, Config(), 0)
+    for name, cls in _EXTRA_SECTIONS.items():
+        lines.append(f"{name}:")
+        emit(cfg.extra_sections().get(name) or cls(), cls(), 1)  # type: ignore[attr-defined]
+    return "\n".join(lines) + "\n"
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sidrec.config import Config, load_config
+from sidrec.config import Config, describe_path, load_config
 from sidrec.data.dataset import Dataset
 from sidrec.data.formats import load_dataset
 from sidrec.data.protocol import LeaveOneOut
@@ -37,6 +37,8 @@ def seed_everything(seed: int) -> None:
 def dataset_from_config(cfg: Config) -> Dataset:
     d = cfg.data
     kwargs: dict[str, Any] = {}
+    if d.path != "synthetic" and not Path(d.path).exists():
+        raise SidrecError(f"data.path {describe_path(d.path)}: not found")
     if d.path == "synthetic":
         kwargs = {"n_users": d.synthetic_users, "n_items": d.synthetic_items, "seed": d.synthetic_seed}
     ds = load_dataset(d.path, d.format, d.name, d.kcore, **kwargs)
@@ -126,13 +128,17 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
 
 
 def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None,
-              weights: str | Path | None = None) -> list[tuple[str, float]]:
+              weights: str | Path | None = None, exclude_history: bool = True) -> list[tuple[str, float]]:
     """Top-k original item ids for a user (by original id), from their full history.
+
+    Items the user already has are left out unless ``exclude_history`` is False (a recommendation of what one
+    owns is rarely wanted); evaluation is not affected (``eval.exclude_history`` of the run decides there).
 
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
     cfg, ds, split, task = load_run(run_dir, weights)
+    cfg.eval.exclude_history = exclude_history  # the task reads it from the run's config when it ranks
     item_ids = ds.item_ids
     if sid_table is not None:
         from sidrec.sid.table import SIDTable
@@ -150,14 +156,21 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
 
     hist = ds.sequence(u)[-cfg.data.max_len:]
     es = EvalSet("recommend", np.array([u]), [hist], np.array([0]))
-    items, scores = task.recommend(es, k) if hasattr(task, "recommend") else _score_recommend(task, es, k)
-    return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0]
+    if hasattr(task, "recommend"):
+        items, scores = task.recommend(es, k)
+    else:
+        items, scores = _score_recommend(task, es, k, exclude_history)
+    return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0 and np.isfinite(s)]
 
 
-def _score_recommend(task: Any, es: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _score_recommend(task: Any, es: Any, k: int, exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    hist = es.padded_histories(pad=-1)
     with torch.no_grad():
-        scores = task.model.score(es.padded_histories(pad=-1)).float()
-    v, i = scores.topk(k, dim=1)
+        scores = task.model.score(hist).float()
+    if exclude_history:
+        rows = torch.arange(len(hist)).view(-1, 1).expand_as(hist)
+        scores[rows[hist >= 0], hist[hist >= 0]] = float("-inf")
+    v, i = scores.topk(min(k, scores.shape[1]), dim=1)
     return i.numpy(), v.numpy()
 
 

@@ -72,6 +72,10 @@ def settings(cfg: Config) -> dict[str, Any]:
 def settings_diff(old: Config, new: Config) -> list[str]:
     """``key: old -> new`` for every setting that changes what a run computes."""
     a, b = settings(old), settings(new)
+    for key in ("data.path", "features.npy_path"):  # 'x' and '/cwd/x' are the same setting
+        for s in (a, b):
+            if isinstance(s.get(key), str) and s[key] not in ("", "synthetic"):
+                s[key] = os.path.abspath(s[key])
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in FREE_SETTINGS and a.get(k) != b.get(k)]
 

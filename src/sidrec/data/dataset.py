@@ -167,6 +167,12 @@ class Dataset:
     def text_fields(self) -> list[str]:
         return [k for k in self.items if k not in {"item_id"}]
 
+    def field_coverage(self) -> dict[str, float]:
+        """Share of items with a non-empty value, per item field (``sidrec data stats`` shows it, so a reader
+        that found no text, or a field that is mostly empty, is visible before anything is embedded)."""
+        n = max(1, self.n_items)
+        return {f: sum(_has_value(v) for v in vals) / n for f, vals in self.items.items()}
+
     def validate(self) -> None:
         """Invariants every consumer relies on; a reader that breaks them is a bug, not user error."""
         assert self.offsets[0] == 0 and self.offsets[-1] == len(self.flat)
@@ -188,6 +194,7 @@ class Dataset:
             "seq_len_mean": float(lens.mean()) if len(lens) else 0.0,
             "seq_len_max": int(lens.max()) if len(lens) else 0,
             "item_fields": self.text_fields(),
+            "field_coverage": self.field_coverage(),
         }
         if self.filter_report is not None:
             out["filter"] = self.filter_report.__dict__
@@ -261,6 +268,13 @@ def _read_parquet(path: Path, columns: tuple[str, ...]) -> pa.Table:
     if missing:
         raise input_error(path, f"expected columns {', '.join(columns)}; missing {', '.join(missing)}")
     return table
+
+
+def _has_value(v: Any) -> bool:
+    """A field value that carries text: not None, not blank, not the 'Unknown' placeholder some dumps use."""
+    if isinstance(v, list | tuple):
+        return any(_has_value(x) for x in v)
+    return v is not None and bool(str(v).strip()) and str(v).strip() != "Unknown"
 
 
 def check_prepared_destination(path: str | Path) -> None:

@@ -43,9 +43,9 @@ STAGES = ("static", "cart", "uc3", "cpde-top1", "cpde-beam")
 
 def item_docs_and_families(ds: Dataset, template: str, family_field: str = "") -> tuple[list[str], list[str]]:
     """Per item a text document (for TF-IDF retrieval) and its product family (last value of a list field)."""
-    from sidrec.features.core import ATTRIBUTE_FIELDS, item_texts
+    from sidrec.features.core import ATTRIBUTE_FIELDS, has_text, item_texts
 
-    if "title" in ds.items:
+    if has_text(ds):
         docs = item_texts(ds, template)
     else:
         f = next((x for x in ATTRIBUTE_FIELDS if x in ds.items), None)

@@ -29,26 +29,85 @@ def _fmt(v: Any) -> str:
     return html.unescape(str(v))
 
 
-def item_texts(ds: Dataset, template: str) -> list[str]:
-    """Fill ``template`` for every item; missing fields become empty and dangling labels are dropped.
+# Every text field a reader provides, in the order the automatic template uses them.
+TEXT_FIELDS = ("title", "text", "description", "keywords", "brand", "categories", "category_paths")
+# ``features.template: auto``: the clauses of fields an item lacks drop out, so an item with title, brand and
+# categories only (Amazon Beauty) reads exactly as under the earlier fixed template
+# "{title}. Brand: {brand}. Categories: {categories}." (same text, same cached vectors and SIDs), while Sports
+# (no titles; keywords) and Toys (category paths) get their text instead of placeholders.
+AUTO_TEMPLATE = ("{title}. {text}. Description: {description}. Brand: {brand}. Categories: {categories}. "
+                 "Keywords: {keywords}. Category paths: {category_paths}.")
 
-    HTML entities are unescaped (Amazon titles contain ``L&#39;Oreal``). A clause such as
-    ``Brand: {brand}.`` whose field is empty is removed so the encoder does not see "Brand: ." noise.
+
+def resolve_template(template: str) -> str:
+    return AUTO_TEMPLATE if template.strip() == "auto" else template
+
+
+def _empty(v: str) -> bool:
+    return not v.strip() or v == "Unknown"
+
+
+def render_item_texts(ds: Dataset, template: str) -> tuple[list[str], np.ndarray]:
+    """Fill ``template`` for every item; returns the texts and which items had no text (a placeholder).
+
+    HTML entities are unescaped (Amazon titles contain ``L&#39;Oreal``). A clause such as ``Brand: {brand}.``
+    whose fields are empty is removed so the encoder does not see "Brand: ." noise; an item left with no text
+    gets the placeholder ``item <id>``.
     """
+    template = resolve_template(template)
     fields = re.findall(r"{(\w+)}", template)
     clauses = [c for c in re.split(r"(?<=\.)\s+", template) if c]
+    names_of = [re.findall(r"{(\w+)}", c) for c in clauses]
+    columns = {f: ds.items.get(f, [None] * ds.n_items) for f in fields}
     out: list[str] = []
+    missing = np.zeros(ds.n_items, dtype=bool)
     for i in range(ds.n_items):
-        vals = {f: _fmt(ds.items.get(f, [None] * ds.n_items)[i]) for f in fields}
+        vals = {f: _fmt(columns[f][i]) for f in fields}
         parts = []
-        for c in clauses:
-            names = re.findall(r"{(\w+)}", c)
-            if names and all(not vals[n].strip() or vals[n] == "Unknown" for n in names):
+        for c, names in zip(clauses, names_of, strict=True):
+            if names and all(_empty(vals[n]) for n in names):
                 continue
             parts.append(c.format(**vals))
         text = " ".join(parts).strip()
+        missing[i] = not text
         out.append(text if text else f"item {ds.item_ids[i]}")
-    return out
+    return out, missing
+
+
+def item_texts(ds: Dataset, template: str) -> list[str]:
+    """The text of every item under ``template`` (``auto``: :data:`AUTO_TEMPLATE`); see :func:`render_item_texts`."""
+    return render_item_texts(ds, template)[0]
+
+
+def field_coverage(ds: Dataset) -> dict[str, float]:
+    """Share of items with a non-empty value, per item field (what ``sidrec data stats`` shows)."""
+    return ds.field_coverage()
+
+
+def has_text(ds: Dataset) -> bool:
+    """Whether any item has any of :data:`TEXT_FIELDS` (``features.kind: auto`` then embeds text)."""
+    cov = ds.field_coverage()
+    return any(cov.get(f, 0.0) > 0 for f in TEXT_FIELDS)
+
+
+def checked_item_texts(ds: Dataset, template: str, min_coverage: float) -> list[str]:
+    """Item texts, refusing a template that leaves more than ``1 - min_coverage`` of the items without text.
+
+    Why refuse: placeholder texts ("item 123") embed to near-identical vectors, and every later stage (SIDs,
+    the recommender) silently degrades; the error names the fields the dataset has and the setting to change.
+    """
+    texts, missing = render_item_texts(ds, template)
+    share = float(missing.mean()) if len(missing) else 0.0
+    if share > 1 - min_coverage + 1e-12:
+        cov = field_coverage(ds)
+        have = ", ".join(f"{f} {c:.0%}" for f, c in sorted(cov.items(), key=lambda x: -x[1])) or "none"
+        shown = template if len(template) <= 60 else template[:57] + "..."
+        raise SidrecError(
+            f"dataset '{ds.name}': {int(missing.sum()):,} of {ds.n_items:,} items ({share:.0%}) get no text from "
+            f"features.template='{shown}' (item fields with text: {have}); set features.template to fields that "
+            f"exist, e.g. 'features.template=\"{{title}}. {{brand}}\"', or features.kind=attributes|npy "
+            f"(features.min_text_coverage={min_coverage:g})")
+    return texts
 
 
 def check_embeddings(emb: np.ndarray, n_items: int, source: str = "embeddings", dim: int | None = None) -> None:
@@ -132,18 +191,27 @@ def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np
     if kind == "npy" or (kind == "auto" and cfg.npy_path):
         p = Path(cfg.npy_path)
         if not p.exists():
-            raise SidrecError(f"{p}: embeddings file not found")
+            from sidrec.config import describe_path
+
+            raise SidrecError(f"features.npy_path {describe_path(cfg.npy_path)}: embeddings file not found")
         try:
             emb = np.load(p).astype(np.float32)
         except ValueError as exc:
             raise SidrecError(f"{p}: not a readable .npy array ({exc})") from None
         check_embeddings(emb, ds.n_items, str(p))
         return emb
-    if kind == "auto":
-        kind = "text" if "title" in ds.items or "description" in ds.items else "attributes"
+    if kind == "auto":  # text whenever any item has a text field; never a silent fallback from text
+        if has_text(ds):
+            kind = "text"
+        elif any(f in ds.items for f in ATTRIBUTE_FIELDS):
+            kind = "attributes"
+        else:
+            fields = ", ".join(ds.items) or "none"
+            raise SidrecError(f"dataset '{ds.name}' has no item text ({', '.join(TEXT_FIELDS)}) and no attribute ids "
+                              f"(item fields: {fields}); give vectors with features.kind=npy features.npy_path=FILE")
     cache = Path(cfg.cache_dir)
     if kind == "text":
-        texts = item_texts(ds, cfg.template)
+        texts = checked_item_texts(ds, cfg.template, cfg.min_text_coverage)
         key = _hash("text", cfg.model, texts)
         f = cache / f"{ds.name}-text-{key}.npy"
         if f.exists():

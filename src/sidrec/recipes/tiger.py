@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,21 @@ def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
     if tok.get("seed") is None:
         tok["seed"] = cfg.seed
     feats = dataclasses.asdict(cfg.features)
-    for k in ("batch_size", "cache_dir"):
+    for k in ("batch_size", "cache_dir", "min_text_coverage"):  # none of them changes the vectors
         feats.pop(k, None)
     data = {"name": dataset.name, "n_items": dataset.n_items, "kcore": cfg.data.kcore}
     if cfg.data.path == "synthetic":
         data.update(users=cfg.data.synthetic_users, items=cfg.data.synthetic_items, seed=cfg.data.synthetic_seed)
     return {"data": data, "features": feats, "tokenizer": tok}
+
+
+def _comparable(source: dict[str, Any]) -> dict[str, Any]:
+    """A SID source record with its npy path made absolute (config paths became file-relative, so an older
+    record may hold the same file as a relative path)."""
+    feats = dict(source.get("features", {}))
+    if feats.get("npy_path"):
+        feats["npy_path"] = os.path.abspath(feats["npy_path"])
+    return {**source, "features": feats}
 
 
 def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
@@ -73,7 +83,7 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
     path, stamp = run / SID_TABLE_FILE, run / SID_SOURCE_FILE
     source = json.loads(json.dumps(sid_source(cfg, dataset)))  # normalised like the stored copy
     if path.exists():
-        if stamp.exists() and json.loads(stamp.read_text()) != source:
+        if stamp.exists() and _comparable(json.loads(stamp.read_text())) != _comparable(source):
             raise SidrecError(f"{path} was fitted with other data / features / tokenizer settings than this config "
                               f"(see {stamp}); use a new run_dir or delete the SID table to refit it")
         table = SIDTable.load(path)

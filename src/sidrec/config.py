@@ -61,7 +61,7 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    bf16: bool = False
+    bf16: typing.Literal["auto", "true", "false"] = "auto"  # auto: bf16 only where the hardware runs it natively
     patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
     eval_every: int = 1
     eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
@@ -91,6 +91,8 @@ class SASRecConfig:
     ffn_dim: int = 256
     dropout: float = 0.3
     emb_dropout: float = 0.3
+    batching: typing.Literal["length", "random"] = "length"  # length-grouped batches: ~5x less padding
+    position_weight: typing.Literal["equal", "batch_mean"] = "equal"  # equal: every training position counts the same
 
 
 @dataclass
@@ -154,6 +156,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML reads true/false as booleans; these settings spell them as words
+            value = "true" if value else "false"
+        if str(value).lower() not in choices:
+            raise SidrecError(f"config key '{key}': expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return str(value).lower()
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str | int | float) and not isinstance(value, bool):

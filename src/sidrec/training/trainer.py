@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from sidrec import precision
 from sidrec.config import TrainConfig
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json
@@ -87,17 +88,40 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
         n0 = max(1, len(task.train_batches(0)) // D.world_size())
         self.total_steps = max(1, n0 * cfg.epochs)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.model: nn.Module = task.model
         if self.distributed:
             self.model = nn.parallel.DistributedDataParallel(task.model)
         self.epoch = 0
+        self.batch = 0  # batches of the current epoch already trained (> 0 only after a wall-clock stop)
         self.step = 0
+        self.elapsed_s = 0.0  # wall-clock seconds trained so far (carried across --resume)
+        self.capped = False  # the run ended at train.max_minutes
+        self.budget_sized = False  # the schedule's horizon was fitted to train.max_minutes
         self.best = -math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
         self.tb = None
+
+    def _lr_factor(self, step: int) -> float:
+        # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
+        return lr_lambda(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)(step)
+
+    def _size_schedule_to_budget(self, spent_s: float, budget_s: float, steps_per_epoch: int) -> None:
+        """Fit the cosine horizon to the epochs that ``train.max_minutes`` allows, re-estimated after each epoch.
+
+        Why: with a cap and ``epochs: 200`` the learning rate would still be near its peak when the cap ends
+        the run, and a model that never anneals loses much of its quality. After every epoch the mean time per
+        epoch so far (training plus evaluation) gives how many more whole epochs fit in what is left of the
+        budget; the horizon becomes the epochs done plus those (at most ``train.epochs``). Re-estimating
+        keeps the schedule ending near the cap when the machine slows down or speeds up mid-run. The horizon
+        is saved with the state, so a resumed run keeps it; it depends on the machine's speed, like the cap.
+        """
+        per_epoch = spent_s / max(1, self.epoch)
+        more = int(max(0.0, budget_s - spent_s) // max(per_epoch, 1e-6))
+        epochs = min(self.cfg.epochs, self.epoch + more)
+        self.total_steps = max(self.step, epochs * steps_per_epoch, 1)
+        self.budget_sized = True
 
     # ------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
@@ -108,7 +132,9 @@ class Trainer:
             save_model(self.task.model, str(tmp))
         state = {
             "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "optimizer": self.opt.state_dict(),
+            "bad_epochs": self.bad_epochs, "batch": self.batch, "total_steps": self.total_steps,
+            "elapsed_s": self.elapsed_s, "capped": self.capped, "budget_sized": self.budget_sized,
+            "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
@@ -133,6 +159,12 @@ class Trainer:
         np.random.set_state(st["numpy_rng"])
         self.epoch, self.step = st["epoch"], st["step"]
         self.best, self.best_epoch, self.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
+        self.batch, self.total_steps = st.get("batch", 0), st.get("total_steps", self.total_steps)
+        self.elapsed_s, self.budget_sized = st.get("elapsed_s", 0.0), st.get("budget_sized", False)
+        # a run that ended at its cap continues when resumed (the user asked for more): the cap restarts
+        self.capped = False
+        if st.get("capped"):
+            self.elapsed_s = 0.0
         log = self.run_dir / "log.jsonl"
         if log.exists() and D.is_main():  # drop entries written after the checkpoint we resume from
             keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= self.epoch]
@@ -166,8 +198,9 @@ class Trainer:
             except ImportError:
                 raise SidrecError("train.tensorboard=true needs the 'tensorboard' package") from None
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        start = time.time()
-        stop = self.bad_epochs >= cfg.patience
+        start = time.time() - self.elapsed_s  # a resumed run continues its wall-clock budget
+        stop = self.bad_epochs >= cfg.patience or self.capped
+        budget_s = cfg.max_minutes * 60
         with make_progress(cfg.progress and D.is_main()) as prog:
             ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
             while self.epoch < cfg.epochs and not stop:
@@ -177,14 +210,15 @@ class Trainer:
                     per = len(batches) // D.world_size()
                     batches = batches[D.rank()::D.world_size()][:per]
                 self.model.train()
-                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), info="")
+                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
                 total_loss, n = 0.0, 0
-                for batch in batches:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                capped = False
+                for batch in batches[self.batch:]:
+                    with precision.autocast(cfg.bf16, self.device):
                         loss = self.task.loss(self.model, batch)
                     if not torch.isfinite(loss):
                         raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
-                                          "lower train.lr or disable train.bf16")
+                                          "lower train.lr or set train.bf16=false")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip > 0:
@@ -192,15 +226,26 @@ class Trainer:
                     self.opt.step()
                     self.sched.step()
                     self.step += 1
+                    self.batch += 1
                     total_loss += loss.item()
                     n += 1
                     prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
+                    # the wall-clock cap is checked at every step: the run ends within one step of it
+                    if budget_s > 0 and time.time() - start > budget_s:
+                        capped = bool(D.broadcast_flags(1.0)[0])
+                        break
                 prog.remove_task(b_task)
-                self.epoch += 1
+                finished = self.batch >= len(batches)
+                if finished:
+                    self.epoch, self.batch = self.epoch + 1, 0
                 record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": total_loss / max(1, n),
                                           "lr": self.sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+                if not finished:
+                    record["partial_epoch_batches"] = self.batch
                 improved = 0.0
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                # evaluate on schedule, at the last epoch, and always when the budget ends the run, so nothing
+                # trained is thrown away
+                if (finished and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs or capped:
                     if D.is_main():
                         self.model.eval()
                         m = self.task.evaluate(self.task.model, "valid", cfg.eval_users)
@@ -216,9 +261,13 @@ class Trainer:
                     if improved:
                         self._save_best()
                     stop = self.bad_epochs >= cfg.patience
-                if cfg.max_minutes > 0 and (time.time() - start) / 60 > cfg.max_minutes:
-                    stop = bool(D.broadcast_flags(1.0)[0])
+                if capped:
+                    stop = self.capped = True
                     record["stopped"] = "max_minutes"
+                elif budget_s > 0 and finished:
+                    self._size_schedule_to_budget(time.time() - start, budget_s, len(batches))
+                    record["schedule_total_steps"] = self.total_steps
+                self.elapsed_s = time.time() - start
                 self._log(record)
                 self._save_state()
                 D.barrier()

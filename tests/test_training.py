@@ -73,3 +73,31 @@ def test_tiny_sasrec_beats_popularity(tmp_path):
     assert ours > 2 * pop, (ours, pop)
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "config.yaml").exists()
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+
+
+def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp_path, monkeypatch):
+    """The wall-clock cap is checked at every step; the capped run is evaluated and checkpointed, and the
+    learning-rate schedule was sized to the budget (it decays although train.epochs is far away)."""
+    import time as _time
+
+    step_s = 0.05
+    original = SASRecTask.loss
+
+    def slow_loss(self, model, batch):
+        _time.sleep(step_s)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(SASRecTask, "loss", slow_loss)
+    cap_s = 1.5
+    cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=8",
+                                    f"run_dir={tmp_path}"])
+    t0 = _time.time()
+    res = train(cfg)
+    assert res["summary"]["epochs"] < 500
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["stopped"] == "max_minutes" and "valid_ndcg@10" in log[-1]  # evaluated at the cap
+    assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+    # an epoch is ~50 steps (2.5 s): the cap ended the first one, within one step of cap_s / step_s steps
+    assert log[-1]["partial_epoch_batches"] == log[-1]["step"] <= cap_s / step_s + 1
+    assert log[-1]["lr"] < 0.3 * 5e-3  # the schedule's horizon was the budget, not 500 epochs
+    assert _time.time() - t0 < 60

@@ -107,20 +107,21 @@ class Trainer:
         # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
         return lr_lambda(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)(step)
 
-    def _size_schedule_to_budget(self, spent_s: float, budget_s: float, steps_per_epoch: int) -> None:
-        """Fit the cosine horizon to the epochs that ``train.max_minutes`` allows, re-estimated after each epoch.
+    def _size_schedule_to_budget(self, spent_s: float, steps_done: int, left_s: float, steps_per_epoch: int) -> None:
+        """Fit the cosine horizon to the steps that ``train.max_minutes`` allows, re-estimated at every step.
 
         Why: with a cap and ``epochs: 200`` the learning rate would still be near its peak when the cap ends
-        the run, and a model that never anneals loses much of its quality. After every epoch the mean time per
-        epoch so far (training plus evaluation) gives how many more whole epochs fit in what is left of the
-        budget; the horizon becomes the epochs done plus those (at most ``train.epochs``). Re-estimating
-        keeps the schedule ending near the cap when the machine slows down or speeds up mid-run. The horizon
-        is saved with the state, so a resumed run keeps it; it depends on the machine's speed, like the cap.
+        the run, and a model that never anneals loses much of its quality. The time per step so far (training
+        and the evaluations between epochs, so their cost is amortised) gives how many more steps fit in what
+        is left of the budget; the horizon becomes the steps done plus those, at most ``train.epochs`` epochs.
+        Re-estimating keeps the schedule ending at the cap when the machine slows down or speeds up mid-run;
+        the first few steps are not trusted. The horizon is saved with the state, so a resumed run continues
+        from it; like the cap itself, it depends on the machine's speed.
         """
-        per_epoch = spent_s / max(1, self.epoch)
-        more = int(max(0.0, budget_s - spent_s) // max(per_epoch, 1e-6))
-        epochs = min(self.cfg.epochs, self.epoch + more)
-        self.total_steps = max(self.step, epochs * steps_per_epoch, 1)
+        if steps_done < 10:
+            return
+        more = int(max(0.0, left_s) / (spent_s / steps_done))
+        self.total_steps = max(1, min(self.cfg.epochs * steps_per_epoch, self.step + more))
         self.budget_sized = True
 
     # ------------------------------------------------------------------ checkpoints
@@ -201,6 +202,7 @@ class Trainer:
         start = time.time() - self.elapsed_s  # a resumed run continues its wall-clock budget
         stop = self.bad_epochs >= cfg.patience or self.capped
         budget_s = cfg.max_minutes * 60
+        session_t0, session_step0 = time.time(), self.step  # speed is measured on this process's own steps
         with make_progress(cfg.progress and D.is_main()) as prog:
             ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
             while self.epoch < cfg.epochs and not stop:
@@ -231,9 +233,13 @@ class Trainer:
                     n += 1
                     prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
                     # the wall-clock cap is checked at every step: the run ends within one step of it
-                    if budget_s > 0 and time.time() - start > budget_s:
-                        capped = bool(D.broadcast_flags(1.0)[0])
-                        break
+                    if budget_s > 0:
+                        now = time.time()
+                        if now - start > budget_s:
+                            capped = bool(D.broadcast_flags(1.0)[0])
+                            break
+                        self._size_schedule_to_budget(now - session_t0, self.step - session_step0,
+                                                      budget_s - (now - start), len(batches))
                 prog.remove_task(b_task)
                 finished = self.batch >= len(batches)
                 if finished:
@@ -264,8 +270,7 @@ class Trainer:
                 if capped:
                     stop = self.capped = True
                     record["stopped"] = "max_minutes"
-                elif budget_s > 0 and finished:
-                    self._size_schedule_to_budget(time.time() - start, budget_s, len(batches))
+                if budget_s > 0:
                     record["schedule_total_steps"] = self.total_steps
                 self.elapsed_s = time.time() - start
                 self._log(record)

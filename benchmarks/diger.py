@@ -85,13 +85,14 @@ def main() -> None:
                 if args.reuse and (run / "metrics.json").exists():
                     res = json.loads((run / "metrics.json").read_text())
                     wall = float(res["summary"].get("wall_s", res["summary"].get("train_s", 0.0)))
-                elif args.resume and (run / "checkpoints" / "last.state.pt").exists():
+                elif args.resume and any((run / "checkpoints" / f).exists()
+                                             for f in ("last.state.safetensors", "last.state.pt")):
                     before = sum(json.loads(x).get("epoch_s", 0.0)
                                  for x in (run / "log.jsonl").read_text().splitlines() if x.strip())
                     res = train(cfg, resume=True)
                     wall = time.time() - t0 + before  # epochs trained before the interruption count too
                 else:
-                    res = train(cfg)
+                    res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
                     wall = time.time() - t0
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"

@@ -47,7 +47,7 @@ def main() -> None:
             res = json.loads((run / "metrics.json").read_text())
             wall = float(res.get("wall_s", res["summary"]["train_s"]))
         else:
-            res = train(cfg)
+            res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
         tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
         depth = (f"decoder {tc.layers or tc.encoder_layers + tc.decoder_layers}L" if tc.arch == "decoder"

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from sidrec.config import Config, load_config, save_config
@@ -51,3 +53,66 @@ def test_bad_yaml_reports_file_and_line(tmp_path):
     bad.write_text("train:\n  lrate: 1\n")
     with pytest.raises(SidrecError, match="train.lrate"):
         load_config([bad])
+
+
+def test_every_numeric_key_of_every_section_has_a_range_rule():
+    """New settings must say what values make sense (issue #21); seeds and 'negative = derive' keys are exempt."""
+    import dataclasses
+
+    from sidrec.config import _EXTRA_SECTIONS, _UNCHECKED, _leaves, _rule_for
+
+    cfg = load_config()
+    leaves = _leaves(cfg) + [kv for name, cls in _EXTRA_SECTIONS.items() for kv in _leaves(cls(), f"{name}.")]
+    numeric = [k for k, v in leaves if isinstance(v, int | float) and not isinstance(v, bool)
+               or isinstance(v, list) and v and isinstance(v[0], int | float)]
+    assert len(numeric) > 80
+    missing = [k for k in numeric if _rule_for(k) is None and k not in _UNCHECKED]
+    assert not missing, f"no value rule for {missing}"
+    assert dataclasses.is_dataclass(cfg)
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("train.batch_size=0", "train.batch_size': must be > 0"), ("data.max_len=-1", "data.max_len"),
+    ("train.min_lr_ratio=1.5", "in [0, 1]"), ("tiger.dropout=1", "tiger.dropout"),
+    ("dream.cart.queue_size=0", "dream.cart.queue_size"), ("tokenizer.codebook_sizes=[256,0]", "every value"),
+    ("acerec.merge=max", "acerec.merge"), ("diger.decay=sdu", "did you mean 'sdud'"), ("train.lr=nan", "train.lr"),
+    ("method=tigre", "did you mean 'tiger'"),
+])
+def test_values_are_checked_when_the_config_is_read(override, needle):
+    with pytest.raises(SidrecError, match=re.escape(needle)):
+        load_config(None, [override])
+
+
+def test_edge_values_that_mean_off_are_accepted():
+    cfg = load_config(None, ["train.eval_users=0", "data.kcore=0", "tokenizer.pca_dim=0", "tiger.user_buckets=0",
+                             "train.weight_decay=0", "dream.lambda_kd=-1", "sasrec.dropout=0"])
+    assert cfg.train.eval_users == 0
+
+
+def test_choice_rules_match_the_code_that_consumes_them():
+    from sidrec.config import _rule_for
+    from sidrec.models.acerec import MERGES
+    from sidrec.models.diger import DECAYS
+    from sidrec.sid.base import _MODULES
+    from sidrec.sid.rqvae import ESTIMATORS, NOISES
+
+    assert set(_rule_for("acerec.merge")) == set(MERGES)
+    assert set(_rule_for("diger.decay")) == set(DECAYS)
+    assert set(_rule_for("diger.noise")) == {*NOISES, "none"}
+    assert set(_rule_for("tokenizer.estimator")) == set(ESTIMATORS)
+    assert set(_rule_for("tokenizer.kind")) == set(_MODULES)
+
+
+def test_template_override_that_yaml_reads_as_a_mapping_says_to_quote():
+    with pytest.raises(SidrecError, match="quote") as exc:
+        load_config(None, ["features.template={title}"])
+    assert "features.template=\"{title}\"" in str(exc.value)
+    assert load_config(None, ['features.template="{title}"']).features.template == "{title}"
+
+
+def test_run_dir_knows_the_tokenizer_stage_file_names():
+    from sidrec.recipes.tiger import SID_SOURCE_FILE
+    from sidrec.runs import TOKENIZER_STAGE
+    from sidrec.sid.pipeline import PLOT_FILE, REPORT_FILE, SID_TABLE_FILE, TOKENIZER_DIR
+
+    assert TOKENIZER_STAGE == (SID_SOURCE_FILE, SID_TABLE_FILE, TOKENIZER_DIR, REPORT_FILE, PLOT_FILE)

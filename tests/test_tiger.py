@@ -115,8 +115,16 @@ def test_tiny_tiger_beats_popularity(tmp_path):
     assert 0 < len(recs) <= 5 and all(i in ds.item_ids for i, _ in recs)
     # a changed tokenizer must not reuse this run's SIDs silently
     json.loads((run / SID_SOURCE_FILE).read_text())
-    with pytest.raises(SidrecError, match="other data / features / tokenizer"):
+    with pytest.raises(SidrecError, match="other settings .tokenizer.codebook_sizes"):
         train(load_config(None, TINY + ["train.epochs=1", "tokenizer.codebook_sizes=[6]", f"run_dir={run}"]))
+    # ... nor a tokenizer stage without a trained run in the folder
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for f in (SID_TABLE_FILE, SID_SOURCE_FILE):
+        (stage / f).write_bytes((run / f).read_bytes())
+    with pytest.raises(SidrecError, match="other data / features / tokenizer"):
+        train(load_config(None, TINY + ["train.epochs=1", "tokenizer.codebook_sizes=[6]", f"run_dir={stage}"]))
+    assert sorted(p.name for p in stage.iterdir()) == sorted([SID_TABLE_FILE, SID_SOURCE_FILE])
 
 
 # ---------------------------------------------------------------------------------------------- arch=decoder

@@ -57,15 +57,17 @@ def data_prepare(
     cold_threshold: Annotated[int, typer.Option(help="cold = target with <= this many training interactions")] = 5,
 ) -> None:
     """Read a dataset in any supported format, report its statistics, and save it as Parquet."""
+    from sidrec.data.dataset import check_prepared_destination
     from sidrec.data.formats import load_dataset
-    from sidrec.data.protocol import LeaveOneOut
 
+    if output is not None:
+        check_prepared_destination(output)
     ds = load_dataset(input, fmt, name, kcore)
-    _print_stats(ds, cold_threshold)
     dest = output or Path("data_prepared") / ds.name
+    check_prepared_destination(dest)
+    _print_stats(ds, cold_threshold)
     ds.save(dest)
     out.print(f"saved prepared dataset to [bold]{dest}[/]")
-    _ = LeaveOneOut
 
 
 def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
@@ -91,7 +93,16 @@ def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
         t.add_row(f"{f['kcore']}-core removed users / items / interactions",
                   f"{f['users_removed']:,} / {f['items_removed']:,} / {f['interactions_removed']:,} ({f['rounds']} rounds)")
     out.print(t)
+    _warn_untrainable(s)
     return s
+
+
+def _warn_untrainable(s: dict[str, Any]) -> None:
+    """A dataset that reads but cannot be trained on (e.g. a misread user column) is said so here, not later."""
+    n = s["test_users"]["all"]
+    if n < 2:
+        print(f"sidrec: warning: only {n} of {s['users']} users have the 3+ interactions leave-one-out needs; "
+              "'sidrec train' will refuse this dataset", file=sys.stderr)
 
 
 @data_app.command("stats")
@@ -112,6 +123,7 @@ def data_stats(
         s = ds.stats()
         s["test_users"] = LeaveOneOut.from_dataset(ds, 50, cold_threshold).subset_counts("test")
         print(json.dumps(s, indent=2))
+        _warn_untrainable(s)
     else:
         _print_stats(ds, cold_threshold)
 
@@ -125,10 +137,14 @@ def embed(
     """Compute (or fetch from cache) item feature vectors: text embeddings or attribute SVD."""
     from sidrec.config import load_config
     from sidrec.features import item_features
-    from sidrec.io import save_npy
+    from sidrec.io import check_writable, save_npy
     from sidrec.pipeline import dataset_from_config
 
     cfg = load_config(config, overrides)
+    if output is not None:
+        check_writable(output, "output file", folder=False)
+    else:
+        check_writable(cfg.features.cache_dir, "features.cache_dir")
     ds = dataset_from_config(cfg)
     t0 = time.time()
     emb = item_features(cfg.features, ds)
@@ -153,18 +169,21 @@ def tokenize(
     """Fit the configured tokenizer (tokenizer.kind=rqkmeans|rqvae|opq|pq) and write SID table + report."""
     from sidrec.features import item_features
     from sidrec.pipeline import dataset_from_config, seed_everything
-    from sidrec.runs import prepare_run_dir
+    from sidrec.runs import check_run_dir, claim_run_dir
     from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, run_tokenize
 
     cfg = _config_with_run_dir(config, overrides, run_dir)
     tcfg = cfg.section("tokenizer")  # type: ignore[attr-defined]
+    if cfg.run_dir:
+        check_run_dir(cfg, Path(cfg.run_dir))
     seed_everything(cfg.seed)
     ds = dataset_from_config(cfg)
-    emb = item_features(cfg.features, ds, progress=tcfg.progress)
     if not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / f"{ds.name}-tokenize-{tcfg.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run = prepare_run_dir(cfg, ds.name)
-    table = run_tokenize(cfg, ds, emb, run)
+    check_run_dir(cfg, Path(cfg.run_dir))
+    emb = item_features(cfg.features, ds, progress=tcfg.progress)
+    with claim_run_dir(cfg, ds.name) as run:
+        table = run_tokenize(cfg, ds, emb, run)
     rep = json.loads((run / REPORT_FILE).read_text())
     t = Table(title=f"{ds.name}: {tcfg.kind} semantic IDs")
     t.add_column("level")
@@ -190,13 +209,15 @@ def train(
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in run_dir from its last checkpoint")] = False,
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in run_dir that has other "
+                                            "settings (it is kept if this run fails before training starts)")] = False,
 ) -> None:
     """Train a method (method=sasrec|...) on a dataset; writes a run directory with metrics.json."""
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D
 
     cfg = _config_with_run_dir(config, overrides, run_dir)
-    res = run_train(cfg, resume=resume)
+    res = run_train(cfg, resume=resume, overwrite=overwrite)
     if D.is_main():
         out.print(_metrics_table(f"{cfg.method} - test", [(cfg.method, res["test"]),
                                                         ("popularity", res["popularity_test"])], [10, 50]))
@@ -260,11 +281,14 @@ def dream(
     overrides: Overrides = None,
     split: Annotated[str, typer.Option(
         help="valid | test | both: the users the stage table is measured on (both: fit once, choose on valid)")] = "test",
+    allow_config_commands: Annotated[bool, typer.Option(
+        "--allow-config-commands", help="run dream.rewrite_command even when it comes from RUN/config.yaml "
+        "(by default only a command given on this command line runs)")] = False,
 ) -> None:
     """Refine cold items' SIDs of a TIGER run (DREAM: CART -> UC3 -> CPDE); writes RUN/dream/."""
     from sidrec.dream.pipeline import run_dream
 
-    res = run_dream(run, overrides or [], split=_parse_splits(split))
+    res = run_dream(run, overrides or [], split=_parse_splits(split), allow_config_commands=allow_config_commands)
     for name, stages in res["by_split"].items():
         rows = [(st, stages[st]) for st in stages]
         out.print(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))
@@ -316,34 +340,78 @@ def quickstart(
     items: Annotated[int, typer.Option(help="synthetic items")] = 600,
 ) -> None:
     """Run the main job end to end on the embedded synthetic dataset (no files, no network)."""
+    from sidrec.io import check_writable
     from sidrec.quickstart import run_quickstart
 
+    if users < 1 or items < 1:
+        raise SidrecError(f"--users and --items must be positive, got {users} and {items}")
+    check_writable(run_dir, "run directory")
     run_quickstart(run_dir, users, items, console=out)
 
 
-def main() -> None:
-    """Console entry point: user errors -> one line on stderr, exit code 2."""
+def _click_error(exc: BaseException) -> Any:
+    """The click-style exception behind ``exc`` if it is one (usage errors, bad parameters), else None.
+
+    Why by name and not ``isinstance(exc, click.ClickException)``: typer >= 0.20 vendors its own copy of click
+    (``typer._click``) whose exceptions are not click's classes, and older typer versions use click itself.
+    """
+    names = {c.__name__ for c in type(exc).__mro__}
+    return exc if "ClickException" in names and hasattr(exc, "format_message") else None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors -> one line on stderr and exit code 2; Ctrl-C -> exit code 130.
+
+    Bare ``sidrec`` and ``sidrec data`` print their help on stdout and exit 0 (they ask what the program can do,
+    as ``--help`` does); every other command-line mistake (unknown command or option, a missing or malformed
+    argument) is one line on stderr, naming the command's ``--help``, with exit code 2.
+    """
     try:
-        app(standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="sidrec")
     except SidrecError as exc:
         if os.environ.get("SIDREC_DEBUG"):
             raise
-        print(f"sidrec: error: {exc}", file=sys.stderr)
+        print(f"sidrec: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("sidrec: interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # typer's Exit / Abort, click-style usage errors, OS errors
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            code = getattr(exc, "exit_code", 0)
+            if code == 130:
+                print("sidrec: interrupted", file=sys.stderr)
+            sys.exit(code)
+        if type(exc).__name__ == "Abort" or isinstance(exc, typer.Abort):
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                print("sidrec: interrupted", file=sys.stderr)
+                sys.exit(130)
+            print("sidrec: aborted", file=sys.stderr)
+            sys.exit(1)
+        err = _click_error(exc)
+        if err is not None:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `sidrec` / `sidrec data`: the help, exit 0
+                print(err.ctx.get_help() if getattr(err, "ctx", None) else err.format_message())
+                sys.exit(0)
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"sidrec: error: {_one_line(err.format_message())}{hint}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(exc, OSError) and not os.environ.get("SIDREC_DEBUG"):
+            # a full disk, a folder that vanished: the environment's problem, reported like a user error
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"sidrec: error: {exc.strerror or _one_line(str(exc))}{where} (SIDREC_DEBUG=1 shows where)",
+                  file=sys.stderr)
+            sys.exit(2)
         raise
+    if isinstance(rv, int) and rv:  # typer returns an exit code (130 for Ctrl-C) in non-standalone mode
+        if rv == 130:
+            print("sidrec: interrupted", file=sys.stderr)
+        sys.exit(rv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,7 +201,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise SidrecError(f"config key '{key}': expected a string, got {value!r}")
+        hint = ""
+        if isinstance(value, dict | list | bool) or value is None:  # YAML read `{title}` as a mapping, `no` as false
+            hint = "; the value was read as YAML, quote it to make it a string"
+        raise SidrecError(f"config key '{key}': expected a string, got {value!r}{hint}")
     return value
 
 
@@ -239,6 +243,121 @@ def _section(self: Config, name: str) -> Any:
 
 Config.extra_sections = _extra_sections  # type: ignore[attr-defined]
 Config.section = _section  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------- value checks
+# Why a table and not checks in each consumer: a nonsense value (batch_size 0, dropout 1.5) must fail when the
+# config is read, naming the key, before a dataset is loaded or a run directory touched; and one table covers
+# every section, including the ones the method packages register. First matching pattern wins; keys are the
+# dotted names (``dream.cart.lr``). tests/test_config.py checks that every numeric key of every section is
+# covered by a rule or listed in ``_UNCHECKED``.
+_POS, _NONNEG, _UNIT, _UNIT_OPEN, _AT_LEAST_1 = "> 0", ">= 0", "in [0, 1]", "in [0, 1)", ">= 1"
+_RULES: list[tuple[str, Any]] = [
+    # choices (the consumers check them too; these fail before any work is done)
+    ("data.format", ("auto", "prepared", "s3rec", "lcrec", "recbole", "amazon", "tabular")),
+    ("features.kind", ("auto", "text", "attributes", "npy")),
+    ("tokenizer.kind", ("rqkmeans", "rqvae", "opq", "pq")),
+    ("tokenizer.collisions", ("append", "refuse")),
+    ("tokenizer.extra_code", ("always", "if_needed", "auto")),
+    ("tokenizer.estimator", ("ste", "gumbel", "soft")),
+    ("tokenizer.lr_schedule", ("cosine", "constant")),
+    ("acerec.merge", ("atm", "mean", "mlp")),
+    ("diger.noise", ("gumbel", "gaussian", "none")),
+    ("diger.decay", ("none", "sdud", "frqud", "both")),
+    ("dream.negatives", ("family", "none")),
+    ("*dropout", _UNIT_OPEN),
+    ("*momentum", _UNIT_OPEN),
+    ("train.min_lr_ratio", _UNIT),
+    ("dream.update_keep", _UNIT),
+    ("tokenizer.collapse_threshold", _UNIT),
+    ("tokenizer.balance_factor", _AT_LEAST_1),
+    ("dream.cpde_epochs", _NONNEG),
+    ("dream.cpde_warmup_epochs", _NONNEG),
+    ("dream.uc3_min_support", _NONNEG),
+    ("dream.uc3_min_margin", _NONNEG),
+    ("dream.cpde_warm_ratio", _NONNEG),
+    ("dream.lambda_soft", _NONNEG),
+    ("dream.lambda_kl", _NONNEG),
+    ("dream.cart.hard_negatives", _NONNEG),
+    ("dream.cart.w_*", _NONNEG),
+    ("diger.tokenizer_lr", _NONNEG),
+    ("diger.sdud_lr", _NONNEG),
+    ("data.max_len", _POS), ("data.synthetic_users", _POS), ("data.synthetic_items", _POS),
+    ("data.cold_threshold", _NONNEG), ("data.kcore", _NONNEG), ("features.svd_dim", _POS),
+    ("train.weight_decay", _NONNEG), ("train.warmup_steps", _NONNEG), ("train.grad_clip", _NONNEG),
+    ("train.patience", _POS), ("train.eval_every", _POS), ("train.eval_users", _NONNEG),
+    ("train.max_minutes", _NONNEG), ("train.threads", _NONNEG),
+    ("eval.ks", _POS), ("eval.buckets", _POS),
+    ("tiger.user_buckets", _NONNEG), ("tiger.beam", _POS), ("tiger.layers", _NONNEG),
+    ("acerec.n_latents", _POS), ("acerec.gamma", _POS), ("acerec.isa_tau", _POS), ("acerec.ffn_dim", _NONNEG),
+    ("acerec.isa_weight", _NONNEG), ("acerec.pop_beta", _NONNEG), ("acerec.recon_weight", _NONNEG),
+    ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.*", _NONNEG),
+    ("tokenizer.levels", _POS), ("tokenizer.kmeans_iters", _POS), ("tokenizer.tau", _POS),
+    ("tokenizer.subspaces", _POS), ("tokenizer.subspace_codes", _POS), ("tokenizer.opq_iters", _POS),
+    ("tokenizer.pca_dim", _NONNEG), ("tokenizer.weight_decay", _NONNEG), ("tokenizer.beta", _NONNEG),
+    ("tokenizer.noise_scale", _NONNEG), ("tokenizer.dead_code_steps", _NONNEG),
+    ("dream.cart.weight_decay", _NONNEG), ("dream.cart.*", _POS),
+    ("dream.lora_*", _POS), ("dream.uc3_tau", _POS), ("dream.uc3_batch", _POS), ("dream.hypotheses", _POS),
+    ("dream.cpde_update_every", _POS), ("dream.eval_beam", _POS), ("dream.eval_users", _NONNEG),
+    # generic names last: the explicit keys above take precedence
+    ("*batch_size", _POS), ("*epochs", _POS), ("*.lr", _POS), ("*_lr", _POS),
+    ("*d_model", _POS), ("*_layers", _POS), ("*n_heads", _POS), ("*head_dim", _POS), ("*ffn_dim", _POS),
+    ("*_dim", _POS), ("*hidden_dims", _POS), ("*codebook_sizes", _POS), ("*codebook", _POS),
+    ("*eval_batch_users", _POS), ("*eval_chunk", _POS),
+]
+# numeric keys any value of which is meaningful (seeds; negative lambdas mean "derive it")
+_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.lambda_warm"}
+
+
+def _rule_for(key: str) -> Any:
+    if key in _UNCHECKED:
+        return None
+    return next((rule for pat, rule in _RULES if fnmatch.fnmatchcase(key, pat)), None)
+
+
+def _check_value(key: str, value: Any, rule: Any) -> None:
+    if isinstance(rule, tuple):
+        if isinstance(value, str) and value not in rule:
+            close = difflib.get_close_matches(value, rule, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise SidrecError(f"config key '{key}': must be one of {', '.join(rule)}, got '{value}'{hint}")
+        return
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        ok = {_POS: v > 0, _NONNEG: v >= 0, _UNIT: 0 <= v <= 1, _UNIT_OPEN: 0 <= v < 1, _AT_LEAST_1: v >= 1}[rule]
+        if not ok or v != v:  # NaN fails every range
+            what = "every value " if isinstance(value, list) else ""
+            raise SidrecError(f"config key '{key}': {what}must be {rule}, got {v!r}")
+
+
+def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.extend(_leaves(v, f"{prefix}{f.name}."))
+        elif f.name != "extra":
+            out.append((f"{prefix}{f.name}", v))
+    return out
+
+
+def validate_config(cfg: Config) -> None:
+    """Check every value against :data:`_RULES` (all sections, registered ones included); the error names the key."""
+    leaves = _leaves(cfg)
+    for name, sec in cfg.extra_sections().items():  # type: ignore[attr-defined]
+        leaves.extend(_leaves(sec, f"{name}."))
+    for key, value in leaves:
+        rule = _rule_for(key)
+        if rule is not None:
+            _check_value(key, value, rule)
+    from sidrec.recipes import RECIPES
+
+    if cfg.method not in RECIPES:
+        close = difflib.get_close_matches(cfg.method, list(RECIPES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise SidrecError(f"config key 'method': unknown method '{cfg.method}' (known: {', '.join(sorted(RECIPES))}){hint}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -304,7 +423,15 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
             _apply(cfg, layer)
     for ov in overrides or []:
         key, value = parse_override(ov)
-        _apply(cfg, _nest(key, value))
+        try:
+            _apply(cfg, _nest(key, value))
+        except SidrecError as exc:
+            if "quote it" not in str(exc):
+                raise
+            raw = ov.split("=", 1)[1]
+            raise SidrecError(f"{exc}: write the override as '{key}=\"{raw}\"' (the outer single quotes keep the "
+                              "shell from removing the inner double quotes)") from None
+    validate_config(cfg)
     return cfg
 
 

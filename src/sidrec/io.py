@@ -77,3 +77,29 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def check_writable(path: str | Path, what: str = "output", folder: bool = True) -> None:
+    """Fail now, with one line, if ``path`` (a file or folder to be created) cannot be written.
+
+    Why before any work: an embedding or training run that discovers a read-only output folder at the end has
+    wasted its time, and ``mkdir`` failing deep inside a job is a traceback, not a message. The nearest existing
+    ancestor must be a writable folder; that is probed by creating (and removing) a temporary file in it, which
+    also catches read-only filesystems where permission bits say nothing (e.g. when running as root).
+    """
+    from sidrec.errors import SidrecError
+
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder:
+        raise SidrecError(f"cannot write {what} {p}: it is a {'file' if folder else 'folder'}")
+    probe = p if p.is_dir() else p.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SidrecError(f"cannot create {what} {p}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sidrec-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise SidrecError(f"cannot write {what} {p}: {probe} is not writable ({exc.strerror})") from None

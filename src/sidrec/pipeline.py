@@ -6,6 +6,7 @@ the same dataset split and model from the ``config.yaml`` saved in the run direc
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import Evaluator, popularity_scores
 from sidrec.io import write_json, write_text
 from sidrec.recipes import get_builder
-from sidrec.runs import prepare_run_dir
+from sidrec.runs import check_run_dir, claim_run_dir
 from sidrec.training import Trainer
 from sidrec.training import distributed as D
 
@@ -50,20 +51,38 @@ def popularity_metrics(cfg: Config, split: LeaveOneOut, which: str = "test") -> 
     return m
 
 
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg.method`` on ``cfg.data``; writes the run directory; returns metrics."""
+def check_trainable(ds: Dataset, split: LeaveOneOut) -> None:
+    """Refuse a dataset leave-one-out cannot train and evaluate on (one user, no user with 3+ items)."""
+    if len(split.test) < 2:
+        raise SidrecError(f"dataset '{ds.name}' ({ds.source or 'synthetic'}): {ds.n_users} users, of which "
+                          f"{len(split.test)} have the 3+ interactions leave-one-out needs for a validation and a "
+                          "test target; training needs at least 2 such users")
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``cfg.data``; writes the run directory; returns metrics.
+
+    The run directory is claimed (checked, and an ``overwrite``-n run moved aside) only after the dataset
+    loaded, and its ``config.yaml`` is written only after the model and trainer were built: a run that fails
+    before training starts leaves an existing run directory as it was (see :mod:`sidrec.runs`).
+    """
     t0 = time.time()
+    if resume and not cfg.run_dir:
+        raise SidrecError("--resume needs the run directory (run_dir=PATH or --run-dir PATH)")
+    builder = get_builder(cfg.method)
+    if cfg.run_dir and D.is_main():
+        check_run_dir(cfg, Path(cfg.run_dir), resume, overwrite)  # fail before the dataset is read
     seed_everything(cfg.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
-    if resume and not cfg.run_dir:
-        raise SidrecError("--resume needs the run directory (run_dir=PATH or --run-dir PATH)")
-    run = prepare_run_dir(cfg, ds.name) if D.is_main() else Path(cfg.run_dir)
-    task = get_builder(cfg.method)(cfg, ds, split, run)
-    seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
-    trainer = Trainer(task, cfg.train, run, cfg.seed)
+    check_trainable(ds, split)
+    claim = claim_run_dir(cfg, ds.name, resume, overwrite) if D.is_main() else contextlib.nullcontext(Path(cfg.run_dir))
+    with claim as run:
+        task = builder(cfg, ds, split, run)
+        seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
+        trainer = Trainer(task, cfg.train, run, cfg.seed)
     summary = trainer.fit(resume=resume)
     out = trainer.final_evaluation(summary)
     if D.is_main():

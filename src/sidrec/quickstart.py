@@ -41,7 +41,7 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
         t0 = time.time()
         console.print(f"[bold]training {method}[/] on the synthetic dataset ({users} users, {items} items)")
         cfg = load_config(None, base + [f"method={method}", f"run_dir={run_dir / method}"] + ov)
-        res = train(cfg)
+        res = train(cfg, overwrite=True)  # the demo always replaces its own earlier runs
         results[method] = res
         pop = res["popularity_test"]
         console.print(f"  done in {time.time() - t0:.0f}s -> {run_dir / method}")

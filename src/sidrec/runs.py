@@ -3,14 +3,37 @@
 Layout: ``config.yaml`` (resolved), ``log.jsonl`` (losses and validation metrics per epoch),
 ``checkpoints/`` (``last.*`` for resume, ``best.safetensors`` = the one tested), ``metrics.json``,
 ``report.md`` and method-specific artefacts (SID table, tokenizer state, plots).
+
+Why :func:`claim_run_dir` guards the folder: a run directory is the only record of hours of training. A re-run
+with a typo in one setting must not replace its ``config.yaml`` (after which the old weights no longer match
+the config that describes them), and a run that fails while its model is being built must leave the folder as
+it was. So nothing in the folder changes until the config is valid and the model is built; an existing run
+with other settings is replaced only with ``--overwrite``, and ``--resume`` continues a run only with its own
+settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sidrec.config import Config, save_config
+from sidrec.config import _EXTRA_SECTIONS, Config, load_config, save_config
+from sidrec.errors import SidrecError
+from sidrec.io import check_writable
+
+# settings that change how a run is watched, not what it computes: they may differ on --resume / re-runs
+FREE_SETTINGS = frozenset({"run_dir", "train.progress", "train.threads", "train.tensorboard", "train.max_minutes"})
+# what a folder holds once training has started (a folder with only a SID table is a tokenizer stage)
+RESULT_FILES = ("metrics.json", "log.jsonl", "checkpoints")
+# a fitted tokenizer stage (sidrec.sid.pipeline + the recipe's record of what it was fitted from)
+TOKENIZER_STAGE = ("sid_table.source.json", "sid_table.parquet", "tokenizer", "tokenizer_report.json",
+                   "tokenizer_usage.png")
 
 
 def default_run_dir(cfg: Config, dataset_name: str) -> Path:
@@ -19,9 +42,139 @@ def default_run_dir(cfg: Config, dataset_name: str) -> Path:
 
 
 def prepare_run_dir(cfg: Config, dataset_name: str) -> Path:
-    """Create the run directory (idempotent, so ``--resume`` reuses it) and save the resolved config."""
+    """Create the run directory (idempotent) and save the resolved config (no checks; see claim_run_dir)."""
     run = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, dataset_name)
     run.mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run)
     save_config(cfg, run / "config.yaml")
     return run
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings(cfg: Config) -> dict[str, Any]:
+    """Every setting of ``cfg`` as dotted keys, registered sections with their defaults when never named."""
+    d = dataclasses.asdict(cfg)
+    for name, cls in _EXTRA_SECTIONS.items():
+        sec = cfg.extra_sections().get(name)  # type: ignore[attr-defined]
+        d[name] = dataclasses.asdict(sec if sec is not None else cls())
+    return _flat(d)
+
+
+def settings_diff(old: Config, new: Config) -> list[str]:
+    """``key: old -> new`` for every setting that changes what a run computes."""
+    a, b = settings(old), settings(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in FREE_SETTINGS and a.get(k) != b.get(k)]
+
+
+def _describe(diff: list[str]) -> str:
+    return "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+
+
+def _is_run_dir(run: Path) -> bool:
+    return (run / "config.yaml").is_file()
+
+
+def _has_results(run: Path) -> bool:
+    return any((run / f).exists() for f in RESULT_FILES)
+
+
+def check_run_dir(cfg: Config, run: Path, resume: bool = False, overwrite: bool = False) -> bool:
+    """Refuse a run directory this run may not use; returns True when an existing run will be replaced."""
+    if resume and overwrite:
+        raise SidrecError("--resume and --overwrite contradict each other (continue the run, or replace it)")
+    check_writable(run, "run directory")
+    if resume:
+        if not _is_run_dir(run):
+            raise SidrecError(f"--resume: {run} is not a run directory (no config.yaml); nothing to resume")
+        diff = settings_diff(load_config([run / "config.yaml"]), cfg)
+        if diff:
+            raise SidrecError(f"--resume: settings differ from {run / 'config.yaml'} ({_describe(diff)}); resume with "
+                              "the run's own settings, or start it over with --overwrite")
+        return False
+    if not run.exists() or not any(run.iterdir()):
+        return False
+    if not _is_run_dir(run):
+        if {p.name for p in run.iterdir()} <= set(TOKENIZER_STAGE):
+            return False  # a tokenizer stage copied in (benchmarks share one SID table between variants)
+        raise SidrecError(f"{run} exists and is not a sidrec run directory (no config.yaml); choose another run_dir")
+    if not _has_results(run):
+        return False  # a tokenizer stage: its SID table is checked against these settings when reused
+    try:
+        diff = settings_diff(load_config([run / "config.yaml"]), cfg)
+    except SidrecError as exc:
+        diff = [f"its config.yaml does not load ({exc})"]
+    if diff and not overwrite:
+        raise SidrecError(f"{run} already holds a run with other settings ({_describe(diff)}); pass --overwrite to "
+                          "replace it, --resume to continue it with its own settings, or choose another run_dir")
+    return bool(diff)  # the same settings retrain in place (reusing the SID table); other settings replace the run
+
+
+# settings a fitted SID table depends on (sidrec.recipes.tiger.sid_source records them with the table)
+_SID_PREFIXES = ("data.", "features.", "tokenizer.", "seed")
+
+
+def _same_sid_settings(old_run: Path, cfg: Config) -> bool:
+    try:
+        diff = settings_diff(load_config([old_run / "config.yaml"]), cfg)
+    except SidrecError:
+        return False
+    return not any(d.startswith(_SID_PREFIXES) for d in diff)
+
+
+def _carry_tokenizer_stage(old: Path, new: Path) -> None:
+    """Copy a replaced run's fitted tokenizer stage into the new folder, when it records what it was fitted from.
+
+    Fitting RQ-VAE takes minutes; the recipe reuses the table only if ``sid_table.source.json`` matches the new
+    settings (and refits otherwise), so carrying it over is safe. A table without that record is not carried.
+    """
+    if not all((old / name).exists() for name in TOKENIZER_STAGE[:2]):
+        return
+    for name in TOKENIZER_STAGE:
+        src = old / name
+        if src.is_dir():
+            shutil.copytree(src, new / name)
+        elif src.exists():
+            shutil.copy2(src, new / name)
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: Config, dataset_name: str, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """The run directory for ``cfg``, usable inside the block (build the model there), committed after it.
+
+    Inside the block the folder exists; a replaced run (``--overwrite``) waits in a hidden sibling. If the block
+    fails, a folder this call created is removed and a replaced run is put back, byte for byte. On success the
+    resolved config is written (only now; a resumed run keeps its own) and the replaced run is deleted.
+    """
+    run = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, dataset_name)
+    cfg.run_dir = str(run)
+    replace = check_run_dir(cfg, run, resume, overwrite)
+    backup: Path | None = None
+    if replace and run.exists():
+        backup = run.with_name(f".{run.name}.replaced-{os.getpid()}")
+        run.rename(backup)
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    if backup is not None and _same_sid_settings(backup, cfg):
+        _carry_tokenizer_stage(backup, run)
+    try:
+        yield run
+    except BaseException:
+        if created:
+            shutil.rmtree(run, ignore_errors=True)
+        if backup is not None:
+            backup.rename(run)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    if not resume:  # a resumed run keeps its own config.yaml (same settings; the folder may have moved)
+        save_config(cfg, run / "config.yaml")

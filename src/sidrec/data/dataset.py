@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidrec.errors import SidrecError
+from sidrec.errors import SidrecError, input_error
 from sidrec.io import atomic_path
 
 PREPARED_MARKER = "sidrec_dataset.json"
@@ -211,24 +211,71 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Read a directory written by :meth:`save`."""
+        """Read a directory written by :meth:`save`; a damaged file is a one-line error naming it."""
         path = Path(path)
         marker = path / PREPARED_MARKER
         if not marker.exists():
             raise SidrecError(f"{path}: not a prepared sidrec dataset (no {PREPARED_MARKER})")
-        meta = json.loads(marker.read_text())
-        it = pq.read_table(path / "items.parquet").to_pydict()
-        us = pq.read_table(path / "users.parquet")
-        col = us.column("items").combine_chunks()
-        offsets = np.asarray(col.offsets, dtype=np.int64)
-        flat = np.asarray(col.values, dtype=np.int64)
+        try:
+            meta = json.loads(marker.read_text())
+        except json.JSONDecodeError as exc:
+            raise input_error(marker, f"invalid JSON at column {exc.colno} ({exc.msg}); expected the object "
+                              "'sidrec data prepare' writes", exc.lineno) from None
+        except UnicodeDecodeError:
+            raise input_error(marker, "not a text file; expected the JSON object 'sidrec data prepare' writes") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise input_error(marker, "expected a JSON object with a string 'name' (as 'sidrec data prepare' writes)")
+        it = _read_parquet(path / "items.parquet", ("item_id",)).to_pydict()
+        us = _read_parquet(path / "users.parquet", ("user_id", "items"))
+        try:
+            col = us.column("items").combine_chunks()
+            offsets = np.asarray(col.offsets, dtype=np.int64)
+            flat = np.asarray(col.values, dtype=np.int64)
+        except (AttributeError, TypeError, ValueError, pa.ArrowException):
+            raise input_error(path / "users.parquet", "column 'items' must be lists of item indices") from None
         offsets = offsets - offsets[0]
-        item_ids = it.pop("item_id")
-        report = FilterReport(**meta["filter"]) if "filter" in meta else None
-        ds = cls(meta["name"], item_ids, us.column("user_id").to_pylist(), offsets, flat, it, report,
-                 meta.get("source", str(path)))
+        item_ids = [str(i) for i in it.pop("item_id")]
+        user_ids = [str(u) for u in us.column("user_id").to_pylist()]
+        if len(flat) and (flat.min() < 0 or flat.max() >= len(item_ids)):
+            raise input_error(path / "users.parquet", f"item index out of range (items.parquet has {len(item_ids)} "
+                              f"items, users.parquet refers to {int(flat.min())}..{int(flat.max())})")
+        try:
+            report = FilterReport(**meta["filter"]) if "filter" in meta else None
+        except TypeError:
+            raise input_error(marker, "'filter' must be the k-core report 'sidrec data prepare' writes") from None
+        ds = cls(meta["name"], item_ids, user_ids, offsets, flat, it, report, str(meta.get("source", str(path))))
         ds.validate()
         return ds
+
+
+def _read_parquet(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    """A prepared dataset's table with its required ``columns``; a truncated or foreign file is a one-line error."""
+    if not path.exists():
+        raise input_error(path, "missing from the prepared dataset (re-run 'sidrec data prepare')")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise input_error(path, f"unreadable Parquet, truncated or not Parquet ({str(exc).splitlines()[0][:120]}); "
+                          "re-run 'sidrec data prepare'") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise input_error(path, f"expected columns {', '.join(columns)}; missing {', '.join(missing)}")
+    return table
+
+
+def check_prepared_destination(path: str | Path) -> None:
+    """Refuse an output folder that cannot be written, or that holds something other than a prepared dataset.
+
+    Saving replaces the folder as a whole (atomically), so ``--out`` pointing at a folder of other files would
+    delete them; only an earlier prepared dataset may be replaced.
+    """
+    from sidrec.io import check_writable
+
+    p = Path(path)
+    check_writable(p, "prepared dataset folder")
+    if p.is_dir() and any(p.iterdir()) and not (p / PREPARED_MARKER).exists():
+        raise SidrecError(f"{p} exists and is not a prepared sidrec dataset (no {PREPARED_MARKER}); saving would "
+                          "replace its files: choose another --out")
 
 
 def _natural_key(s: str) -> tuple[int, int | str]:

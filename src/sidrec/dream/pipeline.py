@@ -91,12 +91,17 @@ def evaluate_stage(task: Any, model: torch.nn.Module, table: SIDTable, split: st
 
 
 def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: str | tuple[str, ...] = "test",
-              stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
+              stages: tuple[str, ...] = STAGES, progress: bool = True,
+              allow_config_commands: bool = False) -> dict[str, Any]:
     """All stages on a finished TIGER run; returns (and writes to RUN/dream/dream.json) the stage table.
 
     ``split`` may name several splits (``("valid", "test")``): the stages are fitted once and evaluated on
     each, so settings can be chosen on validation and the chosen run's test numbers need no refit.
     ``stages`` / ``split`` of the result describe the first split; ``by_split`` holds all of them.
+
+    ``dream.rewrite_command`` runs a program. A run directory may come from someone else, so a command read from
+    its ``config.yaml`` is refused unless ``allow_config_commands``; one given in ``overrides`` (the user's own
+    command line) runs.
     """
     from sidrec.pipeline import load_run
 
@@ -107,13 +112,22 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     t_start = time.time()
     run = Path(run_dir)
+    if not (run / "config.yaml").exists():
+        raise SidrecError(f"{run}: not a run directory (no config.yaml)")
+    cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
+    cfg.run_dir = str(run)
+    dcfg: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    from sidrec.config import parse_override
+
+    own = {parse_override(o)[0] for o in overrides or []}
+    if dcfg.rewrite_command and "dream.rewrite_command" not in own and not allow_config_commands:
+        raise SidrecError(f"{run / 'config.yaml'} sets dream.rewrite_command={dcfg.rewrite_command!r}; commands from a "
+                          "run directory are not run: pass it on the command line (dream.rewrite_command=...), "
+                          "clear it (dream.rewrite_command=), or add --allow-config-commands")
     cfg0, ds, split_obj, task = load_run(run)
     if cfg0.method != "tiger":
         raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg0.method}')")
-    cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
-    cfg.run_dir = str(run)
     task.cfg = cfg
-    dcfg: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
     task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
     cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
     base_table = SIDTable.load(run / "sid_table.parquet")

@@ -39,6 +39,7 @@ from sidrec.sid.diagnostics import plot_usage_panels
 from sidrec.sid.pipeline import TOKENIZER_DIR, resolve_codes
 from sidrec.sid.rqvae import RQVAETokenizer
 from sidrec.sid.table import SIDTable
+from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE
 
 DIGER_TABLE_FILE = "sid_table.diger.parquet"
 DIGER_LOG_FILE = "diger_log.jsonl"
@@ -74,7 +75,8 @@ class DIGERTask(TIGERTask):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log_index = 0
         log = self.run_dir / DIGER_LOG_FILE
-        if not (self.run_dir / "checkpoints" / "last.state.pt").exists() and log.exists():
+        ckpt = self.run_dir / "checkpoints"
+        if not ((ckpt / STATE_FILE).exists() or (ckpt / LEGACY_STATE_FILE).exists()) and log.exists():
             log.unlink()  # a fresh run (nothing to resume or evaluate): start the SID log afresh
 
     # -------------------------------------------------------------------------------- optimiser

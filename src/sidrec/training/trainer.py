@@ -32,6 +32,7 @@ from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json
 from sidrec.progress import make_progress
 from sidrec.training import distributed as D
+from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_legacy_state, load_state, require, save_state
 
 Metrics = dict[str, dict[str, Any]]
 
@@ -64,6 +65,22 @@ def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], floa
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
     return f
+
+
+def _restore_groups(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Check saved optimizer groups against the run's own and give JSON-decoded values back their types
+    (``betas`` is a tuple in the optimizer, a list after JSON)."""
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+        raise ValueError("optimizer state has no param_groups/state")
+    if len(groups) != len(current["param_groups"]):
+        raise ValueError(f"{len(groups)} parameter groups saved, the run has {len(current['param_groups'])}")
+    for g, cur in zip(groups, current["param_groups"], strict=True):
+        if not isinstance(g, dict) or list(g.get("params", [])) != list(cur["params"]):
+            raise ValueError("parameter groups differ from the run's")
+        for k, v in cur.items():
+            if isinstance(v, tuple) and isinstance(g.get(k), list):
+                g[k] = tuple(g[k])
 
 
 class Trainer:
@@ -118,7 +135,7 @@ class Trainer:
         the first few steps are not trusted. The horizon is saved with the state, so a resumed run continues
         from it; like the cap itself, it depends on the machine's speed.
         """
-        if steps_done < 10:
+        if steps_done < 3:
             return
         more = int(max(0.0, left_s) / (spent_s / steps_done))
         self.total_steps = max(1, min(self.cfg.epochs * steps_per_epoch, self.step + more))
@@ -126,21 +143,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
+        """End-of-epoch state for exact resume: weights as safetensors, the rest as safetensors + JSON (no pickle,
+        so a run directory from someone else cannot run code on ``--resume``)."""
         if not D.is_main():
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.ckpt_dir / "last.safetensors") as tmp:
             save_model(self.task.model, str(tmp))
         state = {
-            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "epoch": self.epoch, "step": self.step, "best": float(self.best), "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "batch": self.batch, "total_steps": self.total_steps,
-            "elapsed_s": self.elapsed_s, "capped": self.capped, "budget_sized": self.budget_sized,
+            "elapsed_s": float(self.elapsed_s), "capped": self.capped, "budget_sized": self.budget_sized,
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
-        with atomic_path(self.ckpt_dir / "last.state.pt") as tmp:
-            torch.save(state, tmp)
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        save_state(self.ckpt_dir / STATE_FILE, state)
+        legacy = self.ckpt_dir / LEGACY_STATE_FILE
+        if legacy.exists():  # a pickled state from an older version is now stale
+            legacy.unlink()
 
     def _save_best(self) -> None:
         if D.is_main():
@@ -148,27 +171,77 @@ class Trainer:
                 save_model(self.task.model, str(tmp))
 
     def resume(self) -> bool:
-        """Restore the last end-of-epoch checkpoint; returns False when there is none."""
-        st_path = self.ckpt_dir / "last.state.pt"
+        """Restore the last end-of-epoch checkpoint; returns False when there is none.
+
+        Every field is checked before any of it is applied, so a truncated, foreign or incomplete state is a
+        one-line error and leaves the trainer untouched.
+        """
+        st_path = self.ckpt_dir / STATE_FILE
         if not st_path.exists():
-            return False
-        load_model(self.task.model, str(self.ckpt_dir / "last.safetensors"))
-        st = torch.load(st_path, weights_only=False)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["torch_rng"])
-        np.random.set_state(st["numpy_rng"])
-        self.epoch, self.step = st["epoch"], st["step"]
-        self.best, self.best_epoch, self.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
-        self.batch, self.total_steps = st.get("batch", 0), st.get("total_steps", self.total_steps)
-        self.elapsed_s, self.budget_sized = st.get("elapsed_s", 0.0), st.get("budget_sized", False)
+            st_path = self.ckpt_dir / LEGACY_STATE_FILE
+            if not st_path.exists():
+                return False
+        st = load_state(st_path) if st_path.name == STATE_FILE else load_legacy_state(st_path)
+        epoch = require(st, st_path, "epoch", int)
+        step = require(st, st_path, "step", int)
+        best = float(require(st, st_path, "best", (int, float)))
+        best_epoch = require(st, st_path, "best_epoch", int)
+        bad_epochs = require(st, st_path, "bad_epochs", int)
+        # wall-clock budget fields (absent in states written before the cap was checked per step)
+        batch = int(st.get("batch", 0))
+        total_steps = int(st.get("total_steps", self.total_steps))
+        elapsed_s = float(st.get("elapsed_s", 0.0))
+        budget_sized, capped = bool(st.get("budget_sized", False)), bool(st.get("capped", False))
+        if batch < 0 or total_steps < 1 or elapsed_s < 0:
+            raise SidrecError(f"{st_path}: inconsistent resume state (batch {batch}, total_steps {total_steps})")
+        opt_state = require(st, st_path, "optimizer", dict)
+        sched_state = require(st, st_path, "scheduler", dict)
+        torch_rng = require(st, st_path, "torch_rng", torch.Tensor)
+        numpy_rng = require(st, st_path, "numpy_rng", tuple)
+        if min(epoch, step, bad_epochs) < 0 or best_epoch < -1 or epoch > self.cfg.epochs:
+            raise SidrecError(f"{st_path}: inconsistent resume state (epoch {epoch}, step {step}, "
+                              f"bad_epochs {bad_epochs}; this run has {self.cfg.epochs} epochs)")
+        if torch_rng.dtype != torch.uint8 or torch_rng.shape != torch.get_rng_state().shape:
+            raise SidrecError(f"{st_path}: resume state field 'torch_rng' is not a torch RNG state")
+        weights = self.ckpt_dir / "last.safetensors"
+        if not weights.exists():
+            raise SidrecError(f"{weights}: missing (the resume state has no weights beside it)")
+        from safetensors import SafetensorError
+
+        snapshot = ({k: v.clone() for k, v in self.task.model.state_dict().items()},
+                    self.opt.state_dict(), self.sched.state_dict(), torch.get_rng_state(), np.random.get_state())
+        try:
+            load_model(self.task.model, str(weights))
+            _restore_groups(opt_state, self.opt.state_dict())
+            self.opt.load_state_dict(opt_state)
+            self.sched.load_state_dict(sched_state)
+            torch.set_rng_state(torch_rng)
+            np.random.set_state(numpy_rng)
+            if "cuda_rng" in st and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["cuda_rng"])
+        except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            self.task.model.load_state_dict(snapshot[0])
+            self.opt.load_state_dict(snapshot[1])
+            self.sched.load_state_dict(snapshot[2])
+            torch.set_rng_state(snapshot[3])
+            np.random.set_state(snapshot[4])
+            raise SidrecError(f"{st_path}: resume state does not fit this run's model and optimizer "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        self.epoch, self.step = epoch, step
+        self.best, self.best_epoch, self.bad_epochs = best, best_epoch, bad_epochs
+        self.batch, self.total_steps, self.budget_sized = batch, total_steps, budget_sized
         # a run that ended at its cap continues when resumed (the user asked for more): the cap restarts
         self.capped = False
-        if st.get("capped"):
-            self.elapsed_s = 0.0
+        self.elapsed_s = 0.0 if capped else elapsed_s
         log = self.run_dir / "log.jsonl"
         if log.exists() and D.is_main():  # drop entries written after the checkpoint we resume from
-            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("epoch", 0) <= self.epoch]
+            keep = []
+            for ln in log.read_text().splitlines():
+                try:
+                    if ln and json.loads(ln).get("epoch", 0) <= self.epoch:
+                        keep.append(ln)
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line cut by the kill that stopped the run
             with atomic_path(log) as tmp:
                 tmp.write_text("".join(k + "\n" for k in keep))
         return True

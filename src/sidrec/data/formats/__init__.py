@@ -53,7 +53,10 @@ def load_dataset(path: str | Path, fmt: str = "auto", name: str = "", kcore: int
         return Dataset.load(p)
     if fmt not in FORMATS:
         raise SidrecError(f"unknown dataset format '{fmt}' (known: {', '.join(FORMATS)})")
-    ds = _module(fmt).read(p, name=name or _default_name(p), kcore=kcore)
+    try:
+        ds = _module(fmt).read(p, name=name or _default_name(p), kcore=kcore)
+    except UnicodeDecodeError as exc:
+        raise SidrecError(f"{p}: not UTF-8 text at byte {exc.start} ({exc.reason}); is --format {fmt} right?") from None
     if ds.n_interactions == 0:
         raise SidrecError(f"{p}: the dataset is empty")
     return ds

@@ -57,6 +57,9 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
             toks = line.split()
             if not toks:
                 continue
+            if not line.endswith("\n"):  # the last line of a file that was cut off while being written or copied
+                raise input_error(seq_file, "the file ends in the middle of a line (no newline at the end), so its "
+                                  "last user may be cut off; if the file is complete, add a newline at its end", lineno)
             if len(toks) < 2:
                 raise input_error(seq_file, f"expected 'user_id item_id [item_id ...]', got {line.strip()!r}",
                                   lineno)

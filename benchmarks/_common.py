@@ -27,6 +27,9 @@ SHARED = Path(os.environ.get("SIDREC_SHARED_DATA", REPO.parent / "shared" / "dat
 
 
 def machine(threads: int | None = None) -> str:
+    """CPU model and capability (AVX2 / AVX512 / +AMX...), cores, threads, torch and the precision ``auto`` picks."""
+    from sidrec import precision
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -36,7 +39,9 @@ def machine(threads: int | None = None) -> str:
     except OSError:
         pass
     t = threads or torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} cores, {t} torch threads, torch {torch.__version__}"
+    auto = "bf16" if precision.use_bf16("auto") else "fp32"
+    return (f"{cpu} ({precision.cpu_capability()}), {os.cpu_count()} cores, {t} torch threads, torch {torch.__version__}, "
+            f"auto precision {auto}")
 
 
 def command() -> str:

@@ -21,14 +21,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the run directory and the variant name (A/B settings)")
     ap.add_argument("--reuse", action="store_true", help="re-evaluate an existing runs/bench run instead of training")
     args = ap.parse_intermixed_args()
     args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
+        run_dir = f"runs/bench/sasrec-{name}" + (f"-{args.tag}" if args.tag else "")
         cfg = load_config([REPO / "configs" / name / "sasrec.yaml"],
-                          [f"run_dir=runs/bench/sasrec-{name}", f"train.threads={args.threads}",
-                           "train.progress=false"] + args.overrides)
+                          [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         run = REPO / cfg.run_dir
         t0 = time.time()
         if args.reuse and (run / "metrics.json").exists():
@@ -38,6 +39,7 @@ def main() -> None:
             res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
         variant = f"d{cfg.sasrec.d_model} L{cfg.sasrec.n_layers} len{cfg.data.max_len} CE"
+        variant += f", {args.tag}" if args.tag else ""
         recs = run_records(name, "sasrec", variant, res, wall)
         # the same checkpoint with the user's own history items removed from the ranking (RecBole's full-sort
         # protocol; these datasets never repeat an item in a sequence, so a seen item is never a target)

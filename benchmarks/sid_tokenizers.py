@@ -5,7 +5,8 @@ before resolution, uniqueness after resolution, relative reconstruction error an
 machine. Beauty uses MiniLM text embeddings; Sports and Toys attribute features (TF-IDF + SVD), as in the
 dataset configs.
 
-Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae opq] [--threads 2]
+Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae rqvae-constant opq]
+       [--rqvae-epochs N] [--threads 2]
 
 (Named sid_tokenizers.py, not tokenizers.py: the script's folder is on sys.path and would shadow the Hugging
 Face ``tokenizers`` package that sentence-transformers imports.)
@@ -32,6 +33,9 @@ from _common import REPO, record, save
 SETTINGS = {
     "rqkmeans": ("3x256 + collision code", dict(kind="rqkmeans", levels=3, codebook_sizes=[256])),
     "rqvae": ("3x256 + collision code", dict(kind="rqvae", levels=3, codebook_sizes=[256], progress=False)),
+    # the RQ-VAE as it was trained before: 300 epochs at a constant learning rate
+    "rqvae-constant": ("3x256 + collision code, constant lr", dict(kind="rqvae", levels=3, codebook_sizes=[256],
+                                                                   progress=False, lr_schedule="constant", epochs=300)),
     "opq": ("32x256", dict(kind="opq", subspaces=32, subspace_codes=256)),
 }
 
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--rqvae-epochs", type=int, default=TokenizerConfig().epochs, help="RQ-VAE epochs (cosine lr)")
     args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)  # faiss's OpenMP pool would otherwise use every core
@@ -56,12 +61,13 @@ def main() -> None:
             variant, opts = SETTINGS[kind]
             t0 = time.time()
             try:
-                res = tokenize(TokenizerConfig(**opts, seed=args.seed), emb)
+                res = tokenize(TokenizerConfig(**{"epochs": args.rqvae_epochs, **opts}, seed=args.seed), emb)
             except SidrecError as exc:  # a collision group larger than the 256-code disambiguation level
                 print(f"{name} {kind}: {exc}; retrying with tokenizer.collision_codebook=1024", flush=True)
                 variant += " (collision codebook 1024)"
                 t0 = time.time()
-                res = tokenize(TokenizerConfig(**opts, seed=args.seed, collision_codebook=1024), emb)
+                res = tokenize(TokenizerConfig(**{"epochs": args.rqvae_epochs, **opts}, seed=args.seed,
+                                               collision_codebook=1024), emb)
             wall = time.time() - t0
             rep = res.report
             util = rep["utilization"]
@@ -75,7 +81,9 @@ def main() -> None:
                       "unique_after": float(rep["collisions_after"]["colliding_items"] == 0),
                       "sid_length": rep["sid_length"], "reconstruction_rel": rep["reconstruction_rel"],
                       "fit_s": rep["fit_s"], "items": rep["items"]})
-            r = record(name, kind, f"{variant}, {feats}", "test", "all", m, wall, args.threads)
+            if opts["kind"] == "rqvae":
+                variant += f", {opts.get('epochs', args.rqvae_epochs)} epochs"
+            r = record(name, opts["kind"], f"{variant}, {feats}", "test", "all", m, wall, args.threads)
             recs.append(r)
             print(f"{name} {kind}: util {[round(u, 3) for u in util[:4]]} collisions {m['collision_rate_before']:.3%} "
                   f"(largest {m['largest_group_before']}) -> {m['collision_rate_after']:.3%}, recon "

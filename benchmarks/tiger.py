@@ -1,7 +1,10 @@
 """TIGER end to end on Beauty, Sports and Toys: tokenizer stage + training + beam-search evaluation.
 
-Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--threads 2] [key=value ...]
-Writes runs/bench/tiger-<dataset> (reused by benchmarks/tiger_decode.py) and benchmarks/results/tiger.json.
+Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--threads 2] [--tag T]
+       [--sids-from RUN] [key=value ...]
+Writes runs/bench/tiger-<dataset>[-<tag>] (reused by benchmarks/tiger_decode.py) and benchmarks/results/tiger.json.
+``--sids-from`` copies another run's SID table and tokenizer, so variants (e.g. ``tiger.arch=encdec`` vs
+``decoder``) are compared on the very same SIDs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import load_run, train
 
-from _common import REPO, run_records, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, run_records, save, split_positionals
 
 
 def main() -> None:
@@ -28,11 +31,15 @@ def main() -> None:
     ap.add_argument("--seen-excluded", action="store_true",
                     help="also evaluate the test split with the user's history items removed from the list")
     ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
+    ap.add_argument("--tag", default="", help="suffix of the run directory (variants side by side)")
+    ap.add_argument("--sids-from", default="", help="run directory whose SID table / tokenizer this run reuses")
     args = ap.parse_intermixed_args()
     args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
-        run = Path("runs/bench") / f"tiger-{name}"
+        run = Path("runs/bench") / (f"tiger-{name}" + (f"-{args.tag}" if args.tag else ""))
+        if args.sids_from:
+            copy_tokenizer_stage(Path(args.sids_from), run)
         cfg = load_config([REPO / "configs" / name / f"{args.config}.yaml"],
                           [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         t0 = time.time()
@@ -43,9 +50,10 @@ def main() -> None:
             res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
         tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
+        depth = (f"decoder {tc.layers or tc.encoder_layers + tc.decoder_layers}L" if tc.arch == "decoder"
+                 else f"{tc.encoder_layers}+{tc.decoder_layers}L")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
-                                   f"{tc.encoder_layers}+{tc.decoder_layers}L d{tc.d_model}, beam {tc.beam}"
-                                   + "".join(f", {o}" for o in args.overrides))
+                                   f"{depth} d{tc.d_model}, beam {tc.beam}" + "".join(f", {o}" for o in args.overrides))
         recs = run_records(name, "tiger", variant, res, wall)
         if args.seen_excluded:  # the same checkpoint, the user's own history items dropped from the beam's list
             _, _, _, task = load_run(run)

@@ -11,7 +11,7 @@ def test_defaults_and_overrides():
     assert isinstance(cfg, Config)
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.eval.ks == [1, 5]
-    assert cfg.train.bf16 is True
+    assert cfg.train.bf16 == "true"
     assert cfg.train.epochs == Config().train.epochs
 
 
@@ -26,6 +26,8 @@ def test_wrong_type_is_an_error():
     with pytest.raises(SidrecError, match="train.epochs.*integer"):
         load_config(None, ["train.epochs=ten"])
     with pytest.raises(SidrecError, match="true/false"):
+        load_config(None, ["train.progress=maybe"])
+    with pytest.raises(SidrecError, match="one of auto, true, false"):
         load_config(None, ["train.bf16=maybe"])
     with pytest.raises(SidrecError, match="key.sub=value"):
         load_config(None, ["train.epochs"])

@@ -23,13 +23,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 N_ITEMS, SIZES = 60, [8, 8, 8]
 
 
-def tiny(cfg: DIGERConfig, seed: int = 0) -> DIGER:
+def tiny(cfg: DIGERConfig, seed: int = 0, arch: str = "encdec") -> DIGER:
     torch.manual_seed(seed)
     feats = torch.randn(N_ITEMS, 12)
     rqvae = RQVAE(12, [16], 8, SIZES)
     rqvae.quantizer.kmeans_init(rqvae.encoder(feats).detach(), seed=seed)
     tcfg = TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8, ffn_dim=32,
-                       dropout=0.0, user_buckets=0)
+                       dropout=0.0, user_buckets=0, arch=arch)
     tiger = TIGER(SIZES + [4], max_len=5, cfg=tcfg)
     return DIGER(tiger, rqvae, feats, torch.randint(0, 4, (N_ITEMS,)), cfg)
 
@@ -41,9 +41,10 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return hist, torch.randint(0, N_ITEMS, (16,), generator=g)
 
 
-@pytest.mark.parametrize("noise", ["gumbel", "none", "gaussian"])
-def test_recommendation_loss_reaches_the_codebooks(noise):
-    m = tiny(DIGERConfig(noise=noise, decay="none", vq_weight=0.0, recon_weight=0.0))
+@pytest.mark.parametrize("noise,arch", [("gumbel", "encdec"), ("none", "encdec"), ("gaussian", "encdec"),
+                                        ("gumbel", "decoder")])
+def test_recommendation_loss_reaches_the_codebooks(noise, arch):
+    m = tiny(DIGERConfig(noise=noise, decay="none", vq_weight=0.0, recon_weight=0.0), arch=arch)
     m.train()
     hist, tgt = batch()
     loss = m(hist, None, tgt, torch.Generator().manual_seed(1))

@@ -120,10 +120,11 @@ def test_uc3_gates_on_a_constructed_example():
     assert np.isclose(d2.votes[0].sum(), 1.0) and d2.votes[0, 0] > 0.9
 
 
-def test_sid_nll_matches_teacher_forced_loss():
+@pytest.mark.parametrize("arch", ["encdec", "decoder"])
+def test_sid_nll_matches_teacher_forced_loss(arch):
     torch.manual_seed(0)
     model = TIGER([4, 3], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8,
-                                         ffn_dim=32, dropout=0.0, user_buckets=0)).eval()
+                                         ffn_dim=32, dropout=0.0, user_buckets=0, arch=arch)).eval()
     hist = torch.randint(0, 3, (3, 2, 2))
     sids = torch.tensor([[[1, 2], [0, 0]], [[3, 1], [-1, -1]], [[2, 2], [2, 0]]])
     with torch.no_grad():
@@ -273,7 +274,8 @@ def test_dream_config_section_loads():
 
 
 # ------------------------------------------------------------------------------------------ end to end
-def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
+@pytest.mark.parametrize("arch", ["encdec", "decoder"])
+def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     import hashlib
 
     from sidrec.config import load_config
@@ -282,7 +284,7 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path):
     from test_tiger import TINY
 
     run = tmp_path / "tiger"
-    train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}"]))
+    train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}", f"tiger.arch={arch}"]))
     digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
     out = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
                           "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",

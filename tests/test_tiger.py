@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from sidrec.config import load_config
+from sidrec.decoding.beam import beam_search
+from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.pipeline import load_run, recommend, train
@@ -48,6 +50,7 @@ def test_train_batches_hold_every_prefix_sample_once():
     train_seqs = [np.array([5, 6, 7, 8]), np.array([1]), np.array([2, 3]), np.array([9, 0, 4])]
     task = TIGERTask.__new__(TIGERTask)  # only the batching state, no dataset / tokenizer
     task.cfg = SimpleNamespace(seed=0, train=SimpleNamespace(batch_size=2))
+    task.tcfg = TIGERConfig()
     task.samples = prefix_samples(train_seqs, max_len=2)
     seen = []
     for epoch in (0, 1):
@@ -122,3 +125,68 @@ def test_tiny_tiger_beats_popularity(tmp_path):
     with pytest.raises(SidrecError, match="other data / features / tokenizer"):
         train(load_config(None, TINY + ["train.epochs=1", "tokenizer.codebook_sizes=[6]", f"run_dir={stage}"]))
     assert sorted(p.name for p in stage.iterdir()) == sorted([SID_TABLE_FILE, SID_SOURCE_FILE])
+
+
+# ---------------------------------------------------------------------------------------------- arch=decoder
+def test_decoder_windows_hold_every_prefix_target_once():
+    """arch=decoder trains on windows; together they hold every (user, target) of the prefix samples once."""
+    from sidrec.recipes.sasrec import NextItemBatches
+
+    rng = np.random.default_rng(0)
+    train_seqs = [rng.permutation(50)[:n] for n in (1, 2, 3, 7, 12, 25)]
+    nb = NextItemBatches(train_seqs, max_len=4, batch_size=3, seed=0, all_windows=True)
+    got = []
+    for b in nb(0):
+        for win, user in zip(b["window"].tolist(), b["user"].tolist(), strict=True):
+            items = [i for i in win if i >= 0]
+            assert len(items) <= 5
+            got += [(user, t) for t in items[1:]]
+    want = [(u, int(s[t])) for u, s in enumerate(train_seqs) for t in range(1, len(s))]
+    assert sorted(got) == sorted(want)
+
+
+def _decoder(user_buckets: int, kv_cache: bool = True) -> TIGER:
+    cfg = TIGERConfig(d_model=32, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=16, ffn_dim=64,
+                      dropout=0.0, user_buckets=user_buckets, arch="decoder", kv_cache=kv_cache)
+    return TIGER([8, 8, 4], 5, cfg).eval()
+
+
+@pytest.mark.parametrize("user_buckets", [0, 50])
+def test_decoder_sequence_loss_equals_the_prefix_losses(user_buckets):
+    """One causal pass over a window gives the same per-item losses as encoding each prefix separately
+    (positions neutralised: in a window they count from the window's end, in a prefix from the target)."""
+    torch.manual_seed(0)
+    model = _decoder(user_buckets)
+    with torch.no_grad():
+        model.item_pos.weight.zero_()
+    win = torch.stack([torch.randint(0, k, (3, 4)) for k in (8, 8, 4)], -1)
+    users = torch.arange(3) if user_buckets else None
+    seq_loss = model(win, users, None)
+    per = [model(win[b:b + 1, :j], users[b:b + 1] if users is not None else None, win[b:b + 1, j])
+           for b in range(3) for j in range(1, 4)]
+    assert torch.allclose(seq_loss, torch.stack(per).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_decoder_beam_search_is_exact(kv_cache):
+    """The cached incremental path scores beams exactly as teacher forcing does, and finds the best SID."""
+    torch.manual_seed(1)
+    model = _decoder(50, kv_cache)
+    hist = torch.stack([torch.randint(0, k, (4, 3)) for k in (8, 8, 4)], -1)
+    hist[1, 0], hist[2, :2] = -1, -1
+    users = torch.arange(4)
+    codes = torch.unique(torch.stack([torch.randint(0, k, (30,)) for k in (8, 8, 4)], -1), dim=0)
+    trie = SIDTrie.from_codes(SIDCodes.from_primary(codes, [8, 8, 4]))
+    res = beam_search(model, (hist, users), trie, beam=5)
+    mem, val = model.encode(hist, users)
+
+    def score(sid: torch.Tensor) -> torch.Tensor:
+        h = model.decode(mem, val, sid[:, :-1])
+        return sum(model.level_logits(h[:, lv], lv).log_softmax(-1).gather(1, sid[:, lv:lv + 1]).squeeze(1)
+                   for lv in range(3))
+
+    for w in range(5):
+        ok = torch.isfinite(res.sid_scores[:, w])
+        assert torch.allclose(score(res.sids[:, w])[ok], res.sid_scores[ok, w], atol=1e-4)
+    best = torch.stack([score(c.view(1, -1).expand(4, -1)) for c in codes], 1).max(1).values
+    assert torch.allclose(best, res.sid_scores[:, 0], atol=1e-4)

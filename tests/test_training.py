@@ -75,6 +75,33 @@ def test_tiny_sasrec_beats_popularity(tmp_path):
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
 
 
+def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp_path, monkeypatch):
+    """The wall-clock cap is checked at every step; the capped run is evaluated and checkpointed, and the
+    learning-rate schedule was sized to the budget (it decays although train.epochs is far away)."""
+    import time as _time
+
+    step_s = 0.05
+    original = SASRecTask.loss
+
+    def slow_loss(self, model, batch):
+        _time.sleep(step_s)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(SASRecTask, "loss", slow_loss)
+    cap_s = 3.0
+    cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=4",
+                                    f"run_dir={tmp_path}"])
+    t0 = _time.time()
+    res = train(cfg)
+    assert res["summary"]["epochs"] < 500
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["stopped"] == "max_minutes" and "valid_ndcg@10" in log[-1]  # evaluated at the cap
+    assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+    # an epoch is ~100 steps (> 5 s): the cap ended the first one, within one step of cap_s / step_s steps
+    assert log[-1]["partial_epoch_batches"] == log[-1]["step"] <= cap_s / step_s + 1
+    # the schedule's horizon was the budget (the steps that fit), not 500 epochs: it ends where the cap did
+    assert log[-1]["schedule_total_steps"] <= log[-1]["step"] + 2
+    assert _time.time() - t0 < 60
 def test_resume_from_an_old_pickled_state_is_still_exact(tmp_path, monkeypatch):
     """Runs written before the safetensors state (``last.state.pt``) resume through the weights-only unpickler."""
     from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state

@@ -65,7 +65,7 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    bf16: bool = False
+    bf16: typing.Literal["auto", "true", "false"] = "auto"  # auto: bf16 only where the hardware runs it natively
     patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
     eval_every: int = 1
     eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
@@ -95,6 +95,8 @@ class SASRecConfig:
     ffn_dim: int = 256
     dropout: float = 0.3
     emb_dropout: float = 0.3
+    batching: typing.Literal["length", "random"] = "length"  # length-grouped batches: ~5x less padding
+    position_weight: typing.Literal["equal", "batch_mean"] = "equal"  # equal: every training position counts the same
 
 
 @dataclass
@@ -158,6 +160,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML reads true/false as booleans; these settings spell them as words
+            value = "true" if value else "false"
+        if str(value).lower() not in choices:
+            raise SidrecError(f"config key '{key}': expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return str(value).lower()
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -254,6 +263,7 @@ _RULES: list[tuple[str, Any]] = [
     ("tokenizer.collisions", ("append", "refuse")),
     ("tokenizer.extra_code", ("always", "if_needed", "auto")),
     ("tokenizer.estimator", ("ste", "gumbel", "soft")),
+    ("tokenizer.lr_schedule", ("cosine", "constant")),
     ("acerec.merge", ("atm", "mean", "mlp")),
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
@@ -282,8 +292,8 @@ _RULES: list[tuple[str, Any]] = [
     ("train.patience", _POS), ("train.eval_every", _POS), ("train.eval_users", _NONNEG),
     ("train.max_minutes", _NONNEG), ("train.threads", _NONNEG),
     ("eval.ks", _POS), ("eval.buckets", _POS),
-    ("tiger.user_buckets", _NONNEG), ("tiger.beam", _POS),
-    ("acerec.n_latents", _POS), ("acerec.gamma", _POS), ("acerec.isa_tau", _POS),
+    ("tiger.user_buckets", _NONNEG), ("tiger.beam", _POS), ("tiger.layers", _NONNEG),
+    ("acerec.n_latents", _POS), ("acerec.gamma", _POS), ("acerec.isa_tau", _POS), ("acerec.ffn_dim", _NONNEG),
     ("acerec.isa_weight", _NONNEG), ("acerec.pop_beta", _NONNEG), ("acerec.recon_weight", _NONNEG),
     ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.*", _NONNEG),
     ("tokenizer.levels", _POS), ("tokenizer.kmeans_iters", _POS), ("tokenizer.tau", _POS),

@@ -24,7 +24,7 @@ QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
     ("tiger", ["tokenizer.kind=rqkmeans", "tokenizer.levels=3", "tokenizer.codebook_sizes=[16]",
                "tokenizer.collision_codebook=64", "tiger.d_model=64", "tiger.encoder_layers=2",
                "tiger.decoder_layers=2", "tiger.n_heads=4", "tiger.head_dim=16", "tiger.ffn_dim=256",
-               "train.epochs=10", "train.batch_size=256", "train.lr=3e-3", "train.patience=4", "train.bf16=true",
+               "train.epochs=10", "train.batch_size=256", "train.lr=3e-3", "train.patience=4",
                "train.eval_users=500"]),
 ]
 

@@ -53,6 +53,7 @@ recent history item; :class:`~sidrec.decoding.holistic.HolisticScorer` turns the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,7 @@ class ACERecConfig:
     n_latents: int = 4  # k latent tokens per item (compression r = m / k)
     n_layers: int = 2
     n_heads: int = 4
-    ffn_dim: int = 1024
+    ffn_dim: int = 0  # 0 = the paper's ratio, 1024 / 448 = 2.29 x d_model (rounded to 16); paper 1024 at d 448
     dropout: float = 0.2
     gamma: float = 0.03  # MTP temperature (cosine logits / gamma)
     isa_weight: float = 0.1  # lambda, paper {0.1, 0.15, 0.2}
@@ -87,6 +88,14 @@ class ACERecConfig:
     collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace
     eval_chunk: int = 4096  # items per holistic-scoring chunk (bounds memory: users x chunk scores)
     eval_batch_users: int = 256  # users scored together
+
+
+PAPER_FFN_RATIO = 1024 / 448  # the paper's FFN width over its d_model
+
+
+def ffn_width(d_model: int) -> int:
+    """FFN width at the paper's ratio to ``d_model``, rounded to a multiple of 16 (1024 at d 448, 288 at d 128)."""
+    return max(16, int(round(d_model * PAPER_FFN_RATIO / 16)) * 16)
 
 
 def block_causal_mask(valid: torch.Tensor, block: int) -> torch.Tensor:
@@ -124,7 +133,21 @@ class AttentiveTokenMerger(nn.Module):
         elif merge == "mlp":
             self.mlp = nn.Sequential(nn.Linear(m * d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, k * d))
 
-    def forward(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+    def kv_table(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys and values (m, K, d) of every code token of a (m, K, d) code-token table.
+
+        Why: the ATM's keys and values depend on the code token alone (LayerNorm and projections are
+        per token), and the table E + P has only m x K rows, while a batch embeds ~1,500 items x 32 codes.
+        Normalising and projecting the table once per step and gathering the rows is exact and ~6x cheaper.
+        """
+        if self.merge != "atm":
+            return None
+        h = self.ln_kv(table)
+        return self.attn.k_proj(h), self.attn.v_proj(h)
+
+    def forward(self, x: torch.Tensor, summary: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``kv``: the items' gathered rows of :meth:`kv_table` (N, m, d) each; computed from ``x`` if absent."""
         n = x.shape[0]
         if self.merge == "mean":  # rigid aggregation: each latent pools ~m/k consecutive subspaces
             z = torch.stack([g.mean(1) for g in x.tensor_split(self.k, dim=1)], 1)
@@ -132,7 +155,10 @@ class AttentiveTokenMerger(nn.Module):
             z = self.mlp(x.reshape(n, self.m * self.d)).view(n, self.k, self.d)
         else:
             q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
-            z = q + self.attn(q, memory=self.ln_kv(x))
+            if kv is None:
+                z = q + self.attn(q, memory=self.ln_kv(x))
+            else:
+                z = q + self.attn.attend(q, self.attn._split(kv[0]), self.attn._split(kv[1]))
             z = z + self.mlp(self.ln_mlp(z))
         return self.ln(z)
 
@@ -156,6 +182,8 @@ class ACERec(nn.Module):
                               f"got shape {tuple(codes.shape)}")
         n_items, m = codes.shape
         d, k = cfg.d_model, cfg.n_latents
+        if cfg.ffn_dim <= 0:
+            cfg = dataclasses.replace(cfg, ffn_dim=ffn_width(d))
         codebook_size = max(sizes)
         self.cfg, self.n_items, self.m, self.K, self.k, self.max_len = cfg, n_items, m, codebook_size, k, max_len
         self.register_buffer("code_valid", torch.arange(codebook_size).view(1, -1) < torch.tensor(sizes).view(-1, 1),
@@ -196,10 +224,18 @@ class ACERec(nn.Module):
         return self.code_emb[self.sub_idx, codes] + self.sub_pos
 
     def items(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Codes (N, m) -> code tokens (N, m, d), summaries s_i (N, d), latents (N, k, d)."""
-        x = self.code_tokens(codes)
+        """Codes (N, m) -> code tokens (N, m, d), summaries s_i (N, d), latents (N, k, d).
+
+        The code-token table E + P (m, K, d), its LayerNorm and the ATM's key/value projections are computed
+        once per call and gathered per item (:meth:`AttentiveTokenMerger.kv_table`), not once per item x code.
+        """
+        table = self.code_emb + self.sub_pos.unsqueeze(1)  # (m, K, d)
+        x = table[self.sub_idx, codes]
         s = self.summary_mlp(x.mean(1))
-        return x, s, self.merger(x, s)
+        kv = self.merger.kv_table(table)
+        if kv is not None:
+            kv = (kv[0][self.sub_idx, codes], kv[1][self.sub_idx, codes])
+        return x, s, self.merger(x, s, kv)
 
     # ------------------------------------------------------------------ sequence
     def sequence(self, latents: torch.Tensor, summary: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,15 @@ Defaults are the paper's: 4 + 4 layers, d_model 128, 6 heads x 64, FFN 1024, dro
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sidrec.models.layers import Block
+from sidrec.models.layers import Block, causal_padding_mask
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TIGERConfig:
     beam: int = 20  # beam width of the constrained search (returns at most this many items)
     eval_batch_users: int = 256  # users decoded together (each with `beam` hypotheses)
     kv_cache: bool = True  # decoder self-attention cache; false = recompute the <= L-token prefix each step
+    arch: typing.Literal["encdec", "decoder"] = "encdec"  # paper encoder-decoder, or one causal stack (see module doc)
+    layers: int = 0  # arch=decoder: causal blocks (0 = encoder_layers + decoder_layers, the encdec's depth)
 
 
 def hash_users(users: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -71,6 +75,17 @@ class DecodeState:
     self_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (B*W, heads, t, head_dim)
 
 
+@dataclass
+class CausalDecodeState:
+    """Decoding state of ``arch=decoder``: the history's keys/values per layer, shared by all beams of a user,
+    the per-beam keys/values of the codes generated so far, and the first code's log-probabilities."""
+
+    ctx_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (B, heads, S, head_dim)
+    ctx_valid: torch.Tensor  # (B, S) True = attend
+    first: torch.Tensor  # (B, 1, K_0) log-probabilities of the first code
+    gen_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (B, W, heads, t, head_dim)
+
+
 class TIGER(nn.Module):
     def __init__(self, sizes: list[int], max_len: int, cfg: TIGERConfig) -> None:
         super().__init__()
@@ -83,22 +98,31 @@ class TIGER(nn.Module):
         self.register_buffer("offsets", torch.tensor([0] + self.sizes[:-1]).cumsum(0), persistent=False)
         self.code_emb = nn.Embedding(self.vocab + 1, d, padding_idx=self.vocab)  # last row = padding
         self.user_emb = nn.Embedding(cfg.user_buckets, d) if cfg.user_buckets > 0 else None
-        self.item_pos = nn.Embedding(max_len, d)
-        self.dec_pos = nn.Embedding(self.length, d)
-        self.bos = nn.Parameter(torch.zeros(d))
+        self.causal = cfg.arch == "decoder"
+        # item positions count back from the most recent item; the causal stack also gives the item being
+        # generated a position (0), so its history starts at 1
+        self.item_pos = nn.Embedding(max_len + 1 if self.causal else max_len, d)
+        self.dec_pos = nn.Embedding(self.length, d)  # encdec: decoder position; decoder: SID level of a token
+        self.bos = nn.Parameter(torch.zeros(d)) if not self.causal else None
         self.drop = nn.Dropout(cfg.dropout)
 
         def block(cross: bool) -> Block:
             return Block(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, head_dim=cfg.head_dim, cross=cross)
 
-        self.encoder = nn.ModuleList(block(False) for _ in range(cfg.encoder_layers))
-        self.encoder_ln = nn.LayerNorm(d)
-        self.decoder = nn.ModuleList(block(True) for _ in range(cfg.decoder_layers))
+        if self.causal:
+            self.encoder = nn.ModuleList()
+            self.encoder_ln = None
+            self.decoder = nn.ModuleList(block(False) for _ in range(cfg.layers or cfg.encoder_layers + cfg.decoder_layers))
+        else:
+            self.encoder = nn.ModuleList(block(False) for _ in range(cfg.encoder_layers))
+            self.encoder_ln = nn.LayerNorm(d)
+            self.decoder = nn.ModuleList(block(True) for _ in range(cfg.decoder_layers))
         self.decoder_ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.vocab)
         for emb in (self.code_emb, self.item_pos, self.dec_pos) + ((self.user_emb,) if self.user_emb else ()):
             nn.init.normal_(emb.weight, std=d**-0.5)
-        nn.init.normal_(self.bos, std=d**-0.5)
+        if self.bos is not None:
+            nn.init.normal_(self.bos, std=d**-0.5)
         with torch.no_grad():
             self.code_emb.weight[self.vocab].zero_()
 
@@ -110,6 +134,8 @@ class TIGER(nn.Module):
         ``emb`` (B, T, L, d) replaces the code-embedding lookup (DIGER feeds straight-through mixtures of
         code embeddings so the recommendation loss reaches the tokenizer); ``history`` still gives the mask.
         """
+        if self.causal:
+            return self._context(history, users, emb)
         b, t, length = history.shape
         valid = history >= 0
         if emb is None:
@@ -117,13 +143,7 @@ class TIGER(nn.Module):
             emb = self.code_emb(tok)
         pos = torch.arange(t - 1, -1, -1, device=history.device).clamp(max=self.max_len - 1)
         x = emb + self.item_pos(pos).view(1, t, 1, -1)
-        x, valid = x.view(b, t * length, -1), valid.view(b, t * length)
-        if self.user_emb is not None:
-            if users is None:
-                raise ValueError("this TIGER has a user token: pass the user indices")
-            u = self.user_emb(hash_users(users, self.cfg.user_buckets)).unsqueeze(1)
-            x = torch.cat([u, x], 1)
-            valid = torch.cat([valid.new_ones(b, 1), valid], 1)
+        x, valid = self._with_user(x.view(b, t * length, -1), valid.view(b, t * length), users)
         # a row with nothing to attend to would give NaN; let it see one (zero) padding token instead
         valid[:, -1] |= ~valid.any(1)
         x = self.drop(x)
@@ -155,7 +175,13 @@ class TIGER(nn.Module):
 
     def decode(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefix: torch.Tensor,
                prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced decoder: codes (B, t) -> hidden states (B, t+1, d) (position l predicts code l)."""
+        """Teacher-forced decoder: codes (B, t) -> hidden states (B, t+1, d) (position l predicts code l).
+
+        With ``arch=decoder`` the "memory" is the embedded history (:meth:`encode`), and the one causal stack
+        runs over history + prefix; the state at the history's last token predicts the first code.
+        """
+        if self.causal:
+            return self._causal_decode(memory, memory_valid, prefix, prefix_emb)
         x = self.drop(self._dec_inputs(prefix, emb=prefix_emb))
         mask = memory_valid.unsqueeze(1)
         for blk in self.decoder:
@@ -168,16 +194,21 @@ class TIGER(nn.Module):
         hi = lo + self.sizes[level]
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
 
-    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
+    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor | None,
                 history_emb: torch.Tensor | None = None, target_emb: torch.Tensor | None = None,
                 target_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Mean cross-entropy of the target SIDs (B, L) given history SIDs (B, T, L).
+
+        ``target=None`` (``arch=decoder`` only): ``history`` is a window of items and every item in it after
+        the first is a target (:meth:`forward_sequence`); routed through ``forward`` so DDP sees the call.
 
         The optional arguments are DIGER's differentiable path: ``history_emb`` (B, T, L, d) and
         ``target_emb`` (B, L, d) replace the code-embedding lookups, and ``target_weights[l]`` (B, K_l), when
         given, is the target distribution of level l (a straight-through one-hot: the loss value is the
         cross-entropy of the hard code, its gradient reaches the soft assignment).
         """
+        if target is None:
+            return self.forward_sequence(history, users)
         memory, valid = self.encode(history, users, history_emb)
         h = self.decode(memory, valid, target[:, :-1], None if target_emb is None else target_emb[:, :-1])
         losses = []
@@ -190,10 +221,158 @@ class TIGER(nn.Module):
                 losses.append(-(w.float() * logits.log_softmax(-1)).sum(-1).mean())
         return torch.stack(losses).mean()
 
+    # ------------------------------------------------------------------ arch=decoder: one causal stack
+    def _tokens(self, codes: torch.Tensor, first_pos: int, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (B, T, L, d) of item codes (B, T, L) (-1 = padding) whose newest item has position
+        ``first_pos``: code + level + position-from-the-newest embeddings."""
+        t = codes.shape[1]
+        if emb is None:
+            tok = torch.where(codes >= 0, codes + self.offsets, torch.full_like(codes, self.vocab))
+            emb = self.code_emb(tok)
+        pos = torch.arange(first_pos + t - 1, first_pos - 1, -1, device=codes.device).clamp(max=self.max_len)
+        level = self.dec_pos.weight[: codes.shape[2]].view(1, 1, -1, emb.shape[-1])
+        return emb + self.item_pos(pos).view(1, t, 1, -1) + level
+
+    def _with_user(self, x: torch.Tensor, valid: torch.Tensor, users: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.user_emb is None:
+            return x, valid
+        if users is None:
+            raise ValueError("this TIGER has a user token: pass the user indices")
+        u = self.user_emb(hash_users(users, self.cfg.user_buckets)).unsqueeze(1)
+        return torch.cat([u, x], 1), torch.cat([valid.new_ones(len(valid), 1), valid], 1)
+
+    def _context(self, history: torch.Tensor, users: torch.Tensor | None, emb: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[user token] + history SID tokens (B, S, d) as the causal stack reads them, and their validity."""
+        b, t, length = history.shape
+        x = self._tokens(history, 1, emb).reshape(b, t * length, -1)
+        x, valid = self._with_user(x, (history >= 0).reshape(b, t * length), users)
+        valid = valid.clone()
+        valid[:, -1] |= ~valid.any(1)  # an empty history still has one (zero) token to read from
+        return x, valid
+
+    def _stack(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x)
+        mask = causal_padding_mask(valid)
+        for blk in self.decoder:
+            x = blk(x, mask=mask)
+        return self.decoder_ln(x)
+
+    def _causal_decode(self, context: torch.Tensor, valid: torch.Tensor, prefix: torch.Tensor,
+                       prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, s = valid.shape
+        t = prefix.shape[-1]
+        if t:
+            pe = prefix_emb if prefix_emb is not None else self.code_emb(prefix + self.offsets[:t])
+            pe = pe + self.item_pos.weight[0] + self.dec_pos.weight[:t]
+            context, valid = torch.cat([context, pe], 1), torch.cat([valid, valid.new_ones(b, t)], 1)
+        return self._stack(context, valid)[:, s - 1:]
+
+    def forward_sequence(self, window: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy of every item's codes in windows of item SIDs (B, n, L), left-padded with -1.
+
+        One causal pass learns every item that has at least one item before it: the state at each token
+        predicts the next token (the last code of item j predicts the first code of item j+1), exactly the
+        factorisation the beam search decodes with. This is what makes ``arch=decoder`` cheap: a user's
+        history is encoded once per window, not once per prefix.
+        """
+        if not self.causal:
+            raise ValueError("forward_sequence needs tiger.arch=decoder")
+        b, n, length = window.shape
+        item_ok = window[..., 0] >= 0
+        x = self._tokens(window, 0).reshape(b, n * length, -1)
+        x, valid = self._with_user(x, item_ok.repeat_interleave(length, 1), users)
+        h = self._stack(x, valid)
+        off = 1 if self.user_emb is not None else 0  # state ``off + p - 1`` predicts flat token p
+        has_prev = torch.zeros_like(item_ok)
+        has_prev[:, 1:] = item_ok[:, 1:] & item_ok[:, :-1]
+        m = has_prev[:, 1:]
+        total = h.new_zeros((), dtype=torch.float32)
+        for lv in range(length):
+            # flat token (item j, level lv) sits at state off + j*L + lv and is predicted by the state before it
+            start = off - 1 + lv + length
+            hs = h[:, start: start + length * (n - 1): length]  # items j = 1..n-1
+            logits = self.level_logits(hs[m], lv).float()
+            total = total + F.cross_entropy(logits, window[:, 1:, lv][m], reduction="sum")
+        count = has_prev.sum() * length
+        return total / count.clamp(min=1)
+
+    @torch.no_grad()
+    def _start_causal(self, history: torch.Tensor, users: torch.Tensor | None) -> CausalDecodeState:
+        x, valid = self._context(history, users)
+        mask = causal_padding_mask(valid)
+        kv = []
+        for blk in self.decoder:
+            h = blk.ln1(x)
+            k, v = blk.attn.project_kv(h)
+            x = x + blk.attn.attend(h, k, v, mask=mask)
+            x = x + blk.ffn(blk.ln2(x))
+            kv.append((k, v))
+        first = self.level_logits(self.decoder_ln(x[:, -1]), 0).float().log_softmax(-1).unsqueeze(1)
+        return CausalDecodeState(kv, valid, first)
+
+    def _two_part_attention(self, blk: Block, h: torch.Tensor, ctx: tuple[torch.Tensor, torch.Tensor],
+                            ctx_valid: torch.Tensor, gen: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Attention of new tokens ``h`` (B, W, q, d) over a user's shared history keys/values and each beam's
+        own generated keys/values (B, W, heads, k, hd), as one softmax, without copying the history per beam."""
+        att = blk.attn
+        b, w, q, _ = h.shape
+        qh = att.q_proj(h).view(b, w, q, att.n_heads, att.head_dim).transpose(2, 3)  # (B, W, H, q, hd)
+        scale = 1.0 / math.sqrt(att.head_dim)
+        s_ctx = torch.einsum("bwhqd,bhsd->bwhqs", qh, ctx[0]) * scale
+        s_ctx = s_ctx.masked_fill(~ctx_valid.view(b, 1, 1, 1, -1), float("-inf"))
+        s_gen = torch.einsum("bwhqd,bwhkd->bwhqk", qh, gen[0]) * scale
+        k = gen[0].shape[3]
+        causal = torch.ones(q, k, dtype=torch.bool, device=h.device).tril(k - q)
+        s_gen = s_gen.masked_fill(~causal, float("-inf"))
+        p = torch.cat([s_ctx, s_gen], -1).float().softmax(-1).to(qh.dtype)
+        sc = s_ctx.shape[-1]
+        out = (torch.einsum("bwhqs,bhsd->bwhqd", p[..., :sc], ctx[1])
+               + torch.einsum("bwhqk,bwhkd->bwhqd", p[..., sc:], gen[1]))
+        return att.o_proj(out.transpose(2, 3).reshape(b, w, q, -1))
+
+    @torch.no_grad()
+    def _next_causal(self, state: CausalDecodeState, prefix: torch.Tensor | None, parent: torch.Tensor | None
+                     ) -> tuple[CausalDecodeState, torch.Tensor]:
+        if prefix is None:
+            return state, state.first
+        b, w, t = prefix.shape
+        cached = self.cfg.kv_cache and state.gen_kv is not None
+        if cached:
+            assert state.gen_kv is not None and parent is not None
+            pidx = parent.view(b, w, 1, 1, 1)
+            caches = [(k.gather(1, pidx.expand(-1, -1, *k.shape[2:])), v.gather(1, pidx.expand(-1, -1, *v.shape[2:])))
+                      for k, v in state.gen_kv]
+            new = prefix[:, :, -1:]
+            lv = torch.arange(t - 1, t, device=prefix.device)
+        else:
+            caches = None
+            new = prefix
+            lv = torch.arange(t, device=prefix.device)
+        x = self.code_emb(new + self.offsets[lv]) + self.item_pos.weight[0] + self.dec_pos(lv)  # (B, W, q, d)
+        new_kv = []
+        for i, blk in enumerate(self.decoder):
+            h = blk.ln1(x)
+            kn = blk.attn.k_proj(h).view(b, w, h.shape[2], blk.attn.n_heads, blk.attn.head_dim).transpose(2, 3)
+            vn = blk.attn.v_proj(h).view(b, w, h.shape[2], blk.attn.n_heads, blk.attn.head_dim).transpose(2, 3)
+            if caches is not None:
+                kn, vn = torch.cat([caches[i][0], kn], 3), torch.cat([caches[i][1], vn], 3)
+            x = x + self._two_part_attention(blk, h, state.ctx_kv[i], state.ctx_valid, (kn, vn))
+            x = x + blk.ffn(blk.ln2(x))
+            new_kv.append((kn, vn))
+        if self.cfg.kv_cache:
+            state.gen_kv = new_kv
+        h = self.decoder_ln(x[:, :, -1])
+        return state, self.level_logits(h, t).float().log_softmax(-1)
+
     # ------------------------------------------------------------------ incremental decoding (beam search)
     @torch.no_grad()
     def start_decoding(self, history: torch.Tensor, users: torch.Tensor | None = None) -> DecodeState:
-        """Encode once; precompute every decoder layer's cross-attention keys/values."""
+        """Encode once; precompute every decoder layer's cross-attention keys/values (or, with
+        ``arch=decoder``, the history's keys/values per layer)."""
+        if self.causal:
+            return self._start_causal(history, users)  # type: ignore[return-value]
         memory, valid = self.encode(history, users)
         cross = [blk.cross.project_kv(memory) for blk in self.decoder]  # type: ignore[union-attr]
         return DecodeState(cross, valid.unsqueeze(1))
@@ -202,6 +381,8 @@ class TIGER(nn.Module):
     def next_log_probs(self, state: DecodeState, prefix: torch.Tensor | None,
                        parent: torch.Tensor | None) -> tuple[DecodeState, torch.Tensor]:
         """Log-softmax (B, W, K_t) over code ``t`` for prefixes (B, W, t) (``None`` = step 0, W = 1)."""
+        if self.causal:
+            return self._next_causal(state, prefix, parent)  # type: ignore[arg-type,return-value]
         b = state.memory_mask.shape[0]
         if prefix is None:
             prefix = torch.zeros(b, 1, 0, dtype=torch.long, device=state.memory_mask.device)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
@@ -85,7 +86,7 @@ class ACERecTask(EvaluatorsMixin):
 
         ``items``: the catalogue's merged tokens (:meth:`item_table`), computed once per evaluation pass.
         """
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+        with torch.no_grad(), precision.autocast(self.cfg.train.bf16):
             return self._core(model).log_probs(hist, items).float()
 
     def item_table(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +100,7 @@ class ACERecTask(EvaluatorsMixin):
         cached = self.__dict__.get("_item_table")
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+        with torch.no_grad(), precision.autocast(self.cfg.train.bf16):
             table = core.item_table()
         self.__dict__["_item_table"] = (key, table)
         return table

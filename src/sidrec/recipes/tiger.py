@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
@@ -38,7 +39,7 @@ from sidrec.errors import SidrecError
 from sidrec.io import write_json
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.recipes._eval import EvaluatorsMixin
-from sidrec.recipes.sasrec import bucketed_batches
+from sidrec.recipes.sasrec import NextItemBatches, bucketed_batches
 
 SID_TABLE_FILE = "sid_table.parquet"  # written by the shared tokenizer stage (sidrec.sid.pipeline)
 SID_SOURCE_FILE = "sid_table.source.json"  # what the run's SID table was fitted from (checked on reuse)
@@ -141,6 +142,12 @@ class TIGERTask(EvaluatorsMixin):
         self.use_sids(sids)
         self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
         self.samples = prefix_samples(split.train, cfg.data.max_len)
+        self.windows = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed, all_windows=True)
+
+    @property
+    def sequence_training(self) -> bool:
+        """``arch=decoder`` trains on whole windows of each history (one pass per user) instead of prefixes."""
+        return self.tcfg.arch == "decoder"
 
     def use_sids(self, sids: SIDCodes | Any, source: str = "SID table") -> None:
         """Install the SIDs (a :class:`SIDCodes` or a ``SIDTable``) that histories are read as and beams decode to.
@@ -160,6 +167,8 @@ class TIGERTask(EvaluatorsMixin):
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        if self.sequence_training:
+            return self.windows(epoch)
         s = self.samples
         rng = np.random.default_rng([self.cfg.seed, epoch])
         out = []
@@ -177,6 +186,10 @@ class TIGERTask(EvaluatorsMixin):
         return users if self.tcfg.user_buckets > 0 else None
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "window" in batch:
+            # target=None: the window's every item is a target; scaled so every item weighs the same across
+            # length-grouped batches (see NextItemBatches)
+            return model(self.codes_of(batch["window"]), self._users(batch["user"]), None) * batch["scale"]
         return model(self.codes_of(batch["history"]), self._users(batch["user"]), self.codes_of(batch["target"]))
 
     # -------------------------------------------------------------------------------- inference
@@ -200,7 +213,7 @@ class TIGERTask(EvaluatorsMixin):
             rows = order[s:s + bs]
             hist = es.padded_histories(rows, pad=-1)
             users = torch.from_numpy(es.users[rows]).long()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            with precision.autocast(self.cfg.train.bf16):
                 res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam)
             it, sc = res.items, res.scores
             if exclude_history:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from sidrec import precision
 from sidrec.config import TrainConfig
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json
@@ -104,17 +105,41 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
         n0 = max(1, len(task.train_batches(0)) // D.world_size())
         self.total_steps = max(1, n0 * cfg.epochs)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.model: nn.Module = task.model
         if self.distributed:
             self.model = nn.parallel.DistributedDataParallel(task.model)
         self.epoch = 0
+        self.batch = 0  # batches of the current epoch already trained (> 0 only after a wall-clock stop)
         self.step = 0
+        self.elapsed_s = 0.0  # wall-clock seconds trained so far (carried across --resume)
+        self.capped = False  # the run ended at train.max_minutes
+        self.budget_sized = False  # the schedule's horizon was fitted to train.max_minutes
         self.best = -math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
         self.tb = None
+
+    def _lr_factor(self, step: int) -> float:
+        # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
+        return lr_lambda(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)(step)
+
+    def _size_schedule_to_budget(self, spent_s: float, steps_done: int, left_s: float, steps_per_epoch: int) -> None:
+        """Fit the cosine horizon to the steps that ``train.max_minutes`` allows, re-estimated at every step.
+
+        Why: with a cap and ``epochs: 200`` the learning rate would still be near its peak when the cap ends
+        the run, and a model that never anneals loses much of its quality. The time per step so far (training
+        and the evaluations between epochs, so their cost is amortised) gives how many more steps fit in what
+        is left of the budget; the horizon becomes the steps done plus those, at most ``train.epochs`` epochs.
+        Re-estimating keeps the schedule ending at the cap when the machine slows down or speeds up mid-run;
+        the first few steps are not trusted. The horizon is saved with the state, so a resumed run continues
+        from it; like the cap itself, it depends on the machine's speed.
+        """
+        if steps_done < 3:
+            return
+        more = int(max(0.0, left_s) / (spent_s / steps_done))
+        self.total_steps = max(1, min(self.cfg.epochs * steps_per_epoch, self.step + more))
+        self.budget_sized = True
 
     # ------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
@@ -127,7 +152,9 @@ class Trainer:
             save_model(self.task.model, str(tmp))
         state = {
             "epoch": self.epoch, "step": self.step, "best": float(self.best), "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "optimizer": self.opt.state_dict(),
+            "bad_epochs": self.bad_epochs, "batch": self.batch, "total_steps": self.total_steps,
+            "elapsed_s": float(self.elapsed_s), "capped": self.capped, "budget_sized": self.budget_sized,
+            "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
@@ -160,6 +187,13 @@ class Trainer:
         best = float(require(st, st_path, "best", (int, float)))
         best_epoch = require(st, st_path, "best_epoch", int)
         bad_epochs = require(st, st_path, "bad_epochs", int)
+        # wall-clock budget fields (absent in states written before the cap was checked per step)
+        batch = int(st.get("batch", 0))
+        total_steps = int(st.get("total_steps", self.total_steps))
+        elapsed_s = float(st.get("elapsed_s", 0.0))
+        budget_sized, capped = bool(st.get("budget_sized", False)), bool(st.get("capped", False))
+        if batch < 0 or total_steps < 1 or elapsed_s < 0:
+            raise SidrecError(f"{st_path}: inconsistent resume state (batch {batch}, total_steps {total_steps})")
         opt_state = require(st, st_path, "optimizer", dict)
         sched_state = require(st, st_path, "scheduler", dict)
         torch_rng = require(st, st_path, "torch_rng", torch.Tensor)
@@ -195,6 +229,10 @@ class Trainer:
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         self.epoch, self.step = epoch, step
         self.best, self.best_epoch, self.bad_epochs = best, best_epoch, bad_epochs
+        self.batch, self.total_steps, self.budget_sized = batch, total_steps, budget_sized
+        # a run that ended at its cap continues when resumed (the user asked for more): the cap restarts
+        self.capped = False
+        self.elapsed_s = 0.0 if capped else elapsed_s
         log = self.run_dir / "log.jsonl"
         if log.exists() and D.is_main():  # drop entries written after the checkpoint we resume from
             keep = []
@@ -234,8 +272,10 @@ class Trainer:
             except ImportError:
                 raise SidrecError("train.tensorboard=true needs the 'tensorboard' package") from None
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        start = time.time()
-        stop = self.bad_epochs >= cfg.patience
+        start = time.time() - self.elapsed_s  # a resumed run continues its wall-clock budget
+        stop = self.bad_epochs >= cfg.patience or self.capped
+        budget_s = cfg.max_minutes * 60
+        session_t0, session_step0 = time.time(), self.step  # speed is measured on this process's own steps
         with make_progress(cfg.progress and D.is_main()) as prog:
             ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
             while self.epoch < cfg.epochs and not stop:
@@ -245,14 +285,15 @@ class Trainer:
                     per = len(batches) // D.world_size()
                     batches = batches[D.rank()::D.world_size()][:per]
                 self.model.train()
-                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), info="")
+                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
                 total_loss, n = 0.0, 0
-                for batch in batches:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                capped = False
+                for batch in batches[self.batch:]:
+                    with precision.autocast(cfg.bf16, self.device):
                         loss = self.task.loss(self.model, batch)
                     if not torch.isfinite(loss):
                         raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
-                                          "lower train.lr or disable train.bf16")
+                                          "lower train.lr or set train.bf16=false")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip > 0:
@@ -260,15 +301,30 @@ class Trainer:
                     self.opt.step()
                     self.sched.step()
                     self.step += 1
+                    self.batch += 1
                     total_loss += loss.item()
                     n += 1
                     prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
+                    # the wall-clock cap is checked at every step: the run ends within one step of it
+                    if budget_s > 0:
+                        now = time.time()
+                        if now - start > budget_s:
+                            capped = bool(D.broadcast_flags(1.0)[0])
+                            break
+                        self._size_schedule_to_budget(now - session_t0, self.step - session_step0,
+                                                      budget_s - (now - start), len(batches))
                 prog.remove_task(b_task)
-                self.epoch += 1
+                finished = self.batch >= len(batches)
+                if finished:
+                    self.epoch, self.batch = self.epoch + 1, 0
                 record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": total_loss / max(1, n),
                                           "lr": self.sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+                if not finished:
+                    record["partial_epoch_batches"] = self.batch
                 improved = 0.0
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                # evaluate on schedule, at the last epoch, and always when the budget ends the run, so nothing
+                # trained is thrown away
+                if (finished and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs or capped:
                     if D.is_main():
                         self.model.eval()
                         m = self.task.evaluate(self.task.model, "valid", cfg.eval_users)
@@ -284,9 +340,12 @@ class Trainer:
                     if improved:
                         self._save_best()
                     stop = self.bad_epochs >= cfg.patience
-                if cfg.max_minutes > 0 and (time.time() - start) / 60 > cfg.max_minutes:
-                    stop = bool(D.broadcast_flags(1.0)[0])
+                if capped:
+                    stop = self.capped = True
                     record["stopped"] = "max_minutes"
+                if budget_s > 0:
+                    record["schedule_total_steps"] = self.total_steps
+                self.elapsed_s = time.time() - start
                 self._log(record)
                 self._save_state()
                 D.barrier()

@@ -5,7 +5,7 @@ before resolution, uniqueness after resolution, relative reconstruction error an
 machine. Beauty uses MiniLM text embeddings; Sports and Toys attribute features (TF-IDF + SVD), as in the
 dataset configs.
 
-Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae rqvae-constant opq]
+Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae rqvae-cosine opq]
        [--rqvae-epochs N] [--threads 2]
 
 (Named sid_tokenizers.py, not tokenizers.py: the script's folder is on sys.path and would shadow the Hugging
@@ -33,9 +33,9 @@ from _common import REPO, record, save
 SETTINGS = {
     "rqkmeans": ("3x256 + collision code", dict(kind="rqkmeans", levels=3, codebook_sizes=[256])),
     "rqvae": ("3x256 + collision code", dict(kind="rqvae", levels=3, codebook_sizes=[256], progress=False)),
-    # the RQ-VAE as it was trained before: 300 epochs at a constant learning rate
-    "rqvae-constant": ("3x256 + collision code, constant lr", dict(kind="rqvae", levels=3, codebook_sizes=[256],
-                                                                   progress=False, lr_schedule="constant", epochs=300)),
+    # the same RQ-VAE with a cosine learning-rate decay (tokenizer.lr_schedule=cosine)
+    "rqvae-cosine": ("3x256 + collision code, cosine lr", dict(kind="rqvae", levels=3, codebook_sizes=[256],
+                                                               progress=False, lr_schedule="cosine")),
     "opq": ("32x256", dict(kind="opq", subspaces=32, subspace_codes=256)),
 }
 

@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,18 +88,11 @@ def split_positionals(words: list[str], default: list[str]) -> tuple[list[str], 
     return [w for w in words if "=" not in w] or list(default), [w for w in words if "=" in w]
 
 
-TOKENIZER_FILES = ("sid_table.parquet", "sid_table.source.json", "tokenizer", "tokenizer_report.json",
-                   "tokenizer_usage.png")
-
-
 def copy_tokenizer_stage(src: Path, dst: Path) -> None:
     """Give run ``dst`` the SID table and tokenizer state of run ``src`` (so variants share one table)."""
-    if not (src / "sid_table.parquet").exists() or (dst / "sid_table.parquet").exists():
+    from sidrec.runs import copy_tokenizer_stage as copy_stage
+
+    if (dst / "sid_table.parquet").exists():
         return
     dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        p = src / name
-        if p.is_dir():
-            shutil.copytree(p, dst / name)
-        elif p.exists():
-            shutil.copy2(p, dst / name)
+    copy_stage(src, dst)

@@ -5,7 +5,9 @@ A *sample* is one trained next-item prediction (one target item): a prefix sampl
 DIGER, one position of a user window for SASRec, ACERec and TIGER ``decoder``. Model FLOPs are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` over the forward and backward passes of the same batches that
 are timed (in a separate, untimed pass), so GFLOP/s = counted FLOPs / measured seconds.
-``epoch_s`` = the epoch's samples / samples per second (training only, no evaluation).
+``epoch_s`` = the epoch's samples / samples per second (training only, no evaluation). fp32 and ``auto`` of a
+model are timed in alternating rounds and each keeps its best round, so a change of machine load during the
+run does not favour either.
 
 Models and settings are the Beauty configs (``configs/beauty/*.yaml``): SASRec, TIGER ``tiger-cpu.yaml`` with
 ``tiger.arch=encdec`` and ``decoder`` (equal width and depth: 2 + 2 blocks vs 4 causal blocks), DIGER
@@ -67,54 +69,70 @@ def per_item_items(model: Any) -> Any:
     return items
 
 
-def measure(task: Any, setting: str, steps: int, min_s: float) -> dict[str, float]:
+def prepare(task: Any, setting: str, steps: int) -> dict[str, Any]:
+    """Optimizer, the timed batches (a typical stretch of the epoch) and their counted FLOPs, after warm-up."""
     model = task.model
     batches = task.train_batches(0)
-    total = sum(n_samples(b) for b in batches)
-    mid = len(batches) // 2  # skip the shortest / longest ends of length-grouped epochs: a typical stretch
+    mid = len(batches) // 2  # skip the shortest / longest ends of length-grouped epochs
     picked = (batches[mid:] + batches[:mid])[: steps + 2]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
-
-    def step(b: dict[str, torch.Tensor]) -> None:
-        with precision.autocast(setting):
-            loss = task.loss(model, b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    run = {"task": task, "setting": setting, "opt": opt, "timed": picked[2:], "seconds": [], "samples": 0,
+           "epoch_samples": sum(n_samples(b) for b in batches), "epoch_steps": len(batches)}
     for b in picked[:2]:  # warm-up (allocator, lazy kernels)
-        step(b)
-    timed = picked[2:]
+        step(run, b)
     flops = FlopCounterMode(display=False)
     with flops:
-        for b in timed:
+        for b in run["timed"]:
             with precision.autocast(setting):
                 loss = task.loss(model, b)
             loss.backward()
     opt.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    done, samples, reps = 0, 0, 0
-    while True:  # repeat the timed batches until min_s has passed, so short steps are timed reliably
-        for b in timed:
-            step(b)
-            samples += n_samples(b)
-        done += len(timed)
-        reps += 1
-        if time.perf_counter() - t0 >= min_s or reps >= 5:
-            break
-    dt = time.perf_counter() - t0
-    sps = samples / dt
-    return {"samples_per_s": sps, "gflops": flops.get_total_flops() * reps / dt / 1e9,
-            "step_s": dt / done, "epoch_s": total / sps, "epoch_samples": total, "epoch_steps": len(batches),
-            "flops_per_sample": flops.get_total_flops() * reps / samples}
+    run["flops"] = flops.get_total_flops()
+    run["timed_samples"] = sum(n_samples(b) for b in run["timed"])
+    return run
+
+
+def step(run: dict[str, Any], b: dict[str, torch.Tensor]) -> None:
+    with precision.autocast(run["setting"]):
+        loss = run["task"].loss(run["task"].model, b)
+    run["opt"].zero_grad(set_to_none=True)
+    loss.backward()
+    run["opt"].step()
+
+
+def measure(runs: list[dict[str, Any]], rounds: int, min_s: float) -> list[dict[str, float]]:
+    """Time the runs' batches in alternating rounds (A B A B ...), so a machine whose load changes slows every
+    setting alike; each setting's speed is its best round (the least disturbed)."""
+    for _ in range(rounds):
+        for run in runs:
+            t0 = time.perf_counter()
+            reps = 0
+            while True:
+                for b in run["timed"]:
+                    step(run, b)
+                reps += 1
+                dt = time.perf_counter() - t0
+                if dt >= min_s / rounds or reps >= 3:
+                    break
+            run["seconds"].append(dt / reps)
+    out = []
+    for run in runs:
+        dt = min(run["seconds"])  # seconds for one pass over the timed batches
+        sps = run["timed_samples"] / dt
+        out.append({"samples_per_s": sps, "gflops": run["flops"] / dt / 1e9, "step_s": dt / len(run["timed"]),
+                    "epoch_s": run["epoch_samples"] / sps, "epoch_samples": run["epoch_samples"],
+                    "epoch_steps": run["epoch_steps"], "flops_per_sample": run["flops"] / run["timed_samples"],
+                    "rounds": len(run["seconds"]), "round_spread": max(run["seconds"]) / dt - 1})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=12, help="batches timed per model (after 2 warm-up steps)")
-    ap.add_argument("--min-s", type=float, default=8.0, help="time each model at least this long")
+    ap.add_argument("--min-s", type=float, default=8.0, help="time each model and precision about this long")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds per model")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=["fp32", "auto", "bf16"])
     args = ap.parse_args()
@@ -138,13 +156,16 @@ def main() -> None:
         split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
         run = Path(cfg.run_dir)
         run.mkdir(parents=True, exist_ok=True)
+        runs, labels = [], []
         for setting in args.precisions:
             seed_everything(cfg.seed)
             task = get_builder(cfg.method)(cfg, ds, split, run)
             if name == "acerec-before":
                 task.model.items = per_item_items(task.model)
             label = {"fp32": "false", "auto": "auto", "bf16": "true"}[setting]
-            m = measure(task, label, args.steps, args.min_s)
+            runs.append(prepare(task, label, args.steps))
+            labels.append((setting, label))
+        for (setting, label), m in zip(labels, measure(runs, args.rounds, args.min_s), strict=True):
             resolved = "bf16" if precision.use_bf16(label) else "fp32"
             m["peak_fraction"] = m["gflops"] / (peak16 if resolved == "bf16" else peak32)
             variant = f"{name}, {setting}" + (f" (-> {resolved})" if setting == "auto" else "")

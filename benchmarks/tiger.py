@@ -68,6 +68,9 @@ def main() -> None:
             r["metrics"]["best_epoch"] = res["summary"]["best_epoch"]
             if rep:
                 r["metrics"]["utilization_l1"] = rep["utilization"][0]
+                r["metrics"]["tokenizer_collision_rate"] = rep["collisions_before"]["collision_rate"]
+                if "reconstruction_rel" in rep:
+                    r["metrics"]["tokenizer_recon_rel"] = rep["reconstruction_rel"]
         save("tiger", recs)
         t = res["test"]["all"]
         print(f"{name}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min", flush=True)

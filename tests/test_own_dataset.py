@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidrec.cli import main
+from test_bad_inputs import cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-dataset.md"
 TINY = ["train.epochs=1", "sasrec.d_model=8", "sasrec.ffn_dim=16", "sasrec.n_layers=1", "train.progress=false",
@@ -25,12 +25,6 @@ TINY = ["train.epochs=1", "sasrec.d_model=8", "sasrec.ffn_dim=16", "sasrec.n_lay
 N_USERS, N_ITEMS = 8, 10
 
 
-def cli(*argv: str) -> int:
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def doc_configs() -> dict[str, str]:

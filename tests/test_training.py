@@ -31,11 +31,8 @@ def test_fused_softmax_ce_matches_pytorch():
     assert torch.allclose(g[0], g_ref[0], atol=1e-6) and torch.allclose(g[1], g_ref[1], atol=1e-6)
 
 
-def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
-    full = load_config(None, TINY + ["train.epochs=4", f"run_dir={tmp_path / 'full'}"])
-    ref = train(full)
-
-    cfg = load_config(None, TINY + ["train.epochs=4", f"run_dir={tmp_path / 'killed'}"])
+def _die_in_epoch_3(monkeypatch):
+    """Make training raise as if killed when epoch 3 starts; returns the original batch method to restore."""
     original = SASRecTask.train_batches
 
     def dies_in_epoch_3(self, epoch):
@@ -44,6 +41,15 @@ def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
         return original(self, epoch)
 
     monkeypatch.setattr(SASRecTask, "train_batches", dies_in_epoch_3)
+    return original
+
+
+def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
+    full = load_config(None, TINY + ["train.epochs=4", f"run_dir={tmp_path / 'full'}"])
+    ref = train(full)
+
+    cfg = load_config(None, TINY + ["train.epochs=4", f"run_dir={tmp_path / 'killed'}"])
+    original = _die_in_epoch_3(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     monkeypatch.setattr(SASRecTask, "train_batches", original)
@@ -107,14 +113,7 @@ def test_resume_from_an_old_pickled_state_is_still_exact(tmp_path, monkeypatch):
     from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state
 
     ref = train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'full'}"]))
-    original = SASRecTask.train_batches
-
-    def dies_in_epoch_3(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch)
-
-    monkeypatch.setattr(SASRecTask, "train_batches", dies_in_epoch_3)
+    original = _die_in_epoch_3(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'old'}"]))
     monkeypatch.setattr(SASRecTask, "train_batches", original)

@@ -32,8 +32,8 @@ FREE_SETTINGS = frozenset({"run_dir", "train.progress", "train.threads", "train.
 # what a folder holds once training has started (a folder with only a SID table is a tokenizer stage)
 RESULT_FILES = ("metrics.json", "log.jsonl", "checkpoints")
 # a fitted tokenizer stage (sidrec.sid.pipeline + the recipe's record of what it was fitted from)
-TOKENIZER_STAGE = ("sid_table.source.json", "sid_table.parquet", "tokenizer", "tokenizer_report.json",
-                   "tokenizer_usage.png")
+TOKENIZER_STAGE = ("sid_table.source.json", "sid_table.parquet", "sid_table.items.parquet", "tokenizer",
+                   "tokenizer_report.json", "tokenizer_usage.png")
 
 
 def default_run_dir(cfg: Config, dataset_name: str) -> Path:
@@ -135,7 +135,7 @@ def _same_sid_settings(old_run: Path, cfg: Config) -> bool:
     return not any(d.startswith(_SID_PREFIXES) for d in diff)
 
 
-def _carry_tokenizer_stage(old: Path, new: Path) -> None:
+def copy_tokenizer_stage(old: Path, new: Path) -> None:
     """Copy a replaced run's fitted tokenizer stage into the new folder, when it records what it was fitted from.
 
     Fitting RQ-VAE takes minutes; the recipe reuses the table only if ``sid_table.source.json`` matches the new
@@ -169,7 +169,7 @@ def claim_run_dir(cfg: Config, dataset_name: str, resume: bool = False, overwrit
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     if backup is not None and _same_sid_settings(backup, cfg):
-        _carry_tokenizer_stage(backup, run)
+        copy_tokenizer_stage(backup, run)
     try:
         yield run
     except BaseException:

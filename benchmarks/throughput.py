@@ -21,6 +21,7 @@ Usage: python benchmarks/throughput.py [--threads 1] [--steps 12] [--models sasr
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recs = []
     t_all = time.time()
+    scratch = REPO / "runs" / "bench" / "throughput"  # SID tables fitted for timing only: refitted every run
+    shutil.rmtree(scratch, ignore_errors=True)
     peak32 = precision.matmul_gflops(torch.float32, n=1024, min_s=1.0)
     peak16 = precision.matmul_gflops(torch.bfloat16, n=1024, min_s=1.0)
     auto = "bf16" if precision.use_bf16("auto") else "fp32"
@@ -149,7 +152,7 @@ def main() -> None:
                        args.threads))
     for name in args.models:
         files, ov, sub = MODELS[name]
-        cfg = load_config(files, ov + [f"run_dir=runs/bench/throughput/{sub}", "train.progress=false",
+        cfg = load_config(files, ov + [f"run_dir={scratch / sub}", "train.progress=false",
                                        "tokenizer.progress=false"])
         cfg.data.path = str((REPO / cfg.data.path).resolve()) if not Path(cfg.data.path).is_absolute() else cfg.data.path
         ds = dataset_from_config(cfg)
@@ -172,6 +175,7 @@ def main() -> None:
             print(f"{variant:38s} {m['samples_per_s']:9.0f} samples/s  {m['gflops']:6.1f} GFLOP/s  "
                   f"step {m['step_s'] * 1e3:7.1f} ms  epoch ~{m['epoch_s']:6.1f} s ({m['epoch_steps']} steps)", flush=True)
             recs.append(record("beauty", cfg.method, variant, "train", "all", m, m["epoch_s"], args.threads))
+        save("throughput", recs)  # after every model: a later failure keeps what was measured
     print(f"wrote {save('throughput', recs)} in {time.time() - t_all:.0f} s")
 
 

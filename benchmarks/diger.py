@@ -29,7 +29,8 @@ from sidrec.pipeline import train
 from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
 
 VARIANTS = {
-    "tiger": ("tiger-cpu", []),
+    "tiger": ("tiger-cpu", ["tiger.arch=encdec", "train.epochs=12", "train.batch_size=256", "train.patience=5",
+                           "train.max_minutes=75"]),  # the same backbone and budget as configs/*/diger.yaml
     "frqud": ("diger", ["diger.decay=frqud"]),
     "sdud": ("diger", ["diger.decay=sdud"]),
     "both": ("diger", ["diger.decay=both"]),

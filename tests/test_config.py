@@ -115,4 +115,5 @@ def test_run_dir_knows_the_tokenizer_stage_file_names():
     from sidrec.runs import TOKENIZER_STAGE
     from sidrec.sid.pipeline import PLOT_FILE, REPORT_FILE, SID_TABLE_FILE, TOKENIZER_DIR
 
-    assert TOKENIZER_STAGE == (SID_SOURCE_FILE, SID_TABLE_FILE, TOKENIZER_DIR, REPORT_FILE, PLOT_FILE)
+    items = SID_TABLE_FILE.replace(".parquet", ".items.parquet")  # SIDTable.save's item-id side file
+    assert TOKENIZER_STAGE == (SID_SOURCE_FILE, SID_TABLE_FILE, items, TOKENIZER_DIR, REPORT_FILE, PLOT_FILE)

@@ -11,7 +11,6 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,7 @@ def machine(threads: int | None = None) -> str:
     """CPU model and capability (AVX2 / AVX512 / +AMX...), cores, threads, torch and the precision ``auto`` picks."""
     from sidrec import precision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = precision.cpu_model()
     t = threads or torch.get_num_threads()
     auto = "bf16" if precision.use_bf16("auto") else "fp32"
     return (f"{cpu} ({precision.cpu_capability()}), {os.cpu_count()} cores, {t} torch threads, torch {torch.__version__}, "

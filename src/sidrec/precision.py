@@ -58,7 +58,8 @@ def _proc_flags() -> set[str]:
     return set()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -100,7 +101,7 @@ def machine_key(device: str = "cpu") -> str:
     """What a cached timing is valid for: CPU model and ISA, torch version and thread count."""
     if device == "cuda":
         return f"cuda|{torch.cuda.get_device_name()}|{torch.__version__}"
-    return f"cpu|{_cpu_model()}|{cpu_capability()}|{torch.__version__}|{torch.get_num_threads()}t"
+    return f"cpu|{cpu_model()}|{cpu_capability()}|{torch.__version__}|{torch.get_num_threads()}t"
 
 
 def measured_bf16_ratio(device: str = "cpu") -> float:
@@ -175,7 +176,7 @@ def autocast(setting: str | bool, device: str | torch.device = "cpu") -> context
 
 def describe(device: str = "cpu") -> dict[str, Any]:
     """Machine facts for benchmark records: CPU model, capability, threads, and the resolved ``auto``."""
-    return {"cpu": _cpu_model(), "cpu_capability": cpu_capability(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "native_bf16": native_bf16(device), "auto_bf16": use_bf16("auto", device)}
 
 

@@ -354,8 +354,8 @@ class TIGER(nn.Module):
         new_kv = []
         for i, blk in enumerate(self.decoder):
             h = blk.ln1(x)
-            kn = blk.attn.k_proj(h).view(b, w, h.shape[2], blk.attn.n_heads, blk.attn.head_dim).transpose(2, 3)
-            vn = blk.attn.v_proj(h).view(b, w, h.shape[2], blk.attn.n_heads, blk.attn.head_dim).transpose(2, 3)
+            q = h.shape[2]
+            kn, vn = (t.view(b, w, *t.shape[1:]) for t in blk.attn.project_kv(h.reshape(b * w, q, -1)))
             if caches is not None:
                 kn, vn = torch.cat([caches[i][0], kn], 3), torch.cat([caches[i][1], vn], 3)
             x = x + self._two_part_attention(blk, h, state.ctx_kv[i], state.ctx_valid, (kn, vn))

@@ -15,14 +15,15 @@ def test_torchrun_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         cmd + ["--standalone", "--nproc_per_node=2", "-m", "sidrec.cli", "train", "data.path=synthetic",
-               "data.synthetic_users=300", "data.synthetic_items=80", "train.epochs=10", "sasrec.d_model=16",
+               "data.synthetic_users=300", "data.synthetic_items=80", "train.epochs=20", "sasrec.d_model=16",
                "train.batch_size=32", "sasrec.ffn_dim=32", "train.lr=5e-3", "train.progress=false",
                "--run-dir", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert m["summary"]["epochs"] == 10
-    assert m["test"]["all"]["ndcg@10"] > m["popularity_test"]["all"]["ndcg@10"]
+    assert m["summary"]["epochs"] == 20
+    # 10 epochs left this tiny model level with popularity (CI: .163 vs .165); 20 clear it by ~2x
+    assert m["test"]["all"]["ndcg@10"] > 1.3 * m["popularity_test"]["all"]["ndcg@10"]
     log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
-    assert len(log) == 10  # rank 0 alone logs
+    assert len(log) == 20  # rank 0 alone logs

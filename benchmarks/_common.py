@@ -58,6 +58,22 @@ def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any]
     return out
 
 
+MAX_TIED = 0.01  # share of top-10 slots decided by the evaluator's index tie-break that a model row may have
+
+
+def check_ties(records: list[dict[str, Any]]) -> None:
+    """Fail loudly when a model's top-10 lists are ordered by ties rather than by the model.
+
+    The evaluator breaks equal scores by item index; above 1% of tied slots a row measures that index order,
+    not the model (ACERec on attribute SIDs once had 75-80% of items sharing all codes). Records are saved
+    first, so the evidence stays; the script then exits 1 naming every offending row.
+    """
+    bad = [f"{r['dataset']} {r['method']} [{r['variant']}] {r['split']}/{r['subset']}: tied@10 {r['metrics']['tied@10']:.3f}"
+           for r in records if r["method"] != "popularity" and r["metrics"].get("tied@10", 0.0) > MAX_TIED]
+    if bad:
+        raise SystemExit("ranking decided by ties (> 1% of top-10 slots):\n  " + "\n  ".join(bad))
+
+
 def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant")) -> Path:
     """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest.
 
@@ -72,6 +88,7 @@ def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = 
         new_keys = {tuple(r[k] for k in merge_key) for r in records}
         kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
         write_json(path, kept + records)
+    check_ties(records)
     return path
 
 

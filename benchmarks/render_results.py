@@ -16,7 +16,7 @@ DOC = REPO / "docs" / "RESULTS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # preferred metric order; anything else follows alphabetically
 ORDER = ["users", "items", "interactions", "test_users_cold", "test_users_warm", "recall@5", "ndcg@5", "recall@10",
-         "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50", "mrr", "n_users"]
+         "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50", "mrr", "tied@10", "n_users"]
 SKIP = {"seq_len_mean"}
 
 

@@ -53,7 +53,32 @@ def test_score_path_matches_topk_path_and_excludes_history():
     ev = Evaluator(es, np.zeros(items, dtype=np.int64), ks=[5, 10])
     m_scores, ranks = ev.evaluate_scores(lambda rows: scores[rows], batch_size=7)
     topk = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    m_topk, _ = ev.evaluate_topk(topk)
+    m_topk, _ = ev.evaluate_topk(topk, torch.sort(scores, dim=1, descending=True, stable=True).values)
     assert m_scores["all"] == pytest.approx(m_topk["all"])
+    assert m_scores["all"]["tied@10"] == 0.0  # continuous random scores never tie
     m_ex, ranks_ex = ev.evaluate_scores(lambda rows: scores[rows].clone(), batch_size=7, exclude_history=True)
     assert (ranks_ex <= ranks).all()  # masking history can only move the target up
+
+
+def test_tied_share_counts_only_tie_broken_slots():
+    from sidrec.eval.evaluator import tied_share
+
+    v = torch.tensor([[5.0, 4.0, 3.0, 2.0],      # all distinct
+                      [5.0, 5.0, 3.0, 2.0],      # slots 0 and 1 tied with each other
+                      [5.0, 4.0, 3.0, 3.0],      # slot 2 ties with the first item outside the top 3
+                      [1.0, 1.0, 1.0, 1.0],      # constant scores: everything is a tie-break
+                      [5.0, float("-inf"), float("-inf"), float("-inf")]])  # missing slots are not ties
+    assert tied_share(v, k=3).tolist() == pytest.approx([0.0, 2 / 3, 1 / 3, 1.0, 0.0])
+
+
+def test_evaluate_scores_reports_tied_at_10():
+    n_items = 30
+    es = EvalSet("test", np.arange(6), [np.array([0])] * 6, np.arange(6))
+    ev = Evaluator(es, np.ones(n_items), ks=[10])
+    distinct, _ = ev.evaluate_scores(lambda rows: torch.arange(n_items, dtype=torch.float32).repeat(len(rows), 1))
+    assert distinct["all"]["tied@10"] == 0.0
+    # pairs of items share a score (as items behind one semantic ID would): every top-10 slot is a tie
+    paired, _ = ev.evaluate_scores(lambda rows: (torch.arange(n_items) // 2).float().repeat(len(rows), 1))
+    assert paired["all"]["tied@10"] == 1.0
+    m, _ = ev.evaluate_topk(np.tile(np.arange(10), (6, 1)), np.tile(np.array([9., 8, 8, 6, 5, 4, 3, 2, 1, 0]), (6, 1)))
+    assert m["all"]["tied@10"] == pytest.approx(0.2)

@@ -176,7 +176,7 @@ def test_repo_configs_point_at_the_shared_data():
 
     repo = Path(__file__).resolve().parents[1]
     for name, folder in (("beauty", "amazon14_beauty"), ("sports", "amazon14_sports"),
-                         ("toys", "amazon14_toys/s3rec_numbering")):
+                         ("toys", "amazon14_toys")):
         cfg = load_config([repo / "configs" / name / "data.yaml"])
         assert Path(cfg.data.path) == (repo.parent / "shared" / "data" / folder).resolve(), cfg.data.path
 
@@ -238,3 +238,20 @@ def test_auto_template_on_the_real_datasets():
     for name, field in (("amazon14_sports", "Keywords: "), ("amazon14_toys", "Category paths: ")):
         texts, missing = render_item_texts(load_dataset(shared_data(name)), "auto")
         assert not missing.any() and field in texts[0]
+
+
+def test_toys_and_sports_configs_embed_item_text():
+    """Issue #16: the Toys and Sports configs read item text (not attribute ids), Toys under Beauty's template."""
+    from conftest import shared_data
+    from sidrec.config import load_config
+    from sidrec.features.core import checked_item_texts
+    from sidrec.pipeline import dataset_from_config
+
+    repo = Path(__file__).resolve().parents[1]
+    shared_data("amazon14_toys")
+    for name, expect in (("toys", "Hasbro Electronic Catch Phrase. Categories: Games, Handheld Games."),
+                         ("sports", "Brand: Ghost. Categories: Hunting & Fishing")):
+        cfg = load_config([repo / "configs" / name / "data.yaml"])
+        assert cfg.features.kind == "text"
+        texts = checked_item_texts(dataset_from_config(cfg), cfg.features.template, cfg.features.min_text_coverage)
+        assert texts[0].startswith(expect), texts[0]

@@ -6,6 +6,11 @@ retrieved at all, e.g. not in a beam's top-K list). Ranks from a score matrix ar
 catalogue with a deterministic tie-break: among equal scores the lower item index ranks first. This
 matters: a model that outputs constant scores must not look good because the target happened to win a
 tie. Sampled-candidate metrics are deliberately not offered.
+
+Because a tie-break by index is arbitrary, every evaluation also reports ``tied@10``: the share of top-10
+slots whose score equals a neighbour's, i.e. whose place was decided by the tie-break rather than by the
+model. A SID model that gives many items the same codes (and so the same score) shows it here; the
+benchmarks refuse rows above 1% (``benchmarks/_common.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,28 @@ def ranks_from_topk(topk: torch.Tensor | np.ndarray, targets: torch.Tensor | np.
     return np.where(found, pos, NOT_FOUND).astype(np.int64)
 
 
+TIE_K = 10
+
+
+def tied_share(sorted_scores: torch.Tensor, k: int = TIE_K) -> torch.Tensor:
+    """Per row, the share of the first ``k`` slots whose score equals a neighbour's.
+
+    ``sorted_scores`` (B, >= k+1 columns where the catalogue allows) is sorted descending, so any item that
+    shares a top-k item's score sits right next to it: comparing neighbours finds every tie, including one
+    with the first item outside the top k. ``-inf`` slots (excluded or missing items) never count.
+    """
+    v = sorted_scores.float()
+    k = min(k, v.shape[1])
+    same = v[:, 1:] == v[:, :-1]
+    finite = torch.isfinite(v)
+    left = torch.zeros_like(finite)
+    left[:, 1:] = same
+    right = torch.zeros_like(finite)
+    right[:, :-1] = same
+    tied = (left | right) & finite
+    return tied[:, :k].float().mean(1)
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     """Mean Recall@K, NDCG@K and MRR over users."""
     ranks = np.asarray(ranks, dtype=np.float64)
@@ -73,8 +100,11 @@ class Evaluator:
         self.bucket_edges = list(bucket_edges or [5, 10, 15, 20])
         self.buckets = bucket_of(self.freq, self.bucket_edges)
 
-    def metrics(self, ranks: np.ndarray) -> dict[str, dict[str, Any]]:
-        """Metrics for all / warm / cold / each bucket, each with its number of users."""
+    def metrics(self, ranks: np.ndarray, tied: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+        """Metrics for all / warm / cold / each bucket, each with its number of users.
+
+        ``tied`` (per user, the share of their top-10 decided by a tie-break) adds ``tied@10`` per subset.
+        """
         ranks = np.asarray(ranks)
         subsets: dict[str, np.ndarray] = {
             "all": np.ones(len(ranks), dtype=bool),
@@ -86,6 +116,8 @@ class Evaluator:
         out: dict[str, dict[str, Any]] = {}
         for name, mask in subsets.items():
             m: dict[str, Any] = metrics_from_ranks(ranks[mask], self.ks)
+            if tied is not None:
+                m[f"tied@{TIE_K}"] = float(tied[mask].mean()) if mask.any() else 0.0
             m["n_users"] = int(mask.sum())
             out[name] = m
         return out
@@ -104,6 +136,7 @@ class Evaluator:
         """
         n = len(self.eval_set)
         ranks = np.empty(n, dtype=np.int64)
+        tied = np.empty(n, dtype=np.float64)
         order = self.eval_set.length_order()
         starts = range(0, n, batch_size)
         for s in progress(starts) if progress else starts:
@@ -119,12 +152,21 @@ class Evaluator:
                 r = torch.arange(len(rows)).view(-1, 1).expand_as(hist)
                 scores[r[valid], hist[valid]] = float("-inf")
             ranks[rows] = ranks_from_scores(scores, targets).numpy()
-        return self.metrics(ranks), ranks
+            top = scores.topk(min(TIE_K + 1, scores.shape[1]), dim=1).values
+            tied[rows] = tied_share(top).numpy()
+        return self.metrics(ranks, tied), ranks
 
-    def evaluate_topk(self, topk: np.ndarray | torch.Tensor) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
-        """Metrics from per-user top-K lists of item indices (K >= max(ks) for exact Recall@max)."""
+    def evaluate_topk(self, topk: np.ndarray | torch.Tensor,
+                      scores: np.ndarray | torch.Tensor | None = None) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+        """Metrics from per-user top-K lists of item indices (K >= max(ks) for exact Recall@max).
+
+        With the lists' ``scores`` (sorted descending, as a beam search returns them) ``tied@10`` is reported
+        too: items of one list that share a score (e.g. several items behind one SID) are ordered by the
+        list, not by the model.
+        """
         ranks = ranks_from_topk(topk, self.eval_set.targets)
-        return self.metrics(ranks), ranks
+        tied = None if scores is None else tied_share(torch.as_tensor(np.asarray(scores))).numpy()
+        return self.metrics(ranks, tied), ranks
 
 
 def popularity_scores(item_freq: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:

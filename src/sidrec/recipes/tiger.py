@@ -229,9 +229,9 @@ class TIGERTask(EvaluatorsMixin):
 
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
         ev = self.eval_subset(split, max_users)
-        items, _ = self.decode(model, ev.eval_set, max(self.cfg.eval.ks), self.cfg.eval.exclude_history,
-                               keep_targets=True)
-        m, _ = ev.evaluate_topk(items.numpy())
+        items, scores = self.decode(model, ev.eval_set, max(self.cfg.eval.ks), self.cfg.eval.exclude_history,
+                                    keep_targets=True)
+        m, _ = ev.evaluate_topk(items.numpy(), scores.numpy())
         return m
 
     def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,8 @@ MODELS: dict[str, tuple[list[Path], list[str], str]] = {
 
 
 def n_samples(batch: dict[str, torch.Tensor]) -> int:
+    if isinstance(batch.get("target"), list):  # one random batch in length bands
+        return sum(n_samples({"target": t}) for t in batch["target"])
     if "target" in batch and batch["target"].dim() == 2:  # (B, t) next-item targets, -1 = none
         return int((batch["target"] >= 0).sum())
     if "window" in batch:

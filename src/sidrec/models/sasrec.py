@@ -51,11 +51,18 @@ class SASRec(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.item_emb.weight[1:].t()
 
-    def forward(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over all non-padded positions (every position predicts its next item)."""
-        h = self.encode(seq)
-        m = target >= 0
-        return full_softmax_ce(h[m], self.item_emb.weight[1:], target[m])
+    def forward(self, seq: torch.Tensor | list[torch.Tensor], target: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over all non-padded positions (every position predicts its next item).
+
+        ``seq`` / ``target`` may be lists (one batch in length bands, see
+        :class:`sidrec.recipes.sasrec.NextItemBatches`): each band is encoded at its own width and the mean
+        runs over the positions of all bands together, as if they were one padded matrix.
+        """
+        seqs, targets = (seq, target) if isinstance(seq, list) else ([seq], [target])
+        hs = [self.encode(s)[t >= 0] for s, t in zip(seqs, targets, strict=True)]
+        ts = [t[t >= 0] for t in targets]
+        h, t = (hs[0], ts[0]) if len(hs) == 1 else (torch.cat(hs), torch.cat(ts))
+        return full_softmax_ce(h, self.item_emb.weight[1:], t)
 
     @torch.no_grad()
     def score(self, seq: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,11 @@ class NextItemBatches:
     position of every user.
 
     ``batching="length"`` groups users of similar history length (little padding, ~5x less work on Amazon
-    data); ``"random"`` draws users uniformly and pads to the batch's longest. Every batch also carries
+    data); ``"random"`` draws users uniformly. A random batch is delivered as a few *length bands* (lists
+    under ``seq`` / ``target`` / ``window`` / ``user``: histories of <= 8, <= 16, <= 32, ... targets), each
+    padded only to its own longest, and the model computes one loss over all of them: the same mean over the
+    random batch's positions as one padded matrix, at a fraction of the work (Amazon histories are mostly
+    short, so one 50-item history would otherwise pad 255 others to 50). Every batch also carries
     ``scale`` = its number of targets / the epoch's mean number of targets per batch: a recipe that
     multiplies its per-batch *mean* loss by it weights every training position equally. Without it, the
     per-batch mean of a length-grouped epoch gives a position in a batch of 2-item histories up to 25x the
@@ -75,12 +79,27 @@ class NextItemBatches:
         mean_targets = max(1.0, float(n_targets.mean())) if len(groups) else 1.0
         out = []
         for idx, nt in zip(groups, n_targets, strict=True):
-            t = int(self.lens[idx].max())
-            sub = self.mat[torch.from_numpy(idx), -t:]
-            inp, tgt = sub[:, :-1], sub[:, 1:]
-            out.append({"seq": inp, "target": torch.where(inp >= 0, tgt, torch.full_like(tgt, -1)),
-                        "window": sub, "user": self.users[torch.from_numpy(idx)], "scale": torch.tensor(nt / mean_targets)})
+            if self.batching == "length":
+                batch: dict[str, Any] = self._rows(idx)
+            else:
+                bands = [self._rows(b) for b in length_bands(idx, self.lens[idx] - 1)]
+                batch = {k: [b[k] for b in bands] for k in ("seq", "target", "window", "user")}
+            batch["scale"] = torch.tensor(nt / mean_targets)
+            out.append(batch)
         return out
+
+    def _rows(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        t = int(self.lens[idx].max())
+        sub = self.mat[torch.from_numpy(idx), -t:]
+        inp, tgt = sub[:, :-1], sub[:, 1:]
+        return {"seq": inp, "target": torch.where(inp >= 0, tgt, torch.full_like(tgt, -1)), "window": sub,
+                "user": self.users[torch.from_numpy(idx)]}
+
+
+def length_bands(idx: np.ndarray, n_targets: np.ndarray, first: int = 8) -> list[np.ndarray]:
+    """Split one batch's rows into bands of <= first, <= 2*first, <= 4*first, ... targets (each pads < 2x)."""
+    band = np.ceil(np.log2(np.maximum(n_targets, 1) / first)).clip(min=0).astype(np.int64)
+    return [idx[band == b] for b in np.unique(band)]
 
 
 class SASRecTask(EvaluatorsMixin):

@@ -2,8 +2,8 @@
 
 For each (dataset, tokenizer): per-level utilisation, perplexity, collision rate and largest collision group
 before resolution, uniqueness after resolution, relative reconstruction error and fit wall time on this
-machine. Beauty uses MiniLM text embeddings; Sports and Toys attribute features (TF-IDF + SVD), as in the
-dataset configs.
+machine. The features are the dataset configs': MiniLM text embeddings for all three (Sports and Toys read
+attribute features before their item text shipped; those records say "attributes" in their variant).
 
 Usage: python benchmarks/sid_tokenizers.py [beauty sports toys] [--kinds rqkmeans rqvae rqvae-cosine opq]
        [--rqvae-epochs N] [--threads 2]

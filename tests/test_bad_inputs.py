@@ -336,7 +336,10 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     p = subprocess.Popen([sys.executable, "-m", "sidrec.cli", "train", "data.path=synthetic", "train.epochs=200",
                           "data.synthetic_users=300", "train.progress=false", "--run-dir", str(run)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         # a suite started in the background (`nohup pytest &`) ignores SIGINT and its children
+                         # would inherit that; the child must see Ctrl-C as a terminal user's process does
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 90
     while not (run / "config.yaml").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)

@@ -20,7 +20,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.formats import load_dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator, popularity_scores
+from sidrec.eval.evaluator import Evaluator, mask_history, popularity_scores
 from sidrec.io import write_json, write_text
 from sidrec.recipes import get_builder
 from sidrec.runs import check_run_dir, claim_run_dir
@@ -168,8 +168,7 @@ def _score_recommend(task: Any, es: Any, k: int, exclude_history: bool = True) -
     with torch.no_grad():
         scores = task.model.score(hist).float()
     if exclude_history:
-        rows = torch.arange(len(hist)).view(-1, 1).expand_as(hist)
-        scores[rows[hist >= 0], hist[hist >= 0]] = float("-inf")
+        mask_history(scores, hist)
     v, i = scores.topk(min(k, scores.shape[1]), dim=1)
     return i.numpy(), v.numpy()
 

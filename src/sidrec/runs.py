@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidrec.config import _EXTRA_SECTIONS, Config, load_config, save_config
+from sidrec.config import _EXTRA_SECTIONS, FILE_RELATIVE_KEYS, Config, load_config, save_config
 from sidrec.errors import SidrecError
 from sidrec.io import check_writable
 
@@ -72,7 +72,7 @@ def settings(cfg: Config) -> dict[str, Any]:
 def settings_diff(old: Config, new: Config) -> list[str]:
     """``key: old -> new`` for every setting that changes what a run computes."""
     a, b = settings(old), settings(new)
-    for key in ("data.path", "features.npy_path"):  # 'x' and '/cwd/x' are the same setting
+    for key in (f"{sec}.{k}" for sec, k in FILE_RELATIVE_KEYS):  # 'x' and '/cwd/x' are the same setting
         for s in (a, b):
             if isinstance(s.get(key), str) and s[key] not in ("", "synthetic"):
                 s[key] = os.path.abspath(s[key])

@@ -171,7 +171,7 @@ class Dataset:
         """Share of items with a non-empty value, per item field (``sidrec data stats`` shows it, so a reader
         that found no text, or a field that is mostly empty, is visible before anything is embedded)."""
         n = max(1, self.n_items)
-        return {f: sum(_has_value(v) for v in vals) / n for f, vals in self.items.items()}
+        return {f: sum(has_value(v) for v in vals) / n for f, vals in self.items.items()}
 
     def validate(self) -> None:
         """Invariants every consumer relies on; a reader that breaks them is a bug, not user error."""
@@ -270,10 +270,11 @@ def _read_parquet(path: Path, columns: tuple[str, ...]) -> pa.Table:
     return table
 
 
-def _has_value(v: Any) -> bool:
-    """A field value that carries text: not None, not blank, not the 'Unknown' placeholder some dumps use."""
+def has_value(v: Any) -> bool:
+    """A field value that carries text: not None, not blank, not the 'Unknown' placeholder some dumps use
+    (coverage counts it, and item texts drop the clause of a field without one)."""
     if isinstance(v, list | tuple):
-        return any(_has_value(x) for x in v)
+        return any(has_value(x) for x in v)
     return v is not None and bool(str(v).strip()) and str(v).strip() != "Unknown"
 
 

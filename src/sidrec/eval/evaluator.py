@@ -46,6 +46,15 @@ def ranks_from_topk(topk: torch.Tensor | np.ndarray, targets: torch.Tensor | np.
     return np.where(found, pos, NOT_FOUND).astype(np.int64)
 
 
+def mask_history(scores: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+    """Set each row's history items (left-padded ``hist`` (B, T), -1 = pad) to ``-inf`` in ``scores`` (B, N),
+    in place; the one rule for "seen items excluded" in evaluation and in ``sidrec recommend``."""
+    valid = hist >= 0
+    rows = torch.arange(len(hist), device=hist.device).view(-1, 1).expand_as(hist)
+    scores[rows[valid], hist[valid]] = float("-inf")
+    return scores
+
+
 TIE_K = 10
 
 
@@ -147,10 +156,7 @@ class Evaluator:
             if exclude_history:
                 hist = self.eval_set.padded_histories(rows, pad=-1)
                 keep_target = hist != targets.view(-1, 1)
-                hist = torch.where(keep_target, hist, torch.full_like(hist, -1))
-                valid = hist >= 0
-                r = torch.arange(len(rows)).view(-1, 1).expand_as(hist)
-                scores[r[valid], hist[valid]] = float("-inf")
+                mask_history(scores, torch.where(keep_target, hist, torch.full_like(hist, -1)))
             ranks[rows] = ranks_from_scores(scores, targets).numpy()
             top = scores.topk(min(TIE_K + 1, scores.shape[1]), dim=1).values
             tied[rows] = tied_share(top).numpy()

@@ -4,6 +4,6 @@ Both paths are cached by a content hash (the texts / attributes and every settin
 result), so re-running an experiment never re-embeds, and a changed template never reuses stale vectors.
 """
 
-from sidrec.features.core import check_embeddings, field_coverage, item_features, item_texts
+from sidrec.features.core import check_embeddings, item_features, item_texts
 
-__all__ = ["check_embeddings", "field_coverage", "item_features", "item_texts"]
+__all__ = ["check_embeddings", "item_features", "item_texts"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sidrec.config import FeaturesConfig
-from sidrec.data.dataset import Dataset
+from sidrec.data.dataset import Dataset, has_value
 from sidrec.errors import SidrecError
 from sidrec.io import save_npy
 
@@ -43,10 +43,6 @@ def resolve_template(template: str) -> str:
     return AUTO_TEMPLATE if template.strip() == "auto" else template
 
 
-def _empty(v: str) -> bool:
-    return not v.strip() or v == "Unknown"
-
-
 def render_item_texts(ds: Dataset, template: str) -> tuple[list[str], np.ndarray]:
     """Fill ``template`` for every item; returns the texts and which items had no text (a placeholder).
 
@@ -65,7 +61,7 @@ def render_item_texts(ds: Dataset, template: str) -> tuple[list[str], np.ndarray
         vals = {f: _fmt(columns[f][i]) for f in fields}
         parts = []
         for c, names in zip(clauses, names_of, strict=True):
-            if names and all(_empty(vals[n]) for n in names):
+            if names and all(not has_value(columns[n][i]) for n in names):
                 continue
             parts.append(c.format(**vals))
         text = " ".join(parts).strip()
@@ -77,11 +73,6 @@ def render_item_texts(ds: Dataset, template: str) -> tuple[list[str], np.ndarray
 def item_texts(ds: Dataset, template: str) -> list[str]:
     """The text of every item under ``template`` (``auto``: :data:`AUTO_TEMPLATE`); see :func:`render_item_texts`."""
     return render_item_texts(ds, template)[0]
-
-
-def field_coverage(ds: Dataset) -> dict[str, float]:
-    """Share of items with a non-empty value, per item field (what ``sidrec data stats`` shows)."""
-    return ds.field_coverage()
 
 
 def has_text(ds: Dataset) -> bool:
@@ -99,7 +90,7 @@ def checked_item_texts(ds: Dataset, template: str, min_coverage: float) -> list[
     texts, missing = render_item_texts(ds, template)
     share = float(missing.mean()) if len(missing) else 0.0
     if share > 1 - min_coverage + 1e-12:
-        cov = field_coverage(ds)
+        cov = ds.field_coverage()
         have = ", ".join(f"{f} {c:.0%}" for f, c in sorted(cov.items(), key=lambda x: -x[1])) or "none"
         shown = template if len(template) <= 60 else template[:57] + "..."
         raise SidrecError(

@@ -34,6 +34,7 @@ from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import mask_history
 from sidrec.models.acerec import ACERec, ACERecConfig
 from sidrec.recipes._eval import EvaluatorsMixin
 from sidrec.recipes.sasrec import NextItemBatches
@@ -127,9 +128,7 @@ class ACERecTask(EvaluatorsMixin):
             hist = eval_set.padded_histories(order[s:s + bs], pad=-1)
             logp = self.log_probs(self.model, hist, table)
             if self.cfg.eval.exclude_history:  # exact: score everything, mask the history, then rank
-                sc = self.scorer.scores(logp)
-                r = torch.arange(len(hist)).view(-1, 1).expand_as(hist)
-                sc[r[hist >= 0], hist[hist >= 0]] = float("-inf")
+                sc = mask_history(self.scorer.scores(logp), hist)
                 v, i = sc.topk(min(k, sc.shape[1]), 1)
             else:
                 v, i = self.scorer.topk(logp, k)

@@ -3,12 +3,14 @@
 Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
        [--reuse] [--resume] [key=value ...]
 
-Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml), frqud, sdud, both (SDUD + FrqUD, the configs'
-default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no decay),
-gaussian (Gaussian noise instead of Gumbel, FrqUD). Every run of a seed starts from the same SID table: the
-tokenizer stage's files are copied from the seed's first run, so the variants differ only in training.
-With --reuse a finished run directory (metrics.json present) is read instead of retrained; for the configs'
-seed (42) the two-stage run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) is used when present.
+Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml with DIGER's backbone), frqud, sdud, both (SDUD
++ FrqUD, the configs' default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no
+decay), gaussian (Gaussian noise instead of Gumbel, FrqUD), gap (noise in units of each level's logit gap),
+detached (the authors' public code: the recommendation loss does not reach the tokenizer), noisy (the first
+implementation: noisy codes as the recommender's inputs and targets). Every run of a seed starts from the
+same SID table: the tokenizer stage's files are copied from the seed's first run, so the variants differ only
+in training.
+With --reuse a finished run directory (metrics.json present) is read instead of retrained.
 Writes runs/bench/diger-<dataset>-<variant>-s<seed> and benchmarks/results/diger.json (one record per run and
 split/subset, with utilisation per level and SID drift, and a mean/std record per variant over the seeds).
 """
@@ -29,15 +31,24 @@ from sidrec.pipeline import train
 from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
 
 VARIANTS = {
-    "tiger": ("tiger-cpu", ["tiger.arch=encdec", "train.epochs=12", "train.batch_size=256", "train.patience=5",
-                           "train.max_minutes=75"]),  # the same backbone and budget as configs/*/diger.yaml
+    # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml: encdec, history 50, tied logits)
+    "tiger": ("tiger-cpu", ["tiger.arch=encdec", "data.max_len=50", "tiger.tie_head=true", "train.epochs=12",
+                           "train.batch_size=256", "train.patience=5", "train.max_minutes=75"]),
     "frqud": ("diger", ["diger.decay=frqud"]),
     "sdud": ("diger", ["diger.decay=sdud"]),
     "both": ("diger", ["diger.decay=both"]),
     "nodecay": ("diger", ["diger.decay=none"]),
     "ste": ("diger", ["diger.noise=none", "diger.decay=none"]),
     "gaussian": ("diger", ["diger.noise=gaussian", "diger.decay=frqud"]),
+    "gap": ("diger", ["diger.noise_unit=gap"]),  # noise in units of each level's logit gap
+    "detached": ("diger", ["diger.rec_to_tokenizer=false"]),  # the authors' public code: no L_gen into the tokenizer
+    # the first implementation: noisy codes as the recommender's inputs and targets, per-level FrqUD, argmin
+    # derivation, input-space reconstruction
+    "noisy": ("diger", ["diger.forward=noisy", "diger.frequd_level=each", "diger.derive=argmin",
+                        "diger.recon=input"]),
 }
+
+
 def sid_stats(run: Path) -> dict[str, float]:
     """Final utilisation per level and SID drift of a DIGER run (from its diger_log.jsonl)."""
     log = run / "diger_log.jsonl"
@@ -52,6 +63,8 @@ def sid_stats(run: Path) -> dict[str, float]:
     out = {f"utilization_l{i + 1}": u for i, u in enumerate(r["utilization"])}
     out.update(sid_drift=r["sid_drift"], collision_rate=r["collision_rate"],
                noise_scale_final=r["noise_scale"])
+    for key in ("logit_gap", "flip_rate"):  # per level, at the last re-derivation
+        out.update({f"{key}_l{i + 1}": v for i, v in enumerate(r.get(key, []))})
     return out
 
 
@@ -73,10 +86,6 @@ def main() -> None:
             for variant in args.variants:
                 conf, extra = VARIANTS[variant]
                 run = Path("runs/bench") / f"diger-{name}-{variant}-s{seed}"
-                two_stage = Path("runs/bench") / f"tiger-{name}"  # benchmarks/tiger.py's run, if same seed
-                if (variant == "tiger" and args.reuse and (two_stage / "metrics.json").exists()
-                        and load_config([two_stage / "config.yaml"]).seed == seed):
-                    run = two_stage
                 if first is not None:
                     copy_tokenizer_stage(first, run)
                 cfg = load_config([REPO / "configs" / name / f"{conf}.yaml"],

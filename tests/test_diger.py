@@ -15,7 +15,7 @@ from sidrec.models.diger import DIGER, DIGERConfig
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.pipeline import evaluate, train
 from sidrec.recipes.diger import DIGER_LOG_FILE, DIGER_TABLE_FILE, DIGER_USAGE_FILE
-from sidrec.sid.rqvae import RQVAE
+from sidrec.sid.rqvae import RQVAE, ResidualQuantizer, sinkhorn_codes
 from sidrec.sid.table import SIDTable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,10 +41,11 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return hist, torch.randint(0, N_ITEMS, (16,), generator=g)
 
 
-@pytest.mark.parametrize("noise,arch", [("gumbel", "encdec"), ("none", "encdec"), ("gaussian", "encdec"),
-                                        ("gumbel", "decoder")])
-def test_recommendation_loss_reaches_the_codebooks(noise, arch):
-    m = tiny(DIGERConfig(noise=noise, decay="none", vq_weight=0.0, recon_weight=0.0), arch=arch)
+@pytest.mark.parametrize("noise,arch,fwd", [("gumbel", "encdec", "cached"), ("none", "encdec", "cached"),
+                                            ("gaussian", "encdec", "cached"), ("gumbel", "decoder", "cached"),
+                                            ("gumbel", "encdec", "noisy")])
+def test_recommendation_loss_reaches_the_codebooks(noise, arch, fwd):
+    m = tiny(DIGERConfig(noise=noise, decay="none", vq_weight=0.0, recon_weight=0.0, forward=fwd), arch=arch)
     m.train()
     hist, tgt = batch()
     loss = m(hist, None, tgt, torch.Generator().manual_seed(1))
@@ -64,8 +65,9 @@ def test_no_noise_at_inference_but_noise_in_training():
     nearest, _ = m.rqvae.quantizer.assign(m.rqvae.encoder(m.features))
     assert torch.equal(a, b) and torch.equal(a, nearest)
     m.train()
-    noisy = m.assign(items, torch.Generator().manual_seed(0))["codes"]
-    assert (noisy != nearest).any()  # the same call in training mode does explore
+    a = m.assign(items, torch.Generator().manual_seed(0))
+    assert (a["noisy_codes"] != nearest).any()  # the same call in training mode does explore...
+    assert torch.equal(a["codes"], m.table[items])  # ...but the recommender still reads the cached table
 
 
 def test_frqud_gates_noise_to_hot_codes_only():
@@ -150,3 +152,89 @@ def test_tiny_joint_run_moves_sids_and_reproduces_them(tmp_path):
     assert f"]({DIGER_USAGE_FILE})" in (run / "report.md").read_text()  # linked from the run report
     again = evaluate(run, splits=("test",))  # SIDs re-derived from the checkpoint: same numbers
     assert again["test"]["all"]["ndcg@10"] == pytest.approx(res["test"]["all"]["ndcg@10"])
+
+
+def test_cached_forward_feeds_the_table_to_the_recommender_whatever_the_noise():
+    """With noise on, the recommender's inputs and targets are the cached table's codes (values), not samples."""
+    m = tiny(DIGERConfig(noise="gumbel", decay="none", noise_scale=50.0))
+    m.table.copy_(torch.randint(0, 8, m.table.shape, generator=torch.Generator().manual_seed(3)))
+    seen = {}
+
+    def spy(hist_codes, users, tgt_codes, hist_emb, tgt_emb, tw):
+        seen.update(h=hist_codes, t=tgt_codes, he=hist_emb, tw=tw)
+        return hist_emb.sum() * 0 + tgt_emb.sum() * 0 + sum(w.sum() for w in tw if w is not None) * 0
+
+    m.tiger.forward = spy
+    m.train()
+    hist, tgt = batch()
+    m(hist, None, tgt, torch.Generator().manual_seed(1))
+    ok = hist >= 0
+    assert torch.equal(seen["h"][ok][:, :3], m.table[hist[ok]])
+    assert torch.equal(seen["t"][:, :3], m.table[tgt])
+    emb = m.tiger.code_emb.weight
+    want = emb[seen["h"][ok][:, :3] + m.tiger.offsets[:3]]
+    assert torch.allclose(seen["he"][ok][:, :3], want, atol=1e-6)  # input embeddings = the cached codes' rows
+    for lv in range(3):
+        assert torch.equal(seen["tw"][lv].argmax(1), m.table[tgt, lv])
+        assert torch.allclose(seen["tw"][lv].sum(1), torch.ones(len(tgt)))
+
+
+def test_the_authors_detached_labels_give_the_tokenizer_no_recommendation_gradient():
+    m = tiny(DIGERConfig(decay="none", vq_weight=0.0, recon_weight=0.0, rec_to_tokenizer=False))
+    m.train()
+    hist, tgt = batch()
+    m(hist, None, tgt).backward()
+    assert all(b.grad is None or b.grad.abs().sum() == 0 for b in m.rqvae.quantizer.codebooks)
+    assert m.tiger.code_emb.weight.grad.abs().sum() > 0
+
+
+def test_frqud_marks_an_item_hot_at_all_levels_or_none():
+    m = tiny(DIGERConfig(decay="frqud", frequd_level="first"))
+    m.usage_0.zero_()
+    m.usage_0[:4] = 0.25  # codes 0-3 of level 1 hot
+    m.usage_1.fill_(1.0)  # every level-2 code "hot": a per-level decision would differ from the first level's
+    near = torch.stack([torch.arange(8).repeat(3)[:20], torch.arange(20) % 8, torch.arange(20) % 8], 1)
+    gate = m.noise_gate(near)
+    assert gate is not None and gate.shape == (20, 3)
+    assert bool((gate.all(1) | ~gate.any(1)).all())  # all levels or none
+    assert torch.equal(gate[:, 0], near[:, 0] < 4)
+    each = DIGERConfig(decay="frqud", frequd_level="each")
+    m.cfg = each
+    mixed = m.noise_gate(near)
+    assert not bool((mixed.all(1) | ~mixed.any(1)).all())  # the per-level ablation does mix
+
+
+def test_sinkhorn_derivation_spreads_items_that_argmin_piles_onto_one_code():
+    torch.manual_seed(0)
+    q = ResidualQuantizer([8], 4)
+    with torch.no_grad():
+        q.codebooks[0].copy_(torch.randn(8, 4) * 3)
+        z = q.codebooks[0][0] + 0.8 * torch.randn(400, 4)  # most items nearest to code 0
+    argmin = q.assign(z)[0][:, 0]
+    balanced = sinkhorn_codes(q, z, epsilon=0.003, iters=50)[:, 0]
+    assert torch.bincount(balanced, minlength=8).max() < torch.bincount(argmin, minlength=8).max()
+    assert torch.unique(balanced).numel() >= torch.unique(argmin).numel()
+    assert torch.equal(balanced, sinkhorn_codes(q, z, epsilon=0.003, iters=50)[:, 0])  # deterministic
+    with pytest.raises(SidrecError, match="Sinkhorn"):
+        sinkhorn_codes(q, z, epsilon=0.0)
+
+
+def test_tied_code_logits_read_the_code_embeddings():
+    cfg = TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8, ffn_dim=32,
+                      dropout=0.0, user_buckets=0, tie_head=True)
+    t = TIGER([8, 8, 4], max_len=5, cfg=cfg)
+    assert t.head is None
+    h = torch.randn(3, 16)
+    assert torch.allclose(t.level_logits(h, 1), h @ t.code_emb.weight[8:16].t())
+
+
+def test_diagnose_reports_gaps_and_flip_rates_that_follow_the_noise():
+    quiet = tiny(DIGERConfig(noise="none", decay="none"))
+    d = quiet.diagnose(torch.Generator().manual_seed(0))
+    assert all(g > 0 for g in d["logit_gap"]) and d["flip_rate"] == [0.0, 0.0, 0.0]
+    rates = []
+    for scale in (0.01, 100.0):
+        m = tiny(DIGERConfig(noise="gumbel", decay="none", noise_scale=scale, noise_unit="gap"))
+        rates.append(sum(m.diagnose(torch.Generator().manual_seed(0))["flip_rate"]))
+        assert torch.allclose(m.gap, torch.tensor(d["logit_gap"]))  # same tokenizer, same gaps
+    assert rates[0] < rates[1]

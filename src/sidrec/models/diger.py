@@ -1,30 +1,41 @@
 """DIGER: differentiable semantic IDs trained jointly with a TIGER recommender (METHODS §2, seed 001).
 
 Two-stage pipelines fix the SIDs by reconstruction and never let the recommendation loss touch them. DIGER
-keeps the RQ-VAE inside the training graph: for the items of every batch (history and target) the SIDs are
-re-derived through the residual quantiser, and the recommender consumes them through *straight-through
-one-hots* -- the forward value is the hard code (so the recommender sees ordinary SIDs), the backward path is
-the soft assignment ``softmax((logits + s * g) / tau)``, so every codeword receives gradient from ``L_gen``:
+keeps the RQ-VAE inside the training graph and re-derives the SID table from its weights as training goes.
 
-* input code embeddings: ``w_l @ E_l`` (``E_l`` = the TIGER embedding rows of level l);
-* targets: ``-sum_k w_k log p_k`` per level (value = the cross-entropy of the hard code).
+**Forward reads the cached table, backward goes through soft assignments** (``forward: cached``, the
+authors' training loop). The recommender's inputs and targets are the codes of the current deterministic
+SID table (re-derived at every epoch start and evaluation), so it learns exactly the labels it is evaluated
+with. The gradient of ``L_gen`` reaches the tokenizer through straight-through weights
+``one_hot(cached) - sg(y) + y`` with ``y = softmax((logits + s * g) / tau)`` along the cached codes' residual
+path: input code embeddings are ``w_l @ E_l`` and each target level's loss is ``-sum_k w_k log p_k`` (value:
+the cross-entropy of the cached code). Noise therefore shapes only the backward probabilities and the
+tokenizer's own VQ / reconstruction terms, whose codes are the noisy argmax. ``rec_to_tokenizer: false``
+cuts that gradient, which is what the authors' public code does (its labels are detached, the tokenizer
+learns from VQ + reconstruction only); ``forward: noisy`` is the first implementation, kept for the
+ablation: noisy one-hots as the recommender's inputs *and* targets at every step.
 
-Naive joint training (no noise) lets the recommendation loss drag all items onto the few codes the model
-already predicts well: the codebook collapses. DIGER's fix is exploration: Gumbel noise of scale ``s`` on the
-assignment logits during training (never at inference), with the uncertainty *decaying* as training
-converges:
+**Exploration and its decay.** Gumbel noise of scale ``s`` on the assignment logits during training (never
+at inference), with the uncertainty decaying as training converges:
 
 * **SDUD** -- ``s`` is a learned ``sigma`` (own learning rate); ``L_gen`` enters the loss as
   ``L_gen / (2 (sigma + lambda)^2) + log(sigma + lambda)``, whose optimum ``sigma = sqrt(L_gen) - lambda``
   shrinks as the recommendation loss falls;
 * **FrqUD** -- an EMA (momentum 0.99) of each code's share of the batch items' noiseless assignments; only
-  items whose noiseless code is *hot* (share > ``hot_ratio / K``) get noise, so crowded codes shed items while
-  rare codes keep theirs;
+  *hot* items get noise. ``frequd_level: first`` decides hot once per item from its first-level code and
+  applies it to every level (the authors' sequence-level decision); ``each`` decides per level;
 * both together (FrqUD gating with the SDUD scale).
 
+``noise_unit: gap`` measures the noise in units of each level's median top-1/top-2 logit gap (measured on
+the catalogue at every re-derivation), because raw Gumbel(1) on ``-||r - c||^2`` resamples deep levels whose
+gaps are tiny almost uniformly; ``logit`` (the authors') adds it to the raw logits.
+
+**Reconstruction.** ``recon: latent`` (the authors') reconstructs the encoder's latent from the quantised
+one, ``||z_q - z||^2``; the decoder is unused and frozen. ``input`` decodes to the item embedding.
+
 The collision code (TIGER's 4th position) is not learned: it comes from the deterministic SID table the
-recipe re-derives (with collision resolution) at every epoch and evaluation.
-The total loss is ``L_gen (weighted by SDUD when on) + vq_weight * L_vq + recon_weight * L_recon``.
+recipe re-derives (with collision resolution). The total loss is
+``L_gen (weighted by SDUD when on) + vq_weight * L_vq + recon_weight * L_recon``.
 """
 
 from __future__ import annotations
@@ -37,9 +48,10 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models.tiger import TIGER
-from sidrec.sid.rqvae import NOISES, RQVAE
+from sidrec.sid.rqvae import NOISES, RQVAE, sample_noise
 
 DECAYS = ("none", "sdud", "frqud", "both")
+FORWARDS = ("cached", "noisy")
 
 
 @dataclass
@@ -58,6 +70,14 @@ class DIGERConfig:
     freeze_encoder: bool = True
     vq_weight: float = 1.0
     recon_weight: float = 1.0
+    forward: str = "cached"  # cached: inputs/targets = the deterministic table, soft assignments backward; noisy
+    rec_to_tokenizer: bool = True  # L_gen reaches the tokenizer (false: the authors' public code, labels detached)
+    frequd_level: str = "first"  # first: hot decided from the level-1 code, for all levels; each: per level
+    noise_unit: str = "logit"  # logit: noise on raw logits (authors'); gap: in units of each level's logit gap
+    derive: str = "sinkhorn"  # SID table derivation: sinkhorn (balanced, authors') or argmin (nearest code)
+    sinkhorn_epsilon: float = 0.003
+    sinkhorn_iters: int = 50
+    recon: str = "latent"  # latent: ||z_q - z||^2, decoder frozen (authors'); input: decode to the embedding
 
     def check(self) -> None:
         if self.noise not in (*NOISES, "none"):
@@ -69,6 +89,14 @@ class DIGERConfig:
                               "diger.usage_momentum in [0, 1)")
         if self.sdud_lambda <= 0 or self.sdud_lr <= 0 or self.tokenizer_lr < 0:
             raise SidrecError("diger.sdud_lambda and diger.sdud_lr must be > 0, diger.tokenizer_lr >= 0")
+        for key, value, allowed in (("forward", self.forward, FORWARDS), ("frequd_level", self.frequd_level,
+                                    ("first", "each")), ("noise_unit", self.noise_unit, ("logit", "gap")),
+                                    ("derive", self.derive, ("sinkhorn", "argmin")),
+                                    ("recon", self.recon, ("latent", "input"))):
+            if value not in allowed:
+                raise SidrecError(f"diger.{key} must be one of {', '.join(allowed)}; got '{value}'")
+        if not self.sinkhorn_epsilon > 0 or self.sinkhorn_iters < 1:
+            raise SidrecError("diger.sinkhorn_epsilon must be > 0 and diger.sinkhorn_iters >= 1")
 
 
 class DIGER(nn.Module):
@@ -99,6 +127,15 @@ class DIGER(nn.Module):
         else:
             self.latents = None
         self.register_buffer("collision", collision.long(), persistent=False)
+        if cfg.recon == "latent":  # the decoder is not in the loss: keep it out of the optimiser too
+            for p in rqvae.decoder.parameters():
+                p.requires_grad_(False)
+        # the cached SID table (levels only; the recipe installs every re-derivation) and, for
+        # noise_unit=gap, each level's median top-1/top-2 logit gap on the catalogue
+        with torch.no_grad():
+            start, _ = rqvae.quantizer.assign(self.latents if self.latents is not None else rqvae.encoder(self.features))
+        self.register_buffer("table", start.long(), persistent=False)
+        self.register_buffer("gap", torch.ones(self.levels), persistent=False)
         self.sigma = nn.Parameter(torch.tensor(float(cfg.noise_scale))) if cfg.decay in ("sdud", "both") else None
         for level, k in enumerate(rqvae.quantizer.sizes):  # FrqUD usage shares, start uniform
             self.register_buffer(f"usage_{level}", torch.full((k,), 1.0 / k))
@@ -119,29 +156,92 @@ class DIGER(nn.Module):
             return None
         return [u > self.cfg.hot_ratio / len(u) for u in self.usage()]
 
+    def noise_gate(self, nearest: torch.Tensor) -> torch.Tensor | None:
+        """(n, L) bool: which items get noise at which level, from their noiseless codes (n, L); None = all.
+
+        ``frequd_level=first`` gives every level the first level's decision (an item is hot or not as a whole);
+        ``each`` decides per level.
+        """
+        hot = self.hot_codes()
+        if hot is None:
+            return None
+        if self.cfg.frequd_level == "first":
+            return hot[0].to(nearest.device)[nearest[:, 0]].unsqueeze(1).expand(-1, self.levels)
+        return torch.stack([h.to(nearest.device)[nearest[:, lv]] for lv, h in enumerate(hot)], 1)
+
+    def level_scale(self) -> list[float] | None:
+        return [float(g) for g in self.gap] if self.cfg.noise_unit == "gap" else None
+
+    @torch.no_grad()
+    def diagnose(self, generator: torch.Generator | None = None) -> dict[str, list[float]]:
+        """Per level, on the whole catalogue along the noiseless path: the median top-1/top-2 logit gap and the
+        share of items whose code one draw of the training noise (scale, unit and FrqUD gate as in training)
+        would flip. Also installs the gaps that ``noise_unit=gap`` measures noise in."""
+        q = self.rqvae.quantizer
+        z = self.latents if self.latents is not None else self.rqvae.encoder(self.features)
+        codes, logits = q.assign(z.float())
+        gaps = []
+        for lg in logits:
+            top = lg.topk(2, dim=1).values
+            gaps.append(float((top[:, 0] - top[:, 1]).median()))
+        self.gap.copy_(torch.tensor(gaps).clamp(min=1e-6))
+        gate = self.noise_gate(codes)
+        s = self.noise_scale()
+        flips = []
+        for lv, lg in enumerate(logits):
+            if s == 0:
+                flips.append(0.0)
+                continue
+            eps = s * sample_noise(self.cfg.noise if self.cfg.noise != "none" else "gumbel", lg.shape, generator, lg)
+            if self.cfg.noise_unit == "gap":
+                eps = eps * gaps[lv]
+            if gate is not None:
+                eps = eps * gate[:, lv].unsqueeze(1).to(eps.dtype)
+            flips.append(float(((lg + eps).argmax(1) != codes[:, lv]).float().mean()))
+        return {"logit_gap": gaps, "flip_rate": flips}
+
     # ------------------------------------------------------------------ assignments
     def assign(self, items: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | list]:
-        """Differentiable SIDs of ``items`` (n,): hard codes, straight-through weights, VQ and recon losses.
+        """SIDs of ``items`` (n,) for the recommender, their straight-through weights, VQ and recon losses.
 
-        Runs in float32 whatever the surrounding autocast: the nearest-code decisions and the usage counts
-        must not depend on bf16 rounding.
+        ``forward=cached``: the codes are the cached table's, the weights carry the (perturbed) soft
+        assignment backward; ``noisy``: the codes are the noisy argmax itself. Either way the VQ and
+        reconstruction terms use the noisy codes. Runs in float32 whatever the surrounding autocast: the
+        nearest-code decisions and the usage counts must not depend on bf16 rounding.
         """
         cfg = self.cfg
+        q = self.rqvae.quantizer
         with torch.autocast(items.device.type, enabled=False):
             x = self.features[items]
             z = self.latents[items] if self.latents is not None else self.rqvae.encoder(x)
+            with torch.no_grad():
+                near, _ = q.assign(z)
+            gate = self.noise_gate(near)
+            rows = gate[:, 0] if gate is not None and cfg.frequd_level == "first" else None
+            hot = self.hot_codes() if cfg.frequd_level == "each" else None
+            noise = cfg.noise if cfg.noise != "none" else "gumbel"
             est = "soft" if cfg.noise == "none" else "gumbel"
-            out = self.rqvae.quantizer(z, estimator=est, tau=cfg.tau, noise_scale=self.noise_scale(),
-                                       generator=generator, noise=cfg.noise if cfg.noise != "none" else "gumbel",
-                                       hot=self.hot_codes())
-            recon = F.mse_loss(self.rqvae.decoder(out.quantized), x)
+            scale = self.noise_scale()
+            out = q(z, estimator=est, tau=cfg.tau, noise_scale=scale, generator=generator, noise=noise,
+                    hot=hot, rows=rows, level_scale=self.level_scale())
+            recon = (F.mse_loss(out.quantized, z) if cfg.recon == "latent"
+                     else F.mse_loss(self.rqvae.decoder(out.quantized), x))
+            if cfg.forward == "noisy":
+                codes, weights = out.codes, out.weights
+            else:
+                codes = self.table[items]
+                if cfg.rec_to_tokenizer:
+                    weights = q.soft_along(z, codes, cfg.tau, scale if est == "gumbel" else 0.0, generator, noise,
+                                           gate=gate, level_scale=self.level_scale())
+                else:
+                    weights = [F.one_hot(codes[:, lv], k).float() for lv, k in enumerate(q.sizes)]
         if self.training:
             with torch.no_grad():
                 m = cfg.usage_momentum
                 for level, u in enumerate(self.usage()):
-                    share = torch.bincount(out.nearest[:, level], minlength=len(u)).float() / max(1, len(items))
+                    share = torch.bincount(near[:, level], minlength=len(u)).float() / max(1, len(items))
                     u.mul_(m).add_(share, alpha=1 - m)
-        return {"codes": out.codes, "weights": out.weights, "vq": out.loss, "recon": recon}
+        return {"codes": codes, "weights": weights, "vq": out.loss, "recon": recon, "noisy_codes": out.codes}
 
     def _vectors(self, codes: torch.Tensor, weights: list[torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """(n, L, d) input embeddings: straight-through mixtures for the learned levels, lookup for the last."""

@@ -59,6 +59,7 @@ class TIGERConfig:
     kv_cache: bool = True  # decoder self-attention cache; false = recompute the <= L-token prefix each step
     arch: typing.Literal["encdec", "decoder"] = "encdec"  # paper encoder-decoder, or one causal stack (see module doc)
     layers: int = 0  # arch=decoder: causal blocks (0 = encoder_layers + decoder_layers, the encdec's depth)
+    tie_head: bool = False  # code logits = state . code embedding (no separate output layer), as DIGER's authors
 
 
 def hash_users(users: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -118,7 +119,9 @@ class TIGER(nn.Module):
             self.encoder_ln = nn.LayerNorm(d)
             self.decoder = nn.ModuleList(block(True) for _ in range(cfg.decoder_layers))
         self.decoder_ln = nn.LayerNorm(d)
-        self.head = nn.Linear(d, self.vocab)
+        # tied: a code's logit is the state's dot product with that code's input embedding, so a codeword the
+        # tokenizer moves (DIGER) moves the input and the output side together
+        self.head = None if cfg.tie_head else nn.Linear(d, self.vocab)
         for emb in (self.code_emb, self.item_pos, self.dec_pos) + ((self.user_emb,) if self.user_emb else ()):
             nn.init.normal_(emb.weight, std=d**-0.5)
         if self.bos is not None:
@@ -192,6 +195,8 @@ class TIGER(nn.Module):
         """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
         lo = int(self.offsets[level])
         hi = lo + self.sizes[level]
+        if self.head is None:
+            return F.linear(h, self.code_emb.weight[lo:hi])
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
 
     def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor | None,

@@ -8,11 +8,13 @@ inherited from :class:`~sidrec.recipes.tiger.TIGERTask`; what changes:
 * three optimiser groups (:meth:`DIGERTask.param_groups`): the recommender at ``train.lr``, the tokenizer at
   ``diger.tokenizer_lr`` (the encoder is frozen by default) and SDUD's sigma at ``diger.sdud_lr``;
 * the SID table is a function of the weights: before every epoch and every evaluation it is re-derived
-  deterministically (float64 nearest codes, the shared content-ordered collision resolution), which is also
+  deterministically (float64; Sinkhorn-balanced or nearest codes per ``diger.derive``; the shared
+  content-ordered collision resolution) and installed as the recommender's cached table, which is also
   how ``sidrec evaluate`` / ``recommend`` reproduce it from a checkpoint; the evaluated table is written to
   ``sid_table.diger.parquet`` (the last write is the best checkpoint's, by the final evaluation);
 * diagnostics per re-derivation go to ``diger_log.jsonl`` (utilisation per level, SID drift from the
-  starting table, collision rate, noise scale) and ``diger_training.png``.
+  starting table, collision rate, noise scale, per-level median top-1/top-2 logit gap and the share of
+  codes one draw of the training noise flips) and ``diger_training.png``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sidrec.recipes.tiger import TIGERTask, _features
 from sidrec.sid.collisions import collision_stats
 from sidrec.sid.diagnostics import plot_usage_panels
 from sidrec.sid.pipeline import TOKENIZER_DIR, resolve_codes
-from sidrec.sid.rqvae import RQVAETokenizer
+from sidrec.sid.rqvae import RQVAETokenizer, sinkhorn_codes
 from sidrec.sid.table import SIDTable
 from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE
 
@@ -68,10 +70,12 @@ class DIGERTask(TIGERTask):
         assert self.tokenizer.model is not None
         self.emb = _features(cfg, dataset).astype(np.float32)
         x = (torch.from_numpy(self.emb) - self.tokenizer._mean) / self.tokenizer._scale
-        self.start_codes = self.sids.primary[:, :-1].clone()  # the two-stage SIDs DIGER starts from
         self.item_ids = dataset.item_ids
         rqvae = copy.deepcopy(self.tokenizer.model).float().train()
         self.model = DIGER(self.model, rqvae, x, self.sids.primary[:, -1].clone(), self.dcfg)
+        # the SIDs DIGER starts from: the pretrained tokenizer's table under DIGER's derivation (equal to the
+        # two-stage table with derive=argmin; Sinkhorn rebalances it before any joint training)
+        self.start_codes = torch.from_numpy(self.derive_table()[1]).clone()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log_index = 0
         log = self.run_dir / DIGER_LOG_FILE
@@ -111,7 +115,13 @@ class DIGERTask(TIGERTask):
             return last[1], last[2]
         self.tokenizer.model = copy.deepcopy(core.rqvae).float().eval()
         self.tokenizer._model64 = None
-        codes = self.tokenizer.encode(self.emb)
+        if self.dcfg.derive == "sinkhorn":  # balanced over the catalogue, in float64 like encode()
+            m64 = self.tokenizer._float64()
+            x = (torch.from_numpy(self.emb).double() - self.tokenizer._mean.double()) / self.tokenizer._scale.double()
+            codes = sinkhorn_codes(m64.quantizer, m64.encoder(x), self.dcfg.sinkhorn_epsilon,
+                                   self.dcfg.sinkhorn_iters).numpy()
+        else:
+            codes = self.tokenizer.encode(self.emb)
         resolved, sizes = resolve_codes(self.tokenizer, self.emb, codes)
         table = SIDTable.from_codes(resolved, sizes, self.item_ids)
         self._derived = (weights, table, codes)
@@ -123,11 +133,13 @@ class DIGERTask(TIGERTask):
         table, codes = self.derive_table(core)
         self.use_sids(table)
         core.collision.copy_(self.sids.primary[:, -1])
+        core.table.copy_(self.sids.primary[:, :-1])
+        diag = core.diagnose(torch.Generator().manual_seed(self.cfg.seed + self._log_index))
         sizes = core.rqvae.quantizer.sizes
         util = [float(np.unique(codes[:, lv]).size / k) for lv, k in enumerate(sizes)]
         drift = float((torch.from_numpy(codes) != self.start_codes).any(1).float().mean())
         rec = {"index": self._log_index, "when": when, "utilization": util, "sid_drift": drift,
-               "collision_rate": collision_stats(codes).rate, "noise_scale": core.noise_scale(),
+               "collision_rate": collision_stats(codes).rate, "noise_scale": core.noise_scale(), **diag,
                "time": time.time(), **{f"last_{k}": v for k, v in core.last.items()}}
         self._log_index += 1
         with open(self.run_dir / DIGER_LOG_FILE, "a") as fh:

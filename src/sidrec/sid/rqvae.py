@@ -138,10 +138,14 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor, estimator: str | None = None, tau: float | None = None,
                 noise_scale: float | None = None, generator: torch.Generator | None = None,
-                noise: str = "gumbel", hot: Sequence[torch.Tensor] | None = None) -> QuantizerOutput:
+                noise: str = "gumbel", hot: Sequence[torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None, level_scale: Sequence[float] | None = None) -> QuantizerOutput:
         """Quantise ``z`` (n, dim). ``noise`` picks the perturbation of ``gumbel`` (Gumbel or Gaussian);
         ``hot`` (per level, a (K_l,) bool mask) restricts it to rows whose noiseless code is hot (DIGER's
-        FrqUD): the other rows take their nearest code, with the plain softmax as backward path."""
+        FrqUD decided per level): the other rows take their nearest code, with the plain softmax as backward
+        path. ``rows`` (n,) bool restricts it to the same rows at every level (FrqUD decided once per item, at
+        the first level, as the authors' code does); ``level_scale`` multiplies the noise of each level (noise
+        measured in units of that level's logit gaps rather than raw logits)."""
         est = self.estimator if estimator is None else estimator
         t = self.tau if tau is None else float(tau)
         s = self.noise_scale if noise_scale is None else float(noise_scale)
@@ -156,8 +160,12 @@ class ResidualQuantizer(nn.Module):
             near = logits.detach().argmax(1)
             if noisy_mode:
                 eps = s * sample_noise(noise, logits.shape, generator, logits)
+                if level_scale is not None:
+                    eps = eps * float(level_scale[level])
                 if hot is not None:
                     eps = eps * hot[level].to(logits.device)[near].unsqueeze(1).to(eps.dtype)
+                if rows is not None:
+                    eps = eps * rows.unsqueeze(1).to(eps.dtype)
                 scores = logits + eps
             else:
                 scores = logits
@@ -198,6 +206,36 @@ class ResidualQuantizer(nn.Module):
             logits_all.append(logits)
             r = r - book[k].detach()
         return torch.stack(codes, 1), logits_all
+
+    def soft_along(self, z: torch.Tensor, codes: torch.Tensor, tau: float, noise_scale: float = 0.0,
+                   generator: torch.Generator | None = None, noise: str = "gumbel",
+                   gate: torch.Tensor | None = None, level_scale: Sequence[float] | None = None
+                   ) -> list[torch.Tensor]:
+        """Straight-through weights of *given* codes (n, L): per level ``one_hot(codes) - sg(y) + y`` with
+        ``y = softmax((logits + noise) / tau)`` along the residual path those codes define.
+
+        This is DIGER's cached-hard path: the forward value is exactly the given (cached, deterministic)
+        code, so the recommender reads and predicts the SID table it is evaluated with, while the backward
+        pass reaches the codebooks (and a trainable encoder) through the perturbed soft assignment. Noise is
+        added in training mode only, to the rows ``gate`` (n, L) bool marks per level (all rows when None);
+        ``level_scale`` as in :meth:`forward`.
+        """
+        r = z
+        out = []
+        for level, book in enumerate(self.codebooks):
+            logits = -self.distances(r, level)
+            if self.training and noise_scale > 0:
+                eps = noise_scale * sample_noise(noise, logits.shape, generator, logits)
+                if level_scale is not None:
+                    eps = eps * float(level_scale[level])
+                if gate is not None:
+                    eps = eps * gate[:, level].unsqueeze(1).to(eps.dtype)
+                logits = logits + eps
+            y = torch.softmax(logits / tau, dim=1)
+            k = codes[:, level]
+            out.append(F.one_hot(k, book.shape[0]).to(y.dtype) - y.detach() + y)
+            r = r - book[k].detach()
+        return out
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the codewords named by ``codes`` (n, L) -> (n, D)."""
@@ -253,6 +291,36 @@ class ResidualQuantizer(nn.Module):
                 unused[dead] = 0
             out.append(dead)
         return out
+
+
+@torch.no_grad()
+def sinkhorn_codes(quantizer: ResidualQuantizer, z: torch.Tensor, epsilon: float, iters: int = 50) -> torch.Tensor:
+    """Balanced residual codes (n, L) of the whole set ``z``: per level, the distances to the codewords are
+    rescaled to [-1, 1], turned into a transport plan ``exp(-d / epsilon)`` whose rows and columns are
+    alternately normalised ``iters`` times (Sinkhorn-Knopp, in log space so a small ``epsilon`` cannot
+    overflow), and each item takes its plan's best code; the next level quantises the residual left by it.
+
+    Why: nearest-code assignment lets a few codewords take most items; the plan's column constraint spreads
+    items over the codebook at equal transport cost, which is how DIGER's authors derive SIDs
+    (``sk_epsilons`` .003, 50 iterations). The result depends on the whole set, so it is a catalogue-level
+    derivation (the SID table), not a per-item encoder.
+    """
+    if not epsilon > 0 or iters < 1:
+        raise SidrecError(f"Sinkhorn needs epsilon > 0 and iters >= 1, got {epsilon} and {iters}")
+    r = z
+    codes = []
+    for level, book in enumerate(quantizer.codebooks):
+        d = quantizer.distances(r, level)
+        mid = (d.max() + d.min()) / 2
+        amp = (d.max() - mid).clamp(min=1e-12)
+        log_q = -((d - mid) / amp) / epsilon
+        for _ in range(iters):
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
+        k = log_q.argmax(1)
+        codes.append(k)
+        r = r - book[k]
+    return torch.stack(codes, 1)
 
 
 def mlp(dims: Sequence[int]) -> nn.Sequential:

@@ -275,7 +275,7 @@ def test_dream_config_section_loads():
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("arch", ["encdec", "decoder"])
-def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
+def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     import hashlib
 
     from sidrec.config import load_config
@@ -286,9 +286,10 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     run = tmp_path / "tiger"
     train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}", f"tiger.arch={arch}"]))
     digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
-    out = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
+    out = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next",
+                          "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
                           "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",
-                          "dream.lambda_warm=-1", "dream.keep_base=false"], progress=False)  # paper-like path
+                          "dream.lambda_warm=-1", "dream.keep_base=false"], progress=False)  # the first design
     assert tuple(out["stages"]) == STAGES
     for res in out["stages"].values():
         assert {"all", "warm", "cold"} <= set(res) and res["cold"]["n_users"] > 0
@@ -308,7 +309,8 @@ def test_dream_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     assert hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest() == digest  # run untouched
     # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
-    again = run_dream(run, ["dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
+    again = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next",
+                            "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
                             "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32", "dream.keep_base=true"],
                       stages=("static",), split=("valid", "test"), progress=False)
     assert again["diagnostics"].get("cart_reused") and "cart_reused" not in d
@@ -450,3 +452,77 @@ def test_refine_added_items_from_first_interactions(tmp_path):
     p = cli("refine-items", str(rd), str(inter), "dream.uc3_min_support=1", "dream.uc3_min_margin=0")
     assert p.returncode == 0, p.stderr
     assert f"{len(res.switched)} switched" in p.stdout and (SIDTable.load(path).codes == new.codes).all()
+
+
+def test_dream_paper_mode_retokenizes_every_item_and_trains_a_bridge(tmp_path):
+    """paper mode: warm items take CART's top-1 too, a bridge TIGER learns that table (reused on a rerun), and
+    UC3 / CPDE change only cold items of it."""
+    import json
+
+    from sidrec.config import load_config
+    from sidrec.dream.pipeline import run_dream
+    from sidrec.pipeline import train
+    from test_tiger import TINY
+
+    run = tmp_path / "tiger"
+    train(load_config(None, TINY + ["train.epochs=2", "data.cold_threshold=12", f"run_dir={run}",
+                                    "tiger.arch=decoder"]))
+    sets = ["dream.cart.epochs=2", "dream.cart.queue_size=256", "dream.cart.w_anchor=0", "dream.cpde_epochs=1",
+            "dream.cpde_warmup_epochs=0", "dream.cpde_update_every=1", "dream.cpde_batch_size=32"]
+    out = run_dream(run, sets, progress=False)
+    d = out["diagnostics"]
+    assert d["bridge"]["status"] == "trained"
+    base = SIDTable.load(run / "sid_table.parquet").primary.numpy()
+    cart = SIDTable.load(run / "dream" / "sid_table.cart.parquet").primary.numpy()
+    bridge = SIDTable.load(run / "dream" / "bridge" / "sid_table.parquet").primary.numpy()
+    assert (bridge == cart).all()  # the bridge learned the CART table
+    split_freq = np.bincount(np.concatenate([s[:-2] if len(s) >= 3 else s for s in _sequences(run)]),
+                             minlength=len(base))
+    warm = split_freq > 12
+    assert ((cart != base).any(1) & warm).any()  # warm items are re-tokenized too
+    assert d["cart_warm_changed"] > 0 and 0 <= d["static_outside_topn"]["all"] <= 1
+    for name in ("uc3", "cpde"):
+        t = SIDTable.load(run / "dream" / f"sid_table.{name}.parquet").primary.numpy()
+        assert (t[warm] == cart[warm]).all()  # later stages move cold items only, from the CART table
+    uc3 = SIDTable.load(run / "dream" / "sid_table.uc3.parquet").primary.numpy()
+    switched = (uc3 != cart).any(1)
+    assert switched.sum() == round(d["uc3_switch_rate"] * d["cold_items"])  # fallback: Phi_R, not the base SID
+    assert (run / "dream" / "bridge" / "metrics.json").exists()
+    again = run_dream(run, sets, stages=("static", "cart"), progress=False)
+    assert again["diagnostics"]["bridge"]["status"] == "reused"
+    assert json.loads((run / "dream" / "bridge.json").read_text())["table"]
+    assert again["stages"]["cart"]["all"] == out["stages"]["cart"]["all"]  # same bridge, same numbers
+
+
+def test_info_nce_prefers_the_positive_key_and_averages_positions():
+    from sidrec.sid.cart import info_nce
+
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 16, 8), dim=-1)
+    queue = torch.nn.functional.normalize(torch.randn(3, 32, 8), dim=-1)
+    hard = torch.nn.functional.normalize(torch.randn(3, 16, 2, 8), dim=-1)
+    ok = torch.ones(16, 2, dtype=torch.bool)
+    same = info_nce(q, q, queue, hard, ok, 0.1)
+    other = info_nce(q, q[:, torch.randperm(16)], queue, hard, ok, 0.1)
+    assert same < other
+    per = torch.stack([info_nce(q[i:i + 1], q[i:i + 1], queue[i:i + 1], hard[i:i + 1], ok, 0.1) for i in range(3)])
+    assert torch.allclose(same, per.mean())  # the mean over SID positions
+    ok[:, 1] = False  # a missing hard negative does not count
+    assert info_nce(q, q, queue, hard, ok, 0.1) < same
+
+
+@pytest.mark.parametrize("arch", ["encdec", "decoder"])
+def test_mean_nll_is_the_sum_over_positions_divided_by_their_number(arch):
+    from sidrec.dream.uc3 import sid_nll
+    from sidrec.models.tiger import TIGER, TIGERConfig
+
+    torch.manual_seed(0)
+    cfg = TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8, ffn_dim=32,
+                      dropout=0.0, user_buckets=0, arch=arch)
+    m = TIGER([8, 8, 4], max_len=5, cfg=cfg).eval()
+    hist = torch.randint(0, 4, (3, 5, 3))
+    sids = torch.randint(0, 4, (3, 2, 3))
+    sids[0, 1] = -1
+    total, mean = sid_nll(m, hist, None, sids), sid_nll(m, hist, None, sids, reduce="mean")
+    fin = torch.isfinite(total)
+    assert torch.allclose(mean[fin], total[fin] / 3) and not torch.isfinite(mean[0, 1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sidrec.errors import SidrecError
 from sidrec.sid.cart import CARTConfig
 
 
@@ -12,10 +13,16 @@ class DREAMConfig:
     """DREAM's stages. The CPDE loss weights (lambda_*) are not published; see docs/dream.md for the choice."""
 
     cart: CARTConfig = field(default_factory=CARTConfig)
+    # paper: CART re-tokenizes every item (warm items take its top-1 SID Phi_R), a bridge TIGER is trained on
+    # that table, UC3 / CPDE run on the bridge with mean NLL over SID positions and fall back to Phi_R.
+    # cold_only: the first design (the frozen original run, only cold items move, summed NLL); reproduce it
+    # with dream.mode=cold_only dream.cart.nce_positive=next
+    mode: str = "paper"
+    bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
     negatives: str = "family"  # counterfactual negatives: family (TF-IDF within product family) | none
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
-    keep_base: bool = True  # not in the paper: the base SID is a UC3 candidate and the fallback (not CART's best)
+    keep_base: bool = True  # cold_only only (not in the paper): the base SID is a UC3 candidate and the fallback
     uc3_tau: float = 1.0  # tau_c of the per-context softmax over candidates
     uc3_min_support: int = 3  # contexts an item needs before its SID may switch
     uc3_min_margin: float = 0.05  # top-2 vote margin needed to switch
@@ -37,3 +44,13 @@ class DREAMConfig:
     kd_gate: bool = True  # weight warm positions by the teacher's confidence (1 - H / log K)
     eval_beam: int = 50  # beam width for the stage table (>= 50 so Recall@50 is exact)
     eval_users: int = 0  # 0 = all users of the split
+
+    def check(self) -> None:
+        if self.mode not in ("paper", "cold_only"):
+            raise SidrecError(f"dream.mode must be 'paper' or 'cold_only', got '{self.mode}'")
+        if self.bridge_max_minutes < 0:
+            raise SidrecError(f"dream.bridge_max_minutes must be >= 0, got {self.bridge_max_minutes}")
+
+    def nll_reduce(self) -> str:
+        """How UC3 and CPDE reduce a SID's NLL over positions: the paper's mean, or the first design's sum."""
+        return "mean" if self.mode == "paper" else "sum"

@@ -116,7 +116,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
             item = torch.from_numpy(ci[tgt[rows]])
             h = hyps_t[item]  # (b, B, L)
             mem, val = model.encode(hist, users)
-            nll = sid_nll_from_memory(model, mem, val, h)  # (b, B), inf for invalid
+            nll = sid_nll_from_memory(model, mem, val, h, cfg.nll_reduce())  # (b, B), inf for invalid
             wb = w[item] * valid_h[item]
             wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
             soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()

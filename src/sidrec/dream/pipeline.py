@@ -1,14 +1,17 @@
 """Run DREAM's three stages on a trained TIGER run and evaluate every stage on the same users.
 
-Why on top of a finished run: DREAM refines the SIDs of cold items *after* the backbone has been trained;
-the backbone is frozen in stages 1-2 and only gains LoRA adapters in stage 3. Results go to
+Why on top of a finished run: DREAM refines early SID assignments *after* a backbone has been trained on
+the static SIDs. With ``dream.mode=paper`` (default) CART re-tokenizes every item and a bridge TIGER is
+trained on that table (``RUN/dream/bridge``); UC3 votes with it and CPDE adapts it. ``cold_only`` is the
+first design: only cold items move and the original model is the evaluator. Results go to
 ``RUN/dream/``: one SID table per stage, the merged stage-3 weights, ``dream.json`` (diagnostics and the
 stage table) and ``report.md``. The run's own files are never modified.
 
-Stage table rows: ``static`` (the run as trained), ``cart`` (cold items move to CART's best candidate),
-``uc3`` (the backbone's vote where its gates pass; Compat-Top1 decoding), ``cpde-top1`` (LoRA-merged model,
-each cold item's highest-weight hypothesis) and ``cpde-beam`` (same model, all hypotheses of a cold item
-registered in the trie: Beam-Aware decoding).
+Stage table rows: ``static`` (the run as trained), ``cart`` (``dream.mode=paper``: every item takes CART's
+best candidate Phi_R and the row is the bridge TIGER trained on that table, the paper's "CART only";
+``cold_only``: cold items move, the original model decodes), ``uc3`` (the backbone's vote where its gates
+pass; Compat-Top1 decoding), ``cpde-top1`` (LoRA-merged model, each cold item's highest-weight hypothesis)
+and ``cpde-beam`` (same model, all hypotheses of a cold item registered in the trie: Beam-Aware decoding).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
     cfg.run_dir = str(run)
     dcfg: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    dcfg.check()
     from sidrec.config import parse_override
 
     own = {parse_override(o)[0] for o in overrides or []}
@@ -174,23 +178,42 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, candidates=cres.candidates, scores=cres.scores, key=json.dumps(cart_key, sort_keys=True),
                      history=json.dumps(cres.history), negs=diag["hard_negatives_per_item"])
-    cands = complete_candidates(base, cold_items, cres.candidates[cold_items], sizes[-1])
-    cand_scores = np.where((cands >= 0).all(2), cres.scores[cold_items], -np.inf)
-    # stage-1 primary: the best *valid* candidate (invalid ones sort last)
+    paper = dcfg.mode == "paper"
+    moved = np.arange(ds.n_items) if paper else cold_items  # paper: CART re-tokenizes every item
+    cands = complete_candidates(base, moved, cres.candidates[moved], sizes[-1])
+    cand_scores = np.where((cands >= 0).all(2), cres.scores[moved], -np.inf)
+    # stage-1 primary Phi_R: the best *valid* candidate (invalid ones sort last)
     order = np.argsort(-cand_scores, axis=1, kind="stable")
     cands = np.take_along_axis(cands, order[:, :, None], 1)
     cand_scores = np.take_along_axis(cand_scores, order, 1)
-    cart_table = table_with(base, sizes, cold_items, cands[:, :1], item_ids=ds.item_ids)
-    changed = (cart_table.primary.numpy()[cold_items] != base[cold_items]).any(1)
-    diag["cart_primary_changed"] = float(changed.mean()) if len(changed) else 0.0
+    cart_table = table_with(base, sizes, moved, cands[:, :1], item_ids=ds.item_ids)
+    cart = cart_table.primary.numpy()
+    changed = (cart != base).any(1)
+    diag["cart_primary_changed"] = float(changed[cold_items].mean()) if len(cold_items) else 0.0
+    diag["cart_warm_changed"] = float(changed[~cold].mean()) if (~cold).any() else 0.0
+    # the paper's diagnostic: static SIDs that are not among CART's top-n candidates (content codes)
+    outside = ~(cres.candidates == base[:, None, :-1]).all(2).any(1)
+    diag["static_outside_topn"] = {"all": float(outside.mean()), "cold": float(outside[cold].mean()) if cold.any()
+                                   else 0.0, "warm": float(outside[~cold].mean()) if (~cold).any() else 0.0}
     diag["cart_valid_candidates"] = float((cands >= 0).all(2).sum(1).mean()) if len(cands) else 0.0
     diag["cart_losses"] = cres.history
     cart_table.save(out_dir / "sid_table.cart.parquet")
+    if paper:  # UC3 and CPDE work on the cold items' pools
+        cands, cand_scores = cands[cold_items], cand_scores[cold_items]
     timings["cart_s"] = time.time() - t0
     _say(f"CART: {timings['cart_s']:.0f} s, primary SID changed for {diag['cart_primary_changed']:.1%} of "
-         f"{len(cold_items)} cold items")
+         f"{len(cold_items)} cold items" + (f" and {diag['cart_warm_changed']:.1%} of warm items" if paper else ""))
 
-    if dcfg.keep_base and len(cold_items):
+    # ---------------------------------------------------------------- bridge backbone (paper)
+    static_model = task.model
+    start = cart if paper else base  # the table UC3 / CPDE change only cold items of
+    if paper:
+        t0 = time.time()
+        task.model, diag["bridge"] = train_bridge(run, cart_table, out_dir, dcfg, progress)
+        timings["bridge_s"] = time.time() - t0
+        _say(f"bridge TIGER on the CART table: {timings['bridge_s']:.0f} s ({diag['bridge']['status']})")
+
+    if not paper and dcfg.keep_base and len(cold_items):
         # the base SID joins the pool as candidate 0, the fallback when UC3's gates do not pass
         own = base[cold_items]
         is_base = (cands == own[:, None, :]).all(2)
@@ -213,7 +236,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     model = task.model
     dec = uc3_vote(task, samples, ctx_rows, cold_index[tgt[ctx_rows]], np.arange(ds.n_users), cands, dcfg, progress)
     chosen = cands[np.arange(len(cold_items)), dec.chosen]
-    uc3_table = table_with(base, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
+    uc3_table = table_with(start, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
     uc3_table.save(out_dir / "sid_table.uc3.parquet")
     diag.update(uc3_switch_rate=dec.switch_rate, uc3_contexts=int(len(ctx_rows)),
                 uc3_items_with_support=float((dec.support >= dcfg.uc3_min_support).mean()) if len(cold_items) else 0.0)
@@ -236,11 +259,11 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     w = cres3.weights
     top = np.argsort(-w, axis=1, kind="stable")
     top1 = np.take_along_axis(hyps, top[:, :1, None], 1)
-    cpde_top1 = table_with(base, sizes, cold_items, top1, item_ids=ds.item_ids)
+    cpde_top1 = table_with(start, sizes, cold_items, top1, item_ids=ds.item_ids)
     ordered = np.take_along_axis(hyps, top[:, :, None], 1)
     ordered_w = np.take_along_axis(w, top, 1)
     ordered = np.where((ordered_w > 0)[:, :, None], ordered, -1)
-    cpde_beam = table_with(base, sizes, cold_items, ordered, ordered_w, item_ids=ds.item_ids)
+    cpde_beam = table_with(start, sizes, cold_items, ordered, ordered_w, item_ids=ds.item_ids)
     cpde_beam.save(out_dir / "sid_table.cpde.parquet")
     from safetensors.torch import save_model
 
@@ -254,7 +277,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     _say(f"CPDE: {timings['cpde_s']:.0f} s, losses {cres3.losses[-1] if cres3.losses else {}}")
 
     # ---------------------------------------------------------------- evaluation of every stage
-    tables = {"static": (task.model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
+    tables = {"static": (static_model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
               "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam)}
     by_split: dict[str, dict[str, Any]] = {}
     for sp in splits:
@@ -276,6 +299,45 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     write_text(out_dir / "report.md", render(out))
     plot(out, out_dir / "cpde.png")
     return out
+
+
+def train_bridge(run: Path, table: SIDTable, out_dir: Path, dcfg: DREAMConfig, progress: bool = True
+                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The bridge backbone: a TIGER with the run's own settings trained on the CART table (``RUN/dream/bridge``).
+
+    Why: UC3 and CPDE ask a backbone which candidate SID it can generate; one trained on the static SIDs
+    was trained *away* from every new path. The bridge has learned the refined table, and its stage row is
+    the paper's "CART only". A finished bridge for the same table is reused, an interrupted one resumed.
+    """
+    import shutil
+
+    from sidrec.pipeline import load_run, train
+
+    bridge = out_dir / "bridge"
+    stamp = out_dir / "bridge.json"
+    digest = hashlib.sha256(table.primary.numpy().tobytes()).hexdigest()
+    known = json.loads(stamp.read_text()).get("table") if stamp.exists() else None
+    overrides = [f"run_dir={bridge}", f"train.progress={str(progress).lower()}"]
+    if dcfg.bridge_max_minutes > 0:
+        overrides.append(f"train.max_minutes={dcfg.bridge_max_minutes}")
+    if known == digest and (bridge / "metrics.json").exists():
+        status = "reused"
+    else:
+        resume = known == digest and (bridge / "config.yaml").exists()
+        if not resume:
+            shutil.rmtree(bridge, ignore_errors=True)
+            bridge.mkdir(parents=True)
+            table.save(bridge / "sid_table.parquet")
+            if (run / "tokenizer").is_dir():
+                shutil.copytree(run / "tokenizer", bridge / "tokenizer")
+            write_json(stamp, {"table": digest})
+        cfg = load_config([run / "config.yaml"], overrides)
+        train(cfg, resume=resume)
+        status = "resumed" if resume else "trained"
+    _, _, _, btask = load_run(bridge)
+    metrics = json.loads((bridge / "metrics.json").read_text())
+    return btask.model, {"status": status, "dir": str(bridge), "epochs": metrics["summary"]["epochs"],
+                         "train_s": metrics["summary"]["train_s"]}
 
 
 def plot(out: dict[str, Any], path: Path) -> None:

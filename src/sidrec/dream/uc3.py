@@ -8,8 +8,9 @@ For each training interaction of a cold item (a user history followed by the ite
 ``k``: ``NLL_k`` = teacher-forced negative log-likelihood of the SID under the frozen model. Per context,
 ``p = softmax(-NLL / tau_c)`` and the context's confidence ``omega = 1 - H(p) / log K``; the item's vote for
 candidate ``k`` is ``sum(omega * p_k) / (sum(omega) + eps)``. The item switches to the winner only when it has
-at least ``min_support`` contexts and the top-2 margin is at least ``min_margin``; otherwise it keeps the
-stage-1 SID (candidate 0).
+at least ``min_support`` contexts and the top-2 margin is at least ``min_margin``; otherwise it keeps
+candidate 0: CART's best SID Phi_R (``dream.mode=paper``) or the base SID (``cold_only`` with ``keep_base``).
+The backbone is the bridge model trained on the CART table (``paper``) or the original run (``cold_only``).
 """
 
 from __future__ import annotations
@@ -30,17 +31,23 @@ def level_log_probs(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sid
     return [model.level_logits(h[:, lv], lv).float().log_softmax(-1) for lv in range(model.length)]
 
 
-def sid_nll(model: TIGER, history: torch.Tensor, users: torch.Tensor | None, sids: torch.Tensor) -> torch.Tensor:
+def sid_nll(model: TIGER, history: torch.Tensor, users: torch.Tensor | None, sids: torch.Tensor,
+            reduce: str = "sum") -> torch.Tensor:
     """NLL (B, H) of H hypotheses (B, H, L) per user given history SIDs (B, T, L); +inf for -1 hypotheses.
 
+    ``reduce``: ``sum`` over SID positions (the sequence's NLL) or ``mean`` (the paper's eq. 13: a per-position
+    average, so a vote over candidates is not L times sharper than the per-token confidence).
     The encoder runs once per user; its output is repeated for the hypotheses (the decoder is short).
     """
     memory, valid = model.encode(history, users)
-    return sid_nll_from_memory(model, memory, valid, sids)
+    return sid_nll_from_memory(model, memory, valid, sids, reduce)
 
 
-def sid_nll_from_memory(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor) -> torch.Tensor:
+def sid_nll_from_memory(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor,
+                        reduce: str = "sum") -> torch.Tensor:
     """:func:`sid_nll` for an encoder output computed once and reused (CPDE needs it for two losses)."""
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     b, nh, length = sids.shape
     mem = memory.repeat_interleave(nh, 0)
     val = valid.repeat_interleave(nh, 0)
@@ -48,7 +55,8 @@ def sid_nll_from_memory(model: TIGER, memory: torch.Tensor, valid: torch.Tensor,
     ok = (flat >= 0).all(1)
     safe = flat.clamp(min=0)
     lps = level_log_probs(model, mem, val, safe)
-    nll = -torch.stack([lp.gather(1, safe[:, lv:lv + 1]).squeeze(1) for lv, lp in enumerate(lps)], 1).sum(1)
+    per = -torch.stack([lp.gather(1, safe[:, lv:lv + 1]).squeeze(1) for lv, lp in enumerate(lps)], 1)
+    nll = per.sum(1) if reduce == "sum" else per.mean(1)
     return torch.where(ok, nll, torch.full_like(nll, float("inf"))).view(b, nh)
 
 
@@ -109,7 +117,8 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
             r = ctx_rows[s:s + dcfg.uc3_batch]
             hist = torch.from_numpy(sample_histories(samples, r))
             u = torch.from_numpy(users[samples["user"][r]])
-            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]]))
+            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]],
+                                dcfg.nll_reduce()))
     nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
     return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
 

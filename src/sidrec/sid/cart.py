@@ -16,8 +16,13 @@ Model (METHODS.md section 4):
 
 Losses: ``L = L_NCE + w_cal * L_cal + w_div * L_div + w_anc * L_anc``.
 
-* ``L_NCE``: InfoNCE between a training item's quantised vector and the momentum (EMA) key encoder's vector of
-  the item bought next, against a FIFO queue of past keys and the item's counterfactual hard negatives;
+* ``L_NCE`` (``nce_positive: self``, eq. 6): per SID position ``l``, InfoNCE between the item's quantised
+  codeword and the momentum (EMA) key encoder's query of the **same** item at that position, against a FIFO
+  queue of past keys of that position and the item's counterfactual hard negatives; averaged over positions.
+  The item is drawn per training interaction, so the codes are shaped where purchases happen, and the hard
+  negatives push apart items of the same family with another intent. ``nce_positive: next`` is the first
+  implementation (the summed quantised vector against the key of the item bought *before*: a co-occurrence
+  objective that pulls cold items onto crowded popular prefixes), kept for the ``dream.mode=cold_only`` table;
 * ``L_cal``: a small target-attention click model (attention features ``[z_j; z*; z_j - z*; z_j * z*]``) must
   tell the real next item from a random one, given the user's recent history, from the *quantised* target;
 * ``L_div``: ``1 - H(mean assignment) / log K`` per level (keeps the codebooks in use);
@@ -68,6 +73,7 @@ class CARTConfig:
     w_div: float = 0.1
     w_anchor: float = 0.5
     candidates: int = 8  # size of the candidate pool per item
+    nce_positive: str = "self"  # self: the same item's momentum key per SID position (eq. 6); next: first cut
 
 
 class CART(nn.Module):
@@ -105,6 +111,11 @@ class CART(nn.Module):
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """``z_i`` (..., d) for item indices (...)."""
         return self.ln(self.proj(self.emb[items]) + self.residual(items))
+
+    def queries(self, items: torch.Tensor) -> torch.Tensor:
+        """Unit queries ``q_{i,l}`` (L, ..., d) of item indices (...): what each SID position looks for."""
+        z = self.item_vectors(items)
+        return torch.stack([F.normalize(h(z), dim=-1) for h in self.heads])
 
     def logits(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Per-level cosine logits (..., K_l) scaled by ``logit_scale``."""
@@ -172,7 +183,11 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist_np, tgt_np = _pairs_and_contexts(train, cfg.history)
     negs = torch.as_tensor(negatives, dtype=torch.long)
-    queue = F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=-1)
+    if cfg.nce_positive not in ("self", "next"):
+        raise SidrecError(f"dream.cart.nce_positive must be 'self' or 'next', got '{cfg.nce_positive}'")
+    per_level = cfg.nce_positive == "self"
+    levels = len(sizes)
+    queue = F.normalize(torch.randn(levels if per_level else 1, cfg.queue_size, cfg.dim), dim=-1)
     qptr = 0
     steps_per_epoch = max(1, math.ceil(len(tgt_np) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -189,18 +204,24 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
             z = model.item_vectors(items)
             lg = model.logits(z)
-            zq, _ = model.quantise(lg, tau)
-            zq = F.normalize(zq, dim=-1)
-            with torch.no_grad():  # keys: the momentum encoder's deterministic codes
-                k_pos = F.normalize(key.quantise(key.logits(key.item_vectors(prev)), None)[0], dim=-1)
-                hn = negs[items]
-                hn_valid = hn >= 0
-                k_hn = F.normalize(key.quantise(key.logits(key.item_vectors(hn.clamp(min=0))), None)[0], dim=-1)
-            pos = (zq * k_pos).sum(-1, keepdim=True)
-            neg_q = zq @ queue.T
-            neg_h = torch.einsum("bd,bhd->bh", zq, k_hn).masked_fill(~hn_valid, float("-inf"))
-            nce = F.cross_entropy(torch.cat([pos, neg_q, neg_h], 1) / cfg.nce_temperature,
-                                  torch.zeros(len(items), dtype=torch.long))
+            zq_sum, onehots = model.quantise(lg, tau)
+            zq = F.normalize(zq_sum, dim=-1)
+            hn = negs[items]
+            hn_valid = hn >= 0
+            if per_level:
+                # online: the chosen (unit) codeword per position; keys: the momentum encoder's queries of the
+                # same item and of its hard negatives per position
+                cw = torch.stack([oh @ F.normalize(c, dim=-1) for oh, c in zip(onehots, model.codebooks, strict=True)])
+                with torch.no_grad():
+                    k_pos = key.queries(items)  # (L, B, d)
+                    k_hn = key.queries(hn.clamp(min=0))  # (L, B, H, d)
+                nce = info_nce(cw, k_pos, queue, k_hn, hn_valid, cfg.nce_temperature)
+            else:
+                with torch.no_grad():  # keys: the momentum encoder's deterministic codes of the previous item
+                    k_pos = F.normalize(key.quantise(key.logits(key.item_vectors(prev)), None)[0], dim=-1)
+                    k_hn = F.normalize(key.quantise(key.logits(key.item_vectors(hn.clamp(min=0))), None)[0], dim=-1)
+                nce = info_nce(zq[None], k_pos[None], queue, k_hn[None], hn_valid, cfg.nce_temperature)
+                k_pos = k_pos[None]
             # calibration: real next item vs a random item, from the quantised target
             hv = hist >= 0
             hz = model.item_vectors(hist.clamp(min=0))
@@ -218,9 +239,9 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             with torch.no_grad():
                 for pk, pq in zip(key.parameters(), model.parameters(), strict=True):
                     pk.mul_(cfg.momentum).add_(pq.detach(), alpha=1 - cfg.momentum)
-                m = len(k_pos)
+                m = k_pos.shape[1]
                 ptr = (qptr + torch.arange(m)) % cfg.queue_size
-                queue[ptr] = k_pos
+                queue[:, ptr] = k_pos
                 qptr = int((qptr + m) % cfg.queue_size)
             sums += np.array([loss.item(), nce.item(), cal.item(), div.item(), anc.item()])
             step += 1
@@ -228,6 +249,18 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
         log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], map(float, sums), strict=True), epoch=epoch + 1))
     cands, scores = candidate_sids(model, cfg.candidates)
     return model, CARTResult(cands, scores, log)
+
+
+def info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, k_hard: torch.Tensor, hard_valid: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """InfoNCE averaged over positions: queries (P, B, d) against their positive keys (P, B, d), the position's
+    queue (P, Q, d) and per-row hard negatives (P, B, H, d) (``hard_valid`` (B, H) masks missing ones)."""
+    pos = (q * k_pos).sum(-1, keepdim=True)  # (P, B, 1)
+    neg_q = torch.einsum("pbd,pqd->pbq", q, queue)
+    neg_h = torch.einsum("pbd,pbhd->pbh", q, k_hard).masked_fill(~hard_valid, float("-inf"))
+    logits = torch.cat([pos, neg_q, neg_h], -1) / temperature
+    target = torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -307,4 +340,4 @@ def family_negatives(docs: list[str], family: list[str], train: list[np.ndarray]
     return out
 
 
-__all__ = ["CART", "CARTConfig", "CARTResult", "candidate_sids", "family_negatives", "train_cart"]
+__all__ = ["CART", "CARTConfig", "CARTResult", "candidate_sids", "family_negatives", "info_nce", "train_cart"]

@@ -2,11 +2,14 @@
 
 Usage: python benchmarks/dream.py [beauty toys ...] [--threads 1] [--split valid test] [--tag NAME] [key=value ...]
 
-Needs the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>); its files are not changed, DREAM
-writes runs/bench/tiger-<dataset>/dream/. ``key=value`` overrides go to the ``dream`` section (e.g.
-dream.lambda_kd=1). Writes benchmarks/results/dream.json: per stage and subset (all / warm / cold) Recall and
-NDCG at 5, 10 and 50 (beam 50, so @50 is exact), plus one diagnostics record per dataset (fraction of cold
-items whose primary SID changed in CART, UC3 switch rate, mean CPDE hypothesis weights, time per stage).
+Needs the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>, or --run DIR); its files are not
+changed, DREAM writes DIR/dream/ (with dream.mode=paper, the default, also the bridge TIGER DIR/dream/bridge,
+trained with the run's own settings and budget; dream.mode=cold_only dream.cart.nce_positive=next is the first
+design, whose rows keep their old labels; paper rows are labelled ", paper"). ``key=value`` overrides go to
+the ``dream`` section (e.g. dream.lambda_kd=1). Writes benchmarks/results/dream.json: per stage and subset
+(all / warm / cold) Recall and NDCG at 5, 10 and 50 (beam 50, so @50 is exact), plus one diagnostics record
+per dataset (share of cold / warm items whose primary SID CART changed, static SIDs outside CART's top 8, UC3
+switch rate, mean CPDE hypothesis weights, bridge epochs, time per stage).
 ``--tag`` is appended to the variant names so tuning runs do not overwrite the main table. With several
 ``--split`` values the stages are fitted once and evaluated on each (settings chosen on valid, reported on test).
 """
@@ -30,17 +33,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", nargs="+", default=["test"], choices=["valid", "test"])
     ap.add_argument("--tag", default="")
+    ap.add_argument("--run", default="", help="the TIGER run directory (default: runs/bench/tiger-<dataset>)")
     args = ap.parse_intermixed_args()
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
     torch.set_num_threads(args.threads)
     for name in datasets:
-        run = Path("runs/bench") / f"tiger-{name}"
+        run = Path(args.run) if args.run else Path("runs/bench") / f"tiger-{name}"
         if not (run / "metrics.json").exists():
             raise SystemExit(f"{run} has no finished TIGER run: python benchmarks/tiger.py {name} first")
         t0 = time.time()
         out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=tuple(args.split), progress=False)
         wall = time.time() - t0
-        tag = f", {args.tag}" if args.tag else ""
+        mode = out["config"]["mode"]  # cold_only rows keep the first design's labels; paper rows say so
+        tag = (", paper" if mode == "paper" else "") + (f", {args.tag}" if args.tag else "")
         recs = []
         for sp, stages in out["by_split"].items():
             for stage, res in stages.items():
@@ -52,6 +57,10 @@ def main() -> None:
         diag = {"cart_primary_changed": d["cart_primary_changed"], "uc3_switch_rate": d["uc3_switch_rate"],
                 "uc3_items_with_support": d["uc3_items_with_support"], "cold_items": d["cold_items"],
                 "cpde_top1_changed": d["cpde_top1_changed"], "lambda_kd": d["lambda_kd"],
+                "cart_warm_changed": d.get("cart_warm_changed", 0.0),
+                **{f"static_outside_top8_{k}": v for k, v in d.get("static_outside_topn", {}).items()},
+                **({"bridge_epochs": d["bridge"]["epochs"], "bridge_train_s": d["bridge"]["train_s"]}
+                   if "bridge" in d else {}),
                 **{f"cpde_mean_weight_{i + 1}": w for i, w in enumerate(d["cpde_mean_weights"])},
                 **{k: v for k, v in out["timings"].items() if not k.startswith("eval_")}}
         recs.append(record(name, "dream", f"diagnostics{tag}", args.split[0], "all", diag, wall, args.threads))

@@ -526,3 +526,42 @@ def test_mean_nll_is_the_sum_over_positions_divided_by_their_number(arch):
     total, mean = sid_nll(m, hist, None, sids), sid_nll(m, hist, None, sids, reduce="mean")
     fin = torch.isfinite(total)
     assert torch.allclose(mean[fin], total[fin] / 3) and not torch.isfinite(mean[0, 1])
+
+
+def test_paper_cpde_cold_samples_train_only_adapters_and_warm_samples_the_base():
+    """eq. 18: inside base_output_stopped a cold loss leaves every base weight without gradient; outside it a warm
+    loss reaches them."""
+    from sidrec.dream.cpde import base_output_stopped
+
+    torch.manual_seed(0)
+    base = TIGER([4, 3, 5], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8,
+                                           ffn_dim=32, dropout=0.0, user_buckets=0))
+    pm = add_lora(base, 4, 8.0)
+    model = pm.base_model.model
+    for _, p in pm.named_parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():  # non-zero B so the adapters pass gradient back
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    hist = torch.randint(0, 3, (8, 3, 3))
+    hyps = torch.randint(0, 3, (8, 2, 3))
+    with base_output_stopped(pm):
+        sid_nll(model, hist, None, hyps, reduce="mean").mean().backward()
+    q = model.decoder[0].attn.q_proj
+    assert q.base_layer.weight.grad is None  # the adapted layer's frozen path got nothing
+    assert q.lora_A["default"].weight.grad.abs().sum() > 0
+    pm.zero_grad(set_to_none=True)
+    sid_nll(model, hist, None, hyps, reduce="mean").mean().backward()  # a warm sample: full gradients
+    assert q.base_layer.weight.grad is not None and q.base_layer.weight.grad.abs().sum() > 0
+
+
+def test_gated_weight_update_waits_for_a_confident_best_hypothesis():
+    w = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    alpha = w.clone()
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    cnt = torch.ones(2, 2)
+    sure = update_weights(w, alpha, torch.tensor([[0.5, 4.0], [0.5, 4.0]]), cnt, valid, keep=0.7, delta=2.0)
+    unsure = update_weights(w, alpha, torch.tensor([[9.0, 12.5], [9.0, 12.5]]), cnt, valid, keep=0.7, delta=2.0)
+    assert sure[0, 0] > 0.6 and abs(unsure[0, 0] - 0.5) < 0.01  # same NLL gap, low confidence: barely moves
+    assert torch.allclose(sure.sum(1), torch.ones(2)) and torch.allclose(unsure.sum(1), torch.ones(2))

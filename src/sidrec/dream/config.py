@@ -37,6 +37,7 @@ class DREAMConfig:
     cpde_batch_size: int = 256
     cpde_warm_ratio: float = 1.0  # warm (distillation) samples per cold sample
     update_keep: float = 0.7  # w <- keep * w + (1 - keep) * (alpha + score), then renormalised
+    update_delta: float = 2.0  # paper: confidence gate sigmoid(-NLL_best + delta) on each update (mean NLL, nats)
     lambda_soft: float = 0.3  # chosen on Beauty validation from {1, 0.3} (docs/dream.md)
     lambda_kl: float = 0.1
     lambda_kd: float = -1.0  # < 0: the warm / cold ratio of training samples (warm mass as in the real data)

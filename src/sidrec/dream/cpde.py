@@ -5,26 +5,28 @@ DREAM exists to avoid. Each cold item keeps ``B`` SIDs with weights; training ra
 of them in proportion to their weights (``L_soft``), and the weights follow which SID the model finds
 easiest to produce in the item's real contexts.
 
-Why LoRA with a frozen base: the backbone already serves warm items well. Rank-``r`` adapters (peft) on the
-attention query and value projections are the only trainable weights, so cold samples cannot move the base
-weights at all; a KL term keeps the cold SID positions near a frozen reference copy and an entropy-gated
-distillation term keeps warm predictions near it too. After training the adapters are merged into the
-weights (one plain TIGER for deployment).
+Why LoRA: the backbone already serves warm items well. Rank-``r`` adapters (peft) on the attention query and
+value projections carry what cold samples teach: for a cold sample every adapted layer computes
+``sg(W0 x) + B A x`` and nothing reaches the base weights (eq. 18); warm samples train base weights and
+adapters (``dream.mode=paper``; ``cold_only`` freezes the base entirely). A KL term keeps the cold SID
+positions near a frozen reference copy and an entropy-gated distillation term keeps warm predictions near it
+too. After training the adapters are merged into the weights (one plain TIGER for deployment).
 
 Loss per step: ``lambda_soft * L_soft + lambda_kl * KL(p_theta || p_ref) + lambda_kd * L_KD`` where
 ``L_soft = sum_b w_b NLL(SID_b | history)`` over a batch of cold samples, the KL is taken at the SID
 positions of the item's current best hypothesis, and ``L_KD = sum_l g_l KL(p_ref || p_theta)`` over a batch
 of warm samples with gate ``g_l = 1 - H(p_ref,l) / log K_l`` (confident teacher positions count most).
-After ``warmup_epochs``, every ``update_every`` steps each item's hypotheses are re-scored by the softmax of
-their recent mean negative NLL and ``w <- keep * w + (1 - keep) * (alpha + score)`` (renormalised), where
-``alpha`` are the initial weights; only items seen since the last update (confident) are updated.
+After ``warmup_epochs``, every ``update_every`` steps each item's hypotheses are re-scored by their recent mean
+NLL and the weights move toward the evidence (:func:`update_weights`; ``paper``: gated by the confidence of
+the best hypothesis); only items seen since the last update are updated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +58,19 @@ def add_lora(model: TIGER, rank: int, alpha: float) -> torch.nn.Module:
     return get_peft_model(copy.deepcopy(model), conf)
 
 
+@contextlib.contextmanager
+def base_output_stopped(peft_model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block every LoRA-adapted layer computes ``sg(W0 x) + B A x`` (eq. 18 for cold samples): the
+    frozen path's output carries no gradient, so what a cold sample teaches reaches the adapters only."""
+    handles = [m.base_layer.register_forward_hook(lambda _m, _i, out: out.detach())
+               for m in peft_model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per row from log-probabilities."""
     return (p_log.exp() * (p_log - q_log)).sum(-1)
@@ -78,8 +93,16 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     peft_model = add_lora(base, cfg.lora_rank, cfg.lora_alpha)
     model: TIGER = peft_model.base_model.model  # the TIGER with LoRA layers injected
     model.train()
+    paper = cfg.mode == "paper"
+    base_params = [p for n, p in peft_model.named_parameters() if "lora_" not in n]
+    if paper:  # eq. 18: warm samples train the base weights too; cold samples only the adapters (below)
+        for p_ in base_params:
+            p_.requires_grad_(True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.cpde_lr)
+    def stop() -> contextlib.AbstractContextManager:
+        return base_output_stopped(peft_model) if paper else contextlib.nullcontext()
+
     hyps_t = torch.as_tensor(hyps, dtype=torch.long)
     alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
     w = alpha_t.clone()
@@ -115,18 +138,24 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
             hist, users = batch(rows)
             item = torch.from_numpy(ci[tgt[rows]])
             h = hyps_t[item]  # (b, B, L)
-            mem, val = model.encode(hist, users)
-            nll = sid_nll_from_memory(model, mem, val, h, cfg.nll_reduce())  # (b, B), inf for invalid
-            wb = w[item] * valid_h[item]
-            wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
-            soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()
-            # KL to the reference at the SID positions of the current best hypothesis
-            best = h[torch.arange(len(rows)), (w[item] * valid_h[item]).argmax(1)]
-            lp = level_log_probs(model, mem, val, best)
-            with torch.no_grad():
-                rmem, rval = ref.encode(hist, users)
-                lp_ref = level_log_probs(ref, rmem, rval, best)
-            kl = torch.stack([_kl(a, b).mean() for a, b in zip(lp, lp_ref, strict=True)]).mean()
+            opt.zero_grad(set_to_none=True)
+            with stop():  # cold samples: the adapters learn, the base weights do not (paper: eq. 18)
+                mem, val = model.encode(hist, users)
+                nll = sid_nll_from_memory(model, mem, val, h, cfg.nll_reduce())  # (b, B), inf for invalid
+                wb = w[item] * valid_h[item]
+                wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
+                soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()
+                # KL to the reference at the SID positions of the current best hypothesis
+                best = h[torch.arange(len(rows)), (w[item] * valid_h[item]).argmax(1)]
+                lp = level_log_probs(model, mem, val, best)
+                with torch.no_grad():
+                    rmem, rval = ref.encode(hist, users)
+                    lp_ref = level_log_probs(ref, rmem, rval, best)
+                kl = torch.stack([_kl(a, b).mean() for a, b in zip(lp, lp_ref, strict=True)]).mean()
+                (cfg.lambda_soft * soft + cfg.lambda_kl * kl).backward()
+            if paper:
+                for p_ in base_params:  # what reached the base weights around the stopped outputs is dropped too
+                    p_.grad = None
             kd = torch.zeros(())
             warm_nll = torch.zeros(())
             if n_warm:
@@ -144,17 +173,19 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
                     terms.append((gate * _kl(b, a)).mean())
                 kd = torch.stack(terms).mean()
                 warm_nll = -torch.stack([a.gather(1, wt[:, i:i + 1]).mean() for i, a in enumerate(wlp)]).sum()
-            loss = cfg.lambda_soft * soft + cfg.lambda_kl * kl + lambda_kd * kd + lambda_warm * warm_nll
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            warm_loss = lambda_kd * kd + lambda_warm * warm_nll
+            if warm_loss.requires_grad:
+                warm_loss.backward()
             opt.step()
+            loss = cfg.lambda_soft * soft.detach() + cfg.lambda_kl * kl.detach() + warm_loss.detach()
             with torch.no_grad():
                 fin = torch.isfinite(nll)
                 nll_sum.index_put_((item,), torch.where(fin, nll, torch.zeros_like(nll)).detach(), accumulate=True)
                 nll_cnt.index_put_((item,), fin.float(), accumulate=True)
             step += 1
             if epoch >= cfg.cpde_warmup_epochs and step % cfg.cpde_update_every == 0:
-                w = update_weights(w, alpha_t, nll_sum, nll_cnt, valid_h, cfg.update_keep)
+                w = update_weights(w, alpha_t, nll_sum, nll_cnt, valid_h, cfg.update_keep,
+                                   cfg.update_delta if paper else None)
                 nll_sum.zero_()
                 nll_cnt.zero_()
                 history.append(w.sum(0).div(max(1, len(w))).tolist())
@@ -167,16 +198,30 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
 
 
 def update_weights(w: torch.Tensor, alpha: torch.Tensor, nll_sum: torch.Tensor, nll_cnt: torch.Tensor,
-                   valid: torch.Tensor, keep: float) -> torch.Tensor:
+                   valid: torch.Tensor, keep: float, delta: float | None = None) -> torch.Tensor:
     """One periodic update: items whose every valid hypothesis was scored since the last update move their
-    weights toward ``alpha + softmax(-mean NLL)``; the others keep theirs. Rows stay normalised."""
+    weights; the others keep theirs. Rows stay normalised.
+
+    ``delta=None`` (the first design): toward ``alpha + softmax(-mean NLL)``. With ``delta`` (paper, eq. 21-22
+    as we read them; the exact constants are not published): the target is ``softmax(log alpha_b + score_b)``
+    with ``score_b = -mean NLL_b`` (the prior of CART and the backbone's recent evidence), the step is
+    ``keep * w + (1 - keep) * target``, and it is applied in proportion to the confidence gate
+    ``sigmoid(-NLL_best + delta)``: an item whose best hypothesis the model still finds unlikely keeps its weights.
+    """
     seen = ((nll_cnt > 0) | ~valid).all(1) & (nll_cnt.sum(1) > 0)
     mean = nll_sum / nll_cnt.clamp(min=1)
-    score = (-mean).masked_fill(~valid, float("-inf")).softmax(1).nan_to_num(0.0)
-    new = keep * w + (1 - keep) * (alpha + score)
+    if delta is None:
+        score = (-mean).masked_fill(~valid, float("-inf")).softmax(1).nan_to_num(0.0)
+        new = keep * w + (1 - keep) * (alpha + score)
+    else:
+        logit = (alpha.clamp(min=1e-12).log() - mean).masked_fill(~valid, float("-inf"))
+        target = logit.softmax(1).nan_to_num(0.0)
+        best = mean.masked_fill(~valid, float("inf")).min(1).values
+        gate = torch.sigmoid(-best + delta).unsqueeze(1)
+        new = w + gate * (keep * w + (1 - keep) * target - w)
     new = new * valid
     new = new / new.sum(1, keepdim=True).clamp(min=1e-8)
     return torch.where(seen.unsqueeze(1), new, w)
 
 
-__all__ = ["CPDEResult", "add_lora", "train_cpde", "update_weights"]
+__all__ = ["CPDEResult", "add_lora", "base_output_stopped", "train_cpde", "update_weights"]

@@ -211,6 +211,9 @@ def test_family_negatives_same_family_never_cooccurring():
     # the rewrite hook changes the retrieval query, not the filters
     neg2 = family_negatives(docs, fam, train, k=1, rewrite=lambda t: ["lipstick red"] * len(t))
     assert neg2[0, 0] == 4
+    far = family_negatives(docs, fam, train, k=3, closest=False)  # the far end of the family
+    assert set(far[0][far[0] >= 0]) == {2, 4} and far[0][0] == 4
+    assert all(fam[j] == fam[i] for i in range(5) for j in far[i] if j >= 0)
 
 
 # ------------------------------------------------------------------------------------------ new items

@@ -19,7 +19,9 @@ class DREAMConfig:
     # with dream.mode=cold_only dream.cart.nce_positive=next
     mode: str = "paper"
     bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
-    negatives: str = "family"  # counterfactual negatives: family (TF-IDF within product family) | none
+    # counterfactual negatives: family (closest TF-IDF within the product family: near-duplicates, often the same
+    # intent) | family_far (least similar within the family) | none; the choice on validation is issue #17's
+    negatives: str = "family"
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
     keep_base: bool = True  # cold_only only (not in the paper): the base SID is a UC3 candidate and the fallback

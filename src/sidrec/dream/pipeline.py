@@ -165,14 +165,15 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         diag["cart_reused"] = True
     else:
         emb = _features(cfg, ds).astype(np.float32)
-        if dcfg.negatives == "family":
+        if dcfg.negatives in ("family", "family_far"):
             docs, fam = item_docs_and_families(ds, cfg.features.template, dcfg.family_field)
             rw = external_rewrite(dcfg.rewrite_command) if dcfg.rewrite_command else None
-            negs = family_negatives(docs, fam, split_obj.train, dcfg.cart.hard_negatives, rewrite=rw)
+            negs = family_negatives(docs, fam, split_obj.train, dcfg.cart.hard_negatives, rewrite=rw,
+                                    closest=dcfg.negatives == "family")
         elif dcfg.negatives == "none":
             negs = np.full((ds.n_items, 1), -1, dtype=np.int64)
         else:
-            raise SidrecError(f"dream.negatives must be 'family' or 'none', got '{dcfg.negatives}'")
+            raise SidrecError(f"dream.negatives must be 'family', 'family_far' or 'none', got '{dcfg.negatives}'")
         diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
         _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress)
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:

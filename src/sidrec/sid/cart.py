@@ -301,7 +301,8 @@ NegativeGenerator = Callable[..., np.ndarray]
 
 
 def family_negatives(docs: list[str], family: list[str], train: list[np.ndarray], k: int = 8,
-                     rewrite: Callable[[list[str]], list[str]] | None = None, chunk: int = 1024) -> np.ndarray:
+                     rewrite: Callable[[list[str]], list[str]] | None = None, chunk: int = 1024,
+                     closest: bool = True) -> np.ndarray:
     """Counterfactual hard negatives without a language model: (n_items, k) item indices, -1 padded.
 
     For each item: items of the same product ``family`` (e.g. the leaf category) that are closest to it by
@@ -309,6 +310,11 @@ def family_negatives(docs: list[str], family: list[str], train: list[np.ndarray]
     purchase intent. ``rewrite`` is the paper's hook: a function mapping each item's text to a rewritten query
     (e.g. a language model that flips the purchase intent); the rewritten texts are then used as retrieval
     queries against the real items' texts, under the same family and co-occurrence filters.
+
+    ``closest=False`` takes the family's *least* similar items instead: without a language model to flip the
+    intent, the closest same-family texts are mostly near-duplicates bought for the same purpose
+    (substitutes), which an intent-contrastive loss should not push away; the far end of the family is the
+    same kind of product for another purpose (``dream.negatives=family_far``).
     """
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -333,6 +339,7 @@ def family_negatives(docs: list[str], family: list[str], train: list[np.ndarray]
         blk = co[s:e].tocoo()
         ok[torch.from_numpy(blk.row.astype(np.int64)), torch.from_numpy(blk.col.astype(np.int64))] = False
         ok[torch.arange(e - s), torch.arange(s, e)] = False
+        sim = sim if closest else -sim
         sim = sim.masked_fill(~ok, float("-inf"))
         v, i = sim.topk(min(k, n), dim=1)
         i = torch.where(torch.isfinite(v), i, torch.full_like(i, -1))

@@ -183,7 +183,8 @@ def test_weight_update_moves_toward_the_likelier_hypothesis_and_stays_normalised
 def test_candidate_search_equals_brute_force():
     torch.manual_seed(1)
     n, sizes = 5, [6, 5, 4]
-    cart = CART(torch.randn(n, 12), torch.randint(0, 4, (n, 3)), sizes, CARTConfig(dim=8, logit_scale=3.0))
+    cart = CART(torch.randn(n, 12), torch.randint(0, 4, (n, 3)), sizes,
+                CARTConfig(dim=8, logit_scale=3.0, levels="parallel"))
     cands, scores = candidate_sids(cart, 7)
     with torch.no_grad():
         lps = [x.log_softmax(-1) for x in cart.logits(cart.item_vectors(torch.arange(n)))]
@@ -195,6 +196,31 @@ def test_candidate_search_equals_brute_force():
         own = {c: v for c, v in zip(allc, sc, strict=True)}
         assert len({tuple(c) for c in cands[i].tolist()}) == 7  # distinct sequences ...
         assert np.allclose([own[tuple(c)] for c in cands[i].tolist()], scores[i], atol=1e-5)  # ... with those scores
+
+
+def test_residual_cart_starts_on_the_base_tree_and_its_full_beam_is_exact():
+    torch.manual_seed(2)
+    n, sizes = 30, [3, 3, 2]
+    base = torch.stack([torch.randint(0, k, (n,)) for k in sizes], 1)
+    cart = CART(torch.randn(n, 12), base, sizes, CARTConfig(dim=8, logit_scale=3.0))
+    assert cart.residual_levels and len(cart.heads) == 0
+    with torch.no_grad():
+        z = cart.item_vectors(torch.arange(n))
+        r2 = z - cart.codebooks[0][base[:, 0]]  # residual under each item's own base parent
+        for k in range(3):
+            assert torch.allclose(cart.codebooks[1][k], r2[base[:, 1] == k].mean(0), atol=1e-5)
+    cands, scores = candidate_sids(cart, 18)  # width 18 keeps every prefix: the search is exhaustive
+    with torch.no_grad():
+        for i in range(3):
+            allc = list(itertools.product(*[range(k) for k in sizes]))
+            sc = []
+            for c in allc:
+                lgs = cart.walk(z[i:i + 1], None, torch.tensor([c]))[0]
+                sc.append(sum(float(lg.log_softmax(-1)[0, c[lv]]) for lv, lg in enumerate(lgs)) / 3)
+            assert np.allclose(scores[i], np.sort(sc)[::-1], atol=1e-5)
+            own = dict(zip(allc, sc, strict=True))
+            assert np.allclose([own[tuple(c)] for c in cands[i].tolist()], scores[i], atol=1e-5)
+    assert (np.diff(candidate_sids(cart, 4)[1], axis=1) <= 1e-6).all()  # a narrower beam: best first
 
 
 def test_family_negatives_same_family_never_cooccurring():
@@ -289,7 +315,7 @@ def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     run = tmp_path / "tiger"
     train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}", f"tiger.arch={arch}"]))
     digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
-    out = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next",
+    out = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next", "dream.cart.levels=parallel",
                           "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
                           "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",
                           "dream.lambda_warm=-1", "dream.keep_base=false"], progress=False)  # the first design
@@ -312,7 +338,7 @@ def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     assert hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest() == digest  # run untouched
     # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
-    again = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next",
+    again = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next", "dream.cart.levels=parallel",
                             "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
                             "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32", "dream.keep_base=true"],
                       stages=("static",), split=("valid", "test"), progress=False)

@@ -16,7 +16,7 @@ class DREAMConfig:
     # paper: CART re-tokenizes every item (warm items take its top-1 SID Phi_R), a bridge TIGER is trained on
     # that table, UC3 / CPDE run on the bridge with mean NLL over SID positions and fall back to Phi_R.
     # cold_only: the first design (the frozen original run, only cold items move, summed NLL); reproduce it
-    # with dream.mode=cold_only dream.cart.nce_positive=next
+    # with dream.mode=cold_only dream.cart.nce_positive=next dream.cart.levels=parallel
     mode: str = "paper"
     bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
     # counterfactual negatives: family (closest TF-IDF within the product family: near-duplicates, often the same

@@ -9,8 +9,13 @@ Model (METHODS.md section 4):
 
 * item vector ``z_i = LayerNorm(W e_i + r_i)`` from the content embedding ``e_i`` and a per-item
   collaborative residual ``r_i`` (zero at the start, so an item with no interactions keeps its content view);
-* per level ``l`` a query ``q_{i,l} = U_l z_i`` and logits ``tau_s * cos(q_{i,l}, c_{l,k})`` over a codebook
-  initialised from the base SIDs (codeword ``k`` starts at the mean query of the items whose base code is k);
+* ``levels: residual`` (default): the levels form a residual tree like the base quantiser's: level ``l``
+  reads the residual ``r_{i,l} = z_i - sum_{m<l} c_{m,k_m}`` with logits ``tau_s * cos(r_{i,l}, c_{l,k})``, and
+  codeword ``k`` of level ``l`` starts at the mean residual, under their own base parents, of the items whose
+  base code at ``l`` is ``k`` (residual k-means seeded by the base SIDs), so a deeper code means the same as
+  in the tree it is anchored to; candidates come from a beam search over prefixes. ``levels: parallel`` (the
+  first cut): a query ``q_{i,l} = U_l z_i`` per level, independent of the parent codes, each codebook started
+  at the mean query of the items carrying each base code;
 * Gumbel-softmax with an exponentially annealed temperature, straight-through (hard codes forward, soft
   gradients backward); the quantised item vector is the sum of the chosen codewords.
 
@@ -28,8 +33,9 @@ Losses: ``L = L_NCE + w_cal * L_cal + w_div * L_div + w_anc * L_anc``.
 * ``L_div``: ``1 - H(mean assignment) / log K`` per level (keeps the codebooks in use);
 * ``L_anc``: cross-entropy of the logits to the base codes (keeps warm items where the backbone knows them).
 
-Candidates: ``q(s|i) = mean_l log softmax(l_{i,l})[s_l]``; the top-``n`` code sequences (exact, by a
-batched search over the per-level top-``n`` lists) form the candidate pool, the best is the refined SID.
+Candidates: ``q(s|i) = mean_l log softmax(l_{i,l})[s_l]``; the top-``n`` code sequences (a width-``n`` beam
+over prefixes for residual levels; exact, by a batched search over the per-level top-``n`` lists, for parallel
+ones) form the candidate pool, the best is the refined SID.
 
 Counterfactual hard negatives come from a pluggable generator (:func:`family_negatives` by default: items
 of the same product family that are textually close but never bought together with the item; see its
@@ -74,6 +80,7 @@ class CARTConfig:
     w_anchor: float = 0.5
     candidates: int = 8  # size of the candidate pool per item
     nce_positive: str = "self"  # self: the same item's momentum key per SID position (eq. 6); next: first cut
+    levels: str = "residual"  # residual: level l quantises what levels < l left (like the base RQ); parallel: first cut
 
 
 class CART(nn.Module):
@@ -90,7 +97,11 @@ class CART(nn.Module):
         self.residual = nn.Embedding(n, d)
         nn.init.zeros_(self.residual.weight)
         self.ln = nn.LayerNorm(d)
-        self.heads = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in self.sizes)
+        if cfg.levels not in ("residual", "parallel"):
+            raise SidrecError(f"dream.cart.levels must be 'residual' or 'parallel', got '{cfg.levels}'")
+        self.residual_levels = cfg.levels == "residual"
+        self.heads = nn.ModuleList() if self.residual_levels else nn.ModuleList(
+            nn.Linear(d, d, bias=False) for _ in self.sizes)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(k, d) * d**-0.5) for k in self.sizes)
         self._init_codebooks(base_codes)
         # the calibration click model (target attention over the history, then a scorer)
@@ -99,8 +110,18 @@ class CART(nn.Module):
 
     @torch.no_grad()
     def _init_codebooks(self, base: torch.Tensor) -> None:
-        """Codeword k of level l = mean query of the items whose base code at level l is k (others: random)."""
+        """Codeword k of level l = mean query (parallel) or mean residual under the base parents (residual) of
+        the items whose base code at level l is k; unused codes keep their random start."""
         z = self.item_vectors(torch.arange(len(self.emb)))
+        if self.residual_levels:
+            r = z
+            for lv, size in enumerate(self.sizes):
+                s = torch.zeros(size, r.shape[1]).index_add_(0, base[:, lv], r)
+                cnt = torch.bincount(base[:, lv], minlength=size).float().unsqueeze(1)
+                used = cnt[:, 0] > 0
+                self.codebooks[lv].data[used] = s[used] / cnt[used]
+                r = r - self.codebooks[lv].data[base[:, lv]]
+            return
         for lv, size in enumerate(self.sizes):
             q = F.normalize(self.heads[lv](z), dim=-1)
             s = torch.zeros(size, q.shape[1]).index_add_(0, base[:, lv], q)
@@ -113,9 +134,42 @@ class CART(nn.Module):
         return self.ln(self.proj(self.emb[items]) + self.residual(items))
 
     def queries(self, items: torch.Tensor) -> torch.Tensor:
-        """Unit queries ``q_{i,l}`` (L, ..., d) of item indices (...): what each SID position looks for."""
+        """Unit queries (L, ..., d) of item indices (...): what each SID position looks for (residual levels:
+        the residual along the item's deterministic path)."""
         z = self.item_vectors(items)
+        if self.residual_levels:
+            return torch.stack([F.normalize(r, dim=-1) for r in self.walk(z, None)[2]])
         return torch.stack([F.normalize(h(z), dim=-1) for h in self.heads])
+
+    def level_logits(self, r: torch.Tensor, level: int) -> torch.Tensor:
+        """Residual levels: cosine logits (..., K_l) of residuals (..., d) against level ``level``'s codebook."""
+        return self.cfg.logit_scale * F.normalize(r, dim=-1) @ F.normalize(self.codebooks[level], dim=-1).T
+
+    def walk(self, z: torch.Tensor, tau: float | None, codes: torch.Tensor | None = None
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Residual levels: per level logits, one-hot codes and the residual read, plus the quantised vector.
+
+        Codes are Gumbel-softmax straight-through at ``tau``, the argmax (``tau=None``), or given (``codes``
+        (..., L): teacher forcing along the base path, for the anchor loss).
+        """
+        r = z
+        out = torch.zeros_like(z)
+        logits, onehots, residuals = [], [], []
+        for lv, book in enumerate(self.codebooks):
+            lg = self.level_logits(r, lv)
+            if codes is not None:
+                oh = F.one_hot(codes[..., lv], lg.shape[-1]).to(lg.dtype)
+            elif tau is None:
+                oh = F.one_hot(lg.argmax(-1), lg.shape[-1]).to(lg.dtype)
+            else:
+                oh = F.gumbel_softmax(lg, tau=tau, hard=True)
+            cw = oh @ book
+            logits.append(lg)
+            onehots.append(oh)
+            residuals.append(r)
+            r = r - cw
+            out = out + cw
+        return logits, onehots, residuals, out
 
     def logits(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Per-level cosine logits (..., K_l) scaled by ``logit_scale``."""
@@ -138,6 +192,11 @@ class CART(nn.Module):
             onehots.append(oh)
             out = out + oh @ F.normalize(c, dim=-1)
         return out, onehots  # type: ignore[return-value]
+
+    def quantised(self, items: torch.Tensor) -> torch.Tensor:
+        """The deterministic quantised vector of item indices (...) -> (..., d)."""
+        z = self.item_vectors(items)
+        return self.walk(z, None)[3] if self.residual_levels else self.quantise(self.logits(z), None)[0]
 
     def click_logit(self, hist: torch.Tensor, hist_valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Target-attention click score (B,) of target vectors (B, d) given history vectors (B, T, d)."""
@@ -203,8 +262,13 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             prev = hist[:, -1]  # the item bought just before (always present: prefix samples have >= 1)
             tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
             z = model.item_vectors(items)
-            lg = model.logits(z)
-            zq_sum, onehots = model.quantise(lg, tau)
+            if model.residual_levels:
+                lg, onehots, _, zq_sum = model.walk(z, tau)
+                anchor_logits = model.walk(z, None, base[items])[0]  # along the base tree, for L_anc
+            else:
+                lg = model.logits(z)
+                zq_sum, onehots = model.quantise(lg, tau)
+                anchor_logits = lg
             zq = F.normalize(zq_sum, dim=-1)
             hn = negs[items]
             hn_valid = hn >= 0
@@ -218,20 +282,22 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
                 nce = info_nce(cw, k_pos, queue, k_hn, hn_valid, cfg.nce_temperature)
             else:
                 with torch.no_grad():  # keys: the momentum encoder's deterministic codes of the previous item
-                    k_pos = F.normalize(key.quantise(key.logits(key.item_vectors(prev)), None)[0], dim=-1)
-                    k_hn = F.normalize(key.quantise(key.logits(key.item_vectors(hn.clamp(min=0))), None)[0], dim=-1)
+                    k_pos = F.normalize(key.quantised(prev), dim=-1)
+                    k_hn = F.normalize(key.quantised(hn.clamp(min=0)), dim=-1)
                 nce = info_nce(zq[None], k_pos[None], queue, k_hn[None], hn_valid, cfg.nce_temperature)
                 k_pos = k_pos[None]
             # calibration: real next item vs a random item, from the quantised target
             hv = hist >= 0
             hz = model.item_vectors(hist.clamp(min=0))
             rand = torch.from_numpy(rng.integers(0, n, len(items)))
-            zq_r = F.normalize(model.quantise(model.logits(model.item_vectors(rand)), tau)[0], dim=-1)
+            zr = model.item_vectors(rand)
+            zq_r = F.normalize(model.walk(zr, tau)[3] if model.residual_levels
+                               else model.quantise(model.logits(zr), tau)[0], dim=-1)
             logit = torch.cat([model.click_logit(hz, hv, zq), model.click_logit(hz, hv, zq_r)])
             label = torch.cat([torch.ones(len(items)), torch.zeros(len(items))])
             cal = F.binary_cross_entropy_with_logits(logit, label)
             div = torch.stack([1 - _entropy(x.softmax(-1).mean(0)) / math.log(x.shape[-1]) for x in lg]).mean()
-            anc = torch.stack([F.cross_entropy(x, base[items, lv]) for lv, x in enumerate(lg)]).mean()
+            anc = torch.stack([F.cross_entropy(x, base[items, lv]) for lv, x in enumerate(anchor_logits)]).mean()
             loss = nce + cfg.w_cal * cal + cfg.w_div * div + cfg.w_anchor * anc
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -278,6 +344,13 @@ def candidate_sids(model: CART, n: int, items: torch.Tensor | None = None,
     model.eval()
     idx = torch.arange(len(model.emb)) if items is None else items
     out_c, out_s = [], []
+    if model.residual_levels:
+        for s in range(0, len(idx), chunk):
+            c, sc = _residual_beam(model, model.item_vectors(idx[s:s + chunk]), n)
+            out_c.append(c)
+            out_s.append(sc)
+        model.train()
+        return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
     for s in range(0, len(idx), chunk):
         lg = model.logits(model.item_vectors(idx[s:s + chunk]))
         b = len(lg[0])
@@ -294,6 +367,25 @@ def candidate_sids(model: CART, n: int, items: torch.Tensor | None = None,
         out_s.append(score / len(lg))
     model.train()
     return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
+
+
+def _residual_beam(model: CART, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``n`` code sequences of residual levels by a width-``n`` beam search over prefixes (each level's
+    logits depend on the chosen parents, so the search keeps every beam's residual); scores are mean
+    per-level log-probabilities, best first."""
+    b = len(z)
+    r = z.unsqueeze(1)  # (b, beams, d)
+    score = torch.zeros(b, 1)
+    seqs = torch.zeros(b, 1, 0, dtype=torch.long)
+    for lv, book in enumerate(model.codebooks):
+        lp, code = model.level_logits(r, lv).log_softmax(-1).topk(min(n, book.shape[0]), dim=-1)  # (b, m, n)
+        cand = (score.unsqueeze(2) + lp).view(b, -1)
+        score, flat = cand.topk(min(n, cand.shape[1]), dim=1)
+        parent = flat // lp.shape[2]
+        c = code.view(b, -1).gather(1, flat)
+        seqs = torch.cat([seqs.gather(1, parent.unsqueeze(2).expand(-1, -1, seqs.shape[2])), c.unsqueeze(2)], 2)
+        r = r.gather(1, parent.unsqueeze(2).expand(-1, -1, r.shape[2])) - book[c]
+    return seqs, score / len(model.codebooks)
 
 
 # ------------------------------------------------------------------------------------ counterfactual negatives

@@ -59,6 +59,9 @@ def main() -> None:
                 "uc3_items_with_support": d["uc3_items_with_support"], "cold_items": d["cold_items"],
                 "cpde_top1_changed": d["cpde_top1_changed"], "lambda_kd": d["lambda_kd"],
                 "cart_warm_changed": d.get("cart_warm_changed", 0.0),
+                **{f"cart_positions_changed_{sub}_l{i + 1}": v
+                   for sub, vals in d.get("cart_positions_changed", {}).items() for i, v in enumerate(vals)},
+                **{k: d[k] for k in ("uc3_fallback_support", "uc3_fallback_margin", "uc3_kept_by_vote") if k in d},
                 **{f"static_outside_top8_{k}": v for k, v in d.get("static_outside_topn", {}).items()},
                 **({"bridge_epochs": d["bridge"]["epochs"], "bridge_train_s": d["bridge"]["train_s"]}
                    if "bridge" in d else {}),

@@ -510,6 +510,9 @@ def test_dream_paper_mode_retokenizes_every_item_and_trains_a_bridge(tmp_path):
     warm = split_freq > 12
     assert ((cart != base).any(1) & warm).any()  # warm items are re-tokenized too
     assert d["cart_warm_changed"] > 0 and 0 <= d["static_outside_topn"]["all"] <= 1
+    assert len(d["cart_positions_changed"]["warm"]) == cart.shape[1] - 1 and max(d["cart_positions_changed"]["warm"]) > 0
+    parts = d["uc3_fallback_support"] + d["uc3_fallback_margin"] + d["uc3_kept_by_vote"] + d["uc3_switch_rate"]
+    assert parts == pytest.approx(1.0)  # every cold item either switched or kept candidate 0 for one reason
     for name in ("uc3", "cpde"):
         t = SIDTable.load(run / "dream" / f"sid_table.{name}.parquet").primary.numpy()
         assert (t[warm] == cart[warm]).all()  # later stages move cold items only, from the CART table

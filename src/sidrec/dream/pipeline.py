@@ -192,6 +192,9 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     changed = (cart != base).any(1)
     diag["cart_primary_changed"] = float(changed[cold_items].mean()) if len(cold_items) else 0.0
     diag["cart_warm_changed"] = float(changed[~cold].mean()) if (~cold).any() else 0.0
+    pos = cart[:, :-1] != base[:, :-1]  # which content positions CART rewrote, per subset
+    diag["cart_positions_changed"] = {name: pos[m].mean(0).tolist() if m.any() else [0.0] * pos.shape[1]
+                                      for name, m in (("cold", cold), ("warm", ~cold))}
     # the paper's diagnostic: static SIDs that are not among CART's top-n candidates (content codes)
     outside = ~(cres.candidates == base[:, None, :-1]).all(2).any(1)
     diag["static_outside_topn"] = {"all": float(outside.mean()), "cold": float(outside[cold].mean()) if cold.any()
@@ -239,8 +242,15 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     chosen = cands[np.arange(len(cold_items)), dec.chosen]
     uc3_table = table_with(start, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
     uc3_table.save(out_dir / "sid_table.uc3.parquet")
+    supported = dec.support >= dcfg.uc3_min_support
+    n_cold = max(1, len(cold_items))
     diag.update(uc3_switch_rate=dec.switch_rate, uc3_contexts=int(len(ctx_rows)),
-                uc3_items_with_support=float((dec.support >= dcfg.uc3_min_support).mean()) if len(cold_items) else 0.0)
+                uc3_items_with_support=float(supported.mean()) if len(cold_items) else 0.0,
+                # why items kept candidate 0: too few contexts, a top-2 margin below the gate, or it won the vote
+                uc3_fallback_support=float((~supported).sum() / n_cold),
+                uc3_fallback_margin=float((supported & (dec.margin < dcfg.uc3_min_margin)).sum() / n_cold),
+                uc3_kept_by_vote=float((supported & (dec.margin >= dcfg.uc3_min_margin) & (dec.winner == 0)).sum()
+                                       / n_cold))
     timings["uc3_s"] = time.time() - t0
     _say(f"UC3: {timings['uc3_s']:.0f} s, {len(ctx_rows)} contexts, switch rate {dec.switch_rate:.1%}")
 
@@ -385,8 +395,12 @@ def render(out: dict[str, Any]) -> str:
                     f"{m.get(f'{k}@{n}', float('nan')):.4f}" for n in (5, 10, 50) for k in ("recall", "ndcg")) + " |")
     d = out["diagnostics"]
     lines += ["", f"- cold items: {d['cold_items']} of {d['items']}",
-              f"- CART: primary SID changed for {d['cart_primary_changed']:.1%} of cold items",
-              f"- UC3: {d['uc3_switch_rate']:.1%} of cold items switch ({d['uc3_contexts']} contexts)",
+              f"- CART: primary SID changed for {d['cart_primary_changed']:.1%} of cold items and "
+              f"{d.get('cart_warm_changed', 0):.1%} of warm items; static SIDs outside CART's top "
+              f"candidates: {d.get('static_outside_topn', {}).get('all', float('nan')):.1%}",
+              f"- UC3: {d['uc3_switch_rate']:.1%} of cold items switch ({d['uc3_contexts']} contexts); kept "
+              f"candidate 0 for too few contexts {d.get('uc3_fallback_support', 0):.1%}, a margin below the gate "
+              f"{d.get('uc3_fallback_margin', 0):.1%}, winning the vote {d.get('uc3_kept_by_vote', 0):.1%}",
               f"- CPDE mean hypothesis weights (sorted): {', '.join(f'{x:.3f}' for x in d['cpde_mean_weights'])} "
               "(over training: cpde.png)",
               f"- wall time: {out['wall_s'] / 60:.1f} min"]

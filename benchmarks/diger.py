@@ -6,7 +6,8 @@ Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds
 Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml with DIGER's backbone), frqud, sdud, both (SDUD
 + FrqUD, the configs' default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no
 decay), gaussian (Gaussian noise instead of Gumbel, FrqUD), gap (noise in units of each level's logit gap),
-detached (the authors' public code: the recommendation loss does not reach the tokenizer), noisy (the first
+detached (the authors' public code: the recommendation loss does not reach the tokenizer), sinkhorn (the
+two-stage TIGER on DIGER's Sinkhorn-derived table: the tokenizer never moves), noisy (the first
 implementation: noisy codes as the recommender's inputs and targets). Every run of a seed starts from the
 same SID table: the tokenizer stage's files are copied from the seed's first run, so the variants differ only
 in training.
@@ -42,6 +43,9 @@ VARIANTS = {
     "gaussian": ("diger", ["diger.noise=gaussian", "diger.decay=frqud"]),
     "gap": ("diger", ["diger.noise_unit=gap"]),  # noise in units of each level's logit gap
     "detached": ("diger", ["diger.rec_to_tokenizer=false"]),  # the authors' public code: no L_gen into the tokenizer
+    # two-stage TIGER on DIGER's Sinkhorn-derived table (the tokenizer never moves): separates what the balanced
+    # derivation gives from what joint training gives
+    "sinkhorn": ("diger", ["diger.tokenizer_lr=0", "diger.noise=none", "diger.decay=none"]),
     # the first implementation: noisy codes as the recommender's inputs and targets, per-level FrqUD, argmin
     # derivation, input-space reconstruction
     "noisy": ("diger", ["diger.forward=noisy", "diger.frequd_level=each", "diger.derive=argmin",

@@ -277,10 +277,19 @@ class ACERec(nn.Module):
     # ------------------------------------------------------------------ heads
     def code_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Prediction states (N, d) -> per-subspace code logits (N, m, K): cosine to the tied E[j] / gamma."""
-        q = F.normalize(torch.einsum("nd,mde->nme", self.head_norm(h), self.heads), dim=-1)
+        return self.subspace_logits(h).transpose(0, 1)
+
+    def subspace_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`code_logits` laid out subspace-major, (m, N, K): the layout the batched matmuls produce, so
+        the training loss reads it without copying (N x m x K is the largest tensor of a step)."""
+        q = F.normalize(torch.einsum("nd,mde->mne", self.head_norm(h), self.heads), dim=-1)
         e = F.normalize(self.code_emb, dim=-1)
-        logits = torch.einsum("nme,mke->nmk", q, e) / self.cfg.gamma
-        return logits.masked_fill(~self.code_valid, float("-inf"))
+        logits = torch.bmm(q, e.transpose(1, 2)) / self.cfg.gamma
+        # only subspaces with unused code slots (the collision code's) are masked, in place: the division's
+        # output is not needed by any backward
+        for j in self.__dict__.setdefault("_partial_subspaces", (~self.code_valid).any(1).nonzero().flatten().tolist()):
+            logits[j].masked_fill_(~self.code_valid[j], float("-inf"))
+        return logits
 
     @torch.no_grad()
     def log_probs(self, seq: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -341,7 +350,7 @@ class ACERec(nn.Module):
         slot[valid] = inv[:n_hist]
         h = self.sequence(z_u[slot], s_u[slot], valid)[tmask]  # (N, d), one row per (position, next item)
         tgt = target[tmask]
-        loss = F.cross_entropy(self.code_logits(h).float().flatten(0, 1), self.item_codes[tgt].flatten())
+        loss = F.cross_entropy(self.subspace_logits(h).float().flatten(0, 1), self.item_codes[tgt].t().flatten())
         if self.cfg.isa and self.cfg.isa_weight > 0:
             loss = loss + self.cfg.isa_weight * self.isa_loss(h, tgt, uniq, s_u)
         if self.recon is not None:

@@ -307,14 +307,17 @@ _RULES: list[tuple[str, Any]] = [
     ("dream.cart.weight_decay", _NONNEG), ("dream.cart.*", _POS),
     ("dream.lora_*", _POS), ("dream.uc3_tau", _POS), ("dream.uc3_batch", _POS), ("dream.hypotheses", _POS),
     ("dream.cpde_update_every", _POS), ("dream.eval_beam", _POS), ("dream.eval_users", _NONNEG),
+    ("dream.bridge_max_minutes", _NONNEG),
     # generic names last: the explicit keys above take precedence
     ("*batch_size", _POS), ("*epochs", _POS), ("*.lr", _POS), ("*_lr", _POS),
     ("*d_model", _POS), ("*_layers", _POS), ("*n_heads", _POS), ("*head_dim", _POS), ("*ffn_dim", _POS),
     ("*_dim", _POS), ("*hidden_dims", _POS), ("*codebook_sizes", _POS), ("*codebook", _POS),
     ("*eval_batch_users", _POS), ("*eval_chunk", _POS),
 ]
-# numeric keys any value of which is meaningful (seeds; negative lambdas mean "derive it")
-_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.lambda_warm"}
+# numeric keys any value of which is meaningful (seeds; negative lambdas mean "derive it"; the CPDE gate's
+# offset delta is in nats and may be negative)
+_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.lambda_warm",
+              "dream.update_delta"}
 
 
 def _rule_for(key: str) -> Any:

@@ -312,7 +312,8 @@ def dream(
         "--allow-config-commands", help="run dream.rewrite_command even when it comes from RUN/config.yaml "
         "(by default only a command given on this command line runs)")] = False,
 ) -> None:
-    """Refine cold items' SIDs of a TIGER run (DREAM: CART -> UC3 -> CPDE); writes RUN/dream/."""
+    """Refine the SIDs of a TIGER run (DREAM: CART for every item -> a bridge TIGER trained on them -> UC3 ->
+    CPDE; dream.mode=cold_only: cold items only, the run itself as evaluator); writes RUN/dream/."""
     from sidrec.dream.pipeline import run_dream
 
     res = run_dream(run, overrides or [], split=_parse_splits(split), allow_config_commands=allow_config_commands)
@@ -320,7 +321,8 @@ def dream(
         rows = [(st, stages[st]) for st in stages]
         _print_wide(_metrics_table(f"DREAM stages - {name}", rows, [5, 10, 50]))
     d = res["diagnostics"]
-    out.print(f"CART changed {d['cart_primary_changed']:.1%} of cold SIDs; UC3 switched {d['uc3_switch_rate']:.1%}; "
+    warm = f" and {d['cart_warm_changed']:.1%} of warm SIDs" if "bridge" in d else ""
+    out.print(f"CART changed {d['cart_primary_changed']:.1%} of cold SIDs{warm}; UC3 switched {d['uc3_switch_rate']:.1%}; "
               f"written to [bold]{run / 'dream'}[/]")
 
 

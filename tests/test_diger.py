@@ -84,7 +84,9 @@ def test_frqud_gates_noise_to_hot_codes_only():
     hot = m.hot_codes()
     assert hot is not None and hot[0].sum() == 1 and bool(hot[0][hot_code]) and not hot[1].any()
     q.train()
-    out = q(z, estimator="gumbel", noise_scale=1e3, generator=torch.Generator().manual_seed(0), hot=hot)
+    near = q.assign(z)[0]
+    gate = torch.stack([h[near[:, lv]] for lv, h in enumerate(hot)], 1)  # FrqUD decided per level
+    out = q(z, estimator="gumbel", noise_scale=1e3, generator=torch.Generator().manual_seed(0), gate=gate)
     cold_rows = out.nearest[:, 0] != hot_code
     assert torch.equal(out.codes[cold_rows, 0], out.nearest[cold_rows, 0])  # cold: never perturbed
     assert (out.codes[~cold_rows, 0] != hot_code).any()  # hot: noise moved some away

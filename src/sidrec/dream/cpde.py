@@ -60,15 +60,21 @@ def add_lora(model: TIGER, rank: int, alpha: float) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def base_output_stopped(peft_model: torch.nn.Module) -> Iterator[None]:
-    """Inside the block every LoRA-adapted layer computes ``sg(W0 x) + B A x`` (eq. 18 for cold samples): the
-    frozen path's output carries no gradient, so what a cold sample teaches reaches the adapters only."""
+    """Inside the block every LoRA-adapted layer computes ``sg(W0 x) + B A x`` (eq. 18 for cold samples) and
+    the base weights are frozen: what a cold sample teaches reaches the adapters only, and no gradient is
+    computed for a base weight at all (it would only be thrown away)."""
     handles = [m.base_layer.register_forward_hook(lambda _m, _i, out: out.detach())
                for m in peft_model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    base = [p for n, p in peft_model.named_parameters() if "lora_" not in n and p.requires_grad]
+    for p in base:
+        p.requires_grad_(False)
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+        for p in base:
+            p.requires_grad_(True)
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -94,10 +100,10 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     model: TIGER = peft_model.base_model.model  # the TIGER with LoRA layers injected
     model.train()
     paper = cfg.mode == "paper"
-    base_params = [p for n, p in peft_model.named_parameters() if "lora_" not in n]
     if paper:  # eq. 18: warm samples train the base weights too; cold samples only the adapters (below)
-        for p_ in base_params:
-            p_.requires_grad_(True)
+        for n, p_ in peft_model.named_parameters():
+            if "lora_" not in n:
+                p_.requires_grad_(True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.cpde_lr)
     def stop() -> contextlib.AbstractContextManager:
@@ -153,9 +159,6 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
                     lp_ref = level_log_probs(ref, rmem, rval, best)
                 kl = torch.stack([_kl(a, b).mean() for a, b in zip(lp, lp_ref, strict=True)]).mean()
                 (cfg.lambda_soft * soft + cfg.lambda_kl * kl).backward()
-            if paper:
-                for p_ in base_params:  # what reached the base weights around the stopped outputs is dropped too
-                    p_.grad = None
             kd = torch.zeros(())
             warm_nll = torch.zeros(())
             if n_warm:

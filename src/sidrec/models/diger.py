@@ -48,7 +48,7 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models.tiger import TIGER
-from sidrec.sid.rqvae import NOISES, RQVAE, sample_noise
+from sidrec.sid.rqvae import NOISES, RQVAE, perturb
 
 DECAYS = ("none", "sdud", "frqud", "both")
 FORWARDS = ("cached", "noisy")
@@ -185,19 +185,10 @@ class DIGER(nn.Module):
             top = lg.topk(2, dim=1).values
             gaps.append(float((top[:, 0] - top[:, 1]).median()))
         self.gap.copy_(torch.tensor(gaps).clamp(min=1e-6))
-        gate = self.noise_gate(codes)
-        s = self.noise_scale()
-        flips = []
-        for lv, lg in enumerate(logits):
-            if s == 0:
-                flips.append(0.0)
-                continue
-            eps = s * sample_noise(self.cfg.noise if self.cfg.noise != "none" else "gumbel", lg.shape, generator, lg)
-            if self.cfg.noise_unit == "gap":
-                eps = eps * gaps[lv]
-            if gate is not None:
-                eps = eps * gate[:, lv].unsqueeze(1).to(eps.dtype)
-            flips.append(float(((lg + eps).argmax(1) != codes[:, lv]).float().mean()))
+        gate, s = self.noise_gate(codes), self.noise_scale()
+        noise = self.cfg.noise if self.cfg.noise != "none" else "gumbel"
+        flips = [float((perturb(lg, lv, s, noise, generator, gate, self.level_scale()).argmax(1) != codes[:, lv])
+                       .float().mean()) if s > 0 else 0.0 for lv, lg in enumerate(logits)]
         return {"logit_gap": gaps, "flip_rate": flips}
 
     # ------------------------------------------------------------------ assignments
@@ -217,13 +208,11 @@ class DIGER(nn.Module):
             with torch.no_grad():
                 near, _ = q.assign(z)
             gate = self.noise_gate(near)
-            rows = gate[:, 0] if gate is not None and cfg.frequd_level == "first" else None
-            hot = self.hot_codes() if cfg.frequd_level == "each" else None
             noise = cfg.noise if cfg.noise != "none" else "gumbel"
             est = "soft" if cfg.noise == "none" else "gumbel"
             scale = self.noise_scale()
             out = q(z, estimator=est, tau=cfg.tau, noise_scale=scale, generator=generator, noise=noise,
-                    hot=hot, rows=rows, level_scale=self.level_scale())
+                    gate=gate, level_scale=self.level_scale())
             recon = (F.mse_loss(out.quantized, z) if cfg.recon == "latent"
                      else F.mse_loss(self.rqvae.decoder(out.quantized), x))
             if cfg.forward == "noisy":

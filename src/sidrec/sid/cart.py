@@ -193,10 +193,20 @@ class CART(nn.Module):
             out = out + oh @ F.normalize(c, dim=-1)
         return out, onehots  # type: ignore[return-value]
 
+    def path(self, z: torch.Tensor, tau: float | None, codes: torch.Tensor | None = None
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Per-level logits, one-hot codes and the quantised vector of item vectors ``z``, for either kind of
+        levels (``tau`` / ``codes`` as in :meth:`walk`; parallel levels' logits do not depend on ``codes``)."""
+        if self.residual_levels:
+            logits, onehots, _, out = self.walk(z, tau, codes)
+            return logits, onehots, out
+        logits = self.logits(z)
+        out, onehots = self.quantise(logits, tau)
+        return logits, onehots, out
+
     def quantised(self, items: torch.Tensor) -> torch.Tensor:
         """The deterministic quantised vector of item indices (...) -> (..., d)."""
-        z = self.item_vectors(items)
-        return self.walk(z, None)[3] if self.residual_levels else self.quantise(self.logits(z), None)[0]
+        return self.path(self.item_vectors(items), None)[2]
 
     def click_logit(self, hist: torch.Tensor, hist_valid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Target-attention click score (B,) of target vectors (B, d) given history vectors (B, T, d)."""
@@ -262,13 +272,9 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             prev = hist[:, -1]  # the item bought just before (always present: prefix samples have >= 1)
             tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
             z = model.item_vectors(items)
-            if model.residual_levels:
-                lg, onehots, _, zq_sum = model.walk(z, tau)
-                anchor_logits = model.walk(z, None, base[items])[0]  # along the base tree, for L_anc
-            else:
-                lg = model.logits(z)
-                zq_sum, onehots = model.quantise(lg, tau)
-                anchor_logits = lg
+            lg, onehots, zq_sum = model.path(z, tau)
+            # L_anc reads the logits along the base tree (residual levels depend on the parents)
+            anchor_logits = model.path(z, None, base[items])[0] if model.residual_levels else lg
             zq = F.normalize(zq_sum, dim=-1)
             hn = negs[items]
             hn_valid = hn >= 0
@@ -290,9 +296,7 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             hv = hist >= 0
             hz = model.item_vectors(hist.clamp(min=0))
             rand = torch.from_numpy(rng.integers(0, n, len(items)))
-            zr = model.item_vectors(rand)
-            zq_r = F.normalize(model.walk(zr, tau)[3] if model.residual_levels
-                               else model.quantise(model.logits(zr), tau)[0], dim=-1)
+            zq_r = F.normalize(model.path(model.item_vectors(rand), tau)[2], dim=-1)
             logit = torch.cat([model.click_logit(hz, hv, zq), model.click_logit(hz, hv, zq_r)])
             label = torch.cat([torch.ones(len(items)), torch.zeros(len(items))])
             cal = F.binary_cross_entropy_with_logits(logit, label)

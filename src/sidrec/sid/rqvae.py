@@ -91,6 +91,19 @@ def sample_noise(kind: str, shape: torch.Size, generator: torch.Generator | None
     raise SidrecError(f"noise must be one of {', '.join(NOISES)}, got '{kind}'")
 
 
+def perturb(logits: torch.Tensor, level: int, scale: float, noise: str, generator: torch.Generator | None,
+            gate: torch.Tensor | None = None, level_scale: Sequence[float] | None = None) -> torch.Tensor:
+    """``logits`` (n, K) of ``level`` plus ``scale`` times Gumbel / Gaussian noise, multiplied by
+    ``level_scale[level]`` (noise in units of that level's logit gap) and kept only on the rows ``gate``
+    (n, L) bool marks at that level (DIGER's FrqUD). The one noise rule of every noisy assignment."""
+    eps = scale * sample_noise(noise, logits.shape, generator, logits)
+    if level_scale is not None:
+        eps = eps * float(level_scale[level])
+    if gate is not None:
+        eps = eps * gate[:, level].unsqueeze(1).to(eps.dtype)
+    return logits + eps
+
+
 class ResidualQuantizer(nn.Module):
     """``len(sizes)`` codebooks of shape (K_l, dim); level l quantises the residual left by levels < l.
 
@@ -138,14 +151,12 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor, estimator: str | None = None, tau: float | None = None,
                 noise_scale: float | None = None, generator: torch.Generator | None = None,
-                noise: str = "gumbel", hot: Sequence[torch.Tensor] | None = None,
-                rows: torch.Tensor | None = None, level_scale: Sequence[float] | None = None) -> QuantizerOutput:
+                noise: str = "gumbel", gate: torch.Tensor | None = None,
+                level_scale: Sequence[float] | None = None) -> QuantizerOutput:
         """Quantise ``z`` (n, dim). ``noise`` picks the perturbation of ``gumbel`` (Gumbel or Gaussian);
-        ``hot`` (per level, a (K_l,) bool mask) restricts it to rows whose noiseless code is hot (DIGER's
-        FrqUD decided per level): the other rows take their nearest code, with the plain softmax as backward
-        path. ``rows`` (n,) bool restricts it to the same rows at every level (FrqUD decided once per item, at
-        the first level, as the authors' code does); ``level_scale`` multiplies the noise of each level (noise
-        measured in units of that level's logit gaps rather than raw logits)."""
+        ``gate`` (n, L) bool restricts it per level to the marked rows (DIGER's FrqUD): the other rows take
+        their nearest code, with the plain softmax as backward path; ``level_scale`` multiplies the noise of
+        each level (see :func:`perturb`)."""
         est = self.estimator if estimator is None else estimator
         t = self.tau if tau is None else float(tau)
         s = self.noise_scale if noise_scale is None else float(noise_scale)
@@ -158,17 +169,7 @@ class ResidualQuantizer(nn.Module):
         for level, book in enumerate(self.codebooks):
             logits = -self.distances(r, level)
             near = logits.detach().argmax(1)
-            if noisy_mode:
-                eps = s * sample_noise(noise, logits.shape, generator, logits)
-                if level_scale is not None:
-                    eps = eps * float(level_scale[level])
-                if hot is not None:
-                    eps = eps * hot[level].to(logits.device)[near].unsqueeze(1).to(eps.dtype)
-                if rows is not None:
-                    eps = eps * rows.unsqueeze(1).to(eps.dtype)
-                scores = logits + eps
-            else:
-                scores = logits
+            scores = perturb(logits, level, s, noise, generator, gate, level_scale) if noisy_mode else logits
             k = scores.detach().argmax(1)
             c = book[k]
             loss = loss + F.mse_loss(c, r.detach()) + self.beta * F.mse_loss(r, c.detach())
@@ -217,20 +218,14 @@ class ResidualQuantizer(nn.Module):
         This is DIGER's cached-hard path: the forward value is exactly the given (cached, deterministic)
         code, so the recommender reads and predicts the SID table it is evaluated with, while the backward
         pass reaches the codebooks (and a trainable encoder) through the perturbed soft assignment. Noise is
-        added in training mode only, to the rows ``gate`` (n, L) bool marks per level (all rows when None);
-        ``level_scale`` as in :meth:`forward`.
+        added in training mode only, by :func:`perturb`.
         """
         r = z
         out = []
         for level, book in enumerate(self.codebooks):
             logits = -self.distances(r, level)
             if self.training and noise_scale > 0:
-                eps = noise_scale * sample_noise(noise, logits.shape, generator, logits)
-                if level_scale is not None:
-                    eps = eps * float(level_scale[level])
-                if gate is not None:
-                    eps = eps * gate[:, level].unsqueeze(1).to(eps.dtype)
-                logits = logits + eps
+                logits = perturb(logits, level, noise_scale, noise, generator, gate, level_scale)
             y = torch.softmax(logits / tau, dim=1)
             k = codes[:, level]
             out.append(F.one_hot(k, book.shape[0]).to(y.dtype) - y.detach() + y)

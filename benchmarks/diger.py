@@ -32,10 +32,9 @@ from sidrec.pipeline import train
 from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
 
 VARIANTS = {
-    # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml: encdec, history 50, tied logits)
-    "tiger": ("tiger-cpu", ["tokenizer.kind=rqvae", "tiger.arch=encdec", "data.max_len=50", "tiger.tie_head=true",
-                           "train.epochs=12",
-                           "train.batch_size=256", "train.patience=5", "train.max_minutes=75"]),
+    # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml = tiger-cpu.yaml's decoder and
+    # 60-minute cap + RQ-VAE, history 50, tied logits)
+    "tiger": ("tiger-cpu", ["tokenizer.kind=rqvae", "data.max_len=50", "tiger.tie_head=true"]),
     "frqud": ("diger", ["diger.decay=frqud"]),
     "sdud": ("diger", ["diger.decay=sdud"]),
     "both": ("diger", ["diger.decay=both"]),

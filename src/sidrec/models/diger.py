@@ -243,11 +243,16 @@ class DIGER(nn.Module):
         parts.append(emb[self.collision[items] + offs[self.levels]])
         return torch.stack(parts, 1)
 
-    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor,
+    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Joint loss for history item indices (B, T) (-1 = padding) and target items (B,)."""
+        """Joint loss for history item indices (B, T) (-1 = padding) and target items (B,).
+
+        ``target=None`` (``tiger.arch=decoder``): ``history`` is a window of items and every item after the
+        first is a target, each read and predicted through the same straight-through assignment, so one causal
+        pass per window trains all of them (TIGER's :meth:`~sidrec.models.tiger.TIGER.forward_sequence`).
+        """
         b, t = history.shape
-        flat = torch.cat([history.reshape(-1), target])
+        flat = history.reshape(-1) if target is None else torch.cat([history.reshape(-1), target])
         valid = flat >= 0
         uniq, inv = torch.unique(flat[valid], return_inverse=True)
         a = self.assign(uniq, generator)
@@ -262,11 +267,17 @@ class DIGER(nn.Module):
         n_hist = b * t
         hist_codes = codes_flat[:n_hist].view(b, t, -1)
         hist_emb = vec_flat[:n_hist].view(b, t, -1, d)
-        tgt_codes, tgt_emb = codes_flat[n_hist:], vec_flat[n_hist:]
-        tgt_rows = inv[-b:]  # targets are the last b entries of ``flat`` and never padding
-        tw: list[torch.Tensor | None] = [w[tgt_rows] for w in a["weights"]]
-        tw.append(None)
-        gen = self.tiger(hist_codes, users, tgt_codes, hist_emb, tgt_emb, tw)
+        if target is None:  # every window item is a target: its weights (zero rows for padding, never targets)
+            tw: list[torch.Tensor | None] = [(w[safe] * (idx >= 0).unsqueeze(1).to(w.dtype)).view(b, t, -1)
+                                             for w in a["weights"]]
+            tw.append(None)
+            gen = self.tiger(hist_codes, users, None, hist_emb, None, tw)
+        else:
+            tgt_codes, tgt_emb = codes_flat[n_hist:], vec_flat[n_hist:]
+            tgt_rows = inv[-b:]  # targets are the last b entries of ``flat`` and never padding
+            tw = [w[tgt_rows] for w in a["weights"]]
+            tw.append(None)
+            gen = self.tiger(hist_codes, users, tgt_codes, hist_emb, tgt_emb, tw)
         if self.sigma is not None:
             s = self.sigma.abs() + self.cfg.sdud_lambda
             gen_term = gen / (2 * s * s) + torch.log(s)

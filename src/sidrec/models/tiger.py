@@ -213,7 +213,7 @@ class TIGER(nn.Module):
         cross-entropy of the hard code, its gradient reaches the soft assignment).
         """
         if target is None:
-            return self.forward_sequence(history, users)
+            return self.forward_sequence(history, users, history_emb, target_weights)
         memory, valid = self.encode(history, users, history_emb)
         h = self.decode(memory, valid, target[:, :-1], None if target_emb is None else target_emb[:, :-1])
         losses = []
@@ -274,19 +274,23 @@ class TIGER(nn.Module):
             context, valid = torch.cat([context, pe], 1), torch.cat([valid, valid.new_ones(b, t)], 1)
         return self._stack(context, valid)[:, s - 1:]
 
-    def forward_sequence(self, window: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+    def forward_sequence(self, window: torch.Tensor, users: torch.Tensor | None, emb: torch.Tensor | None = None,
+                         weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Mean cross-entropy of every item's codes in windows of item SIDs (B, n, L), left-padded with -1.
 
         One causal pass learns every item that has at least one item before it: the state at each token
         predicts the next token (the last code of item j predicts the first code of item j+1), exactly the
         factorisation the beam search decodes with. This is what makes ``arch=decoder`` cheap: a user's
         history is encoded once per window, not once per prefix.
+
+        DIGER's differentiable path, as in :meth:`forward`: ``emb`` (B, n, L, d) replaces the code-embedding
+        lookups and ``weights[l]`` (B, n, K_l), when given, is level l's target distribution of every item.
         """
         if not self.causal:
             raise ValueError("forward_sequence needs tiger.arch=decoder")
         b, n, length = window.shape
         item_ok = window[..., 0] >= 0
-        x = self._tokens(window, 0).reshape(b, n * length, -1)
+        x = self._tokens(window, 0, emb).reshape(b, n * length, -1)
         x, valid = self._with_user(x, item_ok.repeat_interleave(length, 1), users)
         h = self._stack(x, valid)
         off = 1 if self.user_emb is not None else 0  # state ``off + p - 1`` predicts flat token p
@@ -299,7 +303,11 @@ class TIGER(nn.Module):
             start = off - 1 + lv + length
             hs = h[:, start: start + length * (n - 1): length]  # items j = 1..n-1
             logits = self.level_logits(hs[m], lv).float()
-            total = total + F.cross_entropy(logits, window[:, 1:, lv][m], reduction="sum")
+            w = weights[lv] if weights is not None else None
+            if w is None:
+                total = total + F.cross_entropy(logits, window[:, 1:, lv][m], reduction="sum")
+            else:
+                total = total - (w[:, 1:][m].float() * logits.log_softmax(-1)).sum()
         count = has_prev.sum() * length
         return total / count.clamp(min=1)
 

@@ -52,12 +52,6 @@ DIGER_USAGE_FILE = "diger_usage.png"  # code usage heat maps: start vs the last 
 class DIGERTask(TIGERTask):
     """TIGER's task with a tokenizer in the training graph."""
 
-    @property
-    def sequence_training(self) -> bool:
-        """DIGER feeds differentiable (history, target) embeddings, so it trains on prefix samples with either
-        ``tiger.arch`` (the decoder arch reads them through the same encode/decode interface)."""
-        return False
-
     def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
         tok_cfg = cfg.section("tokenizer")
         if tok_cfg.kind != "rqvae":
@@ -152,6 +146,8 @@ class DIGERTask(TIGERTask):
         return super().train_batches(epoch)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "window" in batch:  # arch=decoder: every item of the window is a target (as TIGER's windows)
+            return model(batch["window"], self._users(batch["user"]), None, self.generator) * batch["scale"]
         return model(batch["history"], self._users(batch["user"]), batch["target"], self.generator)
 
     # -------------------------------------------------------------------------------- inference

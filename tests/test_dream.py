@@ -123,9 +123,10 @@ def test_uc3_gates_on_a_constructed_example():
 @pytest.mark.parametrize("arch", ["encdec", "decoder"])
 def test_sid_nll_matches_teacher_forced_loss(arch):
     torch.manual_seed(0)
-    model = TIGER([4, 3], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8,
+    model = TIGER([4, 3], 6, TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=2, n_heads=2, head_dim=8,
                                          ffn_dim=32, dropout=0.0, user_buckets=0, arch=arch)).eval()
     hist = torch.randint(0, 3, (3, 2, 2))
+    hist[1, 0] = -1  # a left-padded history: the shared history pass must mask it as the per-sample pass does
     sids = torch.tensor([[[1, 2], [0, 0]], [[3, 1], [-1, -1]], [[2, 2], [2, 0]]])
     with torch.no_grad():
         nll = sid_nll(model, hist, None, sids)

@@ -37,27 +37,32 @@ def sid_nll(model: TIGER, history: torch.Tensor, users: torch.Tensor | None, sid
 
     ``reduce``: ``sum`` over SID positions (the sequence's NLL) or ``mean`` (the paper's eq. 13: a per-position
     average, so a vote over candidates is not L times sharper than the per-token confidence).
-    The encoder runs once per user; its output is repeated for the hypotheses (the decoder is short).
+    The history is encoded once per user and shared by its hypotheses (:meth:`TIGER.decode_hypotheses`).
     """
     memory, valid = model.encode(history, users)
     return sid_nll_from_memory(model, memory, valid, sids, reduce)
 
 
+def hypothesis_log_probs(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor
+                         ) -> list[torch.Tensor]:
+    """Teacher-forced log-softmax per SID position, list of (B, H, K_l), for H hypotheses (B, H, L) per encoded
+    row (-1 hypotheses are read as code 0; callers mask them). The history is shared by its hypotheses
+    (:meth:`TIGER.decode_hypotheses`)."""
+    h = model.decode_hypotheses(memory, valid, sids.clamp(min=0)[..., :-1])  # (B, H, L, d)
+    return [model.level_logits(h[:, :, lv], lv).float().log_softmax(-1) for lv in range(model.length)]
+
+
 def sid_nll_from_memory(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor,
-                        reduce: str = "sum") -> torch.Tensor:
-    """:func:`sid_nll` for an encoder output computed once and reused (CPDE needs it for two losses)."""
+                        reduce: str = "sum", log_probs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """:func:`sid_nll` for an encoder output computed once and reused; ``log_probs`` (from
+    :func:`hypothesis_log_probs` of the same hypotheses) skips the decoding (CPDE reuses them for its KL term)."""
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    b, nh, length = sids.shape
-    mem = memory.repeat_interleave(nh, 0)
-    val = valid.repeat_interleave(nh, 0)
-    flat = sids.reshape(b * nh, length)
-    ok = (flat >= 0).all(1)
-    safe = flat.clamp(min=0)
-    lps = level_log_probs(model, mem, val, safe)
-    per = -torch.stack([lp.gather(1, safe[:, lv:lv + 1]).squeeze(1) for lv, lp in enumerate(lps)], 1)
-    nll = per.sum(1) if reduce == "sum" else per.mean(1)
-    return torch.where(ok, nll, torch.full_like(nll, float("inf"))).view(b, nh)
+    lps = log_probs if log_probs is not None else hypothesis_log_probs(model, memory, valid, sids)
+    safe = sids.clamp(min=0)
+    per = -torch.stack([lp.gather(2, safe[:, :, lv:lv + 1]).squeeze(2) for lv, lp in enumerate(lps)], 2)
+    nll = per.sum(2) if reduce == "sum" else per.mean(2)
+    return torch.where((sids >= 0).all(2), nll, torch.full_like(nll, float("inf")))
 
 
 @dataclass
@@ -123,4 +128,5 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
     return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
 
 
-__all__ = ["UC3Decision", "level_log_probs", "sid_nll", "sid_nll_from_memory", "uc3_decide", "uc3_vote"]
+__all__ = ["UC3Decision", "hypothesis_log_probs", "level_log_probs", "sid_nll", "sid_nll_from_memory", "uc3_decide",
+           "uc3_vote"]

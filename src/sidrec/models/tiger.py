@@ -191,6 +191,36 @@ class TIGER(nn.Module):
             x = blk(x, memory=memory, memory_mask=mask, is_causal=True)
         return self.decoder_ln(x)
 
+    def decode_hypotheses(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefixes: torch.Tensor
+                          ) -> torch.Tensor:
+        """Teacher-forced states (B, W, t+1, d) of W code prefixes (B, W, t) per encoded row (DREAM's votes).
+
+        The encoder-decoder repeats its memory per hypothesis (its decoder is short). With ``arch=decoder`` the
+        history runs through the causal stack once and each prefix attends to its keys / values plus its own
+        tokens (the beam search's two-part attention, here with gradients), instead of W copies of history +
+        prefix: W-fold less work on the long part.
+        """
+        b, w, t = prefixes.shape
+        if not self.causal:
+            h = self.decode(memory.repeat_interleave(w, 0), memory_valid.repeat_interleave(w, 0),
+                            prefixes.reshape(b * w, t))
+            return h.view(b, w, t + 1, -1)
+        x = self.drop(memory)
+        mask = causal_padding_mask(memory_valid)
+        y = self.drop(self.code_emb(prefixes + self.offsets[:t]) + self.item_pos.weight[0] + self.dec_pos.weight[:t])
+        for blk in self.decoder:
+            h = blk.ln1(x)
+            k, v = blk.attn.project_kv(h)
+            if t:
+                hy = blk.ln1(y)
+                kn, vn = (z.view(b, w, *z.shape[1:]) for z in blk.attn.project_kv(hy.reshape(b * w, t, -1)))
+                y = y + blk.drop(self._two_part_attention(blk, hy, (k, v), memory_valid, (kn, vn)))
+                y = y + blk.drop(blk.ffn(blk.ln2(y)))
+            x = x + blk.drop(blk.attn.attend(h, k, v, mask=mask))
+            x = x + blk.drop(blk.ffn(blk.ln2(x)))
+        first = self.decoder_ln(x[:, -1]).unsqueeze(1).unsqueeze(1).expand(b, w, 1, -1)
+        return torch.cat([first, self.decoder_ln(y)], 2) if t else first
+
     def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
         """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
         lo = int(self.offsets[level])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from sidrec.dream.config import DREAMConfig
-from sidrec.dream.uc3 import hypothesis_log_probs, level_log_probs, sid_nll_from_memory
+from sidrec.dream.uc3 import hypothesis_log_probs, level_log_probs, nll_from_log_probs
 from sidrec.models.tiger import TIGER
 from sidrec.progress import track
 from sidrec.recipes.tiger import sample_histories
@@ -148,7 +148,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
             with stop():  # cold samples: the adapters learn, the base weights do not (paper: eq. 18)
                 mem, val = model.encode(hist, users)
                 lps = hypothesis_log_probs(model, mem, val, h)  # per level (b, B, K): one decoding for both terms
-                nll = sid_nll_from_memory(model, mem, val, h, cfg.nll_reduce(), lps)  # (b, B), inf for invalid
+                nll = nll_from_log_probs(lps, h, cfg.nll_reduce())  # (b, B), inf for invalid
                 wb = w[item] * valid_h[item]
                 wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
                 soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()

@@ -53,14 +53,18 @@ def hypothesis_log_probs(model: TIGER, memory: torch.Tensor, valid: torch.Tensor
 
 
 def sid_nll_from_memory(model: TIGER, memory: torch.Tensor, valid: torch.Tensor, sids: torch.Tensor,
-                        reduce: str = "sum", log_probs: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """:func:`sid_nll` for an encoder output computed once and reused; ``log_probs`` (from
-    :func:`hypothesis_log_probs` of the same hypotheses) skips the decoding (CPDE reuses them for its KL term)."""
+                        reduce: str = "sum") -> torch.Tensor:
+    """:func:`sid_nll` for an encoder output computed once and reused."""
+    return nll_from_log_probs(hypothesis_log_probs(model, memory, valid, sids), sids, reduce)
+
+
+def nll_from_log_probs(log_probs: list[torch.Tensor], sids: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    """NLL (B, H) of hypotheses (B, H, L) from their :func:`hypothesis_log_probs` (CPDE also reads those for its
+    KL term, so they are computed once); +inf for -1 hypotheses."""
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    lps = log_probs if log_probs is not None else hypothesis_log_probs(model, memory, valid, sids)
     safe = sids.clamp(min=0)
-    per = -torch.stack([lp.gather(2, safe[:, :, lv:lv + 1]).squeeze(2) for lv, lp in enumerate(lps)], 2)
+    per = -torch.stack([lp.gather(2, safe[:, :, lv:lv + 1]).squeeze(2) for lv, lp in enumerate(log_probs)], 2)
     nll = per.sum(2) if reduce == "sum" else per.mean(2)
     return torch.where((sids >= 0).all(2), nll, torch.full_like(nll, float("inf")))
 
@@ -128,5 +132,5 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
     return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
 
 
-__all__ = ["UC3Decision", "hypothesis_log_probs", "level_log_probs", "sid_nll", "sid_nll_from_memory", "uc3_decide",
-           "uc3_vote"]
+__all__ = ["UC3Decision", "hypothesis_log_probs", "level_log_probs", "nll_from_log_probs", "sid_nll",
+           "sid_nll_from_memory", "uc3_decide", "uc3_vote"]

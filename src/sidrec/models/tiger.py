@@ -205,21 +205,13 @@ class TIGER(nn.Module):
             h = self.decode(memory.repeat_interleave(w, 0), memory_valid.repeat_interleave(w, 0),
                             prefixes.reshape(b * w, t))
             return h.view(b, w, t + 1, -1)
-        x = self.drop(memory)
-        mask = causal_padding_mask(memory_valid)
-        y = self.drop(self.code_emb(prefixes + self.offsets[:t]) + self.item_pos.weight[0] + self.dec_pos.weight[:t])
-        for blk in self.decoder:
-            h = blk.ln1(x)
-            k, v = blk.attn.project_kv(h)
-            if t:
-                hy = blk.ln1(y)
-                kn, vn = (z.view(b, w, *z.shape[1:]) for z in blk.attn.project_kv(hy.reshape(b * w, t, -1)))
-                y = y + blk.drop(self._two_part_attention(blk, hy, (k, v), memory_valid, (kn, vn)))
-                y = y + blk.drop(blk.ffn(blk.ln2(y)))
-            x = x + blk.drop(blk.attn.attend(h, k, v, mask=mask))
-            x = x + blk.drop(blk.ffn(blk.ln2(x)))
+        x, kv = self._history_pass(self.drop(memory), memory_valid)
         first = self.decoder_ln(x[:, -1]).unsqueeze(1).unsqueeze(1).expand(b, w, 1, -1)
-        return torch.cat([first, self.decoder_ln(y)], 2) if t else first
+        if not t:
+            return first
+        y, _ = self._prefix_pass(self.drop(self._prefix_tokens(prefixes, torch.arange(t, device=prefixes.device))),
+                                 kv, memory_valid)
+        return torch.cat([first, self.decoder_ln(y)], 2)
 
     def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
         """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
@@ -341,17 +333,45 @@ class TIGER(nn.Module):
         count = has_prev.sum() * length
         return total / count.clamp(min=1)
 
-    @torch.no_grad()
-    def _start_causal(self, history: torch.Tensor, users: torch.Tensor | None) -> CausalDecodeState:
-        x, valid = self._context(history, users)
+    def _history_pass(self, x: torch.Tensor, valid: torch.Tensor
+                      ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The causal stack over history tokens (B, S, d): final states and every block's keys / values, which
+        the prefixes of :meth:`_prefix_pass` then read (beam search and DREAM's hypotheses alike)."""
         mask = causal_padding_mask(valid)
         kv = []
         for blk in self.decoder:
             h = blk.ln1(x)
             k, v = blk.attn.project_kv(h)
-            x = x + blk.attn.attend(h, k, v, mask=mask)
-            x = x + blk.ffn(blk.ln2(x))
+            x = x + blk.drop(blk.attn.attend(h, k, v, mask=mask))
+            x = x + blk.drop(blk.ffn(blk.ln2(x)))
             kv.append((k, v))
+        return x, kv
+
+    def _prefix_tokens(self, codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """Embeddings (..., q, d) of the next item's codes (..., q) at SID positions ``levels`` (q,)."""
+        return self.code_emb(codes + self.offsets[levels]) + self.item_pos.weight[0] + self.dec_pos(levels)
+
+    def _prefix_pass(self, x: torch.Tensor, ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_valid: torch.Tensor,
+                     caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """W prefixes' tokens (B, W, q, d) through the stack, each attending to its row's history keys / values
+        and its own (earlier ``caches`` first): final states and the prefixes' keys / values per block."""
+        b, w, q, _ = x.shape
+        new_kv = []
+        for i, blk in enumerate(self.decoder):
+            h = blk.ln1(x)
+            kn, vn = (z.view(b, w, *z.shape[1:]) for z in blk.attn.project_kv(h.reshape(b * w, q, -1)))
+            if caches is not None:
+                kn, vn = torch.cat([caches[i][0], kn], 3), torch.cat([caches[i][1], vn], 3)
+            x = x + blk.drop(self._two_part_attention(blk, h, ctx_kv[i], ctx_valid, (kn, vn)))
+            x = x + blk.drop(blk.ffn(blk.ln2(x)))
+            new_kv.append((kn, vn))
+        return x, new_kv
+
+    @torch.no_grad()
+    def _start_causal(self, history: torch.Tensor, users: torch.Tensor | None) -> CausalDecodeState:
+        x, valid = self._context(history, users)
+        x, kv = self._history_pass(x, valid)
         first = self.level_logits(self.decoder_ln(x[:, -1]), 0).float().log_softmax(-1).unsqueeze(1)
         return CausalDecodeState(kv, valid, first)
 
@@ -393,17 +413,7 @@ class TIGER(nn.Module):
             caches = None
             new = prefix
             lv = torch.arange(t, device=prefix.device)
-        x = self.code_emb(new + self.offsets[lv]) + self.item_pos.weight[0] + self.dec_pos(lv)  # (B, W, q, d)
-        new_kv = []
-        for i, blk in enumerate(self.decoder):
-            h = blk.ln1(x)
-            q = h.shape[2]
-            kn, vn = (t.view(b, w, *t.shape[1:]) for t in blk.attn.project_kv(h.reshape(b * w, q, -1)))
-            if caches is not None:
-                kn, vn = torch.cat([caches[i][0], kn], 3), torch.cat([caches[i][1], vn], 3)
-            x = x + self._two_part_attention(blk, h, state.ctx_kv[i], state.ctx_valid, (kn, vn))
-            x = x + blk.ffn(blk.ln2(x))
-            new_kv.append((kn, vn))
+        x, new_kv = self._prefix_pass(self._prefix_tokens(new, lv), state.ctx_kv, state.ctx_valid, caches)
         if self.cfg.kv_cache:
             state.gen_kv = new_kv
         h = self.decoder_ln(x[:, :, -1])

@@ -117,3 +117,15 @@ def test_run_dir_knows_the_tokenizer_stage_file_names():
 
     items = SID_TABLE_FILE.replace(".parquet", ".items.parquet")  # SIDTable.save's item-id side file
     assert TOKENIZER_STAGE == (SID_SOURCE_FILE, SID_TABLE_FILE, items, TOKENIZER_DIR, REPORT_FILE, PLOT_FILE)
+
+
+def test_unset_tokenizer_seed_is_the_run_seed_when_a_run_is_resumed():
+    """run_tokenize writes the resolved tokenizer seed into the saved config; resuming with the settings that
+    produced it (seed unset) must not read as a change, while a different explicit seed must."""
+    from sidrec.runs import settings_diff
+
+    base = ["seed=42", "tokenizer.kind=rqkmeans"]
+    saved = load_config(None, base + ["tokenizer.seed=42"])
+    assert settings_diff(saved, load_config(None, base)) == []
+    assert any(d.startswith("tokenizer.seed") for d in settings_diff(saved, load_config(None, base + ["tokenizer.seed=7"])))
+    assert any(d.startswith("tokenizer.seed") for d in settings_diff(saved, load_config(None, ["seed=43"])))

@@ -66,6 +66,9 @@ def settings(cfg: Config) -> dict[str, Any]:
     for name, cls in _EXTRA_SECTIONS.items():
         sec = cfg.extra_sections().get(name)  # type: ignore[attr-defined]
         d[name] = dataclasses.asdict(sec if sec is not None else cls())
+    tok = d.get("tokenizer")
+    if isinstance(tok, dict) and tok.get("seed") is None:
+        tok["seed"] = d.get("seed")  # an unset tokenizer seed is the run's seed (run_tokenize fills it in)
     return _flat(d)
 
 

@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/acerec.py train [beauty sports toys] [--threads 2]
          [--variants atm (default) mean mlp nointent noisa recon r4 r16 short4] [--reuse] [--tag TEXT]
-         [--compare-epoch N] [key=value ...]
+         [--compare-epoch N] [--select] [key=value ...]
   python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
          [--users 1000] [--threads 2]
 
@@ -55,11 +55,14 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
         first: Path | None = None
         for variant in args.variants:
             run = Path("runs/bench") / f"acerec-{name}-{variant}"
+            if args.select:  # one directory per setting of the grid; test is never computed
+                run = run.with_name(run.name + "-" + "-".join(
+                    o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[-1] for o in overrides))
             if first is not None and variant != "short4":  # short4 fits its own 4-subspace table
                 copy_tokenizer_stage(first, run)
             cfg = load_config([REPO / "configs" / name / "acerec.yaml"],
                               [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
-                              + VARIANTS[variant] + overrides)
+                              + VARIANTS[variant] + overrides + (["eval.test=false"] if args.select else []))
             t0 = time.time()
             reused = args.reuse and (run / "metrics.json").exists()
             if reused:
@@ -69,7 +72,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                 res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
                 wall = time.time() - t0
             first = first or run
-            label = variant if reused else f"{variant}{args.tag}"
+            label = (variant if reused else f"{variant}{args.tag}") + (", selection" if args.select else "")
             recs = run_records(name, "acerec", label, res, wall)
             rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
             curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}
@@ -78,8 +81,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                 if args.compare_epoch in curve:  # equal-budget comparison of variants stopped at different epochs
                     r["metrics"][f"valid_subset_ndcg@10_epoch{args.compare_epoch}"] = curve[args.compare_epoch]
             save("acerec", recs)
-            t = res["test"]["all"]
-            print(f"{name} {variant}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",
+            split = "test" if "test" in res else "valid"
+            t = res[split]["all"]
+            print(f"{name} {variant}: {split} R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",
                   flush=True)
 
 
@@ -143,6 +147,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs")
     ap.add_argument("--compare-epoch", type=int, default=4,
                     help="also record each run's validation-subset NDCG@10 after this epoch (equal budget)")
+    ap.add_argument("--select", action="store_true",
+                    help="model selection: validation only (eval.test=false), one run directory per override set")
     ap.add_argument("--acerec", default="runs/bench/acerec-beauty-atm")
     ap.add_argument("--tiger", default="runs/bench/tiger-beauty")
     ap.add_argument("--users", type=int, default=1000)

@@ -137,3 +137,20 @@ def test_resume_state_without_optimizer_is_one_line_error(tmp_path):
     save_state(tmp_path / "checkpoints" / STATE_FILE, st)
     with pytest.raises(SidrecError, match="incomplete resume state .no 'optimizer'"):
         train(load_config([tmp_path / "config.yaml"]), resume=True)
+
+
+def test_selection_run_never_computes_test(tmp_path, monkeypatch):
+    """eval.test=false: a model-selection run reads validation only (the evaluator is never asked for test)."""
+    asked: list[str] = []
+    original = SASRecTask.evaluate
+
+    def spy(self, model, split, max_users=0):
+        asked.append(split)
+        return original(self, model, split, max_users)
+
+    monkeypatch.setattr(SASRecTask, "evaluate", spy)
+    res = train(load_config(None, TINY + ["train.epochs=1", "eval.test=false", f"run_dir={tmp_path}"]))
+    assert "test" not in asked and "valid" in asked
+    assert "test" not in res and "popularity_test" not in res and "valid" in res
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert "test" not in saved and "valid" in saved

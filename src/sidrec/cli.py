@@ -230,8 +230,9 @@ def train(
     cfg = _config_with_run_dir(config, overrides, run_dir)
     res = run_train(cfg, resume=resume, overwrite=overwrite)
     if D.is_main():
-        out.print(_metrics_table(f"{cfg.method} - test", [(cfg.method, res["test"]),
-                                                        ("popularity", res["popularity_test"])], [10, 50]))
+        split = "test" if "test" in res else "valid"  # eval.test=false: a model-selection run
+        rows = [(cfg.method, res[split])] + ([("popularity", res["popularity_test"])] if split == "test" else [])
+        out.print(_metrics_table(f"{cfg.method} - {split}", rows, [10, 50]))
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
 
 

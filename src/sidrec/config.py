@@ -83,6 +83,9 @@ class EvalConfig:
     exclude_history: bool = False  # mask items already in the history (off: pure full-catalogue ranking)
     batch_size: int = 1024
     buckets: list[int] = field(default_factory=lambda: [5, 10, 15, 20])  # upper bounds; last bucket is >20
+    # false: a model-selection run stops at validation (no test metrics are computed), so settings are chosen
+    # without reading test; the chosen setting is then trained again with test on
+    test: bool = True
 
 
 @dataclass

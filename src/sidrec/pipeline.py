@@ -86,8 +86,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
         trainer = Trainer(task, cfg.train, run, cfg.seed)
     summary = trainer.fit(resume=resume)
-    out = trainer.final_evaluation(summary)
-    if D.is_main():
+    out = trainer.final_evaluation(summary, cfg.eval.test)
+    if D.is_main() and cfg.eval.test:
         out["popularity_test"] = popularity_metrics(cfg, split)
         out["dataset"] = ds.stats()
         out["wall_s"] = time.time() - t0

@@ -361,14 +361,15 @@ class Trainer:
         if best.exists():
             load_model(self.task.model, str(best))
 
-    def final_evaluation(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate the best checkpoint on validation and test; write ``metrics.json``."""
+    def final_evaluation(self, summary: dict[str, Any], test: bool = True) -> dict[str, Any]:
+        """Evaluate the best checkpoint on validation and (unless ``test`` is off) test; write ``metrics.json``."""
         self.load_best()
         self.task.model.eval()
         out: dict[str, Any] = {"summary": summary}
         if D.is_main():
             out["valid"] = self.task.evaluate(self.task.model, "valid")
-            out["test"] = self.task.evaluate(self.task.model, "test")
+            if test:
+                out["test"] = self.task.evaluate(self.task.model, "test")
             write_json(self.run_dir / "metrics.json", out)
         D.barrier()
         return out

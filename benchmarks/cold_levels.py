@@ -1,10 +1,12 @@
 """Where cold items lose: per-SID-position NLL and rank of the test target's SID, warm vs cold users.
 
-Usage: python benchmarks/cold_levels.py [beauty toys ...] [--threads 1]
+Usage: python benchmarks/cold_levels.py [beauty toys ...] [--run RUN] [--threads 1]
 
 For the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) and, when present, each DREAM stage in
 its dream/ folder, the teacher-forced negative log-likelihood of every test user's target SID at each
 position (and the rank of the target code among its level's codes) is averaged over warm and cold users.
+In paper mode (a ``dream/bridge`` run exists) the CART and UC3 tables are read by the bridge backbone, the
+model that was trained on them; otherwise (``cold_only``) by the static one.
 A beam search keeps a SID only if every prefix stays among the best ones, so the level at which cold targets
 fall behind is the level that keeps them out of the top-K. Writes benchmarks/results/cold_levels.json.
 """
@@ -47,20 +49,23 @@ def target_levels(task, model, table: SIDTable, es, batch: int = 512) -> tuple[n
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty"])
+    ap.add_argument("--run", default="", help="the TIGER run (default runs/bench/tiger-<dataset>)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_intermixed_args()
     datasets, _ = split_positionals(args.datasets, ["beauty"])
     torch.set_num_threads(args.threads)
     for name in datasets:
-        run = Path("runs/bench") / f"tiger-{name}"
+        run = Path(args.run) if args.run else Path("runs/bench") / f"tiger-{name}"
         cfg, ds, split, task = load_run(run)
         es = split.test
         cold = split.item_freq[es.targets] <= cfg.data.cold_threshold
         stages = {"static": (task.model, SIDTable.load(run / "sid_table.parquet"))}
         dd = run / "dream"
+        bridge_w = dd / "bridge" / "checkpoints" / "best.safetensors"
+        reader = load_run(run, bridge_w)[3].model if bridge_w.exists() else task.model
         for st in ("cart", "uc3"):
             if (dd / f"sid_table.{st}.parquet").exists():
-                stages[st] = (task.model, SIDTable.load(dd / f"sid_table.{st}.parquet"))
+                stages[st] = (reader, SIDTable.load(dd / f"sid_table.{st}.parquet"))
         if (dd / "model.safetensors").exists() and (dd / "sid_table.cpde.parquet").exists():
             stages["cpde"] = (load_run(run, dd / "model.safetensors")[3].model, SIDTable.load(dd / "sid_table.cpde.parquet"))
         recs = []
@@ -72,8 +77,9 @@ def main() -> None:
                 for lv in range(nll.shape[1]):
                     met[f"nll_l{lv + 1}"] = float(nll[mask, lv].mean())
                     met[f"rank_median_l{lv + 1}"] = float(np.median(rank[mask, lv]))
+                mode = "" if st == "static" else (", bridge" if bridge_w.exists() else ", static model")
                 recs.append(record(name, "tiger" if st == "static" else "dream",
-                                   f"target SID NLL per position, {st}", "test", sub, met, time.time() - t0,
+                                   f"target SID NLL per position, {st}{mode}", "test", sub, met, time.time() - t0,
                                    args.threads))
                 print(name, st, sub, {k: round(v, 2) for k, v in met.items()}, flush=True)
         save("cold_levels", recs)

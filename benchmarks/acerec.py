@@ -72,7 +72,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                 res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
                 wall = time.time() - t0
             first = first or run
-            label = (variant if reused else f"{variant}{args.tag}") + (", selection" if args.select else "")
+            label = (variant if reused else f"{variant}{args.tag}") + (
+                ", selection " + " ".join(overrides) if args.select else "")
             recs = run_records(name, "acerec", label, res, wall)
             rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
             curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}

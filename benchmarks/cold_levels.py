@@ -8,7 +8,10 @@ position (and the rank of the target code among its level's codes) is averaged o
 In paper mode (a ``dream/bridge`` run exists) the CART and UC3 tables are read by the bridge backbone, the
 model that was trained on them; otherwise (``cold_only``) by the static one.
 A beam search keeps a SID only if every prefix stays among the best ones, so the level at which cold targets
-fall behind is the level that keeps them out of the top-K. Writes benchmarks/results/cold_levels.json.
+fall behind is the level that keeps them out of the top-K. For each table it also records how much content
+structure its prefixes carry: per level, the mean cosine of an item's feature vector to the centroid of the
+items sharing its prefix (``coherence_l*``, items in groups of 2+), the largest group and the code-usage
+entropy. Writes benchmarks/results/cold_levels.json.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from sidrec.dream.uc3 import level_log_probs
+from sidrec.features import item_features
 from sidrec.pipeline import load_run
 from sidrec.sid.table import SIDTable
 
@@ -46,6 +50,25 @@ def target_levels(task, model, table: SIDTable, es, batch: int = 512) -> tuple[n
     return torch.cat(nll).numpy(), torch.cat(rank).numpy()
 
 
+def prefix_structure(codes: np.ndarray, features: np.ndarray) -> dict[str, float]:
+    """Per prefix level: coherence (mean cosine to the prefix group's centroid), largest group, entropy."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-9)
+    out: dict[str, float] = {}
+    for lv in range(1, codes.shape[1]):
+        _, group, sizes = np.unique(codes[:, :lv], axis=0, return_inverse=True, return_counts=True)
+        group = group.ravel()
+        cent = np.zeros((len(sizes), x.shape[1]))
+        np.add.at(cent, group, x)
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-9)
+        cos = (x * cent[group]).sum(1)
+        multi = sizes[group] > 1
+        p = sizes / sizes.sum()
+        out[f"coherence_l{lv}"] = float(cos[multi].mean())
+        out[f"largest_group_l{lv}"] = float(sizes.max())
+        out[f"entropy_l{lv}"] = float(-(p * np.log(p)).sum())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty"])
@@ -69,8 +92,13 @@ def main() -> None:
         if (dd / "model.safetensors").exists() and (dd / "sid_table.cpde.parquet").exists():
             stages["cpde"] = (load_run(run, dd / "model.safetensors")[3].model, SIDTable.load(dd / "sid_table.cpde.parquet"))
         recs = []
+        feats = item_features(cfg.features, ds, progress=False)
         for st, (model, table) in stages.items():
             t0 = time.time()
+            struct = prefix_structure(table.primary.numpy(), feats)
+            recs.append(record(name, "tiger" if st == "static" else "dream", f"prefix structure of the {st} table",
+                               "catalogue", "all", struct, time.time() - t0, args.threads))
+            print(name, st, {k: round(v, 3) for k, v in struct.items()}, flush=True)
             nll, rank = target_levels(task, model, table, es)
             for sub, mask in (("warm", ~cold), ("cold", cold)):
                 met: dict[str, float] = {"n_users": float(mask.sum()), "nll_total": float(nll[mask].sum(1).mean())}

@@ -17,6 +17,7 @@ entropy. Writes benchmarks/results/cold_levels.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def target_levels(task, model, table: SIDTable, es, batch: int = 512) -> tuple[n
             nll.append(-torch.cat(own, 1))
             rank.append(torch.stack([(lp > o).sum(1) for lp, o in zip(lps, own, strict=True)], 1))
     return torch.cat(nll).numpy(), torch.cat(rank).numpy()
+
+
+def with_weights(model: torch.nn.Module, weights: Path) -> torch.nn.Module:
+    """A copy of the run's model holding other weights of the same architecture (bridge, CPDE): the dataset and
+    task are built once, not once per model."""
+    from safetensors.torch import load_model
+
+    other = copy.deepcopy(model)
+    load_model(other, str(weights))
+    return other.eval()
 
 
 def prefix_structure(codes: np.ndarray, features: np.ndarray) -> dict[str, float]:
@@ -85,15 +96,17 @@ def main() -> None:
         stages = {"static": (task.model, SIDTable.load(run / "sid_table.parquet"))}
         dd = run / "dream"
         bridge_w = dd / "bridge" / "checkpoints" / "best.safetensors"
-        reader = load_run(run, bridge_w)[3].model if bridge_w.exists() else task.model
+        reader = with_weights(task.model, bridge_w) if bridge_w.exists() else task.model
         for st in ("cart", "uc3"):
             if (dd / f"sid_table.{st}.parquet").exists():
                 stages[st] = (reader, SIDTable.load(dd / f"sid_table.{st}.parquet"))
         if (dd / "model.safetensors").exists() and (dd / "sid_table.cpde.parquet").exists():
-            stages["cpde"] = (load_run(run, dd / "model.safetensors")[3].model, SIDTable.load(dd / "sid_table.cpde.parquet"))
+            stages["cpde"] = (with_weights(task.model, dd / "model.safetensors"),
+                              SIDTable.load(dd / "sid_table.cpde.parquet"))
         recs = []
         feats = item_features(cfg.features, ds, progress=False)
         for st, (model, table) in stages.items():
+            mode = "" if st == "static" else (", bridge" if bridge_w.exists() else ", static model")
             t0 = time.time()
             struct = prefix_structure(table.primary.numpy(), feats)
             recs.append(record(name, "tiger" if st == "static" else "dream", f"prefix structure of the {st} table",
@@ -105,7 +118,6 @@ def main() -> None:
                 for lv in range(nll.shape[1]):
                     met[f"nll_l{lv + 1}"] = float(nll[mask, lv].mean())
                     met[f"rank_median_l{lv + 1}"] = float(np.median(rank[mask, lv]))
-                mode = "" if st == "static" else (", bridge" if bridge_w.exists() else ", static model")
                 recs.append(record(name, "tiger" if st == "static" else "dream",
                                    f"target SID NLL per position, {st}{mode}", "test", sub, met, time.time() - t0,
                                    args.threads))

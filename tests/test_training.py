@@ -154,3 +154,4 @@ def test_selection_run_never_computes_test(tmp_path, monkeypatch):
     assert "test" not in res and "popularity_test" not in res and "valid" in res
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert "test" not in saved and "valid" in saved
+    assert "wall_s" in saved and "dataset" in saved and (tmp_path / "report.md").exists()  # the rest of the run as usual

@@ -87,8 +87,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         trainer = Trainer(task, cfg.train, run, cfg.seed)
     summary = trainer.fit(resume=resume)
     out = trainer.final_evaluation(summary, cfg.eval.test)
-    if D.is_main() and cfg.eval.test:
-        out["popularity_test"] = popularity_metrics(cfg, split)
+    if D.is_main():
+        if cfg.eval.test:  # a model-selection run (eval.test=false) reads no test metric at all
+            out["popularity_test"] = popularity_metrics(cfg, split)
         out["dataset"] = ds.stats()
         out["wall_s"] = time.time() - t0
         write_json(run / "metrics.json", out)

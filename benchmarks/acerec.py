@@ -6,6 +6,7 @@ Usage:
          [--compare-epoch N] [--select] [key=value ...]
   python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
          [--users 1000] [--threads 2]
+  python benchmarks/acerec.py baselines [--acerec RUN]   (zero-training rankers on RUN's SIDs and features)
 
 ``train`` writes runs/bench/acerec-<dataset>-<variant> and records per split / subset; the variants are the
 issue's ablations on one backbone: atm (full model), mean (mean pooling instead of the Attentive Token
@@ -138,9 +139,50 @@ def cmd_speed(args: argparse.Namespace) -> None:
     print(f"holistic / beam: {a['users_per_s'] / t['users_per_s']:.2f}x; wrote {save('acerec', recs)}")
 
 
+def cmd_baselines(args: argparse.Namespace) -> None:
+    """Zero-training rankers on a trained run's SIDs and features: can the long SIDs carry the signal at all?
+
+    ``code overlap``: an item's score is the number of OPQ codes it shares with the user's most recent item
+    (what an RPG-style model predicts at initialisation, when its state is the mean of the last item's code
+    embeddings), ties (many items share as many codes) broken by content cosine; ``content cosine``: cosine
+    of the item features (the text embeddings OPQ quantises) to the most recent item. Both add training
+    popularity at 1e-3 of a unit as a last tie-break. History items are kept, as in every headline row.
+    """
+    from sidrec.features.core import item_features
+
+    cfg, ds, split, task = load_run(args.acerec)
+    codes = task.model.item_codes  # (N, m)
+    pop = torch.from_numpy(split.item_freq.astype(np.float32))
+    pop = 1e-3 * pop / pop.max()
+    emb = torch.nn.functional.normalize(torch.from_numpy(item_features(cfg.features, ds, progress=False)), dim=-1)
+    rankers = {
+        "code overlap with the last item, ties by content cosine":
+            lambda last: (codes[last].unsqueeze(1) == codes.unsqueeze(0)).sum(-1).float() + 1e-2 * (emb[last] @ emb.t()),
+        "content cosine to the last item": lambda last: emb[last] @ emb.t(),
+    }
+    recs = []
+    for variant, fn in rankers.items():
+        for split_name in ("valid", "test"):
+            t0 = time.time()
+            ev = task.evaluator(split_name)
+            es = ev.eval_set
+
+            def score(rows: np.ndarray, fn=fn, es=es) -> torch.Tensor:
+                last = es.padded_histories(rows, pad=-1)[:, -1].clamp(min=0)
+                return fn(last) + pop
+
+            m, _ = ev.evaluate_scores(score, 256, cfg.eval.exclude_history)
+            for sub in ("all", "warm", "cold"):
+                if sub in m:
+                    recs.append(record(ds.name, "zero-training", variant, split_name, sub, m[sub], time.time() - t0,
+                                       args.threads))
+            print(f"{variant} {split_name}: R@10 {m['all']['recall@10']:.4f} N@10 {m['all']['ndcg@10']:.4f}", flush=True)
+    print(f"wrote {save('acerec', recs)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["train", "speed"])
+    ap.add_argument("command", choices=["train", "speed", "baselines"])
     ap.add_argument("datasets", nargs="*", default=[])
     ap.add_argument("--variants", nargs="+", default=["atm"], choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
@@ -158,6 +200,8 @@ def main() -> None:
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
     if args.command == "train":
         cmd_train(args, overrides, datasets)
+    elif args.command == "baselines":
+        cmd_baselines(args)
     else:
         cmd_speed(args)
 

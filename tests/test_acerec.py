@@ -4,6 +4,7 @@ end-to-end run that must beat popularity."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_chunked_topk_equals_brute_force_sort():
 
 
 @pytest.mark.parametrize("kw", [{}, {"merge": "mean"}, {"merge": "mlp"}, {"intent_token": False},
-                                {"isa": False}, {"recon_weight": 0.0}])
+                                {"isa": False}, {"recon_weight": 0.0}, {"head": "residual", "summary": "residual"}])
 def test_variants_forward_backward(kw):
     model = small_model(**kw).train()
     seq = torch.tensor([[-1, -1, 3, 7, 11], [5, 9, 2, 2, 40], [-1, -1, -1, -1, 8]])
@@ -123,6 +124,22 @@ def test_variants_forward_backward(kw):
     if model.cfg.merge == "atm":
         assert model.merger.query_proj.weight.grad.abs().sum() > 0
     assert (model.isa_proj.weight.grad is not None) == model.cfg.isa
+    assert model.heads.grad is not None and model.heads.grad.abs().sum() > 0  # zero-initialised heads still learn
+    assert set(model.loss_parts) == {"mtp"} | ({"isa"} if model.cfg.isa else set()) | (
+        {"recon"} if model.cfg.recon_weight > 0 else set())
+
+
+def test_residual_head_and_summary_start_in_the_code_embedding_space():
+    """RPG's read-out: at init head j is the identity, so the state is scored by its cosine to the code table;
+    the residual summary starts as the LayerNorm of the mean code token."""
+    model = small_model(head="residual", summary="residual")
+    h = torch.randn(5, 32)
+    cos = torch.einsum("nd,mkd->mnk", torch.nn.functional.normalize(h, dim=-1),
+                       torch.nn.functional.normalize(model.code_emb, dim=-1)) / model.cfg.gamma
+    torch.testing.assert_close(model.subspace_logits(h), cos, rtol=1e-4, atol=1e-4)
+    x, s, _ = model.items(model.item_codes[:6])
+    torch.testing.assert_close(s, model.summary_mlp[3](x.mean(1)))
+    assert not torch.allclose(small_model().subspace_logits(h), cos, atol=1e-2)  # the linear head does not
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -165,6 +182,8 @@ def test_bad_settings_fail_clearly():
         small_model(merge="max")
     with pytest.raises(SidrecError, match="n_latents"):
         small_model(n_latents=M + 1)
+    with pytest.raises(SidrecError, match="acerec.head"):
+        small_model(head="mlp")
 
 
 def test_tiny_acerec_beats_popularity(tmp_path):
@@ -175,6 +194,8 @@ def test_tiny_acerec_beats_popularity(tmp_path):
     cfg, ds, split, task = load_run(run)
     assert isinstance(task, ACERecTask) and task.model.m == 4  # raw OPQ codes, no collision column
     assert task.evaluate(task.model, "test") == res["test"]
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss_mtp"] > 0 and r["loss_isa"] > 0 for r in log if "loss" in r)  # the terms, per epoch
     items, scores = task.recommend(split.test.subset(np.arange(5)), 10)
     assert items.shape == (5, 10) and (np.diff(scores, axis=1) <= 0).all()
     logp = task.log_probs(task.model, split.test.padded_histories(np.arange(5), pad=-1))

@@ -272,6 +272,8 @@ _RULES: list[tuple[str, Any]] = [
     ("tokenizer.estimator", ("ste", "gumbel", "soft")),
     ("tokenizer.lr_schedule", ("cosine", "constant")),
     ("acerec.merge", ("atm", "mean", "mlp")),
+    ("acerec.head", ("linear", "residual")),
+    ("acerec.summary", ("mlp", "residual")),
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
     ("dream.negatives", ("family", "none")),

@@ -13,8 +13,9 @@ log-probabilities (:mod:`sidrec.decoding.holistic`): no beam search, no invalid 
 ``E[j, c] + P[j]`` with a learned per-subspace position embedding ``P[j]``. ``E`` is tied with the output
 heads (step 5).
 
-**2. Item summary.** ``s_i = MLP(mean_j (E[j, c_ij] + P[j]))``: one vector per item, used to build the ATM
-queries, to initialise the intent token and as the item-level target of ISA.
+**2. Item summary.** ``s_i = MLP(mean_j (E[j, c_ij] + P[j]))`` (``summary: residual``: ``LN(mean + MLP(mean))``
+with the MLP's output layer 0 at init, so the intent token starts as the mean code token): one vector per
+item, used to build the ATM queries, to initialise the intent token and as the item-level target of ISA.
 
 **3. Attentive Token Merger (ATM).** k queries ``Q_i = Q_0 + reshape(W_q s_i)`` (learned base queries plus a
 content-dependent part; ``W_q`` starts at std 0.02 because a large initial query projection collapses the k
@@ -34,9 +35,11 @@ intent token (ablation ``intent_token: false``) the block is k latents and the p
 of the block's latent states.
 
 **5. Dual-granularity objective.**
-- Multi-token prediction (MTP): the prediction state goes through a LayerNorm and m per-subspace linear
-  heads; head j scores the K codes of subspace j by cosine against the tied code embeddings ``E[j]``, divided
-  by the temperature gamma: ``L_MTP = -(1/m) sum_j log P(c_j = target code)``.
+- Multi-token prediction (MTP): the prediction state goes through m per-subspace heads (``head``:
+  ``linear``, a LayerNorm and a d x d map, or ``residual``, ``h + SiLU(W_j h + b_j)`` with W_j = 0 at init as in
+  RPG, whose state then starts in the code-embedding space the cosine reads); head j scores the K codes of
+  subspace j by cosine against the tied code embeddings ``E[j]``, divided by the temperature gamma:
+  ``L_MTP = -(1/m) sum_j log P(c_j = target code)``.
 - Item-level semantic alignment (ISA, switch ``isa``): in-batch InfoNCE between the projected prediction
   state and the *next* item's summary ``s_{t+1}``, cosine / tau. The candidates are the distinct target items
   of the batch (an item appearing twice is one candidate, so it is never its own negative); from the logit of
@@ -65,6 +68,8 @@ from sidrec.errors import SidrecError
 from sidrec.models.layers import Block, MultiHeadAttention
 
 MERGES = ("atm", "mean", "mlp")
+HEADS = ("linear", "residual")
+SUMMARIES = ("mlp", "residual")
 
 
 @dataclass
@@ -83,6 +88,8 @@ class ACERecConfig:
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: str = "atm"  # atm | mean | mlp (how m code embeddings become k latents)
+    head: str = "linear"  # linear: LayerNorm + d x d map per subspace | residual: h + SiLU(W_j h + b_j), W_j = 0 at init
+    summary: str = "mlp"  # mlp: s = MLP(mean) | residual: s = LN(mean + MLP(mean)), the MLP's output layer 0 at init
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
     collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace
@@ -199,8 +206,14 @@ class ACERec(nn.Module):
         self.code_emb = nn.Parameter(torch.randn(m, codebook_size, d) * d**-0.5)
         self.sub_pos = nn.Parameter(torch.randn(m, d) * d**-0.5)
         # 2. item summary
+        if cfg.head not in HEADS or cfg.summary not in SUMMARIES:
+            raise SidrecError(f"acerec.head must be one of {', '.join(HEADS)} and acerec.summary one of "
+                              f"{', '.join(SUMMARIES)}; got '{cfg.head}', '{cfg.summary}'")
         self.summary_mlp = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, d),
                                          nn.LayerNorm(d))
+        if cfg.summary == "residual":  # s starts as LN(mean of the code tokens): in the code-embedding space
+            nn.init.zeros_(self.summary_mlp[2].weight)
+            nn.init.zeros_(self.summary_mlp[2].bias)
         # 3. attentive token merger
         self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
         # 4. intent token, positions, backbone
@@ -214,7 +227,11 @@ class ACERec(nn.Module):
         self.ln = nn.LayerNorm(d)
         # 5. heads: MTP (per-subspace projections, tied code embeddings), ISA projection, reconstruction
         self.head_norm = nn.LayerNorm(d)
-        self.heads = nn.Parameter(torch.randn(m, d, d) * d**-0.5)
+        if cfg.head == "residual":  # identity at init: the state is read against the code table as it is
+            self.heads = nn.Parameter(torch.zeros(m, d, d))
+            self.head_bias = nn.Parameter(torch.zeros(m, 1, d))
+        else:
+            self.heads = nn.Parameter(torch.randn(m, d, d) * d**-0.5)
         self.isa_proj = nn.Linear(d, d)
         self.recon = MultiHeadAttention(d, cfg.n_heads) if cfg.recon_weight > 0 else None
 
@@ -231,7 +248,8 @@ class ACERec(nn.Module):
         """
         table = self.code_emb + self.sub_pos.unsqueeze(1)  # (m, K, d)
         x = table[self.sub_idx, codes]
-        s = self.summary_mlp(x.mean(1))
+        mean = x.mean(1)
+        s = self.summary_mlp(mean) if self.cfg.summary == "mlp" else self.summary_mlp[3](mean + self.summary_mlp[:3](mean))
         kv = self.merger.kv_table(table)
         if kv is not None:
             kv = (kv[0][self.sub_idx, codes], kv[1][self.sub_idx, codes])
@@ -282,7 +300,11 @@ class ACERec(nn.Module):
     def subspace_logits(self, h: torch.Tensor) -> torch.Tensor:
         """:meth:`code_logits` laid out subspace-major, (m, N, K): the layout the batched matmuls produce, so
         the training loss reads it without copying (N x m x K is the largest tensor of a step)."""
-        q = F.normalize(torch.einsum("nd,mde->mne", self.head_norm(h), self.heads), dim=-1)
+        if self.cfg.head == "residual":
+            q = h.unsqueeze(0) + F.silu(torch.einsum("nd,mde->mne", h, self.heads) + self.head_bias)
+        else:
+            q = torch.einsum("nd,mde->mne", self.head_norm(h), self.heads)
+        q = F.normalize(q, dim=-1)
         e = F.normalize(self.code_emb, dim=-1)
         logits = torch.bmm(q, e.transpose(1, 2)) / self.cfg.gamma
         # only subspaces with unused code slots (the collision code's) are masked, in place: the division's
@@ -350,11 +372,17 @@ class ACERec(nn.Module):
         slot[valid] = inv[:n_hist]
         h = self.sequence(z_u[slot], s_u[slot], valid)[tmask]  # (N, d), one row per (position, next item)
         tgt = target[tmask]
-        loss = F.cross_entropy(self.subspace_logits(h).float().flatten(0, 1), self.item_codes[tgt].t().flatten())
+        mtp = F.cross_entropy(self.subspace_logits(h).float().flatten(0, 1), self.item_codes[tgt].t().flatten())
+        parts = {"mtp": mtp.detach()}
+        loss = mtp
         if self.cfg.isa and self.cfg.isa_weight > 0:
-            loss = loss + self.cfg.isa_weight * self.isa_loss(h, tgt, uniq, s_u)
+            parts["isa"] = self.isa_loss(h, tgt, uniq, s_u)
+            loss = loss + self.cfg.isa_weight * parts["isa"]
         if self.recon is not None:
-            loss = loss + self.cfg.recon_weight * self.recon_loss(x_u, z_u)
+            parts["recon"] = self.recon_loss(x_u, z_u)
+            loss = loss + self.cfg.recon_weight * parts["recon"]
+        # the terms, unweighted, for the trainer's epoch log (read against the unigram code entropy)
+        self.loss_parts = {k: v.detach() for k, v in parts.items()}
         return loss
 
     def isa_loss(self, h: torch.Tensor, tgt: torch.Tensor, uniq: torch.Tensor, s_u: torch.Tensor) -> torch.Tensor:

@@ -287,6 +287,7 @@ class Trainer:
                 self.model.train()
                 b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
                 total_loss, n = 0.0, 0
+                parts: dict[str, float] = {}  # a model's unweighted loss terms (``loss_parts``), epoch means
                 capped = False
                 for batch in batches[self.batch:]:
                     with precision.autocast(cfg.bf16, self.device):
@@ -304,6 +305,8 @@ class Trainer:
                     self.batch += 1
                     total_loss += loss.item()
                     n += 1
+                    for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
+                        parts[name] = parts.get(name, 0.0) + float(v)
                     prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
                     # the wall-clock cap is checked at every step: the run ends within one step of it
                     if budget_s > 0:
@@ -319,6 +322,7 @@ class Trainer:
                     self.epoch, self.batch = self.epoch + 1, 0
                 record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": total_loss / max(1, n),
                                           "lr": self.sched.get_last_lr()[0], "epoch_s": time.time() - t0}
+                record.update({f"loss_{name}": v / max(1, n) for name, v in parts.items()})
                 if not finished:
                     record["partial_epoch_batches"] = self.batch
                 improved = 0.0

@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/acerec.py train [beauty sports toys] [--threads 2]
-         [--variants atm (default) mean mlp nointent noisa recon r4 r16 short4] [--reuse] [--tag TEXT]
+         [--variants atm (default) mean mlp nointent noisa recon r4 r16 short4 rpg] [--reuse] [--tag TEXT]
          [--compare-epoch N] [--select] [key=value ...]
   python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
          [--users 1000] [--threads 2]
@@ -50,6 +50,9 @@ VARIANTS = {
     "r4": ["acerec.n_latents=8"],  # compression ratio r = 32 / k (the default k = 4 is r = 8)
     "r16": ["acerec.n_latents=2"],
     "short4": ["tokenizer.subspaces=4"],  # the same model on 4-code OPQ IDs (the paper's short-ID comparison)
+    # RPG's design on the same code: one token per item (the mean of its code embeddings), no intent token, no
+    # ISA, identity-start heads; the best setting on Beauty validation at equal budget (docs/acerec.md)
+    "rpg": ["acerec.merge=mean", "acerec.n_latents=1", "acerec.intent_token=false", "acerec.isa=false"],
 }
 def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str]) -> None:
     for name in datasets:

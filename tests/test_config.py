@@ -129,3 +129,17 @@ def test_unset_tokenizer_seed_is_the_run_seed_when_a_run_is_resumed():
     assert settings_diff(saved, load_config(None, base)) == []
     assert any(d.startswith("tokenizer.seed") for d in settings_diff(saved, load_config(None, base + ["tokenizer.seed=7"])))
     assert any(d.startswith("tokenizer.seed") for d in settings_diff(saved, load_config(None, ["seed=43"])))
+
+
+def test_every_shipped_config_loads():
+    """A shipped config that no longer parses (a renamed key, a bad value) fails here, not in a user's run."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(root.rglob("*.yaml"))
+    assert len(paths) > 10
+    for p in paths:
+        cfg = load_config([p])
+        assert isinstance(cfg, Config), p
+    rpg = load_config([root / "beauty" / "acerec-rpg.yaml"]).section("acerec")
+    assert (rpg.merge, rpg.n_latents, rpg.intent_token, rpg.isa, rpg.head) == ("mean", 1, False, False, "residual")

@@ -112,7 +112,9 @@ def test_chunked_topk_equals_brute_force_sort():
 
 
 @pytest.mark.parametrize("kw", [{}, {"merge": "mean"}, {"merge": "mlp"}, {"intent_token": False},
-                                {"isa": False}, {"recon_weight": 0.0}, {"head": "residual", "summary": "residual"}])
+                                {"isa": False}, {"recon_weight": 0.0}, {"head": "residual", "summary": "residual"},
+                                {"head": "residual", "merge": "mean", "n_latents": 1, "intent_token": False,
+                                 "isa": False}])
 def test_variants_forward_backward(kw):
     model = small_model(**kw).train()
     seq = torch.tensor([[-1, -1, 3, 7, 11], [5, 9, 2, 2, 40], [-1, -1, -1, -1, 8]])
@@ -123,7 +125,10 @@ def test_variants_forward_backward(kw):
     assert model.code_emb.grad is not None and model.code_emb.grad.abs().sum() > 0
     if model.cfg.merge == "atm":
         assert model.merger.query_proj.weight.grad.abs().sum() > 0
-    assert (model.isa_proj.weight.grad is not None) == model.cfg.isa
+    assert (model.isa_proj is not None and model.isa_proj.weight.grad is not None) == model.cfg.isa
+    # every parameter gets a gradient (what DistributedDataParallel requires): nothing is built that is not read
+    unused = [name for name, q in model.named_parameters() if q.grad is None]
+    assert not unused, unused
     assert model.heads.grad is not None and model.heads.grad.abs().sum() > 0  # zero-initialised heads still learn
     assert set(model.loss_parts) == {"mtp"} | ({"isa"} if model.cfg.isa else set()) | (
         {"recon"} if model.cfg.recon_weight > 0 else set())

@@ -209,15 +209,19 @@ class ACERec(nn.Module):
         if cfg.head not in HEADS or cfg.summary not in SUMMARIES:
             raise SidrecError(f"acerec.head must be one of {', '.join(HEADS)} and acerec.summary one of "
                               f"{', '.join(SUMMARIES)}; got '{cfg.head}', '{cfg.summary}'")
-        self.summary_mlp = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, d),
-                                         nn.LayerNorm(d))
-        if cfg.summary == "residual":  # s starts as LN(mean of the code tokens): in the code-embedding space
-            nn.init.zeros_(self.summary_mlp[2].weight)
-            nn.init.zeros_(self.summary_mlp[2].bias)
+        # built only where something reads s (the ATM queries, the intent token, ISA): a parameter that gets no
+        # gradient makes DistributedDataParallel refuse the model, and computing s would be wasted work
+        self.uses_summary = cfg.merge == "atm" or cfg.intent_token or (cfg.isa and cfg.isa_weight > 0)
+        if self.uses_summary:
+            self.summary_mlp = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, d),
+                                             nn.LayerNorm(d))
+            if cfg.summary == "residual":  # s starts as LN(mean of the code tokens): in the code-embedding space
+                nn.init.zeros_(self.summary_mlp[2].weight)
+                nn.init.zeros_(self.summary_mlp[2].bias)
         # 3. attentive token merger
         self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
         # 4. intent token, positions, backbone
-        self.intent_type = nn.Parameter(torch.zeros(d))
+        self.intent_type = nn.Parameter(torch.zeros(d)) if cfg.intent_token else None
         self.item_pos = nn.Embedding(max_len, d)
         self.slot_emb = nn.Embedding(self.block, d)
         nn.init.normal_(self.item_pos.weight, std=d**-0.5)
@@ -226,13 +230,13 @@ class ACERec(nn.Module):
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln = nn.LayerNorm(d)
         # 5. heads: MTP (per-subspace projections, tied code embeddings), ISA projection, reconstruction
-        self.head_norm = nn.LayerNorm(d)
         if cfg.head == "residual":  # identity at init: the state is read against the code table as it is
             self.heads = nn.Parameter(torch.zeros(m, d, d))
             self.head_bias = nn.Parameter(torch.zeros(m, 1, d))
         else:
+            self.head_norm = nn.LayerNorm(d)
             self.heads = nn.Parameter(torch.randn(m, d, d) * d**-0.5)
-        self.isa_proj = nn.Linear(d, d)
+        self.isa_proj = nn.Linear(d, d) if cfg.isa and cfg.isa_weight > 0 else None
         self.recon = MultiHeadAttention(d, cfg.n_heads) if cfg.recon_weight > 0 else None
 
     # ------------------------------------------------------------------ items -> tokens
@@ -248,8 +252,9 @@ class ACERec(nn.Module):
         """
         table = self.code_emb + self.sub_pos.unsqueeze(1)  # (m, K, d)
         x = table[self.sub_idx, codes]
-        mean = x.mean(1)
-        s = self.summary_mlp(mean) if self.cfg.summary == "mlp" else self.summary_mlp[3](mean + self.summary_mlp[:3](mean))
+        s = x.mean(1)  # read by nothing when not uses_summary
+        if self.uses_summary:
+            s = self.summary_mlp(s) if self.cfg.summary == "mlp" else self.summary_mlp[3](s + self.summary_mlp[:3](s))
         kv = self.merger.kv_table(table)
         if kv is not None:
             kv = (kv[0][self.sub_idx, codes], kv[1][self.sub_idx, codes])
@@ -375,7 +380,7 @@ class ACERec(nn.Module):
         mtp = F.cross_entropy(self.subspace_logits(h).float().flatten(0, 1), self.item_codes[tgt].t().flatten())
         parts = {"mtp": mtp.detach()}
         loss = mtp
-        if self.cfg.isa and self.cfg.isa_weight > 0:
+        if self.isa_proj is not None:
             parts["isa"] = self.isa_loss(h, tgt, uniq, s_u)
             loss = loss + self.cfg.isa_weight * parts["isa"]
         if self.recon is not None:
@@ -389,6 +394,7 @@ class ACERec(nn.Module):
         """In-batch InfoNCE between projected states (N, d) and the summaries of their next items."""
         cand, label = torch.unique(tgt, return_inverse=True)
         s = F.normalize(s_u[torch.searchsorted(uniq, cand)], dim=-1)
+        assert self.isa_proj is not None
         u = F.normalize(self.isa_proj(h), dim=-1)
         logits = (u @ s.t()).float() / self.cfg.isa_tau
         neg = torch.ones_like(logits, dtype=torch.bool).scatter_(1, label.view(-1, 1), False)

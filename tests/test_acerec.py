@@ -147,6 +147,17 @@ def test_residual_head_and_summary_start_in_the_code_embedding_space():
     assert not torch.allclose(small_model().subspace_logits(h), cos, atol=1e-2)  # the linear head does not
 
 
+@pytest.mark.parametrize("which", [None, "input_dropout", "attn_dropout", "dropout"])
+def test_each_dropout_setting_acts_where_it_says(which):
+    """RPG drops input tokens and attention weights but not residual branches: the three rates are separate
+    settings, and each one alone makes two training-mode passes differ (all zero: identical passes)."""
+    rates = {"input_dropout": 0.0, "attn_dropout": 0.0, "dropout": 0.0} | ({which: 0.5} if which else {})
+    model = small_model(**rates).train()
+    seq = torch.tensor([[-1, 3, 7, 11, 4], [5, 9, 2, 2, 40]])
+    a, b = model.encode(seq), model.encode(seq)
+    assert torch.equal(a, b) == (which is None)
+
+
 def test_loss_decreases_on_a_fixed_batch():
     model = small_model()
     g = torch.Generator().manual_seed(4)

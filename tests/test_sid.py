@@ -103,6 +103,23 @@ def test_opq_reconstructs_better_than_pq():
     assert errs["opq"] < errs["pq"]
 
 
+def test_whitened_pca_gives_the_rotation_unit_variance_axes():
+    """RPG whitens its PCA before OPQ, so every kept direction has the same variance in the subspace split; without
+    whitening the skewed variances survive the (orthogonal) rotation."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3000, 16)) * np.linspace(5, 0.5, 16)).astype(np.float32)
+    for whiten in (True, False):
+        tok = build_tokenizer(TokenizerConfig(**OPQ, pca_dim=8, pca_whiten=whiten)).fit(x)
+        cov = np.cov(tok._project(x), rowvar=False)
+        cov /= np.diag(cov).mean()  # faiss whitens to a common variance (1/n), not to 1: isotropy is what counts
+        assert np.allclose(cov, np.eye(8), atol=0.05) == whiten
+    low_rank = x[:, :4] @ rng.standard_normal((4, 16)).astype(np.float32)  # 4 directions, 8 asked for
+    with pytest.raises(SidrecError, match="lower tokenizer.pca_dim"):
+        build_tokenizer(TokenizerConfig(**OPQ, pca_dim=8, pca_whiten=True)).fit(low_rank)
+    with pytest.raises(SidrecError, match="needs tokenizer.pca_dim"):
+        build_tokenizer(TokenizerConfig(**OPQ, pca_whiten=True)).fit(x)
+
+
 # ---------------------------------------------------------------------------------------------- collisions
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000))

@@ -63,11 +63,20 @@ class OPQTokenizer(Tokenizer):
         n, d = emb.shape
         W, c = np.eye(d), np.zeros(d)
         x = emb
+        if cfg.pca_whiten and cfg.pca_dim <= 0:
+            raise SidrecError("tokenizer.pca_whiten=true needs tokenizer.pca_dim > 0 (the PCA it whitens)")
         if cfg.pca_dim > 0:
             if cfg.pca_dim > d:
                 raise SidrecError(f"tokenizer.pca_dim={cfg.pca_dim} is larger than the embedding dimension {d}")
-            pca = faiss.PCAMatrix(d, cfg.pca_dim)
+            # eigen_power -1/2 whitens: every kept axis gets the same variance, so OPQ's subspaces split the content
+            # evenly instead of spending most codes on the few directions of largest variance
+            pca = faiss.PCAMatrix(d, cfg.pca_dim, -0.5 if cfg.pca_whiten else 0.0)
             pca.train(np.ascontiguousarray(x))
+            ev = faiss.vector_to_array(pca.eigenvalues)[:cfg.pca_dim]
+            # whitening divides each axis by sqrt(its eigenvalue): a (numerically) empty direction would blow up
+            if cfg.pca_whiten and not ev[-1] > 1e-6 * ev[0]:
+                raise SidrecError(f"tokenizer.pca_whiten: the embeddings have fewer than pca_dim={cfg.pca_dim} "
+                                  "non-degenerate directions; lower tokenizer.pca_dim")
             W, c = _affine(pca, d)
             x = (x @ W.T + c).astype(np.float32)
         dx = x.shape[1]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import resource
 import time
 from pathlib import Path
@@ -132,7 +133,14 @@ def _measure(kind: str, run: str, users: int, threads: int, seed: int, out: mp.Q
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.put({"name": ds.name, "users": len(sub), "seconds": dt, "users_per_s": len(sub) / dt,
              "peak_rss_mb": peak / 1024, "rss_growth_mb": max(0, peak - base) / 1024,
-             "items": int(split.n_items)})
+             "items": int(split.n_items),
+             # what ACERec's cost depends on: tokens per item in the history (latents + intent token)
+             "design": _design(task.model.cfg) if kind == "acerec" else ""})
+
+
+def _design(c) -> str:
+    """ACERec's setting as a label: tokens per history item (latents + intent token) set its cost."""
+    return f"{c.merge} k={c.n_latents}" + (" + intent token" if c.intent_token else "")
 
 
 def cmd_speed(args: argparse.Namespace) -> None:
@@ -142,17 +150,22 @@ def cmd_speed(args: argparse.Namespace) -> None:
         q = ctx.Queue()
         p = ctx.Process(target=_measure, args=(kind, run, args.users, args.threads, 0, q))
         p.start()
-        res[kind] = q.get()
+        while kind not in res:  # a child that dies (bad run directory, out of memory) must not hang the parent
+            try:
+                res[kind] = q.get(timeout=5)
+            except queue.Empty:
+                if not p.is_alive():
+                    raise SystemExit(f"{kind}: the measuring process failed (exit code {p.exitcode}), see above") from None
         p.join()
         print(f"{kind}: {res[kind]['users_per_s']:.1f} users/s, peak RSS {res[kind]['peak_rss_mb']:.0f} MB")
     a, t = res["acerec"], res["tiger"]
     name = a["name"]
     recs = [
-        record(name, "acerec", "holistic scoring, exact top-10 of the catalogue, fp32", "test", "all",
+        record(name, "acerec", f"holistic scoring ({a['design']}), exact top-10 of the catalogue, fp32", "test", "all",
                {"users": a["users"], "users_per_s": a["users_per_s"], "peak_rss_mb": a["peak_rss_mb"],
                 "rss_growth_mb": a["rss_growth_mb"], "speedup_vs_tiger": a["users_per_s"] / t["users_per_s"]},
                a["seconds"], args.threads),
-        record(name, "tiger", "beam search W20, top-10, fp32 (compared with acerec)", "test", "all",
+        record(name, "tiger", f"beam search W20, top-10, fp32 (compared with acerec {a['design']})", "test", "all",
                {"users": t["users"], "users_per_s": t["users_per_s"], "peak_rss_mb": t["peak_rss_mb"],
                 "rss_growth_mb": t["rss_growth_mb"]}, t["seconds"], args.threads),
     ]

@@ -120,6 +120,16 @@ def test_whitened_pca_gives_the_rotation_unit_variance_axes():
         build_tokenizer(TokenizerConfig(**OPQ, pca_whiten=True)).fit(x)
 
 
+def test_opq_with_fewer_items_than_dimensions_fails_clearly():
+    """faiss's OPQ rotation fit aborts the process (heap corruption) when n < d; the tokenizer must refuse
+    first, with the fix in the message, and PCA down to n dimensions must then work."""
+    x = clustered(n=40, d=64)
+    with pytest.raises(SidrecError, match="fewer than the 64 embedding dimensions"):
+        build_tokenizer(TokenizerConfig(**OPQ)).fit(x)
+    codes = build_tokenizer(TokenizerConfig(**OPQ, pca_dim=32)).fit(x).encode(x)
+    assert codes.shape == (40, 4)
+
+
 # ---------------------------------------------------------------------------------------------- collisions
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000))

@@ -85,6 +85,9 @@ class OPQTokenizer(Tokenizer):
             raise SidrecError(f"pq: dimension {dx} is not divisible by tokenizer.subspaces={m}; use kind=opq "
                               "(which pads) or another subspace count")
         if self.rotate:
+            if n < dx:  # faiss's rotation fit corrupts memory (SIGABRT / SIGSEGV) with fewer points than dimensions
+                raise SidrecError(f"opq: {n} items are fewer than the {dx} embedding dimensions the rotation is "
+                                  f"learned in; set tokenizer.pca_dim <= {n} or use tokenizer.kind=pq")
             opq = faiss.OPQMatrix(dx, m, d_out)
             opq.niter = cfg.opq_iters
             inner = self._pq(d_out, m, k)  # the PQ OPQ alternates with (default: 8 bits, noisy warnings)

@@ -57,7 +57,7 @@ class TokenizerConfig:
     subspaces: int = 32  # m
     subspace_codes: int = 256  # K per subspace (faiss needs a power of two)
     pca_dim: int = 0  # 0 = no PCA before the rotation
-    pca_whiten: bool = False  # scale each principal axis to unit variance (RPG's features: whitened PCA before OPQ)
+    pca_whiten: bool = False  # give every kept principal axis the same variance (RPG: whitened PCA before OPQ)
     opq_iters: int = 25  # faiss OPQMatrix.niter (alternations of rotation / PQ fit)
 
     # diagnostics

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["method=acerec", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes", "tokenizer.kind=opq", "tokenizer.subspaces=4",
         "tokenizer.subspace_codes=16", "acerec.d_model=32", "acerec.n_latents=2", "acerec.n_layers=1",
-        "acerec.n_heads=2", "acerec.ffn_dim=64", "acerec.dropout=0.1", "acerec.input_dropout=0.1",
-        "acerec.attn_dropout=0.1", "acerec.eval_chunk=50",
+        "acerec.n_heads=2", "acerec.ffn_dim=64", "acerec.dropout=0.1", "acerec.eval_chunk=50",
         "eval.ks=[5,10]", "train.batch_size=64", "train.lr=5e-3", "train.warmup_steps=5",
         "train.progress=false", "train.threads=1"]
 
@@ -150,8 +149,8 @@ def test_residual_head_and_summary_start_in_the_code_embedding_space():
 
 @pytest.mark.parametrize("which", [None, "input_dropout", "attn_dropout", "dropout"])
 def test_each_dropout_setting_acts_where_it_says(which):
-    """RPG drops input tokens and attention weights but not residual branches: the three rates are separate
-    settings, and each one alone makes two training-mode passes differ (all zero: identical passes)."""
+    """RPG drops input tokens and attention weights but not residual branches: the two overrides of
+    ``acerec.dropout`` and the rate itself each make two training-mode passes differ alone (all zero: identical)."""
     rates = {"input_dropout": 0.0, "attn_dropout": 0.0, "dropout": 0.0} | ({which: 0.5} if which else {})
     model = small_model(**rates).train()
     seq = torch.tensor([[-1, 3, 7, 11, 4], [5, 9, 2, 2, 40]])
@@ -180,8 +179,7 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_per_subspace_codebook_sizes():
     """A shorter last codebook (e.g. the collision code as an extra subspace): codes beyond it get probability 0."""
     torch.manual_seed(0)
-    cfg = ACERecConfig(d_model=32, n_latents=2, n_layers=1, n_heads=2, ffn_dim=64, dropout=0.0, input_dropout=0.0,
-                       attn_dropout=0.0)
+    cfg = ACERecConfig(d_model=32, n_latents=2, n_layers=1, n_heads=2, ffn_dim=64, dropout=0.0)
     sizes = [K] * 3 + [4]
     codes = torch.stack([torch.randint(0, s, (N_ITEMS,)) for s in sizes], 1)
     model = ACERec(codes, sizes, 8, cfg)

@@ -8,8 +8,7 @@ from sidrec.models.acerec import ACERec, ACERecConfig, ffn_width
 def _model(merge: str = "atm") -> ACERec:
     torch.manual_seed(0)
     codes = torch.randint(0, 16, (40, 8))
-    cfg = ACERecConfig(d_model=32, n_latents=4, n_layers=1, n_heads=2, ffn_dim=0, dropout=0.0, input_dropout=0.0,
-                       attn_dropout=0.0, merge=merge)
+    cfg = ACERecConfig(d_model=32, n_latents=4, n_layers=1, n_heads=2, ffn_dim=0, dropout=0.0, merge=merge)
     return ACERec(codes, 16, 6, cfg, torch.rand(40) * 10)
 
 

@@ -81,9 +81,9 @@ class ACERecConfig:
     n_layers: int = 2
     n_heads: int = 4
     ffn_dim: int = 0  # 0 = the paper's ratio, 1024 / 448 = 2.29 x d_model (rounded to 16); paper 1024 at d 448
-    dropout: float = 0.2  # residual branches and FFN (RPG: 0)
-    input_dropout: float = 0.2  # on the Transformer's input tokens (RPG: .5)
-    attn_dropout: float = 0.2  # on the attention weights (RPG: .5)
+    dropout: float = 0.2  # everywhere, unless one of the two below is set (RPG: 0 on residual branches and FFN)
+    input_dropout: float | None = None  # on the Transformer's input tokens; None = dropout (RPG: .5)
+    attn_dropout: float | None = None  # on the attention weights; None = dropout (RPG: .5)
     gamma: float = 0.03  # MTP temperature (cosine logits / gamma)
     isa_weight: float = 0.1  # lambda, paper {0.1, 0.15, 0.2}
     isa_tau: float = 0.07
@@ -228,7 +228,7 @@ class ACERec(nn.Module):
         self.slot_emb = nn.Embedding(self.block, d)
         nn.init.normal_(self.item_pos.weight, std=d**-0.5)
         nn.init.normal_(self.slot_emb.weight, std=d**-0.5)
-        self.drop = nn.Dropout(cfg.input_dropout)
+        self.drop = nn.Dropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, attn_dropout=cfg.attn_dropout)
                                     for _ in range(cfg.n_layers))
         self.ln = nn.LayerNorm(d)

@@ -15,7 +15,7 @@ from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.pipeline import load_run, recommend, train
-from sidrec.recipes.tiger import SID_SOURCE_FILE, SID_TABLE_FILE, TIGERTask, prefix_samples
+from sidrec.recipes.tiger import SID_SOURCE_FILE, SID_TABLE_FILE, TIGERTask, prefix_samples, semantic_ids
 
 TINY = ["method=tiger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes",
@@ -125,6 +125,17 @@ def test_tiny_tiger_beats_popularity(tmp_path):
     with pytest.raises(SidrecError, match="other data / features / tokenizer"):
         train(load_config(None, TINY + ["train.epochs=1", "tokenizer.codebook_sizes=[6]", f"run_dir={stage}"]))
     assert sorted(p.name for p in stage.iterdir()) == sorted([SID_TABLE_FILE, SID_SOURCE_FILE])
+    # ... but a record written before a setting existed (here pca_whiten) still matches that setting's default
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / SID_TABLE_FILE).write_bytes((run / SID_TABLE_FILE).read_bytes())
+    rec = json.loads((run / SID_SOURCE_FILE).read_text())
+    del rec["tokenizer"]["pca_whiten"]
+    (old / SID_SOURCE_FILE).write_text(json.dumps(rec))
+    got = semantic_ids(cfg, ds, old)
+    assert torch.equal(got.codes, task.sids.codes)
+    with pytest.raises(SidrecError, match="other data / features / tokenizer"):
+        semantic_ids(load_config(None, TINY + ["tokenizer.pca_whiten=true"]), ds, old)
 
 
 # ---------------------------------------------------------------------------------------------- arch=decoder

@@ -61,13 +61,20 @@ def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
     return {"data": data, "features": feats, "tokenizer": tok}
 
 
-def _comparable(source: dict[str, Any]) -> dict[str, Any]:
-    """A SID source record with its npy path made absolute (config paths became file-relative, so an older
-    record may hold the same file as a relative path)."""
-    feats = dict(source.get("features", {}))
+def _comparable(source: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """A SID source record in today's terms: its npy path made absolute (config paths became file-relative, so
+    an older record may hold the same file as a relative path) and every tokenizer / feature setting the record
+    predates filled in with its default (a setting added later, at its default, fits the same SIDs, so an
+    existing table must not be refused for lacking it)."""
+    defaults = {"tokenizer": dataclasses.asdict(type(cfg.section("tokenizer"))()),  # type: ignore[attr-defined]
+                "features": dataclasses.asdict(type(cfg.features)())}
+    out = dict(source)
+    for name, default in defaults.items():
+        out[name] = {**default, **source.get(name, {})}
+    feats = out["features"]
     if feats.get("npy_path"):
         feats["npy_path"] = os.path.abspath(feats["npy_path"])
-    return {**source, "features": feats}
+    return out
 
 
 def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
@@ -84,7 +91,7 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
     path, stamp = run / SID_TABLE_FILE, run / SID_SOURCE_FILE
     source = json.loads(json.dumps(sid_source(cfg, dataset)))  # normalised like the stored copy
     if path.exists():
-        if stamp.exists() and _comparable(json.loads(stamp.read_text())) != _comparable(source):
+        if stamp.exists() and _comparable(json.loads(stamp.read_text()), cfg) != _comparable(source, cfg):
             raise SidrecError(f"{path} was fitted with other data / features / tokenizer settings than this config "
                               f"(see {stamp}); use a new run_dir or delete the SID table to refit it")
         table = SIDTable.load(path)

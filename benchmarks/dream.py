@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sidrec.dream.pipeline import run_dream
+from sidrec.dream.pipeline import STAGES, run_dream
 
 from _common import record, save, split_positionals
 
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", nargs="+", default=["test"], choices=["valid", "test"])
     ap.add_argument("--tag", default="")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES),
+                    help="stages to evaluate (e.g. static cart uc3 with dream.cpde_epochs=0: the CART-only row first)")
     ap.add_argument("--run", default="", help="the TIGER run directory (default: runs/bench/tiger-<dataset>)")
     args = ap.parse_intermixed_args()
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
@@ -43,7 +45,8 @@ def main() -> None:
         if not (run / "metrics.json").exists():
             raise SystemExit(f"{run} has no finished TIGER run: python benchmarks/tiger.py {name} first")
         t0 = time.time()
-        out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=tuple(args.split), progress=False)
+        out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=tuple(args.split),
+                        stages=tuple(args.stages), progress=False)
         wall = time.time() - t0
         mode = out["config"]["mode"]  # cold_only rows keep the first design's labels; paper rows say so
         tag = (", paper" if mode == "paper" else "") + (f", {args.tag}" if args.tag else "")
@@ -69,10 +72,10 @@ def main() -> None:
                 **{k: v for k, v in out["timings"].items() if not k.startswith("eval_")}}
         recs.append(record(name, "dream", f"diagnostics{tag}", args.split[0], "all", diag, wall, args.threads))
         save("dream", recs, merge_key=("dataset", "method", "variant", "split"))
-        s, c = out["stages"], "cold"
-        print(f"{name}: cold N@10 static {s['static'][c]['ndcg@10']:.4f} -> cpde-beam {s['cpde-beam'][c]['ndcg@10']:.4f}; "
-              f"all N@10 {s['static']['all']['ndcg@10']:.4f} -> {s['cpde-beam']['all']['ndcg@10']:.4f} "
-              f"in {wall / 60:.1f} min", flush=True)
+        s = out["stages"]
+        print(f"{name} ({args.split[0]}), N@10 all / warm / cold: " + "; ".join(
+            f"{st} {s[st]['all']['ndcg@10']:.4f} / {s[st]['warm']['ndcg@10']:.4f} / {s[st]['cold']['ndcg@10']:.4f}"
+            for st in s) + f" in {wall / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

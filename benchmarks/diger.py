@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def main() -> None:
         summary = []
         for variant in args.variants:
             rows = [r for r in all_recs if r["dataset"] == name and r["split"] == "test" and r["subset"] == "all"
-                    and r["variant"].startswith(f"{variant}, seed ")]
+                    and re.fullmatch(rf"{re.escape(variant)}, seed \d+", r["variant"])]  # not relabelled older runs
             if not rows:
                 continue
             m: dict[str, float] = {"seeds": float(len(rows))}

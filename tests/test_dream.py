@@ -326,6 +326,7 @@ def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
         assert {"recall@5", "ndcg@10", "recall@50"} <= set(res["all"])
     d = out["diagnostics"]
     assert 0 <= d["cart_primary_changed"] <= 1 and 0 <= d["uc3_switch_rate"] <= 1
+    assert d["lambda_warm"] == pytest.approx(d["lambda_kd"]) and d["lambda_warm"] > 0  # automatic: the sample ratio
     assert len(d["cpde_weight_history"]) > 1 and np.isclose(sum(d["cpde_mean_weights"]), 1.0, atol=1e-4)
     base = SIDTable.load(run / "sid_table.parquet")
     split_freq = np.bincount(np.concatenate([s[:-2] if len(s) >= 3 else s for s in _sequences(run)]),
@@ -502,6 +503,7 @@ def test_dream_paper_mode_retokenizes_every_item_and_trains_a_bridge(tmp_path):
     out = run_dream(run, sets, progress=False)
     d = out["diagnostics"]
     assert d["bridge"]["status"] == "trained"
+    assert d["lambda_warm"] == 0.0 and d["lambda_kd"] > 0  # automatic in paper mode: the warm NLL is off
     base = SIDTable.load(run / "sid_table.parquet").primary.numpy()
     cart = SIDTable.load(run / "dream" / "sid_table.cart.parquet").primary.numpy()
     bridge = SIDTable.load(run / "dream" / "bridge" / "sid_table.parquet").primary.numpy()

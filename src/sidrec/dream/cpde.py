@@ -48,6 +48,7 @@ class CPDEResult:
     weight_history: list[list[float]] = field(default_factory=list)
     losses: list[dict[str, float]] = field(default_factory=list)
     lambda_kd: float = 0.0  # the distillation weight used (resolved when the config says 'auto')
+    lambda_warm: float = 0.0  # the warm-NLL weight used (resolved from the mode when the config says 'auto')
 
 
 def add_lora(model: TIGER, rank: int, alpha: float) -> torch.nn.Module:
@@ -127,7 +128,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     steps = max(1, math.ceil(len(cold_rows) / bs))
     ratio = len(warm_rows) / max(1, len(cold_rows))
     lambda_kd = cfg.lambda_kd if cfg.lambda_kd >= 0 else ratio
-    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else ratio
+    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else (0.0 if cfg.mode == "paper" else ratio)
     step = 0
 
     def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -199,7 +200,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
         losses.append(dict(zip(names, map(float, sums / steps), strict=True), epoch=epoch + 1))
     merged = peft_model.merge_and_unload()
     merged.eval()
-    return CPDEResult(merged, w.numpy(), history, losses, lambda_kd)
+    return CPDEResult(merged, w.numpy(), history, losses, lambda_kd, lambda_warm)
 
 
 def update_weights(w: torch.Tensor, alpha: torch.Tensor, nll_sum: torch.Tensor, nll_cnt: torch.Tensor,

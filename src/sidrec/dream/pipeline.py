@@ -283,7 +283,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     diag.update(cpde_weight_history=cres3.weight_history, cpde_losses=cres3.losses,
                 cpde_mean_weights=np.sort(w, 1)[:, ::-1].mean(0).tolist() if len(w) else [],
                 cpde_top1_changed=float((top[:, 0] != 0).mean()) if len(w) else 0.0,
-                lambda_kd=cres3.lambda_kd)
+                lambda_kd=cres3.lambda_kd, lambda_warm=cres3.lambda_warm)
     timings["cpde_s"] = time.time() - t0
     _say(f"CPDE: {timings['cpde_s']:.0f} s, losses {cres3.losses[-1] if cres3.losses else {}}")
 

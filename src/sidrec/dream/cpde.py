@@ -16,6 +16,8 @@ Loss per step: ``lambda_soft * L_soft + lambda_kl * KL(p_theta || p_ref) + lambd
 ``L_soft = sum_b w_b NLL(SID_b | history)`` over a batch of cold samples, the KL is taken at the SID
 positions of the item's current best hypothesis, and ``L_KD = sum_l g_l KL(p_ref || p_theta)`` over a batch
 of warm samples with gate ``g_l = 1 - H(p_ref,l) / log K_l`` (confident teacher positions count most).
+Not in the paper: ``+ lambda_warm * NLL(own SID)`` on the warm samples; automatic by mode (off in ``paper``,
+where warm samples train the full weights and the term over-trains them; on in ``cold_only``).
 After ``warmup_epochs``, every ``update_every`` steps each item's hypotheses are re-scored by their recent mean
 NLL and the weights move toward the evidence (:func:`update_weights`; ``paper``: gated by the confidence of
 the best hypothesis); only items seen since the last update are updated.

@@ -61,7 +61,7 @@ def main() -> None:
         diag = {"cart_primary_changed": d["cart_primary_changed"], "uc3_switch_rate": d["uc3_switch_rate"],
                 "uc3_items_with_support": d["uc3_items_with_support"], "cold_items": d["cold_items"],
                 "cpde_top1_changed": d["cpde_top1_changed"], "lambda_kd": d["lambda_kd"],
-                **({"lambda_warm": d["lambda_warm"]} if "lambda_warm" in d else {}),
+                "lambda_warm": d["lambda_warm"],
                 "cart_warm_changed": d.get("cart_warm_changed", 0.0),
                 **{f"cart_positions_changed_{sub}_l{i + 1}": v
                    for sub, vals in d.get("cart_positions_changed", {}).items() for i, v in enumerate(vals)},

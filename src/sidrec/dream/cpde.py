@@ -130,7 +130,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     steps = max(1, math.ceil(len(cold_rows) / bs))
     ratio = len(warm_rows) / max(1, len(cold_rows))
     lambda_kd = cfg.lambda_kd if cfg.lambda_kd >= 0 else ratio
-    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else (0.0 if cfg.mode == "paper" else ratio)
+    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else (0.0 if paper else ratio)
     step = 0
 
     def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -58,6 +58,24 @@ def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any]
     return out
 
 
+def keep_provenance(name: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give records re-read from a finished run (``--reuse``) the machine, command and date of their earlier records.
+
+    A reused run was trained earlier, possibly on another CPU; labelling its rows with today's machine and date
+    would misstate where and when its numbers were measured.
+    """
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return records
+    key = ("dataset", "method", "variant", "split", "subset")
+    old = {tuple(r[k] for k in key): r for r in json.loads(path.read_text())}
+    for r in records:
+        prev = old.get(tuple(r[k] for k in key))
+        if prev is not None:
+            r.update({k: prev[k] for k in ("machine", "command", "date") if k in prev})
+    return records
+
+
 MAX_TIED = 0.01  # share of top-10 slots decided by the evaluator's index tie-break that a model row may have
 
 

@@ -30,7 +30,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import train
 
-from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, keep_provenance, record, run_records, save, split_positionals
 
 VARIANTS = {
     # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml = tiger-cpu.yaml's decoder and
@@ -97,7 +97,8 @@ def main() -> None:
                                   [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
                                    "train.progress=false"] + extra + overrides)
                 t0 = time.time()
-                if args.reuse and (run / "metrics.json").exists():
+                reused = args.reuse and (run / "metrics.json").exists()
+                if reused:
                     res = json.loads((run / "metrics.json").read_text())
                     wall = float(res["summary"].get("wall_s", res["summary"].get("train_s", 0.0)))
                 elif args.resume and any((run / "checkpoints" / f).exists()
@@ -112,6 +113,8 @@ def main() -> None:
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"
                 recs = run_records(name, method, f"{variant}, seed {seed}", res, wall)
+                if args.reuse and reused:
+                    recs = keep_provenance("diger", recs)
                 stats = sid_stats(run)
                 for r in recs:
                     r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])

@@ -1,4 +1,4 @@
-"""The benchmarks refuse model rows whose top-10 lists are ordered by the evaluator's tie-break."""
+"""The benchmarks refuse model rows ordered by the evaluator's tie-break, and label reused runs with their origin."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def test_rows_above_one_percent_fail_and_are_named():
     check_ties([_rec("tiger", 0.009), _rec("popularity", 0.5), {**_rec("sasrec", 0.0), "metrics": {}}])
     with pytest.raises(SystemExit, match=r"toys acerec \[v\] test/all: tied@10 0\.750"):
         check_ties([_rec("tiger", 0.0), _rec("acerec", 0.75)])
+
+
+def test_reused_runs_keep_the_machine_and_date_they_were_measured_on(tmp_path, monkeypatch):
+    import json
+
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    earlier = {**_rec("diger", 0.0), "machine": "AVX2 box", "command": "python x.py", "date": "2026-01-01"}
+    (tmp_path / "diger.json").write_text(json.dumps([earlier]))
+    now = {**_rec("diger", 0.0), "machine": "AVX512 box", "command": "python x.py --reuse", "date": "2026-12-03"}
+    new = {**_rec("diger", 0.0), "variant": "w", "machine": "AVX512 box", "command": "c", "date": "2026-12-03"}
+    out = _common.keep_provenance("diger", [now, new])
+    assert (out[0]["machine"], out[0]["date"], out[0]["command"]) == ("AVX2 box", "2026-01-01", "python x.py")
+    assert (out[1]["machine"], out[1]["date"]) == ("AVX512 box", "2026-12-03")  # never recorded: today's

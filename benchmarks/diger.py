@@ -113,7 +113,7 @@ def main() -> None:
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"
                 recs = run_records(name, method, f"{variant}, seed {seed}", res, wall)
-                if args.reuse and reused:
+                if reused:
                     recs = keep_provenance("diger", recs)
                 stats = sid_stats(run)
                 for r in recs:

@@ -58,24 +58,6 @@ def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any]
     return out
 
 
-def keep_provenance(name: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give records re-read from a finished run (``--reuse``) the machine, command and date of their earlier records.
-
-    A reused run was trained earlier, possibly on another CPU; labelling its rows with today's machine and date
-    would misstate where and when its numbers were measured.
-    """
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return records
-    key = ("dataset", "method", "variant", "split", "subset")
-    old = {tuple(r[k] for k in key): r for r in json.loads(path.read_text())}
-    for r in records:
-        prev = old.get(tuple(r[k] for k in key))
-        if prev is not None:
-            r.update({k: prev[k] for k in ("machine", "command", "date") if k in prev})
-    return records
-
-
 MAX_TIED = 0.01  # share of top-10 slots decided by the evaluator's index tie-break that a model row may have
 
 
@@ -92,17 +74,26 @@ def check_ties(records: list[dict[str, Any]]) -> None:
         raise SystemExit("ranking decided by ties (> 1% of top-10 slots):\n  " + "\n  ".join(bad))
 
 
-def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant")) -> Path:
+def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant"),
+         reused: bool = False) -> Path:
     """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest.
 
     The read-merge-write holds an exclusive lock on a side file, so two benchmark processes finishing at the
-    same moment (variants run in parallel) cannot drop each other's records.
+    same moment (variants run in parallel) cannot drop each other's records. ``reused`` (records re-read from
+    a finished run, ``--reuse``): each record keeps the machine, command and date of the earlier record of the
+    same row, since the run was trained then, possibly on another CPU.
     """
     path = RESULTS / f"{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else []
+        if reused:
+            row = ("dataset", "method", "variant", "split", "subset")
+            earlier = {tuple(r[k] for k in row): r for r in old}
+            for r in records:
+                prev = earlier.get(tuple(r[k] for k in row), {})
+                r.update({k: prev[k] for k in ("machine", "command", "date") if k in prev})
         new_keys = {tuple(r[k] for k in merge_key) for r in records}
         kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
         write_json(path, kept + records)

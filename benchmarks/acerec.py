@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                 r["metrics"].update(epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
                 if args.compare_epoch in curve:  # equal-budget comparison of variants stopped at different epochs
                     r["metrics"][f"valid_subset_ndcg@10_epoch{args.compare_epoch}"] = curve[args.compare_epoch]
-            save("acerec", recs)
+            save("acerec", recs, reused=reused)
             split = "test" if "test" in res else "valid"
             t = res[split]["all"]
             print(f"{name} {variant}: {split} R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",

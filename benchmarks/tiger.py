@@ -43,7 +43,8 @@ def main() -> None:
         cfg = load_config([REPO / "configs" / name / f"{args.config}.yaml"],
                           [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         t0 = time.time()
-        if args.reuse and (run / "metrics.json").exists():
+        reused = args.reuse and (run / "metrics.json").exists()
+        if reused:
             res = json.loads((run / "metrics.json").read_text())
             wall = float(res.get("wall_s", res["summary"]["train_s"]))
         else:
@@ -71,7 +72,7 @@ def main() -> None:
                 r["metrics"]["tokenizer_collision_rate"] = rep["collisions_before"]["collision_rate"]
                 if "reconstruction_rel" in rep:
                     r["metrics"]["tokenizer_recon_rel"] = rep["reconstruction_rel"]
-        save("tiger", recs)
+        save("tiger", recs, reused=reused)
         t = res["test"]["all"]
         print(f"{name}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min", flush=True)
 

@@ -33,6 +33,8 @@ def test_reused_runs_keep_the_machine_and_date_they_were_measured_on(tmp_path, m
     (tmp_path / "diger.json").write_text(json.dumps([earlier]))
     now = {**_rec("diger", 0.0), "machine": "AVX512 box", "command": "python x.py --reuse", "date": "2026-12-03"}
     new = {**_rec("diger", 0.0), "variant": "w", "machine": "AVX512 box", "command": "c", "date": "2026-12-03"}
-    out = _common.keep_provenance("diger", [now, new])
+    _common.save("diger", [now, new], reused=True)
+    out = {r["variant"]: r for r in json.loads((tmp_path / "diger.json").read_text())}
+    out = [out["v"], out["w"]]
     assert (out[0]["machine"], out[0]["date"], out[0]["command"]) == ("AVX2 box", "2026-01-01", "python x.py")
     assert (out[1]["machine"], out[1]["date"]) == ("AVX512 box", "2026-12-03")  # never recorded: today's

@@ -207,8 +207,8 @@ def cmd_baselines(args: argparse.Namespace) -> None:
             m, _ = ev.evaluate_scores(score, 256, cfg.eval.exclude_history)
             for sub in ("all", "warm", "cold"):
                 if sub in m:
-                    recs.append(record(ds.name, "zero-training", variant, split_name, sub, m[sub], time.time() - t0,
-                                       args.threads))
+                    recs.append(record(ds.name, "zero-training", variant + args.tag, split_name, sub, m[sub],
+                                       time.time() - t0, args.threads))
             print(f"{variant} {split_name}: R@10 {m['all']['recall@10']:.4f} N@10 {m['all']['ndcg@10']:.4f}", flush=True)
     print(f"wrote {save('acerec', recs)}")
 
@@ -221,7 +221,8 @@ def main() -> None:
                     "several joined by '+' (e.g. rpg+intent)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs")
+    ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs (train) or of the "
+                    "zero-training rankers (baselines, e.g. to name the run's text encoder)")
     ap.add_argument("--compare-epoch", type=int, default=4,
                     help="also record each run's validation-subset NDCG@10 after this epoch (equal budget)")
     ap.add_argument("--select", action="store_true",

@@ -146,6 +146,7 @@ def copy_tokenizer_stage(old: Path, new: Path) -> None:
     """
     if not all((old / name).exists() for name in TOKENIZER_STAGE[:2]):
         return
+    new.mkdir(parents=True, exist_ok=True)  # a fresh run folder: the stage is what it starts from
     for name in TOKENIZER_STAGE:
         src = old / name
         if src.is_dir():

@@ -112,5 +112,4 @@ def copy_tokenizer_stage(src: Path, dst: Path) -> None:
 
     if (dst / "sid_table.parquet").exists():
         return
-    dst.mkdir(parents=True, exist_ok=True)
-    copy_stage(src, dst)
+    copy_stage(src, dst)  # creates dst when it is new

@@ -276,7 +276,7 @@ _RULES: list[tuple[str, Any]] = [
     ("acerec.summary", ("mlp", "residual")),
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
-    ("dream.negatives", ("family", "none")),
+    ("dream.negatives", ("family", "family_far", "none")),
     ("*dropout", _UNIT_OPEN),
     ("*momentum", _UNIT_OPEN),
     ("train.min_lr_ratio", _UNIT),

@@ -154,3 +154,7 @@ def test_every_documented_choice_passes_the_schema():
         assert load_config(None, [f"dream.negatives={neg}"]).section("dream").negatives == neg
     with pytest.raises(SidrecError, match="dream.negatives"):
         load_config(None, ["dream.negatives=far"])
+    for key, ok in (("dream.cart.space", "base"), ("dream.cart.levels", "parallel"), ("dream.cart.nce_positive", "next")):
+        assert getattr(load_config(None, [f"{key}={ok}"]).section("dream").cart, key.split(".")[-1]) == ok
+        with pytest.raises(SidrecError, match=key):
+            load_config(None, [f"{key}=nope"])

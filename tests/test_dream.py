@@ -224,6 +224,37 @@ def test_residual_cart_starts_on_the_base_tree_and_its_full_beam_is_exact():
     assert (np.diff(candidate_sids(cart, 4)[1], axis=1) <= 1e-6).all()  # a narrower beam: best first
 
 
+@pytest.mark.parametrize("kind", ["rqkmeans", "rqvae"])
+def test_cart_in_the_base_space_starts_exactly_on_the_static_sids(kind):
+    """space=base: the base quantiser's latents and codebooks with squared-distance logits reproduce the static
+    SIDs at step 0; the embedding space (a fresh projection, cosine logits) does not."""
+    from sidrec.sid.base import build_tokenizer
+    from sidrec.sid.cart import _share_on_base
+    from sidrec.sid.config import TokenizerConfig
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 16)).astype(np.float32)
+    tc = TokenizerConfig(kind=kind, levels=3, codebook_sizes=[8], seed=0, epochs=5, hidden_dims=[32],
+                         latent_dim=6, batch_size=64)
+    tok = build_tokenizer(tc).fit(emb)
+    base = torch.from_numpy(tok.encode(emb))
+    lat, books = tok.residual_space(emb)
+    cart = CART(torch.from_numpy(lat), base, [8, 8, 8], CARTConfig(space="base"), [torch.from_numpy(b) for b in books])
+    assert _share_on_base(cart, base) == 1.0
+    cands, _ = candidate_sids(cart, 4)
+    # the static SID is in every item's pool and mostly first (the pool ranks whole sequences, not the greedy path)
+    assert (cands == base.numpy()[:, None]).all(2).any(1).all()
+    assert (cands[:, 0] == base.numpy()).all(1).mean() > 0.7
+    torch.manual_seed(0)
+    emb_cart = CART(torch.from_numpy(emb), base, [8, 8, 8], CARTConfig(dim=8))
+    assert _share_on_base(emb_cart, base) < 0.9
+    with pytest.raises(SidrecError, match="levels=residual"):
+        CART(torch.from_numpy(lat), base, [8, 8, 8], CARTConfig(space="base", levels="parallel"),
+             [torch.from_numpy(b) for b in books])
+    with pytest.raises(SidrecError, match="codebooks"):
+        CART(torch.from_numpy(lat), base, [8, 8, 8], CARTConfig(space="base"))
+
+
 def test_family_negatives_same_family_never_cooccurring():
     docs = ["red lipstick matte", "red lipstick gloss", "red lipstick matte long", "blue shampoo", "lipstick red"]
     fam = ["lips", "lips", "lips", "hair", "lips"]

@@ -277,6 +277,8 @@ _RULES: list[tuple[str, Any]] = [
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
     ("dream.negatives", ("family", "family_far", "none")),
+    ("dream.cart.space", ("embedding", "base")), ("dream.cart.levels", ("residual", "parallel")),
+    ("dream.cart.nce_positive", ("self", "next")),
     ("*dropout", _UNIT_OPEN),
     ("*momentum", _UNIT_OPEN),
     ("train.min_lr_ratio", _UNIT),

@@ -150,7 +150,10 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     # CART depends only on the data, the base SIDs and these settings: a finished fit is reused, so tuning the
     # later stages (dream.lambda_*, CPDE epochs) does not refit it
-    cart_key = {"cart": dataclasses.asdict(dcfg.cart), "negatives": dcfg.negatives, "family": dcfg.family_field,
+    cart_settings = dataclasses.asdict(dcfg.cart)
+    if cart_settings["space"] == "embedding":  # the default before the setting existed: older fits stay valid
+        del cart_settings["space"]
+    cart_key = {"cart": cart_settings, "negatives": dcfg.negatives, "family": dcfg.family_field,
                 "rewrite": dcfg.rewrite_command, "seed": cfg.seed, "cold_threshold": cfg.data.cold_threshold,
                 "base": hashlib.sha256(base.tobytes()).hexdigest()}
     cache = out_dir / "cart_candidates.npz"
@@ -175,7 +178,13 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         else:
             raise SidrecError(f"dream.negatives must be 'family', 'family_far' or 'none', got '{dcfg.negatives}'")
         diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
-        _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress)
+        books = None
+        if dcfg.cart.space == "base":  # CART starts at the static SIDs: the base quantiser's space and codebooks
+            from sidrec.sid.base import load_tokenizer
+
+            emb, books = load_tokenizer(run / "tokenizer").residual_space(emb)
+        _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress,
+                             codebooks=books)
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, candidates=cres.candidates, scores=cres.scores, key=json.dumps(cart_key, sort_keys=True),
                      history=json.dumps(cres.history), negs=diag["hard_negatives_per_item"])

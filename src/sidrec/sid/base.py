@@ -124,6 +124,16 @@ class Tokenizer(ABC):
         codes = check_codes(codes, self.codebook_sizes, source=f"{self.kind} decode codes")
         return np.asarray(self._decode(codes), dtype=np.float32)
 
+    def residual_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The vectors the residual quantiser reads for these items and its per-level codebooks.
+
+        Why: a model that refines the SIDs (DREAM's CART) must start *at* the static SIDs; it can only do so in
+        the space where they were assigned (nearest codeword, residual by residual). Kinds without residual
+        codebooks in one space (PQ/OPQ) say so.
+        """
+        raise SidrecError(f"the {self.kind} tokenizer has no residual codebooks to start from "
+                          "(dream.cart.space=base needs an rqvae or rqkmeans run)")
+
     def save(self, directory: str | Path) -> None:
         """Write ``tokenizer.json`` + ``tokenizer.safetensors`` into ``directory`` (atomically, as a whole)."""
         self._require_fitted()

@@ -81,29 +81,60 @@ class CARTConfig:
     candidates: int = 8  # size of the candidate pool per item
     nce_positive: str = "self"  # self: the same item's momentum key per SID position (eq. 6); next: first cut
     levels: str = "residual"  # residual: level l quantises what levels < l left (like the base RQ); parallel: first cut
+    # embedding: z from a learned projection of the text embedding, cosine logits, codebooks seeded by the base
+    # codes (starts far from the static SIDs: 1.3% of Toys items kept all three codes at step 0);
+    # base: z in the base quantiser's own space (its latents, W = I, no LayerNorm, its codebooks) with logits
+    # -tau_s ||r - c||^2 / s_l, so step 0 reproduces the static SIDs exactly (residual levels only)
+    space: str = "embedding"
 
 
 class CART(nn.Module):
     """Item vectors, per-level cosine logits and Gumbel straight-through codes (see the module docstring)."""
 
-    def __init__(self, emb: torch.Tensor, base_codes: torch.Tensor, sizes: list[int], cfg: CARTConfig) -> None:
+    def __init__(self, emb: torch.Tensor, base_codes: torch.Tensor, sizes: list[int], cfg: CARTConfig,
+                 codebooks: list[torch.Tensor] | None = None) -> None:
+        """``codebooks``: the base quantiser's per-level codebooks, required by ``space: base`` (``emb`` is then
+        the quantiser's input space, e.g. the RQ-VAE latents)."""
         super().__init__()
         n, d_in = emb.shape
-        d = cfg.dim
+        if cfg.levels not in ("residual", "parallel"):
+            raise SidrecError(f"dream.cart.levels must be 'residual' or 'parallel', got '{cfg.levels}'")
+        if cfg.space not in ("embedding", "base"):
+            raise SidrecError(f"dream.cart.space must be 'embedding' or 'base', got '{cfg.space}'")
+        self.base_space = cfg.space == "base"
+        if self.base_space and cfg.levels != "residual":
+            raise SidrecError("dream.cart.space=base needs dream.cart.levels=residual")
+        if self.base_space and (codebooks is None or [len(c) for c in codebooks] != [int(s) for s in sizes]
+                                or any(c.shape[1] != d_in for c in codebooks)):
+            raise SidrecError("dream.cart.space=base needs the base quantiser's codebooks, one (K_l, dim) per level")
+        d = d_in if self.base_space else cfg.dim
         self.cfg = cfg
         self.sizes = [int(s) for s in sizes]
         self.register_buffer("emb", emb.float(), persistent=False)
         self.proj = nn.Linear(d_in, d)
         self.residual = nn.Embedding(n, d)
         nn.init.zeros_(self.residual.weight)
-        self.ln = nn.LayerNorm(d)
-        if cfg.levels not in ("residual", "parallel"):
-            raise SidrecError(f"dream.cart.levels must be 'residual' or 'parallel', got '{cfg.levels}'")
+        self.ln: nn.Module = nn.Identity() if self.base_space else nn.LayerNorm(d)
         self.residual_levels = cfg.levels == "residual"
         self.heads = nn.ModuleList() if self.residual_levels else nn.ModuleList(
             nn.Linear(d, d, bias=False) for _ in self.sizes)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(k, d) * d**-0.5) for k in self.sizes)
-        self._init_codebooks(base_codes)
+        self.register_buffer("dist_scale", torch.ones(len(self.sizes)), persistent=False)
+        if self.base_space:
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(d))
+                self.proj.bias.zero_()
+                for book, c in zip(self.codebooks, codebooks or [], strict=True):
+                    book.copy_(torch.as_tensor(c, dtype=torch.float32))
+                # s_l: the mean squared quantisation error at level l along the base path, so tau_s means the
+                # same sharpness at every level although deeper residuals are smaller
+                r = self.item_vectors(torch.arange(n))
+                for lv, book in enumerate(self.codebooks):
+                    err = (r - book[base_codes[:, lv]]).pow(2).sum(-1)
+                    self.dist_scale[lv] = err.mean().clamp(min=1e-8)
+                    r = r - book[base_codes[:, lv]]
+        else:
+            self._init_codebooks(base_codes)
         # the calibration click model (target attention over the history, then a scorer)
         self.att = nn.Sequential(nn.Linear(4 * d, 32), nn.ReLU(), nn.Linear(32, 1))
         self.click = nn.Sequential(nn.Linear(3 * d, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -142,8 +173,14 @@ class CART(nn.Module):
         return torch.stack([F.normalize(h(z), dim=-1) for h in self.heads])
 
     def level_logits(self, r: torch.Tensor, level: int) -> torch.Tensor:
-        """Residual levels: cosine logits (..., K_l) of residuals (..., d) against level ``level``'s codebook."""
-        return self.cfg.logit_scale * F.normalize(r, dim=-1) @ F.normalize(self.codebooks[level], dim=-1).T
+        """Residual levels: logits (..., K_l) of residuals (..., d) against level ``level``'s codebook: scaled
+        cosines, or (``space: base``) scaled negative squared distances, whose argmax is the base quantiser's
+        nearest-codeword rule."""
+        book = self.codebooks[level]
+        if self.base_space:
+            d2 = (r * r).sum(-1, keepdim=True) - 2.0 * r @ book.T + (book * book).sum(-1)
+            return -self.cfg.logit_scale * d2 / self.dist_scale[level]
+        return self.cfg.logit_scale * F.normalize(r, dim=-1) @ F.normalize(book, dim=-1).T
 
     def walk(self, z: torch.Tensor, tau: float | None, codes: torch.Tensor | None = None
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -237,17 +274,20 @@ def _pairs_and_contexts(train: list[np.ndarray], history: int) -> tuple[np.ndarr
 
 
 def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train: list[np.ndarray],
-               negatives: np.ndarray, cfg: CARTConfig, seed: int = 0, progress: bool = True) -> tuple[CART, CARTResult]:
+               negatives: np.ndarray, cfg: CARTConfig, seed: int = 0, progress: bool = True,
+               codebooks: list[np.ndarray] | None = None) -> tuple[CART, CARTResult]:
     """Fit CART on the training sequences; returns the model and each item's candidate SIDs.
 
     ``base_codes`` (n_items, L) are the static SIDs without the collision code; ``negatives`` (n_items, H)
-    the counterfactual hard negatives (-1 = none).
+    the counterfactual hard negatives (-1 = none); ``codebooks`` the base quantiser's (``space: base``, where
+    ``emb`` is that quantiser's input space).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = len(emb)
     base = torch.as_tensor(base_codes, dtype=torch.long)
-    model = CART(torch.as_tensor(emb), base, sizes, cfg)
+    model = CART(torch.as_tensor(emb), base, sizes, cfg,
+                 None if codebooks is None else [torch.as_tensor(c) for c in codebooks])
     key = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist_np, tgt_np = _pairs_and_contexts(train, cfg.history)
@@ -256,12 +296,13 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
         raise SidrecError(f"dream.cart.nce_positive must be 'self' or 'next', got '{cfg.nce_positive}'")
     per_level = cfg.nce_positive == "self"
     levels = len(sizes)
-    queue = F.normalize(torch.randn(levels if per_level else 1, cfg.queue_size, cfg.dim), dim=-1)
+    queue = F.normalize(torch.randn(levels if per_level else 1, cfg.queue_size, model.codebooks[0].shape[1]), dim=-1)
     qptr = 0
     steps_per_epoch = max(1, math.ceil(len(tgt_np) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     log: list[dict[str, float]] = []
     step = 0
+    start_equal = _share_on_base(model, base)
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(tgt_np))
         sums = np.zeros(5)
@@ -316,9 +357,24 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             sums += np.array([loss.item(), nce.item(), cal.item(), div.item(), anc.item()])
             step += 1
         sums /= steps_per_epoch
-        log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], map(float, sums), strict=True), epoch=epoch + 1))
+        log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], map(float, sums), strict=True), epoch=epoch + 1,
+                        equal_base=_share_on_base(model, base)))
+        if epoch == 0:
+            log[0]["equal_base_start"] = start_equal
     cands, scores = candidate_sids(model, cfg.candidates)
     return model, CARTResult(cands, scores, log)
+
+
+@torch.no_grad()
+def _share_on_base(model: CART, base: torch.Tensor, chunk: int = 4096) -> float:
+    """Share of items whose deterministic CART codes equal their static ones (all levels): how far CART has
+    moved from the table it is anchored to (at step 0 it should be ~1)."""
+    same = 0
+    for s in range(0, len(base), chunk):
+        items = torch.arange(s, min(len(base), s + chunk))
+        codes = torch.stack([oh.argmax(-1) for oh in model.path(model.item_vectors(items), None)[1]], -1)
+        same += int((codes == base[items]).all(-1).sum())
+    return same / max(1, len(base))
 
 
 def info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, k_hard: torch.Tensor, hard_valid: torch.Tensor,

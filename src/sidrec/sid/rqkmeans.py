@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sidrec.errors import SidrecError
-from sidrec.sid.base import Tokenizer, register
+from sidrec.sid.base import Tokenizer, check_input, register
 from sidrec.sid.config import TokenizerConfig
 
 _CHUNK = 4096
@@ -149,6 +149,13 @@ class RQKMeansTokenizer(Tokenizer):
             hit = self._memo_keys[pos] == keys
             codes[hit] = self._memo_codes[pos[hit]]
         return codes
+
+    def residual_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The embeddings themselves and the centroids of every level (balanced fits keep some items off
+        their nearest centroid, so the nearest-codeword path can differ from the remembered table there)."""
+        self._require_fitted()
+        emb = check_input(embeddings, self.dim, source=f"{self.kind} embeddings")
+        return emb.astype(np.float32), [c.copy() for c in self.centroids]
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         out = np.zeros((len(codes), self.dim or 0), dtype=np.float32)

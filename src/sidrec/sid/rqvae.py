@@ -45,7 +45,7 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.progress import make_progress
-from sidrec.sid.base import Tokenizer, register
+from sidrec.sid.base import Tokenizer, check_input, register
 from sidrec.sid.config import TokenizerConfig
 from sidrec.sid.rqkmeans import nearest
 
@@ -479,6 +479,18 @@ class RQVAETokenizer(Tokenizer):
             xb = (torch.from_numpy(emb[s:s + _CHUNK]).double() - mean) / scale
             out[s:s + _CHUNK] = m.quantizer.assign(m.encoder(xb))[0].numpy()
         return out
+
+    @torch.no_grad()
+    def residual_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Encoder latents (n, latent_dim) and the quantiser's codebooks: nearest-codeword assignment of the
+        latents, level by level, reproduces :meth:`encode`."""
+        self._require_fitted()
+        emb = check_input(embeddings, self.dim, source=f"{self.kind} embeddings")
+        m = self._float64()
+        mean, scale = self._mean.double(), self._scale.double()
+        lat = np.concatenate([m.encoder((torch.from_numpy(emb[s:s + _CHUNK]).double() - mean) / scale).numpy()
+                              for s in range(0, len(emb), _CHUNK)])
+        return lat.astype(np.float32), [c.detach().float().numpy().copy() for c in m.quantizer.codebooks]
 
     @torch.no_grad()
     def _decode(self, codes: np.ndarray) -> np.ndarray:

@@ -63,6 +63,10 @@ def main() -> None:
                 "cpde_top1_changed": d["cpde_top1_changed"], "lambda_kd": d["lambda_kd"],
                 "lambda_warm": d["lambda_warm"],
                 "cart_warm_changed": d.get("cart_warm_changed", 0.0),
+                # share of items whose greedy CART codes are their static ones, at step 0 and after the last epoch
+                **({"cart_equal_base_start": d["cart_losses"][0]["equal_base_start"],
+                    "cart_equal_base_end": d["cart_losses"][-1]["equal_base"]}
+                   if d.get("cart_losses") and "equal_base_start" in d["cart_losses"][0] else {}),
                 **{f"cart_positions_changed_{sub}_l{i + 1}": v
                    for sub, vals in d.get("cart_positions_changed", {}).items() for i, v in enumerate(vals)},
                 **{k: d[k] for k in ("uc3_fallback_support", "uc3_fallback_margin", "uc3_kept_by_vote") if k in d},

@@ -20,8 +20,9 @@ class DREAMConfig:
     mode: str = "paper"
     bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
     # counterfactual negatives: family (closest TF-IDF within the product family: near-duplicates, often the same
-    # intent) | family_far (least similar within the family) | none; the choice on validation is issue #17's
-    negatives: str = "family"
+    # intent) | family_far (least similar within the family) | none. family_far chosen on Toys validation (CART
+    # only, full-budget bridges: cold N@10 .0034 vs .0019, warm .0344 vs .0333; docs/dream.md)
+    negatives: str = "family_far"
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
     keep_base: bool = True  # cold_only only (not in the paper): the base SID is a UC3 candidate and the fallback

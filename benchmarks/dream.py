@@ -5,8 +5,9 @@ Usage: python benchmarks/dream.py [beauty toys ...] [--threads 1] [--split valid
 Needs the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>, or --run DIR); its files are not
 changed, DREAM writes DIR/dream/ (with dream.mode=paper, the default, also the bridge TIGER DIR/dream/bridge,
 trained with the run's own settings and budget). The first design is dream.mode=cold_only
-dream.cart.nce_positive=next dream.cart.levels=parallel; its rows keep their old labels, paper rows are
-labelled ", paper". ``key=value`` overrides go to the ``dream`` section (e.g. dream.lambda_kd=1). Writes
+dream.cart.nce_positive=next dream.cart.levels=parallel dream.cart.space=embedding; its rows keep their old
+labels, paper rows are labelled ", paper". ``key=value`` overrides go to the ``dream`` section (e.g.
+dream.lambda_kd=1). Writes
 benchmarks/results/dream.json: per stage and subset (all / warm / cold) Recall and NDCG at 5, 10 and 50
 (beam 50, so @50 is exact), plus one diagnostics record per dataset (share of cold / warm items whose primary
 SID CART changed, static SIDs outside CART's top 8, UC3 switch rate, mean CPDE hypothesis weights, bridge

@@ -185,7 +185,7 @@ def test_candidate_search_equals_brute_force():
     torch.manual_seed(1)
     n, sizes = 5, [6, 5, 4]
     cart = CART(torch.randn(n, 12), torch.randint(0, 4, (n, 3)), sizes,
-                CARTConfig(dim=8, logit_scale=3.0, levels="parallel"))
+                CARTConfig(dim=8, logit_scale=3.0, levels="parallel", space="embedding"))
     cands, scores = candidate_sids(cart, 7)
     with torch.no_grad():
         lps = [x.log_softmax(-1) for x in cart.logits(cart.item_vectors(torch.arange(n)))]
@@ -203,7 +203,7 @@ def test_residual_cart_starts_on_the_base_tree_and_its_full_beam_is_exact():
     torch.manual_seed(2)
     n, sizes = 30, [3, 3, 2]
     base = torch.stack([torch.randint(0, k, (n,)) for k in sizes], 1)
-    cart = CART(torch.randn(n, 12), base, sizes, CARTConfig(dim=8, logit_scale=3.0))
+    cart = CART(torch.randn(n, 12), base, sizes, CARTConfig(dim=8, logit_scale=3.0, space="embedding"))
     assert cart.residual_levels and len(cart.heads) == 0
     with torch.no_grad():
         z = cart.item_vectors(torch.arange(n))
@@ -246,7 +246,7 @@ def test_cart_in_the_base_space_starts_exactly_on_the_static_sids(kind):
     assert (cands == base.numpy()[:, None]).all(2).any(1).all()
     assert (cands[:, 0] == base.numpy()).all(1).mean() > 0.7
     torch.manual_seed(0)
-    emb_cart = CART(torch.from_numpy(emb), base, [8, 8, 8], CARTConfig(dim=8))
+    emb_cart = CART(torch.from_numpy(emb), base, [8, 8, 8], CARTConfig(dim=8, space="embedding"))
     assert _share_on_base(emb_cart, base) < 0.9
     with pytest.raises(SidrecError, match="levels=residual"):
         CART(torch.from_numpy(lat), base, [8, 8, 8], CARTConfig(space="base", levels="parallel"),
@@ -348,6 +348,7 @@ def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", f"run_dir={run}", f"tiger.arch={arch}"]))
     digest = hashlib.sha256((run / "sid_table.parquet").read_bytes()).hexdigest()
     out = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next", "dream.cart.levels=parallel",
+                             "dream.cart.space=embedding",
                           "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=2",
                           "dream.cpde_warmup_epochs=1", "dream.cpde_update_every=1", "dream.cpde_batch_size=32",
                           "dream.lambda_warm=-1", "dream.keep_base=false"], progress=False)  # the first design
@@ -372,6 +373,7 @@ def test_dream_cold_only_stages_end_to_end_on_a_tiny_run(tmp_path, arch):
     # a second run with other CPDE settings reuses the CART fit (same candidates, same stage-1 table)
     cart1 = SIDTable.load(run / "dream" / "sid_table.cart.parquet").codes
     again = run_dream(run, ["dream.mode=cold_only", "dream.cart.nce_positive=next", "dream.cart.levels=parallel",
+                             "dream.cart.space=embedding",
                             "dream.cart.epochs=1", "dream.cart.queue_size=256", "dream.cpde_epochs=1",
                             "dream.cpde_warmup_epochs=0", "dream.cpde_batch_size=32", "dream.keep_base=true"],
                       stages=("static",), split=("valid", "test"), progress=False)

@@ -16,13 +16,14 @@ class DREAMConfig:
     # paper: CART re-tokenizes every item (warm items take its top-1 SID Phi_R), a bridge TIGER is trained on
     # that table, UC3 / CPDE run on the bridge with mean NLL over SID positions and fall back to Phi_R.
     # cold_only: the first design (the frozen original run, only cold items move, summed NLL); reproduce it
-    # with dream.mode=cold_only dream.cart.nce_positive=next dream.cart.levels=parallel
+    # with dream.mode=cold_only dream.cart.nce_positive=next dream.cart.levels=parallel dream.cart.space=embedding
     mode: str = "paper"
     bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
     # counterfactual negatives: family (closest TF-IDF within the product family: near-duplicates, often the same
-    # intent) | family_far (least similar within the family) | none. family_far chosen on Toys validation (CART
-    # only, full-budget bridges: cold N@10 .0034 vs .0019, warm .0344 vs .0333; docs/dream.md)
-    negatives: str = "family_far"
+    # intent) | family_far (least similar within the family) | none. With CART in the embedding space family_far
+    # won on Toys validation (CART only: cold N@10 .0034 vs .0019); the best measured configuration is the base
+    # space with family (cold .0039, warm .0402), the default pair (the base space with family_far is unmeasured)
+    negatives: str = "family"
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
     keep_base: bool = True  # cold_only only (not in the paper): the base SID is a UC3 candidate and the fallback

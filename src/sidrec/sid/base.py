@@ -132,7 +132,7 @@ class Tokenizer(ABC):
         codebooks in one space (PQ/OPQ) say so.
         """
         raise SidrecError(f"the {self.kind} tokenizer has no residual codebooks to start from "
-                          "(dream.cart.space=base needs an rqvae or rqkmeans run)")
+                          "(dream.cart.space=base needs an rqvae or rqkmeans run; otherwise dream.cart.space=embedding)")
 
     def save(self, directory: str | Path) -> None:
         """Write ``tokenizer.json`` + ``tokenizer.safetensors`` into ``directory`` (atomically, as a whole)."""

@@ -16,6 +16,10 @@ Model (METHODS.md section 4):
   in the tree it is anchored to; candidates come from a beam search over prefixes. ``levels: parallel`` (the
   first cut): a query ``q_{i,l} = U_l z_i`` per level, independent of the parent codes, each codebook started
   at the mean query of the items carrying each base code;
+* where CART starts (``space``): ``base`` (default, the paper's "codebooks initialised from Phi_0") puts ``z`` in
+  the base quantiser's own space -- its latents as ``e_i``, ``W = I``, no LayerNorm, its codebooks, logits
+  ``-tau_s ||r - c||^2 / s_l`` -- so step 0 *is* the static table; ``embedding`` (the first cut) learns ``W`` from
+  the text embedding with the seeded codebooks above, which reproduced the static SIDs for 1.3% of Toys items;
 * Gumbel-softmax with an exponentially annealed temperature, straight-through (hard codes forward, soft
   gradients backward); the quantised item vector is the sum of the chosen codewords.
 

@@ -471,13 +471,20 @@ class RQVAETokenizer(Tokenizer):
         return self._model64
 
     @torch.no_grad()
-    def _encode(self, emb: np.ndarray) -> np.ndarray:
+    def _latents64(self, emb: np.ndarray) -> torch.Tensor:
+        """Encoder latents (n, latent_dim) in float64, in fixed-size chunks (what the quantiser assigns)."""
         m = self._float64()
         mean, scale = self._mean.double(), self._scale.double()
+        return torch.cat([m.encoder((torch.from_numpy(emb[s:s + _CHUNK]).double() - mean) / scale)
+                          for s in range(0, len(emb), _CHUNK)])
+
+    @torch.no_grad()
+    def _encode(self, emb: np.ndarray) -> np.ndarray:
+        m = self._float64()
+        lat = self._latents64(emb)
         out = np.empty((len(emb), len(self._sizes)), dtype=np.int64)
         for s in range(0, len(emb), _CHUNK):
-            xb = (torch.from_numpy(emb[s:s + _CHUNK]).double() - mean) / scale
-            out[s:s + _CHUNK] = m.quantizer.assign(m.encoder(xb))[0].numpy()
+            out[s:s + _CHUNK] = m.quantizer.assign(lat[s:s + _CHUNK])[0].numpy()
         return out
 
     @torch.no_grad()
@@ -486,11 +493,8 @@ class RQVAETokenizer(Tokenizer):
         latents, level by level, reproduces :meth:`encode`."""
         self._require_fitted()
         emb = check_input(embeddings, self.dim, source=f"{self.kind} embeddings")
-        m = self._float64()
-        mean, scale = self._mean.double(), self._scale.double()
-        lat = np.concatenate([m.encoder((torch.from_numpy(emb[s:s + _CHUNK]).double() - mean) / scale).numpy()
-                              for s in range(0, len(emb), _CHUNK)])
-        return lat.astype(np.float32), [c.detach().float().numpy().copy() for c in m.quantizer.codebooks]
+        lat = self._latents64(emb)
+        return lat.float().numpy(), [c.detach().float().numpy().copy() for c in self._float64().quantizer.codebooks]
 
     @torch.no_grad()
     def _decode(self, codes: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Where cold items lose: per-SID-position NLL and rank of the test target's SID, warm vs cold users.
 
-Usage: python benchmarks/cold_levels.py [beauty toys ...] [--run RUN] [--threads 1]
+Usage: python benchmarks/cold_levels.py [beauty toys ...] [--run RUN] [--threads 1] [--tag NAME]
 
 For the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>) and, when present, each DREAM stage in
 its dream/ folder, the teacher-forced negative log-likelihood of every test user's target SID at each
@@ -11,7 +11,8 @@ A beam search keeps a SID only if every prefix stays among the best ones, so the
 fall behind is the level that keeps them out of the top-K. For each table it also records how much content
 structure its prefixes carry: per level, the mean cosine of an item's feature vector to the centroid of the
 items sharing its prefix (``coherence_l*``, items in groups of 2+), the largest group and the code-usage
-entropy. Writes benchmarks/results/cold_levels.json.
+entropy. Writes benchmarks/results/cold_levels.json; ``--tag`` is appended to the variant names, so the
+records of another base run do not replace the main ones.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def main() -> None:
     ap.add_argument("datasets", nargs="*", default=["beauty"])
     ap.add_argument("--run", default="", help="the TIGER run (default runs/bench/tiger-<dataset>)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="appended to the variant names (another base run)")
     args = ap.parse_intermixed_args()
+    tag = f", {args.tag}" if args.tag else ""
     datasets, _ = split_positionals(args.datasets, ["beauty"])
     torch.set_num_threads(args.threads)
     for name in datasets:
@@ -109,7 +112,7 @@ def main() -> None:
             mode = "" if st == "static" else (", bridge" if bridge_w.exists() else ", static model")
             t0 = time.time()
             struct = prefix_structure(table.primary.numpy(), feats)
-            recs.append(record(name, "tiger" if st == "static" else "dream", f"prefix structure of the {st} table",
+            recs.append(record(name, "tiger" if st == "static" else "dream", f"prefix structure of the {st} table{tag}",
                                "catalogue", "all", struct, time.time() - t0, args.threads))
             print(name, st, {k: round(v, 3) for k, v in struct.items()}, flush=True)
             nll, rank = target_levels(task, model, table, es)
@@ -119,7 +122,7 @@ def main() -> None:
                     met[f"nll_l{lv + 1}"] = float(nll[mask, lv].mean())
                     met[f"rank_median_l{lv + 1}"] = float(np.median(rank[mask, lv]))
                 recs.append(record(name, "tiger" if st == "static" else "dream",
-                                   f"target SID NLL per position, {st}{mode}", "test", sub, met, time.time() - t0,
+                                   f"target SID NLL per position, {st}{mode}{tag}", "test", sub, met, time.time() - t0,
                                    args.threads))
                 print(name, st, sub, {k: round(v, 2) for k, v in met.items()}, flush=True)
         save("cold_levels", recs)

@@ -11,6 +11,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def machine(threads: int | None = None) -> str:
 
 
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    """The command line as a shell would need it typed, so a record's ``command`` can be pasted back."""
+    return "python " + shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
 def record(dataset: str, method: str, variant: str, split: str, subset: str, metrics: dict[str, Any],

@@ -60,6 +60,19 @@ def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any]
     return out
 
 
+def grounded_records(dataset: str, method: str, variant: str, metrics: dict[str, Any], wall_s: float,
+                     subsets: tuple[str, ...] = ("all", "warm", "cold")) -> list[dict[str, Any]]:
+    """Records of one run's model alone (``method``) and, when its content fusion chose a lambda > 0, of the
+    fused ranking (``method+content``, the variant naming lambda and lambda_cold, both chosen on validation)."""
+    f = metrics.get("fusion") or {}
+    alone = {**metrics, **metrics.get("model_only", {})}
+    out = run_records(dataset, method, variant, alone, wall_s, subsets)
+    if f:
+        fv = f"{variant}, lambda {f['lambda']:g}, cold lambda {f['lambda_cold']:g} (chosen on valid)"
+        out += run_records(dataset, f"{method}+content", fv, metrics, wall_s, subsets)
+    return out
+
+
 MAX_TIED = 0.01  # share of top-10 slots decided by the evaluator's index tie-break that a model row may have
 
 

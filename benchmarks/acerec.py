@@ -40,7 +40,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import load_run, train
 
-from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
 
 VARIANTS = {
     "atm": [],
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             first = first or run
             label = (variant if reused else f"{variant}{args.tag}") + (
                 ", selection " + " ".join(overrides) if args.select else "")
-            recs = run_records(name, "acerec", label, res, wall)
+            recs = grounded_records(name, "acerec", label, res, wall)
             rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
             curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}
             for r in recs:

@@ -1,4 +1,6 @@
-"""TIGER end to end on Beauty, Sports and Toys: tokenizer stage + training + beam-search evaluation.
+"""TIGER end to end on Beauty, Sports and Toys: tokenizer stage + training + beam-search evaluation, alone
+and grounded in content (``tiger+content``: the beam's items and the content top-N rescored by the model,
+plus lambda x similarity; lambda chosen on validation, src/sidrec/fusion.py).
 
 Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--threads 2] [--tag T]
        [--sids-from RUN] [key=value ...]
@@ -17,9 +19,9 @@ from pathlib import Path
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import load_run, train
+from sidrec.pipeline import fuse, load_run, train
 
-from _common import REPO, copy_tokenizer_stage, run_records, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, grounded_records, run_records, save, split_positionals
 
 
 def main() -> None:
@@ -47,6 +49,8 @@ def main() -> None:
         if reused:
             res = json.loads((run / "metrics.json").read_text())
             wall = float(res.get("wall_s", res["summary"]["train_s"]))
+            if "fusion" not in res and cfg.fusion.lambdas != [0]:  # trained before grounding: choose it now
+                res = fuse(run)
         else:
             res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
@@ -55,10 +59,11 @@ def main() -> None:
                  else f"{tc.encoder_layers}+{tc.decoder_layers}L")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
                                    f"{depth} d{tc.d_model}, beam {tc.beam}" + "".join(f", {o}" for o in args.overrides))
-        recs = run_records(name, "tiger", variant, res, wall)
+        recs = grounded_records(name, "tiger", variant, res, wall)
         if args.seen_excluded:  # the same checkpoint, the user's own history items dropped from the beam's list
             _, _, _, task = load_run(run)
             task.cfg.eval.exclude_history = True
+            task.fusion = type(task.fusion)()  # the model alone
             seen = {"test": task.evaluate(task.model, "test")}
             recs += run_records(name, "tiger", variant + ", seen items excluded", seen, wall)
         if "popularity_test" in res:
@@ -73,8 +78,11 @@ def main() -> None:
                 if "reconstruction_rel" in rep:
                     r["metrics"]["tokenizer_recon_rel"] = rep["reconstruction_rel"]
         save("tiger", recs, reused=reused)
-        t = res["test"]["all"]
-        print(f"{name}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min", flush=True)
+        t, alone = res["test"], res.get("model_only", res)["test"]
+        print(f"{name}: test R@10 {alone['all']['recall@10']:.4f} N@10 {alone['all']['ndcg@10']:.4f} cold "
+              f"{alone['cold']['ndcg@10']:.4f}; + content {t['all']['recall@10']:.4f} / {t['all']['ndcg@10']:.4f} cold "
+              f"{t['cold']['ndcg@10']:.4f} (content@10 {t['all'].get('content@10', 0):.3f}) in {wall / 60:.1f} min",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("recommend k 0", _args("recommend", "{base}/run", "-u", "U000001", "-k", "0"), "-k"),
     ("recommend unknown user", _args("recommend", "{base}/run", "-u", "nobody"), "nobody"),
     ("recommend missing weights", _args("recommend", "{base}/run", "-u", "U000001", "--weights", "{tmp}/w"), "w"),
+    ("fuse a folder that is not a run", _args("fuse", "{tmp}"), "not a run directory"),
     # dream / add-items / refine-items
     ("dream command from config", _dream_config_command, "--allow-config-commands"),
     ("dream bad split", _args("dream", "{base}/run", "--split", "nope"), "--split"),

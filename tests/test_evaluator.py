@@ -82,3 +82,17 @@ def test_evaluate_scores_reports_tied_at_10():
     assert paired["all"]["tied@10"] == 1.0
     m, _ = ev.evaluate_topk(np.tile(np.arange(10), (6, 1)), np.tile(np.array([9., 8, 8, 6, 5, 4, 3, 2, 1, 0]), (6, 1)))
     assert m["all"]["tied@10"] == pytest.approx(0.2)
+
+
+def test_nan_scores_are_never_a_hit():
+    """A diverged model (NaN scores) must score zero, not rank every target first (issue: R@10 = 1.0)."""
+    scores = torch.tensor([[float("nan")] * 4, [0.1, float("nan"), 0.3, 0.2], [0.5, 0.1, float("nan"), 0.2]])
+    targets = torch.tensor([1, 0, 0])
+    # row 0: the target is NaN -> not retrieved; row 1: a NaN item never outranks a finite target (0.1 < 0.3, 0.2)
+    assert ranks_from_scores(scores, targets).tolist() == [NOT_FOUND, 3, 1]
+    es = EvalSet("valid", np.arange(3), [np.array([0]), np.array([1]), np.array([2])], np.array([1, 2, 3]))
+    ev = Evaluator(es, np.ones(5, dtype=np.int64), [1, 10])
+    m, _ = ev.evaluate_scores(lambda rows: torch.full((len(rows), 5), float("nan")))
+    assert m["all"]["recall@10"] == 0.0 and m["all"]["mrr"] == 0.0
+    m, _ = ev.evaluate_topk(np.array([[1, 2], [2, 3], [3, 4]]), np.full((3, 2), np.nan))
+    assert m["all"]["recall@10"] == 0.0

@@ -155,3 +155,40 @@ def test_selection_run_never_computes_test(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert "test" not in saved and "valid" in saved
     assert "wall_s" in saved and "dataset" in saved and (tmp_path / "report.md").exists()  # the rest of the run as usual
+
+
+def test_diverged_weights_never_become_best(tmp_path, monkeypatch):
+    """Weights that turn non-finite in an epoch's last step stop the run before that epoch is evaluated and
+    kept as best.safetensors (it evaluated to NaN scores, which once ranked every target first)."""
+    original = SASRecTask.loss
+
+    def poisons_at_epoch_2(self, model, batch):
+        loss = original(self, model, batch)
+        per_epoch = self.__dict__.setdefault("_per_epoch", len(self.train_batches(0)))
+        calls = self.__dict__.get("_calls", 0)
+        if calls == 2 * per_epoch - 1:  # the last step of epoch 2: a finite loss, NaN gradients
+            p = next(model.parameters())
+            handle = p.register_hook(lambda g: torch.full_like(g, float("nan")))
+            self._handle = handle
+        self._calls = calls + 1
+        return loss
+
+    monkeypatch.setattr(SASRecTask, "loss", poisons_at_epoch_2)
+    cfg = load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'r'}"])
+    from sidrec.errors import SidrecError
+
+    with pytest.raises(SidrecError, match="diverged at epoch 2"):
+        train(cfg)
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "r" / "checkpoints" / "best.safetensors"))
+    assert all(torch.isfinite(v).all() for v in best.values())
+    assert len((tmp_path / "r" / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_infinite_numbers_are_refused():
+    from sidrec.errors import SidrecError
+
+    for ov in ("train.lr=inf", "train.weight_decay=.inf", "train.lr=nan"):
+        with pytest.raises(SidrecError, match="finite number"):
+            load_config(None, [ov])

@@ -37,7 +37,8 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[
     ks = [k for k in ks if f"recall@{k}" in present] or sorted(
         {int(k.split("@")[1]) for k in present if k.startswith("recall@")})
     t = Table(title=title)
-    for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")]:
+    tied = any("tied@10" in r for _, m in rows for r in m.values() if isinstance(r, dict))
+    for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")] + (["tied@10"] * tied):
         t.add_column(col, justify="right" if col not in ("model", "subset") else "left",
                      no_wrap=col == "model", min_width=max(len(n) for n, _ in rows) if col == "model" and rows else None)
     for name, m in rows:
@@ -45,7 +46,8 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[
             if sub in m:
                 r = m[sub]
                 t.add_row(name, sub, str(r["n_users"]),
-                          *[f"{r[f'{x}@{k}']:.4f}" for k in ks for x in ("recall", "ndcg")])
+                          *[f"{r[f'{x}@{k}']:.4f}" for k in ks for x in ("recall", "ndcg")],
+                          *([f"{r['tied@10']:.3f}" if "tied@10" in r else ""] * tied))
     return t
 
 
@@ -220,7 +222,8 @@ def train(
 ) -> None:
     """Train a method on a dataset; writes a run directory with metrics.json.
 
-    Methods (method=NAME): sasrec (ID-based Transformer baseline), tiger (semantic IDs + encoder-decoder + beam
+    Methods (method=NAME): content (no training: cosine of item vectors to the last items), sasrec (ID-based
+    Transformer baseline), tiger (semantic IDs + encoder-decoder + beam
     search), diger (TIGER with its RQ-VAE trained jointly), acerec (long OPQ IDs + holistic scoring). See
     docs/own-dataset.md for your own data and 'sidrec config show' for every setting.
     """
@@ -231,9 +234,32 @@ def train(
     res = run_train(cfg, resume=resume, overwrite=overwrite)
     if D.is_main():
         split = "test" if "test" in res else "valid"  # eval.test=false: a model-selection run
-        rows = [(cfg.method, res[split])] + ([("popularity", res["popularity_test"])] if split == "test" else [])
-        out.print(_metrics_table(f"{cfg.method} - {split}", rows, [10, 50]))
+        _print_wide(_metrics_table(f"{cfg.method} - {split}", _result_rows(cfg.method, res, split), [10, 50]))
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
+
+
+def _result_rows(method: str, res: dict[str, Any], split: str) -> list[tuple[str, dict[str, Any]]]:
+    """The run's ranking, the model alone when content fusion changed it, and popularity (test only)."""
+    f = res.get("fusion") or {}
+    fused = bool(f.get("lambda") or f.get("lambda_cold"))
+    rows = [(f"{method}+content (lambda {f['lambda']:g}/{f['lambda_cold']:g})" if fused else method, res[split])]
+    if fused and split in res.get("model_only", {}):
+        rows.append((method, res["model_only"][split]))
+    if split == "test" and "popularity_test" in res:
+        rows.append(("popularity", res["popularity_test"]))
+    return rows
+
+
+@app.command()
+def fuse(run: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """Choose the content fusion of a finished run on validation, without retraining (writes fusion.json and
+    updates metrics.json); for runs trained before it existed or after changing the fusion grid."""
+    from sidrec.pipeline import fuse as run_fuse
+
+    res = run_fuse(run)
+    split = "test" if "test" in res else "valid"
+    method = str(res.get("dataset", {}).get("method", "")) or "model"
+    _print_wide(_metrics_table(f"{run} - {split}", _result_rows(method, res, split), [10, 50]))
 
 
 def _print_wide(table: Table) -> None:

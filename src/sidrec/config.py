@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,6 +108,28 @@ class SASRecConfig:
 
 
 @dataclass
+class ContentConfig:
+    """The content signal: cosine of every item's vector (``features``) to a query built from the user's
+    most recent items. Ranks items on its own (``method: content``) and grounds every trained model (``fusion``)."""
+
+    query_items: int = 1  # the last n history items form the query (1: the last item, the measured best)
+    decay: float = 0.5  # the item k steps back weighs decay**k in the query's mean (query_items > 1)
+    index: typing.Literal["flat", "ivf"] = "flat"  # top-K search of `sidrec recommend`: exact, or IVF (~1M+ items)
+    nlist: int = 0  # ivf: inverted lists (0 = 4 x sqrt(n_items))
+    nprobe: int = 16  # ivf: lists visited per query
+
+
+@dataclass
+class FusionConfig:
+    """Late fusion: final score = model log-probability + lambda x content similarity (lambda_cold for cold
+    items); both chosen on validation after training from these grids, without retraining."""
+
+    lambdas: list[float] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 50])  # [0] = off
+    cold: bool = True  # choose a separate lambda for cold items (<= data.cold_threshold training interactions)
+    candidates: int = 100  # beam-search models: the content top-N scored beside the beam's items
+
+
+@dataclass
 class Config:
     """The whole run configuration; one section per component."""
 
@@ -118,6 +141,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form section for experiments
 
 
@@ -200,14 +225,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise SidrecError(f"config key '{key}': expected a number, got {value!r}")
+        number: float | None = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise SidrecError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise SidrecError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):  # lr=inf trains a NaN model; no setting means infinity
+            raise SidrecError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -279,6 +309,8 @@ _RULES: list[tuple[str, Any]] = [
     ("dream.negatives", ("family", "family_far", "none")),
     ("dream.cart.space", ("embedding", "base")), ("dream.cart.levels", ("residual", "parallel")),
     ("dream.cart.nce_positive", ("self", "next")),
+    ("content.query_items", _POS), ("content.decay", _UNIT), ("content.nlist", _NONNEG), ("content.nprobe", _POS),
+    ("fusion.lambdas", _NONNEG), ("fusion.candidates", _NONNEG),
     ("*dropout", _UNIT_OPEN),
     ("*momentum", _UNIT_OPEN),
     ("train.min_lr_ratio", _UNIT),

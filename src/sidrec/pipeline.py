@@ -7,6 +7,7 @@ the same dataset split and model from the ``config.yaml`` saved in the run direc
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sidrec import fusion
 from sidrec.config import Config, describe_path, load_config
 from sidrec.data.dataset import Dataset
 from sidrec.data.formats import load_dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator, mask_history, popularity_scores
+from sidrec.eval.evaluator import Evaluator, popularity_scores
 from sidrec.io import write_json, write_text
 from sidrec.recipes import get_builder
 from sidrec.runs import check_run_dir, claim_run_dir
@@ -83,10 +85,18 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     claim = claim_run_dir(cfg, ds.name, resume, overwrite) if D.is_main() else contextlib.nullcontext(Path(cfg.run_dir))
     with claim as run:
         task = builder(cfg, ds, split, run)
+        attach_grounding(task, cfg, ds, split)
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
-        trainer = Trainer(task, cfg.train, run, cfg.seed)
-    summary = trainer.fit(resume=resume)
-    out = trainer.final_evaluation(summary, cfg.eval.test)
+        trainer = Trainer(task, cfg.train, run, cfg.seed) if getattr(task, "trainable", True) else None
+    if trainer is not None:
+        summary = trainer.fit(resume=resume)
+        trainer.load_best()
+    else:  # nothing to train (the content ranker): the run is its evaluation
+        summary = {"epochs": 0, "best_epoch": 0, "best_valid": None, "train_s": 0.0}
+    out: dict[str, Any] = {"summary": summary}
+    if D.is_main():
+        out = fusion.final_evaluation(task, run, summary, cfg.eval.test)
+    D.barrier()
     if D.is_main():
         if cfg.eval.test:  # a model-selection run (eval.test=false) reads no test metric at all
             out["popularity_test"] = popularity_metrics(cfg, split)
@@ -98,8 +108,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     return out
 
 
+def attach_grounding(task: Any, cfg: Config, ds: Dataset, split: LeaveOneOut) -> None:
+    """Give a task the run's content grounding (:mod:`sidrec.fusion`), the one place every method gets it."""
+    if getattr(task, "groundable", True) and fusion.content_available(cfg, ds):
+        task._grounding_factory = lambda: fusion.grounding_for(cfg, ds, split)
+
+
 def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Config, Dataset, LeaveOneOut, Any]:
-    """Rebuild config, data split and task of a finished run, with its best weights (or ``weights``) loaded."""
+    """Rebuild config, data split and task of a finished run, with its best weights (or ``weights``) loaded and
+    the fusion it chose (``fusion.json``) installed."""
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
@@ -108,6 +125,10 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Co
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
     task = get_builder(cfg.method)(cfg, ds, split, run)
+    attach_grounding(task, cfg, ds, split)
+    fusion.load_fusion(task, run)
+    if not getattr(task, "trainable", True):
+        return cfg, ds, split, task
     best = Path(weights) if weights is not None else run / "checkpoints" / "best.safetensors"
     if not best.exists():
         raise SidrecError(f"{weights}: weights file not found" if weights is not None
@@ -119,13 +140,38 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Co
         load_model(task.model, str(best))
     except (SafetensorError, RuntimeError) as exc:
         raise SidrecError(f"{best}: not weights of this run's model ({str(exc).splitlines()[0][:200]})") from None
+    from sidrec.training.trainer import nonfinite_parameters
+
+    bad = nonfinite_parameters(task.model)
+    if bad:
+        raise SidrecError(f"{best}: the weights of a diverged model ({bad}); retrain with a lower train.lr")
     task.model.eval()
     return cfg, ds, split, task
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+    """Metrics of a finished run's ranking (fused with content when its ``fusion.json`` chose a lambda > 0)."""
     cfg, ds, split, task = load_run(run_dir)
     return {s: task.evaluate(task.model, s) for s in splits}
+
+
+def fuse(run_dir: str | Path) -> dict[str, Any]:
+    """Choose the content fusion of a finished run on validation (no retraining) and re-evaluate it.
+
+    For runs trained before grounding existed, or to choose again over another ``fusion`` grid: writes
+    ``fusion.json`` and updates ``metrics.json`` (``valid`` / ``test`` fused, ``model_only`` the model alone).
+    """
+    run = Path(run_dir)
+    cfg, ds, split, task = load_run(run)
+    if getattr(task, "grounding", None) is None:
+        raise SidrecError(f"{run}: method '{cfg.method}' has no content fusion to choose (fusion.lambdas is [0] or "
+                          "the method is the content ranker itself)")
+    task.fusion = fusion.Fusion()
+    old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), cfg.eval.test)}
+    write_json(run / "metrics.json", out)
+    write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+    return out
 
 
 def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None,
@@ -148,6 +194,8 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
             raise SidrecError(f"--sid-table needs a SID-based run (this one is '{cfg.method}')")
         table = SIDTable.load(sid_table)
         task.use_sids(table, source=str(sid_table))
+        if table.n_items != split.n_items:  # items added after training have no vector in the run's content index
+            task.fusion = fusion.Fusion()
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     try:
         u = ds.user_ids.index(str(user))
@@ -157,21 +205,11 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
 
     hist = ds.sequence(u)[-cfg.data.max_len:]
     es = EvalSet("recommend", np.array([u]), [hist], np.array([0]))
-    if hasattr(task, "recommend"):
-        items, scores = task.recommend(es, k)
-    else:
-        items, scores = _score_recommend(task, es, k, exclude_history)
+    items, scores = task.recommend(es, k)
     return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0 and np.isfinite(s)]
 
 
-def _score_recommend(task: Any, es: Any, k: int, exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    hist = es.padded_histories(pad=-1)
-    with torch.no_grad():
-        scores = task.model.score(hist).float()
-    if exclude_history:
-        mask_history(scores, hist)
-    v, i = scores.topk(min(k, scores.shape[1]), dim=1)
-    return i.numpy(), v.numpy()
+TIED_WARN = 0.01  # a run whose top-10 has more tied slots than this says so in its report
 
 
 def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -182,10 +220,24 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
     s = out.get("summary", {})
     lines.append(f"Epochs {s.get('epochs')}, best epoch {s.get('best_epoch')}, "
                  f"train {s.get('train_s', 0):.0f}s, total {out.get('wall_s', 0):.0f}s.")
+    f = out.get("fusion")
+    if f:
+        mo = out.get("model_only", {}).get("valid", {}).get("all", {})
+        lines.append(f"Content fusion (chosen on validation NDCG@10): lambda {f['lambda']:g}, cold items "
+                     f"{f['lambda_cold']:g}; validation NDCG@10 {mo.get('ndcg@10', float('nan')):.4f} for the model "
+                     f"alone, {out.get('valid', {}).get('all', {}).get('ndcg@10', float('nan')):.4f} fused.")
     lines += ["", "| split | subset | users | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |",
               "|---|---|---|" + "---|---|" * len(ks)]
-    rows = [("valid", out.get("valid", {})), ("test", out.get("test", {})),
-            ("test (popularity)", out.get("popularity_test", {}))]
+    rows = [("valid", out.get("valid", {})), ("test", out.get("test", {}))]
+    if f and (f["lambda"] or f["lambda_cold"]):
+        rows += [(f"{s} (model alone)", out.get("model_only", {}).get(s, {})) for s in ("valid", "test")]
+    rows.append(("test (popularity)", out.get("popularity_test", {})))
+    tied = [(name, sub, r["tied@10"]) for name, m in rows[:-1] for sub, r in m.items()
+            if isinstance(r, dict) and r.get("tied@10", 0.0) > TIED_WARN]
+    if tied:
+        lines.append("")
+        lines += [f"Warning: {name} / {sub}: {share:.1%} of the top-10 slots are ties (> {TIED_WARN:.0%}); their "
+                  "order is the item index, not the model" for name, sub, share in tied]
     for name, m in rows:
         for sub in ("all", "warm", "cold"):
             if sub in m:

@@ -22,6 +22,7 @@ from sidrec.pipeline import train
 # small batches (synthetic users are few, so batch 256 gave 12 steps per epoch) and no dropout (CPU dropout
 # cost a third of the step; on this data it changed test NDCG@10 by < .005).
 QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
+    ("content", []),  # no training: the cosine of the item text vectors to the user's last item
     ("sasrec", ["train.epochs=15", "train.batch_size=128", "train.lr=2e-3", "train.patience=5",
                 "sasrec.dropout=0.2", "sasrec.emb_dropout=0.2"]),
     # the generative pipeline: MiniLM item text -> RQ-KMeans SIDs (3 x 16 + collision code) -> small TIGER
@@ -31,6 +32,12 @@ QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
                "train.epochs=8", "train.batch_size=32", "train.lr=3e-3", "train.patience=4",
                "train.eval_users=500"]),
 ]
+
+
+def _label(method: str, res: dict[str, Any]) -> str:
+    """The method's name, with '+content' when its ranking is fused with the content similarity."""
+    f = res.get("fusion") or {}
+    return f"{method}+content" if f.get("lambda") or f.get("lambda_cold") else method
 
 
 def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: Console | None = None,
@@ -54,7 +61,7 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
         t.add_column(c, justify="left" if c == "model" else "right")
     assert pop is not None
     p10 = pop["all"]["ndcg@10"]
-    rows = [("popularity", pop)] + [(m, r["test"]) for m, r in results.items()]
+    rows = [("popularity", pop)] + [(_label(m, r), r["test"]) for m, r in results.items()]
     for name, m in rows:
         a = m["all"]
         ratio = a["ndcg@10"] / p10 if p10 > 0 else float("inf")

@@ -117,3 +117,26 @@ def beam_search(model: StepDecoder, inputs: tuple[Any, ...], trie: SIDTrie, beam
     sid_items = torch.where(node >= 0, trie.leaf_item.to(node.device)[node.clamp(min=0)], torch.full_like(node, -1))
     items, item_scores = distinct_items(sid_items, score, k or beam)
     return BeamResult(items, item_scores, prefix, score, sid_items)
+
+
+@torch.no_grad()
+def sequence_log_probs(model: StepDecoder, inputs: tuple[Any, ...], codes: torch.Tensor) -> torch.Tensor:
+    """Log-probability (B, C) of C given SIDs per user, ``codes`` (B, C, L); a row with a -1 code gives -inf.
+
+    Teacher forcing through the same :class:`StepDecoder` steps the beam search takes (the C SIDs are C
+    hypotheses that all extend the root at step 1 and themselves afterwards), so a SID's score here is the
+    score the beam search gives it when it finds it. Used to score items the beam did not return (content
+    grounding's candidates).
+    """
+    b, c, length = codes.shape
+    valid = (codes >= 0).all(2)
+    cc = codes.clamp(min=0)
+    state = model.start_decoding(*inputs)
+    state, lp = model.next_log_probs(state, None, None)  # (B, 1, K_0)
+    total = lp[:, 0].float().gather(1, cc[:, :, 0])
+    parent = torch.zeros(b, c, dtype=torch.long, device=codes.device)
+    for t in range(1, length):
+        state, lp = model.next_log_probs(state, cc[:, :, :t], parent)
+        total = total + lp.float().gather(2, cc[:, :, t:t + 1]).squeeze(2)
+        parent = torch.arange(c, device=codes.device).expand(b, c)
+    return total.masked_fill(~valid, float("-inf"))

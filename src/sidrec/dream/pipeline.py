@@ -36,6 +36,7 @@ from sidrec.dream.cpde import train_cpde
 from sidrec.dream.sids import complete_candidates, table_with
 from sidrec.dream.uc3 import uc3_vote
 from sidrec.errors import SidrecError
+from sidrec.fusion import Fusion
 from sidrec.io import atomic_path, write_json, write_text
 from sidrec.sid.cart import CARTResult, family_negatives, train_cart
 from sidrec.sid.table import SIDTable
@@ -131,6 +132,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     cfg0, ds, split_obj, task = load_run(run)
     if cfg0.method != "tiger":
         raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg0.method}')")
+    task.fusion = Fusion()  # the stage table measures the SID tables under the model alone, not content fusion
     task.cfg = cfg
     task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
     cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
@@ -355,6 +357,7 @@ def train_bridge(run: Path, table: SIDTable, out_dir: Path, dcfg: DREAMConfig, p
         train(cfg, resume=resume)
         status = "resumed" if resume else "trained"
     _, _, _, btask = load_run(bridge)
+    btask.fusion = Fusion()
     metrics = json.loads((bridge / "metrics.json").read_text())
     return btask.model, {"status": status, "dir": str(bridge), "epochs": metrics["summary"]["epochs"],
                          "train_s": metrics["summary"]["train_s"]}

@@ -26,21 +26,36 @@ from sidrec.data.protocol import EvalSet, bucket_labels, bucket_of
 NOT_FOUND = np.iinfo(np.int64).max
 
 
+def finite_scores(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` in fp32 with NaN replaced by ``-inf``.
+
+    Why: a diverged model outputs NaN, and every comparison with NaN is false, so a NaN target would have no
+    item "above" it and rank first: a broken model would score R@10 = 1. NaN means "no score", the bottom.
+    """
+    scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 (a tie key) stays exact
+    return torch.where(torch.isnan(scores), torch.full_like(scores, float("-inf")), scores)
+
+
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each target in its row of ``scores`` (B, N), ties broken by lower item index."""
-    scores = scores.float()
+    """1-based rank of each target in its row of ``scores`` (B, N), ties broken by lower item index.
+
+    A target without a finite score (NaN from a diverged model, ``-inf`` from a mask) is not retrieved:
+    ``NOT_FOUND``, whatever the other items score.
+    """
+    scores = finite_scores(scores)
     t = scores.gather(1, targets.view(-1, 1))
     higher = (scores > t).sum(1)
     idx = torch.arange(scores.shape[1], device=scores.device).view(1, -1)
     tied_before = ((scores == t) & (idx < targets.view(-1, 1))).sum(1)
-    return (higher + tied_before + 1).long()
+    ranks = (higher + tied_before + 1).long()
+    return torch.where(torch.isfinite(t.view(-1)), ranks, torch.full_like(ranks, NOT_FOUND))
 
 
 def ranks_from_topk(topk: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) -> np.ndarray:
     """Rank of each target inside its top-K list (B, K); ``NOT_FOUND`` when absent. -1 entries are padding."""
     topk = np.asarray(topk)
     targets = np.asarray(targets).reshape(-1, 1)
-    hit = topk == targets
+    hit = (topk == targets) & (topk >= 0)
     found = hit.any(1)
     pos = hit.argmax(1) + 1
     return np.where(found, pos, NOT_FOUND).astype(np.int64)
@@ -65,7 +80,7 @@ def tied_share(sorted_scores: torch.Tensor, k: int = TIE_K) -> torch.Tensor:
     shares a top-k item's score sits right next to it: comparing neighbours finds every tie, including one
     with the first item outside the top k. ``-inf`` slots (excluded or missing items) never count.
     """
-    v = sorted_scores.float()
+    v = finite_scores(sorted_scores)
     k = min(k, v.shape[1])
     same = v[:, 1:] == v[:, :-1]
     finite = torch.isfinite(v)
@@ -109,10 +124,12 @@ class Evaluator:
         self.bucket_edges = list(bucket_edges or [5, 10, 15, 20])
         self.buckets = bucket_of(self.freq, self.bucket_edges)
 
-    def metrics(self, ranks: np.ndarray, tied: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    def metrics(self, ranks: np.ndarray, tied: np.ndarray | None = None,
+                extra: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
         """Metrics for all / warm / cold / each bucket, each with its number of users.
 
-        ``tied`` (per user, the share of their top-10 decided by a tie-break) adds ``tied@10`` per subset.
+        ``tied`` (per user, the share of their top-10 decided by a tie-break) adds ``tied@10`` per subset;
+        ``extra`` (name -> a value per user) adds each value's mean per subset (e.g. fusion's ``content@10``).
         """
         ranks = np.asarray(ranks)
         subsets: dict[str, np.ndarray] = {
@@ -127,6 +144,8 @@ class Evaluator:
             m: dict[str, Any] = metrics_from_ranks(ranks[mask], self.ks)
             if tied is not None:
                 m[f"tied@{TIE_K}"] = float(tied[mask].mean()) if mask.any() else 0.0
+            for key, values in (extra or {}).items():
+                m[key] = float(values[mask].mean()) if mask.any() else 0.0
             m["n_users"] = int(mask.sum())
             out[name] = m
         return out
@@ -143,36 +162,58 @@ class Evaluator:
         Batches hold users of similar history length (:meth:`EvalSet.length_order`), so a model that pads
         to the batch's longest history wastes little; the metrics do not depend on the order.
         """
+        return self.evaluate_scores_many(score_fn, [lambda s: s], batch_size, exclude_history, progress)[0]
+
+    def evaluate_scores_many(
+        self,
+        parts_fn: Callable[[np.ndarray], Any],
+        variants: list[Callable[[Any], torch.Tensor]],
+        batch_size: int = 1024,
+        exclude_history: bool = False,
+        progress: Callable[[Any], Any] | None = None,
+    ) -> list[tuple[dict[str, dict[str, Any]], np.ndarray]]:
+        """Several rankings of the full catalogue from one pass: per batch ``parts_fn(rows)`` is computed once
+        and each ``variant(parts) -> (B, n_items)`` scores is ranked (e.g. one model under several fusion
+        weights, without running the model once per weight). Returns (metrics, ranks) per variant.
+        """
         n = len(self.eval_set)
-        ranks = np.empty(n, dtype=np.int64)
-        tied = np.empty(n, dtype=np.float64)
+        ranks = [np.empty(n, dtype=np.int64) for _ in variants]
+        tied = [np.empty(n, dtype=np.float64) for _ in variants]
         order = self.eval_set.length_order()
         starts = range(0, n, batch_size)
         for s in progress(starts) if progress else starts:
             rows = order[s:s + batch_size]
-            with torch.no_grad():
-                scores = score_fn(rows).float()
             targets = torch.from_numpy(self.eval_set.targets[rows])
+            hist = None
             if exclude_history:
                 hist = self.eval_set.padded_histories(rows, pad=-1)
-                keep_target = hist != targets.view(-1, 1)
-                mask_history(scores, torch.where(keep_target, hist, torch.full_like(hist, -1)))
-            ranks[rows] = ranks_from_scores(scores, targets).numpy()
-            top = scores.topk(min(TIE_K + 1, scores.shape[1]), dim=1).values
-            tied[rows] = tied_share(top).numpy()
-        return self.metrics(ranks, tied), ranks
+                hist = torch.where(hist != targets.view(-1, 1), hist, torch.full_like(hist, -1))  # keep the target
+            with torch.no_grad():
+                parts = parts_fn(rows)
+                for j, variant in enumerate(variants):
+                    scores = finite_scores(variant(parts))
+                    if hist is not None:
+                        mask_history(scores, hist)
+                    ranks[j][rows] = ranks_from_scores(scores, targets).numpy()
+                    top = scores.topk(min(TIE_K + 1, scores.shape[1]), dim=1).values
+                    tied[j][rows] = tied_share(top).numpy()
+        return [(self.metrics(r, t), r) for r, t in zip(ranks, tied, strict=True)]
 
-    def evaluate_topk(self, topk: np.ndarray | torch.Tensor,
-                      scores: np.ndarray | torch.Tensor | None = None) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    def evaluate_topk(self, topk: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor | None = None,
+                      extra: dict[str, np.ndarray] | None = None) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
         """Metrics from per-user top-K lists of item indices (K >= max(ks) for exact Recall@max).
 
         With the lists' ``scores`` (sorted descending, as a beam search returns them) ``tied@10`` is reported
         too: items of one list that share a score (e.g. several items behind one SID) are ordered by the
         list, not by the model.
         """
+        topk = np.asarray(topk)
+        if scores is not None:  # an entry without a finite score (NaN from a diverged model) was not retrieved
+            scores = np.asarray(scores)
+            topk = np.where(np.isfinite(scores), topk, -1)
         ranks = ranks_from_topk(topk, self.eval_set.targets)
-        tied = None if scores is None else tied_share(torch.as_tensor(np.asarray(scores))).numpy()
-        return self.metrics(ranks, tied), ranks
+        tied = None if scores is None else tied_share(torch.as_tensor(scores)).numpy()
+        return self.metrics(ranks, tied, extra), ranks
 
 
 def popularity_scores(item_freq: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:

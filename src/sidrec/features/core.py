@@ -141,6 +141,10 @@ def encode_texts(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int =
     from sentence_transformers import SentenceTransformer
 
     path = _model_path(model)
+    if not progress:  # transformers' own "Loading weights" bar would be the only line of a quiet command
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         st = SentenceTransformer(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any loading failure is a user-facing config problem

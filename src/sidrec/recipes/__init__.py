@@ -16,6 +16,7 @@ from sidrec.errors import SidrecError
 # method name -> "module:function" building the task: f(cfg, dataset, split, run_dir) -> Task
 RECIPES: dict[str, str] = {
     "acerec": "sidrec.recipes.acerec:build",
+    "content": "sidrec.recipes.content:build",
     "diger": "sidrec.recipes.diger:build",
     "sasrec": "sidrec.recipes.sasrec:build",
     "tiger": "sidrec.recipes.tiger:build",

@@ -7,11 +7,14 @@ every method, so the comparison between methods is like for like.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sidrec.config import Config
-from sidrec.data.protocol import LeaveOneOut
+from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.eval.evaluator import Evaluator
+from sidrec.fusion import Fusion, Grounding
 
 
 class EvaluatorsMixin:
@@ -36,3 +39,39 @@ class EvaluatorsMixin:
             ev = Evaluator(ev.eval_set.subset(rows), self.split.item_freq, self.cfg.eval.ks,
                            self.cfg.data.cold_threshold, self.cfg.eval.buckets)
         return ev
+
+
+class GroundedMixin:
+    """Evaluation and recommendation through :mod:`sidrec.fusion` (the one content-grounding mechanism).
+
+    A task declares ``scoring`` ("dense": ``model_scores(model, hist)``; "beam": ``decode`` and
+    ``candidate_log_probs``); ``grounding`` is attached by the pipeline, ``fusion`` is the run's chosen
+    setting (the model alone until one is chosen or read from ``fusion.json``).
+    """
+
+    scoring: str = "dense"
+    fusion: Fusion = Fusion()
+
+    @property
+    def grounding(self) -> Grounding | None:
+        """Built on first use (the item vectors are read only when a fusion is chosen or applied), from the
+        factory the pipeline attached; None for a task without one."""
+        if "_grounding" not in self.__dict__:
+            factory = self.__dict__.get("_grounding_factory")
+            self.__dict__["_grounding"] = factory() if factory is not None else None
+        return self.__dict__["_grounding"]
+
+    @grounding.setter
+    def grounding(self, value: Grounding | None) -> None:
+        self.__dict__["_grounding"] = value
+
+    def evaluate(self, model: Any, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
+        from sidrec import fusion
+
+        return fusion.evaluate(self, model, split, [self.fusion], max_users)[0]
+
+    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per user of ``eval_set`` (-1 padded) and their scores, under the run's fusion."""
+        from sidrec import fusion
+
+        return fusion.recommend(self, eval_set, k)

@@ -21,22 +21,19 @@ the shared Evaluator -- full-catalogue and exact, so no invalid IDs can be produ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
-from sidrec.data.protocol import EvalSet, LeaveOneOut
+from sidrec.data.protocol import LeaveOneOut
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import mask_history
 from sidrec.models.acerec import ACERec, ACERecConfig
-from sidrec.recipes._eval import EvaluatorsMixin
+from sidrec.recipes._eval import EvaluatorsMixin, GroundedMixin
 from sidrec.recipes.sasrec import NextItemBatches
 from sidrec.recipes.tiger import SID_TABLE_FILE, semantic_ids
 from sidrec.sid.config import RQ_KINDS, TokenizerConfig
@@ -52,7 +49,8 @@ def raw_codes(sids: SIDCodes, tok: TokenizerConfig, collision_code: bool = False
     return sids.primary[:, :n].clone(), [int(s) for s in sids.sizes[:n]]
 
 
-class ACERecTask(EvaluatorsMixin):
+class ACERecTask(GroundedMixin, EvaluatorsMixin):
+    scoring = "dense"  # holistic: every item's summed code log-probabilities
     """The ACERec :class:`~sidrec.training.trainer.Task`: model, sequence batches, holistic evaluation."""
 
     def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
@@ -67,6 +65,7 @@ class ACERecTask(EvaluatorsMixin):
         self.model: nn.Module = ACERec(codes, K, cfg.data.max_len, self.acfg, split.item_freq)
         self.scorer = HolisticScorer(codes, self.acfg.eval_chunk)
         self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)
+        self.eval_batch_size = max(1, self.acfg.eval_batch_users)
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -106,38 +105,9 @@ class ACERecTask(EvaluatorsMixin):
         self.__dict__["_item_table"] = (key, table)
         return table
 
-    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
-        ev = self.eval_subset(split, max_users)
-        es = ev.eval_set
-
-        table = self.item_table(model)
-
-        def score(rows: np.ndarray) -> torch.Tensor:
-            return self.scorer.scores(self.log_probs(model, es.padded_histories(rows, pad=-1), table))
-
-        m, _ = ev.evaluate_scores(score, self.acfg.eval_batch_users, self.cfg.eval.exclude_history)
-        return m
-
-    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items per user of ``eval_set`` by holistic score (history items excluded if configured)."""
-        items, scores = [], []
-        bs = max(1, self.acfg.eval_batch_users)
-        order = eval_set.length_order()  # each batch padded only to its own longest history
-        table = self.item_table(self.model)
-        for s in range(0, len(eval_set), bs):
-            hist = eval_set.padded_histories(order[s:s + bs], pad=-1)
-            logp = self.log_probs(self.model, hist, table)
-            if self.cfg.eval.exclude_history:  # exact: score everything, mask the history, then rank
-                sc = mask_history(self.scorer.scores(logp), hist)
-                v, i = sc.topk(min(k, sc.shape[1]), 1)
-            else:
-                v, i = self.scorer.topk(logp, k)
-            items.append(i)
-            scores.append(v)
-        it, sc = torch.cat(items).numpy(), torch.cat(scores).numpy()
-        out_i, out_s = np.empty_like(it), np.empty_like(sc)
-        out_i[order], out_s[order] = it, sc
-        return out_i, out_s
+    def model_scores(self, model: nn.Module, hist: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) holistic scores (fp32) after left-padded histories; the catalogue table is cached."""
+        return self.scorer.scores(self.log_probs(model, hist, self.item_table(model)))
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> ACERecTask:

@@ -155,6 +155,9 @@ class DIGERTask(TIGERTask):
                beam: int | None = None, keep_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return super().decode(self._core(model).tiger, es, k, exclude_history, beam, keep_targets)
 
+    def _decoder(self, model: nn.Module) -> nn.Module:
+        return self._core(model).tiger
+
     def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
         table = self.refresh(model, when=f"evaluate {split}")
         table.save(self.run_dir / DIGER_TABLE_FILE)

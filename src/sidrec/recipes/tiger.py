@@ -33,12 +33,12 @@ from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
-from sidrec.decoding.beam import beam_search, compact
+from sidrec.decoding.beam import beam_search, compact, sequence_log_probs
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.io import write_json
 from sidrec.models.tiger import TIGER, TIGERConfig
-from sidrec.recipes._eval import EvaluatorsMixin
+from sidrec.recipes._eval import EvaluatorsMixin, GroundedMixin
 from sidrec.recipes.sasrec import NextItemBatches, bucketed_batches
 
 SID_TABLE_FILE = "sid_table.parquet"  # written by the shared tokenizer stage (sidrec.sid.pipeline)
@@ -135,8 +135,10 @@ def sample_histories(samples: dict[str, np.ndarray], rows: np.ndarray, width: in
     return np.where(pos >= (end - hl)[:, None], samples["flat"][np.maximum(pos, 0)], -1)
 
 
-class TIGERTask(EvaluatorsMixin):
+class TIGERTask(GroundedMixin, EvaluatorsMixin):
     """The TIGER :class:`~sidrec.training.trainer.Task`: model, prefix batches, beam-search evaluation."""
+
+    scoring = "beam"  # content grounding: the beam's items + the content top-N, rescored (sidrec.fusion)
 
     def __init__(self, cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> None:
         self.cfg = cfg
@@ -150,6 +152,8 @@ class TIGERTask(EvaluatorsMixin):
         self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
         self.samples = prefix_samples(split.train, cfg.data.max_len)
         self.windows = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed, all_windows=True)
+        self.beam_width = self.tcfg.beam
+        self.eval_batch_users = max(1, self.tcfg.eval_batch_users)
 
     @property
     def sequence_training(self) -> bool:
@@ -234,17 +238,21 @@ class TIGERTask(EvaluatorsMixin):
             items[idx], scores[idx] = it, sc
         return items, scores
 
-    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
-        ev = self.eval_subset(split, max_users)
-        items, scores = self.decode(model, ev.eval_set, max(self.cfg.eval.ks), self.cfg.eval.exclude_history,
-                                    keep_targets=True)
-        m, _ = ev.evaluate_topk(items.numpy(), scores.numpy())
-        return m
+    def _decoder(self, model: nn.Module) -> nn.Module:
+        """The step decoder that ``decode`` searches with (DIGER's wraps it)."""
+        core = model.module if hasattr(model, "module") else model
+        return core
 
-    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items per user of ``eval_set`` (-1 padded when the beam yields fewer) and their scores."""
-        items, scores = self.decode(self.model, eval_set, k, self.cfg.eval.exclude_history, max(k, self.tcfg.beam))
-        return items.numpy(), scores.numpy()
+    def candidate_log_probs(self, model: nn.Module, es: EvalSet, rows: np.ndarray, items: torch.Tensor) -> torch.Tensor:
+        """Exact log-probability (B, C) of each candidate item's primary SID for users ``rows`` of ``es``
+        (teacher forced, batched over users x candidates; -1 candidates give -inf). The beam search's score
+        of a SID is the same quantity, so beam items and content candidates are ranked on one scale."""
+        core = self._decoder(model)
+        core.eval()
+        hist = es.padded_histories(rows, pad=-1)
+        users = torch.from_numpy(es.users[rows]).long()
+        with precision.autocast(self.cfg.train.bf16):
+            return sequence_log_probs(core, (self.codes_of(hist), self._users(users)), self.codes_of(items))
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> TIGERTask:

@@ -55,6 +55,15 @@ class Task(Protocol):
         ...
 
 
+def nonfinite_parameters(model: nn.Module) -> str:
+    """'' when every weight is finite, else a short description (how many tensors, the first name).
+
+    Why: a diverged model evaluates to NaN scores; it must never become ``best.safetensors``.
+    """
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    return f"{len(bad)} weight tensors hold NaN or inf, first '{bad[0]}'" if bad else ""
+
+
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate."""
 
@@ -317,6 +326,10 @@ class Trainer:
                         self._size_schedule_to_budget(now - session_t0, self.step - session_step0,
                                                       budget_s - (now - start), len(batches))
                 prog.remove_task(b_task)
+                bad = nonfinite_parameters(self.task.model)
+                if bad:  # the last step of the epoch can diverge without a NaN loss being seen
+                    raise SidrecError(f"training diverged at epoch {self.epoch + 1} ({bad}); the checkpoints keep "
+                                      "the last finite epoch; lower train.lr or set train.bf16=false")
                 finished = self.batch >= len(batches)
                 if finished:
                     self.epoch, self.batch = self.epoch + 1, 0

@@ -1,0 +1,473 @@
+"""Content grounding: every model's ranking uses the items' content.
+
+Why: a zero-training ranker -- the cosine of each item's text vector to the user's last item -- is level with a
+converged SASRec on Beauty and far above every semantic-ID model on cold items; a trained model's scores forget
+the content that its IDs were built from. One mechanism, shared by every method, puts it back (late fusion):
+
+    final(u, i) = log p_model(i | u) + lambda_i * sim(u, i),    lambda_i = lambda_cold if i is cold else lambda
+
+``sim`` is :class:`ContentIndex`'s cosine of item i to the user's query (the last item, or a recency-weighted
+mean of the last n); an item is cold with <= ``data.cold_threshold`` training interactions. lambda and
+lambda_cold are chosen on validation after training (:func:`choose`): one grid over lambda (lambda_cold equal
+to it), then one over lambda_cold with the best lambda, each a pass over saved or recomputed validation scores,
+no retraining. The choice is stored in the run (``fusion.json``) and used by ``evaluate`` and ``recommend``;
+lambda = lambda_cold = 0 is the model's own ranking, computed by the model's own path (exactly today's numbers).
+
+Two kinds of model plug in (a task's ``scoring`` attribute):
+
+- ``dense`` (SASRec, ACERec, the content ranker itself): ``task.model_scores(model, hist)`` gives every catalogue
+  item's score; SASRec's logits are log-softmax-normalised first (``task.logits_unnormalised``), so lambda is on
+  the same scale (nats) for every method;
+- ``beam`` (TIGER, DIGER, DREAM's stage models): the beam search returns W items; the content top-N
+  (``fusion.candidates``) joins them; every content candidate gets its exact log-likelihood under the model
+  (teacher-forced over its SID, :func:`sidrec.decoding.beam.sequence_log_probs`), beam items keep their beam
+  score (the same quantity); items outside the candidates rank below them. ``content@10`` reports the share of
+  the final top-10 slots filled by content candidates the beam did not find.
+
+The query items themselves get similarity 0 in the fusion (an item is not evidence for itself; the model
+alone decides about them) and are never returned by the content ranker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sidrec.config import ContentConfig, FusionConfig
+from sidrec.data.protocol import EvalSet
+from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import TIE_K, Evaluator, finite_scores, mask_history
+from sidrec.io import write_json
+
+FUSION_FILE = "fusion.json"
+
+
+def _fill(scores: torch.Tensor, items: torch.Tensor, value: float) -> torch.Tensor:
+    """Set ``scores[b, items[b, j]] = value`` for every valid (>= 0) entry of ``items`` (B, n), in place."""
+    valid = items >= 0
+    rows = torch.arange(len(items)).view(-1, 1).expand_as(items)
+    scores[rows[valid], items[valid]] = value
+    return scores
+
+
+class ContentIndex:
+    """Item vectors (L2-normalised) and the user's query built from their most recent items.
+
+    Exact equal similarities (items with identical text) are broken by training frequency, the more popular
+    first, then by index: the tie key ``1e-10 * log1p(freq) / log1p(max freq)`` (in float64) is below the gap
+    between any two distinct fp32 cosines above 0.02, so it decides only exact ties.
+    """
+
+    def __init__(self, vectors: np.ndarray, item_freq: np.ndarray, cfg: ContentConfig) -> None:
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        if v.dim() != 2 or len(v) != len(item_freq):
+            raise SidrecError(f"item vectors of shape {tuple(v.shape)} do not fit a catalogue of {len(item_freq)} items")
+        self.vectors = F.normalize(v, dim=1)
+        self.cfg = cfg
+        self.n_items = len(v)
+        f = np.log1p(np.asarray(item_freq, dtype=np.float64))
+        self.tie = torch.from_numpy(1e-10 * f / max(float(f.max()), 1e-12))
+        self._faiss: Any = None
+
+    def query(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query vectors (B, d) and the query items (B, n; -1 = none) of left-padded histories (B, T).
+
+        The last ``content.query_items`` items, the item k steps back weighted ``content.decay ** k``; an empty
+        history gives a zero query (every similarity 0).
+        """
+        n = max(1, min(self.cfg.query_items, hist.shape[1]))
+        items = hist[:, -n:]
+        valid = items >= 0
+        w = self.cfg.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float32)
+        w = w.view(1, -1) * valid
+        q = (w.unsqueeze(-1) * self.vectors[items.clamp(min=0)]).sum(1)
+        return F.normalize(q, dim=1), items.masked_fill(~valid, -1)
+
+    def similarity(self, hist: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) fp32 cosine of every item to each row's query; the query items get 0."""
+        q, qi = self.query(hist)
+        return _fill(q @ self.vectors.t(), qi, 0.0)
+
+    def scores(self, hist: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) the content ranker's float64 scores: cosine + tie key; the query items ``-inf``."""
+        q, qi = self.query(hist)
+        return _fill((q @ self.vectors.t()).double() + self.tie, qi, float("-inf"))
+
+    # ------------------------------------------------------------------ top-K search (recommend)
+    def _index(self) -> Any:
+        """The faiss inner-product index: exact (flat), or IVF for catalogues of ~1M+ items."""
+        if self._faiss is None:
+            import faiss
+
+            x = self.vectors.numpy()
+            d = x.shape[1]
+            if self.cfg.index == "ivf":
+                nlist = self.cfg.nlist or max(1, int(4 * math.sqrt(self.n_items)))
+                nlist = min(nlist, self.n_items)
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                index.train(x)
+                index.nprobe = min(self.cfg.nprobe, nlist)
+            else:
+                index = faiss.IndexFlatIP(d)
+            index.add(x)
+            self._faiss = index
+        return self._faiss
+
+    def search(self, hist: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items (B, k; -1 padded) and their scores by faiss, query items (and ``exclude`` items,
+        e.g. the whole history) left out; ties broken as in :meth:`scores`."""
+        q, qi = self.query(hist)
+        drop = qi if exclude is None else torch.cat([qi, exclude], 1)
+        # room for the dropped items and for exact ties at the edge of the list
+        kk = min(self.n_items, k + drop.shape[1] + 16)
+        sims, idx = self._index().search(q.numpy(), kk)
+        idx_t = torch.from_numpy(idx.astype(np.int64))
+        s = torch.from_numpy(sims.astype(np.float32)).double() + self.tie[idx_t.clamp(min=0)]
+        bad = (idx_t < 0) | (idx_t.unsqueeze(2) == drop.unsqueeze(1)).any(2)
+        s = s.masked_fill(bad, float("-inf"))
+        v, order = s.sort(dim=1, descending=True, stable=True)
+        items = idx_t.gather(1, order)[:, :k]
+        v = v[:, :k]
+        return np.where(np.isfinite(v.numpy()), items.numpy(), -1), v.numpy()
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One fusion setting: lambda for warm items, lambda_cold for cold items (0, 0 = the model alone)."""
+
+    lam: float = 0.0
+    lam_cold: float = 0.0
+
+    @property
+    def off(self) -> bool:
+        return self.lam == 0 and self.lam_cold == 0
+
+    def name(self) -> str:
+        return "model alone" if self.off else f"lambda {self.lam:g}, cold {self.lam_cold:g}"
+
+
+class Grounding:
+    """The shared mechanism: a content index, which items are cold, and the fusion settings' arithmetic."""
+
+    def __init__(self, index: ContentIndex, item_freq: np.ndarray, cold_threshold: int, cfg: FusionConfig) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.cold = torch.from_numpy(np.asarray(item_freq) <= cold_threshold)
+
+    def weights(self, f: Fusion) -> torch.Tensor:
+        """(n_items,) the lambda of every item under setting ``f``."""
+        return torch.where(self.cold, torch.tensor(float(f.lam_cold)), torch.tensor(float(f.lam)))
+
+    def dense(self, logp: torch.Tensor, sim: torch.Tensor, f: Fusion) -> torch.Tensor:
+        """Fused (B, n_items) scores from model log-probabilities and similarities."""
+        return logp + self.weights(f).view(1, -1) * sim
+
+
+def has_grounding(task: Any) -> bool:
+    """Whether a task is grounded, without building its grounding (which reads the item vectors)."""
+    d = getattr(task, "__dict__", {})
+    return d.get("_grounding") is not None or ("_grounding" not in d and d.get("_grounding_factory") is not None)
+
+
+def content_available(cfg: Any, dataset: Any) -> bool:
+    """Whether a run can be grounded, checked before training (cheaply: no vectors are computed).
+
+    ``fusion.lambdas: [0]`` turns grounding off; with ``features.kind: auto`` a dataset without item text or
+    attributes trains ungrounded (its report says so); a named vector file that is missing fails now, not
+    after training.
+    """
+    if not any(v > 0 for v in cfg.fusion.lambdas):
+        return False
+    f = cfg.features
+    if f.kind == "npy" or (f.kind == "auto" and f.npy_path):
+        from pathlib import Path
+
+        if not Path(f.npy_path).exists():
+            from sidrec.config import describe_path
+
+            raise SidrecError(f"features.npy_path {describe_path(f.npy_path)}: embeddings file not found (content "
+                              "grounding needs the item vectors; fusion.lambdas=[0] turns it off)")
+        return True
+    if f.kind == "auto":
+        from sidrec.features.core import ATTRIBUTE_FIELDS, has_text
+
+        return has_text(dataset) or any(a in dataset.items for a in ATTRIBUTE_FIELDS)
+    return True
+
+
+def grounding_for(cfg: Any, dataset: Any, split: Any) -> Grounding | None:
+    """The run's grounding, or None when fusion is off (``fusion.lambdas: [0]``).
+
+    The item vectors are the run's ``features`` (the same cache as the SID tokenizers); a dataset without item
+    content cannot be grounded, and says so in one line (set ``fusion.lambdas=[0]`` to train without it).
+    """
+    if not any(v > 0 for v in cfg.fusion.lambdas):
+        return None
+    from sidrec.features import item_features
+
+    try:
+        vectors = item_features(cfg.features, dataset, progress=cfg.train.progress)
+    except SidrecError as exc:
+        raise SidrecError(f"{exc} (content grounding needs item vectors; fusion.lambdas=[0] turns it off)") from None
+    index = ContentIndex(vectors, split.item_freq, cfg.content)
+    return Grounding(index, split.item_freq, cfg.data.cold_threshold, cfg.fusion)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _log_probs(task: Any, raw: torch.Tensor) -> torch.Tensor:
+    """A dense task's raw scores as log-probabilities (fp32): SASRec's logits are log-softmax-normalised."""
+    return raw.float().log_softmax(-1) if getattr(task, "logits_unnormalised", False) else raw.float()
+
+
+def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion]) -> list[dict[str, Any]]:
+    """Metrics of each setting for a dense-scoring task, in one pass over the users."""
+    es = ev.eval_set
+    need = any(not f.off for f in settings)
+    g: Grounding | None = task.grounding if need else None  # built only when a fusion needs it
+    if need and g is None:
+        raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
+
+    def parts(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        hist = es.padded_histories(rows, pad=-1)
+        raw = task.model_scores(model, hist)
+        if not need:
+            return raw, None, None
+        assert g is not None
+        return raw, _log_probs(task, raw), g.index.similarity(hist)
+
+    def variant(f: Fusion) -> Any:
+        if f.off:
+            return lambda p: p[0]
+        assert g is not None
+        return lambda p: g.dense(p[1], p[2], f)
+
+    res = ev.evaluate_scores_many(parts, [variant(f) for f in settings], task.eval_batch_size,
+                                  task.cfg.eval.exclude_history)
+    return [m for m, _ in res]
+
+
+@dataclass
+class BeamCandidates:
+    """Per user, the beam's items followed by the content candidates it missed, with their scores."""
+
+    beam_items: torch.Tensor  # (n, W) the model's own list (-1 padded)
+    beam_scores: torch.Tensor  # (n, W)
+    items: torch.Tensor  # (n, C) beam items then content candidates, duplicates -1
+    ll: torch.Tensor  # (n, C) log-likelihood of each candidate's SID under the model, -inf for -1
+    sim: torch.Tensor  # (n, C) content similarity
+    from_content: torch.Tensor  # (n, C) bool: a content candidate the beam did not return
+
+
+def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, content: bool) -> BeamCandidates:
+    """The beam's lists, and with ``content`` the content top-N scored exactly by the model (batched)."""
+    beam = task.beam_width
+    b_items, b_scores = task.decode(model, es, beam, task.cfg.eval.exclude_history, beam=beam,
+                                    keep_targets=keep_targets)
+    n = len(es)
+    if not content:
+        empty = torch.zeros(n, 0)
+        return BeamCandidates(b_items, b_scores, b_items, b_scores, empty, empty.bool())
+    g: Grounding = task.grounding
+    top_n = max(1, min(g.cfg.candidates, g.index.n_items))
+    c = beam + top_n
+    items = torch.full((n, c), -1, dtype=torch.long)
+    ll = torch.full((n, c), float("-inf"))
+    sim = torch.zeros(n, c)
+    src = torch.zeros(n, c, dtype=torch.bool)
+    order = es.length_order()
+    bs = max(1, task.eval_batch_users)
+    for s in range(0, n, bs):
+        rows = order[s:s + bs]
+        hist = es.padded_histories(rows, pad=-1)
+        cs = g.index.scores(hist)
+        if task.cfg.eval.exclude_history:
+            h = hist
+            if keep_targets:
+                h = hist.masked_fill(hist == torch.from_numpy(es.targets[rows]).view(-1, 1), -1)
+            mask_history(cs, h)
+        cv, ci = cs.topk(top_n, dim=1)
+        ci = ci.masked_fill(~torch.isfinite(cv), -1)
+        it = torch.cat([b_items[rows], ci], 1)
+        # an item the beam returned keeps the beam's score; only the candidates it missed are scored
+        dup = ((it.unsqueeze(2) == it.unsqueeze(1)) & torch.ones(c, c, dtype=torch.bool).tril(-1)).any(2)
+        it = it.masked_fill(dup, -1)
+        new = it[:, beam:]
+        cl = task.candidate_log_probs(model, es, rows, new)
+        idx = torch.from_numpy(rows)
+        items[idx] = it
+        ll[idx] = torch.cat([b_scores[rows], cl], 1).masked_fill(it < 0, float("-inf"))
+        sim[idx] = g.index.similarity(hist).gather(1, it.clamp(min=0))
+        src[idx] = torch.cat([torch.zeros_like(b_items[rows], dtype=torch.bool), new >= 0], 1)
+    return BeamCandidates(b_items, b_scores, items, ll, sim, src)
+
+
+def rank_candidates(g: Grounding | None, bc: BeamCandidates, f: Fusion, k: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` items, scores and the from-content flags under setting ``f`` (the beam's own list when off)."""
+    if f.off:
+        return bc.beam_items[:, :k], bc.beam_scores[:, :k], torch.zeros_like(bc.beam_items[:, :k], dtype=torch.bool)
+    assert g is not None
+    fused = bc.ll + g.weights(f)[bc.items.clamp(min=0)] * bc.sim
+    fused = finite_scores(fused.masked_fill(bc.items < 0, float("-inf")))
+    v, order = fused.sort(dim=1, descending=True, stable=True)
+    it = bc.items.gather(1, order)[:, :k]
+    v = v[:, :k]
+    return it.masked_fill(~torch.isfinite(v), -1), v, bc.from_content.gather(1, order)[:, :k]
+
+
+def evaluate_beam(task: Any, model: Any, ev: Evaluator, settings: list[Fusion],
+                  cached: BeamCandidates | None = None) -> tuple[list[dict[str, Any]], BeamCandidates]:
+    """Metrics of each setting for a beam-search task; the candidates are returned for reuse by a later grid."""
+    need = any(not f.off for f in settings)
+    if need and getattr(task, "grounding", None) is None:
+        raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
+    has_content = cached is not None and cached.sim.shape[1] > 0
+    bc = cached if cached is not None and (has_content or not need) else beam_candidates(
+        task, model, ev.eval_set, keep_targets=True, content=need)
+    k = max(task.cfg.eval.ks)
+    out = []
+    for f in settings:
+        it, sc, src = rank_candidates(None if f.off else task.grounding, bc, f, k)
+        m, _ = ev.evaluate_topk(it.numpy(), sc.numpy(), extra={f"content@{TIE_K}": src[:, :TIE_K].float().mean(1).numpy()})
+        out.append(m)
+    return out, bc
+
+
+def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_users: int = 0
+             ) -> list[dict[str, Any]]:
+    """Metrics of ``split`` under each fusion setting, with the task's real inference procedure."""
+    ev = task.eval_subset(split, max_users)
+    if task.scoring == "beam":
+        return evaluate_beam(task, model, ev, settings)[0]
+    return evaluate_dense(task, model, ev, settings)
+
+
+def choose(task: Any, model: Any, metric: str = "ndcg@10") -> dict[str, Any]:
+    """Choose lambda, then lambda_cold, on the whole validation split; returns the record kept in ``fusion.json``.
+
+    Ties on the metric go to the smaller lambda (the grid is visited in increasing order), so a grid on which
+    fusion never helps keeps the model alone.
+    """
+    g: Grounding = task.grounding
+    lams = sorted({float(x) for x in g.cfg.lambdas} | {0.0})
+    ev = task.eval_subset("valid")
+    grid: list[dict[str, Any]] = []
+    cached: BeamCandidates | None = None
+
+    def run(settings: list[Fusion]) -> list[dict[str, Any]]:
+        nonlocal cached
+        if task.scoring == "beam":
+            ms, cached = evaluate_beam(task, model, ev, settings, cached)
+            return ms
+        return evaluate_dense(task, model, ev, settings)
+
+    first = [Fusion(x, x) for x in lams]
+    ms = run(first)
+    for f, m in zip(first, ms, strict=True):
+        grid.append({"lambda": f.lam, "lambda_cold": f.lam_cold, "valid": m["all"][metric],
+                     "valid_cold": m["cold"][metric]})
+    best_i = max(range(len(first)), key=lambda i: (ms[i]["all"][metric], -i))
+    best, best_m = first[best_i], ms[best_i]
+    model_alone = ms[0]
+    if g.cfg.cold and best.lam > 0:
+        second = [Fusion(best.lam, x) for x in lams if x != best.lam]
+        ms2 = run(second)
+        for f, m in zip(second, ms2, strict=True):
+            grid.append({"lambda": f.lam, "lambda_cold": f.lam_cold, "valid": m["all"][metric],
+                         "valid_cold": m["cold"][metric]})
+            if m["all"][metric] > best_m["all"][metric]:
+                best, best_m = f, m
+    return {"lambda": best.lam, "lambda_cold": best.lam_cold, "metric": f"valid {metric}", "grid": grid,
+            "valid": best_m, "valid_model": model_alone,
+            "content": {"query_items": g.index.cfg.query_items, "decay": g.index.cfg.decay},
+            "candidates": g.cfg.candidates if task.scoring == "beam" else None}
+
+
+def recommend(task: Any, es: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
+    out when the run's ``eval.exclude_history`` is set, as in evaluation)."""
+    f: Fusion = getattr(task, "fusion", Fusion())
+    model = task.model
+    if task.scoring == "beam":
+        old = task.beam_width
+        task.beam_width = max(k, old)
+        try:
+            bc = beam_candidates(task, model, es, keep_targets=False, content=not f.off)
+        finally:
+            task.beam_width = old
+        it, sc, _ = rank_candidates(None if f.off else task.grounding, bc, f, k)
+        return it.numpy(), sc.numpy()
+    g = task.grounding if not f.off else None
+    items, scores = [], []
+    order = es.length_order()
+    for s in range(0, len(es), task.eval_batch_size):
+        hist = es.padded_histories(order[s:s + task.eval_batch_size], pad=-1)
+        with torch.no_grad():
+            sc = task.model_scores(model, hist)
+            if not f.off:
+                sc = g.dense(_log_probs(task, sc), g.index.similarity(hist), f)
+            sc = finite_scores(sc)
+        if task.cfg.eval.exclude_history:
+            mask_history(sc, hist)
+        v, i = sc.sort(dim=1, descending=True, stable=True)  # equal scores: the lower index first, as in evaluation
+        v, i = v[:, :k], i[:, :k]
+        items.append(i.masked_fill(~torch.isfinite(v), -1))
+        scores.append(v)
+    it, sc = torch.cat(items).numpy(), torch.cat(scores).numpy()
+    out_i, out_s = np.empty_like(it), np.empty_like(sc)
+    out_i[order], out_s[order] = it, sc
+    return out_i, out_s
+
+
+def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = True) -> dict[str, Any]:
+    """The run's closing numbers: choose the fusion on validation (when grounded), then evaluate test once.
+
+    ``valid`` / ``test`` are the run's ranking (fused when a lambda > 0 won on validation); ``model_only``
+    holds the model alone, ``fusion`` the choice and its grid; the choice is saved as ``fusion.json``, which
+    ``evaluate`` and ``recommend`` read back.
+    """
+    from pathlib import Path
+
+    model = task.model
+    model.eval()
+    out: dict[str, Any] = {"summary": summary}
+    if getattr(task, "grounding", None) is None:
+        out["valid"] = task.evaluate(model, "valid")
+        if test:
+            out["test"] = task.evaluate(model, "test")
+        return out
+    rec = choose(task, model)
+    task.fusion = Fusion(rec["lambda"], rec["lambda_cold"])
+    out["valid"], out["model_only"] = rec.pop("valid"), {"valid": rec.pop("valid_model")}
+    out["fusion"] = rec
+    write_json(Path(run) / FUSION_FILE, rec)
+    if test:
+        if task.fusion.off:
+            out["test"] = out["model_only"]["test"] = evaluate(task, model, "test", [Fusion()])[0]
+        else:
+            out["model_only"]["test"], out["test"] = evaluate(task, model, "test", [Fusion(), task.fusion])
+    return out
+
+
+def load_fusion(task: Any, run: Any) -> None:
+    """Give a rebuilt task the fusion its run chose (``fusion.json``); none (the model alone) when absent."""
+    import json
+    from pathlib import Path
+
+    path = Path(run) / FUSION_FILE
+    if not path.exists() or not has_grounding(task):
+        return
+    try:
+        rec = json.loads(path.read_text())
+        f = Fusion(float(rec["lambda"]), float(rec["lambda_cold"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SidrecError(f"{path}: not a fusion record ({type(exc).__name__}: {exc})") from None
+    if not (math.isfinite(f.lam) and math.isfinite(f.lam_cold)) or min(f.lam, f.lam_cold) < 0:
+        raise SidrecError(f"{path}: lambda and lambda_cold must be finite and >= 0, got {f.lam}, {f.lam_cold}")
+    task.fusion = f

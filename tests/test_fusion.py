@@ -1,0 +1,224 @@
+"""Content grounding (sidrec.fusion): the content ranker, late fusion on dense and beam-search models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sidrec.config import ContentConfig, FusionConfig, load_config
+from sidrec.data.protocol import EvalSet
+from sidrec.decoding.beam import beam_search, sequence_log_probs
+from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import Evaluator
+from sidrec.fusion import BeamCandidates, ContentIndex, Fusion, Grounding, rank_candidates
+from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.pipeline import load_run, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items=80", "data.max_len=10",
+        "features.kind=attributes", "train.progress=false", "train.threads=1", "eval.ks=[5,10]"]
+
+
+def _index(n: int = 12, d: int = 6, seed: int = 0, freq: np.ndarray | None = None, **kw) -> ContentIndex:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return ContentIndex(v, np.ones(n, dtype=np.int64) if freq is None else freq, ContentConfig(**kw))
+
+
+def test_content_ranker_never_returns_a_query_item():
+    idx = _index(query_items=3)
+    hist = torch.tensor([[-1, 4, 7, 2], [1, 3, 5, 9], [-1, -1, -1, 0]])
+    s = idx.scores(hist)
+    assert torch.isinf(s[0, [4, 7, 2]]).all() and torch.isinf(s[1, [3, 5, 9]]).all() and torch.isinf(s[2, 0])
+    assert torch.isfinite(s[1, 1])  # older than the last 3 items: not a query item
+    items, _ = idx.search(hist, 12 - 3)
+    for row, q in zip(items, ([4, 7, 2], [3, 5, 9], [0]), strict=True):
+        assert not set(row.tolist()) & set(q)
+    # the faiss search and the dense ranking agree (exact inner-product index)
+    assert (items[:, :5] == s.topk(5, dim=1).indices.numpy()).all()
+
+
+def test_identical_text_ties_go_to_the_more_popular_item():
+    v = np.array([[1, 0], [0.6, 0.8], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    idx = ContentIndex(v, np.array([5, 1, 9, 2]), ContentConfig())
+    s = idx.scores(torch.tensor([[0]]))
+    assert s[0, 2] > s[0, 1]  # same vector, item 2 has 9 training interactions vs 1
+    assert s[0, 1] > s[0, 3]  # the tie key never reorders distinct similarities
+    assert idx.search(torch.tensor([[0]]), 2)[0].tolist() == [[2, 1]]
+
+
+def test_recency_weighted_query():
+    idx = _index(query_items=2, decay=0.5)
+    q, qi = idx.query(torch.tensor([[3, 5]]))
+    expect = idx.vectors[5] + 0.5 * idx.vectors[3]
+    assert torch.allclose(q[0], expect / expect.norm(), atol=1e-6) and qi.tolist() == [[3, 5]]
+
+
+def test_fusion_weights_cold_items_separately():
+    idx = _index(n=4)
+    g = Grounding(idx, np.array([0, 9, 3, 20]), 5, FusionConfig())
+    assert g.weights(Fusion(2.0, 7.0)).tolist() == [7.0, 2.0, 7.0, 2.0]
+
+
+def test_an_item_outside_the_beam_reaches_the_top10_through_content():
+    """A candidate the beam missed, with a slightly lower log-likelihood but the highest similarity, ranks
+    first under fusion; with the fusion off the beam's own list comes back unchanged."""
+    n_items = 30
+    idx = _index(n=n_items)
+    g = Grounding(idx, np.full(n_items, 10), 5, FusionConfig())
+    beam_items = torch.arange(10).view(1, -1)
+    beam_scores = -torch.arange(10, dtype=torch.float32).view(1, -1) - 1.0
+    items = torch.cat([beam_items, torch.tensor([[25]])], 1)
+    ll = torch.cat([beam_scores, torch.tensor([[-3.5]])], 1)
+    sim = torch.zeros(1, 11)
+    sim[0, 10] = 0.9
+    bc = BeamCandidates(beam_items, beam_scores, items, ll, sim, items >= 10)
+    it, sc, src = rank_candidates(g, bc, Fusion(4.0, 4.0), 10)
+    assert it[0, 0] == 25 and bool(src[0, 0]) and src[0, 1:].sum() == 0
+    it0, sc0, _ = rank_candidates(g, bc, Fusion(), 10)
+    assert torch.equal(it0, beam_items) and torch.equal(sc0, beam_scores)
+
+
+@pytest.mark.parametrize("arch", ["encdec", "decoder"])
+def test_teacher_forced_scores_equal_the_beam_scores(arch):
+    """Scoring a content candidate and finding it by beam search give the same log-probability."""
+    torch.manual_seed(0)
+    cfg = TIGERConfig(d_model=32, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=16, ffn_dim=64,
+                      dropout=0.0, user_buckets=0, arch=arch)
+    model = TIGER([8, 8, 4], 6, cfg).eval()
+    codes = torch.unique(torch.stack([torch.randint(0, k, (40,)) for k in (8, 8, 4)], -1), dim=0)
+    trie = SIDTrie.from_codes(SIDCodes.from_primary(codes, [8, 8, 4]))
+    hist = torch.stack([torch.randint(0, k, (3, 4)) for k in (8, 8, 4)], -1)
+    hist[1, :2] = -1
+    res = beam_search(model, (hist, None), trie, beam=6)
+    tf = sequence_log_probs(model, (hist, None), res.sids)
+    ok = torch.isfinite(res.sid_scores)
+    assert torch.allclose(tf[ok], res.sid_scores[ok], atol=1e-4)
+    bad = res.sids.clone()
+    bad[:, 0, 1] = -1
+    assert torch.isinf(sequence_log_probs(model, (hist, None), bad)[:, 0]).all()
+
+
+def test_fp32_readout_leaves_no_ties_that_bf16_logits_create():
+    """bf16 logits (8-bit mantissa) tie many top-10 slots; the same hidden states read out in fp32 do not."""
+    from sidrec.eval.evaluator import tied_share
+
+    torch.manual_seed(0)
+    h = torch.randn(64, 32)
+    w = torch.randn(3000, 32) * 0.3
+    bf16 = (h.bfloat16() @ w.bfloat16().t()).float()
+    fp32 = h.float() @ w.float().t()
+    tie_bf16 = tied_share(bf16.topk(11, dim=1).values).mean()
+    tie_fp32 = tied_share(fp32.topk(11, dim=1).values).mean()
+    assert tie_bf16 > 0.05 and tie_fp32 == 0.0
+
+
+def test_sasrec_scores_are_read_out_in_fp32_under_bf16(tmp_path):
+    from sidrec.recipes.sasrec import SASRecTask
+
+    cfg = load_config(None, TINY + ["method=sasrec", "train.bf16=true"])
+    from sidrec.data.protocol import LeaveOneOut
+    from sidrec.pipeline import dataset_from_config
+
+    ds = dataset_from_config(cfg)
+    task = SASRecTask(cfg, LeaveOneOut.from_dataset(ds, 10, 5))
+    s = task.model_scores(task.model, task.split.valid.padded_histories(np.arange(8), pad=-1))
+    assert s.dtype == torch.float32
+
+
+def test_lambda_zero_gives_the_models_own_ranks_and_fusion_is_chosen_on_valid(tmp_path):
+    """A run chooses its fusion on validation; Fusion() reproduces the model alone exactly, for a dense and a
+    beam-search model; evaluate and recommend of the saved run use the chosen fusion."""
+    for method, extra in (("sasrec", ["sasrec.d_model=16", "sasrec.ffn_dim=32", "sasrec.n_layers=1"]),
+                          ("tiger", ["tokenizer.kind=rqkmeans", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]",
+                                     "tokenizer.collision_codebook=64", "tiger.d_model=32", "tiger.encoder_layers=1",
+                                     "tiger.decoder_layers=1", "tiger.n_heads=2", "tiger.head_dim=16",
+                                     "tiger.ffn_dim=64", "tiger.user_buckets=0", "tiger.beam=10",
+                                     "fusion.candidates=20"])):
+        run = tmp_path / method
+        cfg = load_config(None, TINY + [f"method={method}", "train.epochs=2", f"run_dir={run}",
+                                        "fusion.lambdas=[0,2,50]"] + extra)
+        res = train(cfg)
+        f = json.loads((run / "fusion.json").read_text())
+        assert {g["lambda"] for g in f["grid"]} >= {0.0, 2.0, 50.0}
+        _, _, _, task = load_run(run)
+        assert task.fusion == Fusion(f["lambda"], f["lambda_cold"])
+        from sidrec import fusion
+
+        alone, fused = fusion.evaluate(task, task.model, "test", [Fusion(), task.fusion])
+        assert alone["all"] == res["model_only"]["test"]["all"] and fused["all"] == res["test"]["all"]
+        # the model alone through fusion's path is the model's own path, to the last digit
+        task.fusion = Fusion()
+        if method == "tiger":
+            items, scores = task.decode(task.model, task.split.test, 10, False, keep_targets=True)
+            own, _ = task.evaluator("test").evaluate_topk(items.numpy(), scores.numpy())
+        else:
+            es = task.split.test
+            own, _ = task.evaluator("test").evaluate_scores(
+                lambda rows, t=task, e=es: t.model.score(e.padded_histories(rows, pad=-1)))
+        own["all"].pop("content@10", None)
+        alone["all"].pop("content@10", None)
+        assert own["all"] == alone["all"]
+
+
+def test_grid_choice_prefers_the_smaller_lambda_on_ties():
+    """Ties on validation keep the smaller lambda: a grid on which the content never helps keeps the model."""
+    from sidrec import fusion
+
+    class Flat:
+        scoring = "dense"
+        eval_batch_size = 64
+        logits_unnormalised = False
+
+        def __init__(self):
+            self.cfg = load_config(None, ["eval.ks=[10]"])
+            n = 20
+            self.grounding = Grounding(_index(n=n), np.full(n, 10), 5, FusionConfig(lambdas=[0, 1, 2]))
+            rng = np.random.default_rng(0)
+            hists = [rng.choice(n, 3, replace=False) for _ in range(40)]
+            self.es = EvalSet("valid", np.arange(40), hists, rng.integers(0, n, 40))
+
+        def eval_subset(self, split, max_users=0):
+            return Evaluator(self.es, np.full(20, 10), [10])
+
+        def model_scores(self, model, hist):  # a model that ranks the target first: fusion cannot improve it
+            s = torch.zeros(len(hist), 20)
+            s[torch.arange(len(hist)), torch.from_numpy(self.es.targets[: len(hist)])] = 100.0
+            return s
+
+    t = Flat()
+    rec = fusion.choose(t, None)
+    assert rec["lambda"] == 0.0 and rec["lambda_cold"] == 0.0
+
+
+def test_content_method_writes_a_normal_run(tmp_path):
+    run = tmp_path / "c"
+    res = train(load_config(None, TINY + ["method=content", f"run_dir={run}"]))
+    assert res["summary"]["epochs"] == 0 and res["test"]["all"]["tied@10"] <= 0.01
+    assert (run / "config.yaml").exists() and (run / "report.md").exists() and not (run / "checkpoints").exists()
+    _, ds, _, task = load_run(run)
+    assert task.evaluate(task.model, "test")["all"] == res["test"]["all"]
+    from sidrec.pipeline import recommend
+
+    recs = recommend(run, ds.user_ids[0], k=5)
+    last = ds.item_ids[ds.sequence(0)[-1]]
+    assert len(recs) == 5 and last not in [i for i, _ in recs]
+
+
+def test_missing_or_mis_sized_feature_file_is_one_clear_error(tmp_path):
+    for arr, needle in ((None, "embeddings file not found"), (np.zeros((3, 4), np.float32), "has 3 rows")):
+        path = tmp_path / "v.npy"
+        if arr is not None:
+            np.save(path, arr)
+        cfg = load_config(None, TINY + ["method=content", "features.kind=npy", f"features.npy_path={path}",
+                                        f"run_dir={tmp_path / 'r'}"])
+        with pytest.raises(SidrecError, match=needle):
+            train(cfg)
+        assert not (tmp_path / "r").exists()
+    with pytest.raises(SidrecError, match="do not fit a catalogue"):
+        ContentIndex(np.zeros((3, 4), np.float32), np.ones(5), ContentConfig())

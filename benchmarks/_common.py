@@ -68,7 +68,10 @@ def grounded_records(dataset: str, method: str, variant: str, metrics: dict[str,
     alone = {**metrics, **metrics.get("model_only", {})}
     out = run_records(dataset, method, variant, alone, wall_s, subsets)
     if f:
-        fv = f"{variant}, lambda {f['lambda']:g}, cold lambda {f['lambda_cold']:g} (chosen on valid)"
+        q = f.get("content") or {}
+        query = (f", query last {q['query_items']} items decay {q['decay']:g}" if q.get("query_items", 1) > 1
+                 else ", query last item") if q else ""
+        fv = f"{variant}, lambda {f['lambda']:g}, cold lambda {f['lambda_cold']:g} (chosen on valid){query}"
         out += run_records(dataset, f"{method}+content", fv, metrics, wall_s, subsets)
     return out
 

@@ -30,7 +30,7 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import train
 
-from _common import REPO, copy_tokenizer_stage, record, run_records, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
 
 VARIANTS = {
     # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml = tiger-cpu.yaml's decoder and
@@ -112,12 +112,12 @@ def main() -> None:
                     wall = time.time() - t0
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"
-                recs = run_records(name, method, f"{variant}, seed {seed}", res, wall)
+                recs = grounded_records(name, method, f"{variant}, seed {seed}", res, wall)
                 stats = sid_stats(run)
                 for r in recs:
                     r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
                 save("diger", recs, reused=reused)
-                t = res["test"]["all"]
+                t = res.get("model_only", res)["test"]["all"]  # the model alone (the +content record beside it)
                 print(f"{name} {variant} seed {seed}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} "
                       f"drift {stats.get('sid_drift', 0):.3f} in {wall / 60:.1f} min", flush=True)
         # mean and spread over seeds, per variant (test, all users)

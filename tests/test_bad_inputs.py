@@ -132,6 +132,16 @@ def _bad_yaml(base: Path, tmp: Path) -> list[str]:
     return ["train", "-c", str(tmp / "c.yaml")]
 
 
+def _binary_config(base: Path, tmp: Path) -> list[str]:
+    (tmp / "c.yaml").write_bytes(b"train:\n  lr: \xff\xfe\x00\x01\n")
+    return ["train", "-c", str(tmp / "c.yaml")]
+
+
+def _deep_config(base: Path, tmp: Path) -> list[str]:
+    (tmp / "c.yaml").write_text("[" * 100_000 + "]" * 100_000)
+    return ["train", "-c", str(tmp / "c.yaml")]
+
+
 def _dream_config_command(base: Path, tmp: Path) -> list[str]:
     shutil.copytree(base / "run", tmp / "run")
     cfg = tmp / "run" / "config.yaml"
@@ -161,6 +171,12 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("unknown key", _args("train", *TINY, "train.lrr=1", "--run-dir", R), "train.lr"),
     ("template parsed as YAML", _args("train", *TINY, "features.template={title}", "--run-dir", R), "quote"),
     ("eval ks 0", _args("train", *TINY, "eval.ks=[0,10]", "--run-dir", R), "eval.ks"),
+    ("eval ks without 10", _args("train", *TINY, "eval.ks=[5,20]", "--run-dir", R), "must include 10"),
+    ("infinite lr", _args("train", *TINY, "train.lr=inf", "--run-dir", R), "finite"),
+    ("config not UTF-8", _binary_config, "UTF-8"),
+    ("config nested 100k deep", _deep_config, "nested too deeply"),
+    ("prepare negative kcore", _args("data", "prepare", "synthetic", "--kcore", "-1", "--out", R), "--kcore"),
+    ("stats negative cold threshold", _args("data", "stats", "synthetic", "--cold-threshold", "-5"), "cold-threshold"),
     ("missing config file", _args("train", "-c", "{tmp}/nope.yaml"), "nope.yaml"),
     ("bad yaml", _bad_yaml, "c.yaml:"),
     ("missing dataset", _args("train", *TINY, "data.path={tmp}/nodata", "--run-dir", R), "nodata"),

@@ -7,10 +7,10 @@ from sidrec.errors import SidrecError
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.lr=3e-4", "eval.ks=[1,5]", "method=sasrec", "train.bf16=true"])
+    cfg = load_config(None, ["train.lr=3e-4", "eval.ks=[1,10]", "method=sasrec", "train.bf16=true"])
     assert isinstance(cfg, Config)
     assert cfg.train.lr == pytest.approx(3e-4)
-    assert cfg.eval.ks == [1, 5]
+    assert cfg.eval.ks == [1, 10]
     assert cfg.train.bf16 == "true"
     assert cfg.train.epochs == Config().train.epochs
 

@@ -222,3 +222,21 @@ def test_missing_or_mis_sized_feature_file_is_one_clear_error(tmp_path):
         assert not (tmp_path / "r").exists()
     with pytest.raises(SidrecError, match="do not fit a catalogue"):
         ContentIndex(np.zeros((3, 4), np.float32), np.ones(5), ContentConfig())
+
+
+def test_fuse_chooses_again_with_another_query_and_keeps_it(tmp_path):
+    """`sidrec fuse RUN content.query_items=2` re-chooses lambda with that query; fusion.json keeps the query,
+    so evaluate / recommend rank with it although config.yaml says otherwise; other settings are refused."""
+    from sidrec.pipeline import fuse
+
+    run = tmp_path / "s"
+    train(load_config(None, TINY + ["method=sasrec", "sasrec.d_model=16", "sasrec.ffn_dim=32", "sasrec.n_layers=1",
+                                    "train.epochs=1", f"run_dir={run}", "fusion.lambdas=[0,2]"]))
+    out = fuse(run, ["content.query_items=2", "content.decay=0.3", "fusion.lambdas=[0,4]"])
+    rec = json.loads((run / "fusion.json").read_text())
+    assert rec["content"] == {"query_items": 2, "decay": 0.3} and {g["lambda"] for g in rec["grid"]} <= {0.0, 4.0}
+    _, _, _, task = load_run(run)
+    assert task.cfg.content.query_items == 2 and task.grounding.index.cfg.query_items == 2
+    assert task.evaluate(task.model, "test")["all"] == out["test"]["all"]
+    with pytest.raises(SidrecError, match="only fusion"):
+        fuse(run, ["train.lr=1"])

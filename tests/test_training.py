@@ -192,3 +192,68 @@ def test_infinite_numbers_are_refused():
     for ov in ("train.lr=inf", "train.weight_decay=.inf", "train.lr=nan"):
         with pytest.raises(SidrecError, match="finite number"):
             load_config(None, [ov])
+
+
+def test_a_run_directory_in_use_is_refused_and_left_alone(tmp_path):
+    """A second `sidrec train` into a folder another process is training in stops at once with one line
+    (it used to run too: every epoch logged twice, one run's config beside the other's weights)."""
+    import fcntl
+    import os
+
+    from sidrec.errors import SidrecError
+
+    run = tmp_path / "r"
+    train(load_config(None, TINY + ["train.epochs=1", f"run_dir={run}"]))
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    fd = os.open(run, os.O_RDONLY)  # what a running `sidrec train` holds
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for extra in ([], ["--overwrite"]):
+            cfg = load_config(None, TINY + ["train.epochs=2", f"run_dir={run}"])
+            with pytest.raises(SidrecError, match="in use by another sidrec process"):
+                train(cfg, overwrite=bool(extra))
+        assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    finally:
+        os.close(fd)
+    train(load_config(None, TINY + ["train.epochs=2", f"run_dir={run}"]), overwrite=True)  # free again
+
+
+def test_a_planted_log_symlink_is_never_written_through(tmp_path):
+    """A re-run into a folder whose log.jsonl is a symlink to a file outside it replaces the link itself."""
+    run = tmp_path / "r"
+    cfg = load_config(None, TINY + ["train.epochs=1", f"run_dir={run}"])
+    train(cfg)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    (run / "log.jsonl").unlink()
+    (run / "log.jsonl").symlink_to(outside)
+    train(load_config(None, TINY + ["train.epochs=1", f"run_dir={run}"]))
+    assert outside.read_text() == "keep me\n"
+    assert not (run / "log.jsonl").is_symlink() and len((run / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
+    """ENOSPC while the second epoch's checkpoint is written: a SidrecError naming the file, no temporary
+    file left, and the first epoch's checkpoint intact for --resume."""
+    import errno
+
+    import sidrec.training.trainer as T
+    from sidrec.errors import SidrecError
+
+    calls = {"n": 0}
+    real = T.save_model
+
+    def fills_the_disk(model, path):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 wrote last + best; epoch 2's first write fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model, path)
+
+    monkeypatch.setattr(T, "save_model", fills_the_disk)
+    run = tmp_path / "r"
+    with pytest.raises(SidrecError, match="safetensors: cannot be written .No space left"):
+        train(load_config(None, TINY + ["train.epochs=3", f"run_dir={run}"]))
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(T, "save_model", real)
+    res = train(load_config([run / "config.yaml"]), resume=True)
+    assert res["summary"]["epochs"] == 3

@@ -58,9 +58,10 @@ def data_prepare(
         "--out", "-o", help="prepared dataset folder (default: data_prepared/<dataset name>, in the working "
         "directory)")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="auto|s3rec|lcrec|recbole|amazon|tabular")] = "auto",
-    kcore: Annotated[int, typer.Option(help="k-core filter (0 = keep as given)")] = 0,
+    kcore: Annotated[int, typer.Option(min=0, help="k-core filter (0 = keep as given)")] = 0,
     name: Annotated[str, typer.Option(help="dataset name (default: folder name)")] = "",
-    cold_threshold: Annotated[int, typer.Option(help="cold = target with <= this many training interactions")] = 5,
+    cold_threshold: Annotated[int, typer.Option(min=0, help="cold = target with <= this many training "
+                                                "interactions")] = 5,
 ) -> None:
     """Read a dataset in any supported format, report its statistics, and save it as Parquet."""
     from sidrec.data.dataset import check_prepared_destination
@@ -116,9 +117,10 @@ def _warn_untrainable(s: dict[str, Any]) -> None:
 @data_app.command("stats")
 def data_stats(
     input: Annotated[str, typer.Argument(help="dataset path (raw or prepared) or 'synthetic'")],
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    kcore: int = 0,
-    cold_threshold: int = 5,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="auto|s3rec|lcrec|recbole|amazon|tabular")] = "auto",
+    kcore: Annotated[int, typer.Option(min=0, help="k-core filter (0 = keep as given)")] = 0,
+    cold_threshold: Annotated[int, typer.Option(min=0, help="cold = target with <= this many training "
+                                                "interactions")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Print users, items, interactions, sequence lengths and cold/warm test-user counts."""
@@ -251,12 +253,14 @@ def _result_rows(method: str, res: dict[str, Any], split: str) -> list[tuple[str
 
 
 @app.command()
-def fuse(run: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+def fuse(run: Annotated[Path, typer.Argument(help="a finished run directory")],
+         overrides: Annotated[list[str] | None, typer.Argument(
+             help="fusion.* / content.* settings, e.g. content.query_items=3 fusion.lambdas=[0,5,10]")] = None) -> None:
     """Choose the content fusion of a finished run on validation, without retraining (writes fusion.json and
-    updates metrics.json); for runs trained before it existed or after changing the fusion grid."""
+    updates metrics.json); for runs trained before it existed, or with another grid or content query."""
     from sidrec.pipeline import fuse as run_fuse
 
-    res = run_fuse(run)
+    res = run_fuse(run, overrides or [])
     split = "test" if "test" in res else "valid"
     method = str(res.get("dataset", {}).get("method", "")) or "model"
     _print_wide(_metrics_table(f"{run} - {split}", _result_rows(method, res, split), [10, 50]))

@@ -466,8 +466,16 @@ def load_fusion(task: Any, run: Any) -> None:
     try:
         rec = json.loads(path.read_text())
         f = Fusion(float(rec["lambda"]), float(rec["lambda_cold"]))
-    except (ValueError, KeyError, TypeError) as exc:
+        query = rec.get("content") or {}
+        n, decay = int(query.get("query_items", task.cfg.content.query_items)), float(
+            query.get("decay", task.cfg.content.decay))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SidrecError(f"{path}: not a fusion record ({type(exc).__name__}: {exc})") from None
     if not (math.isfinite(f.lam) and math.isfinite(f.lam_cold)) or min(f.lam, f.lam_cold) < 0:
         raise SidrecError(f"{path}: lambda and lambda_cold must be finite and >= 0, got {f.lam}, {f.lam_cold}")
+    if n < 1 or not 0 <= decay <= 1:
+        raise SidrecError(f"{path}: content query_items must be >= 1 and decay in [0, 1], got {n}, {decay}")
+    # the query the fusion was chosen with (`sidrec fuse RUN content.query_items=3` may differ from config.yaml)
+    task.cfg.content.query_items, task.cfg.content.decay = n, decay
+    task.__dict__.pop("_grounding", None)
     task.fusion = f

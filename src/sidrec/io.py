@@ -42,10 +42,35 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        reason = _storage_failure(exc)
+        if reason:
+            from sidrec.errors import SidrecError
+
+            raise SidrecError(f"{path}: cannot be written ({reason}); the earlier file, if any, is unchanged") from None
         raise
+
+
+def _storage_failure(exc: BaseException) -> str:
+    """'' unless ``exc`` says the disk (or a file-size or quota limit) is full: then a short reason.
+
+    Why: a full disk during a checkpoint or a SID table is an expected operational failure, not a bug; it must
+    be one line naming the file, not a SafetensorError / OSError traceback. safetensors reports it inside its
+    own exception's text, hence the string test.
+    """
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return os.strerror(exc.errno or 0)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError":
+        for needle, reason in (("StorageFull", "no space left on device"), ("os error 28", "no space left on device"),
+                               ("FileTooLarge", "file too large"), ("os error 27", "file too large")):
+            if needle in text:
+                return reason
+    return ""
 
 
 def _json_default(obj: Any) -> Any:
@@ -103,3 +128,21 @@ def check_writable(path: str | Path, what: str = "output", folder: bool = True) 
         os.unlink(name)
     except OSError as exc:
         raise SidrecError(f"cannot write {what} {p}: {probe} is not writable ({exc.strerror})") from None
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log in a run directory, never through a symlink.
+
+    Why: a run folder may come from someone else; a ``log.jsonl`` planted as a symlink would otherwise let a
+    training run append to (or, on a fresh start, truncate) any file the user can write.
+    """
+    from sidrec.errors import SidrecError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise SidrecError(f"{path}: is a symbolic link; sidrec writes run files only as regular files") from None
+        raise SidrecError(f"{path}: cannot write ({exc.strerror})") from None
+    with os.fdopen(fd, "a") as fh:
+        fh.write(line)

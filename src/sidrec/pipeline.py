@@ -25,7 +25,7 @@ from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import Evaluator, popularity_scores
 from sidrec.io import write_json, write_text
 from sidrec.recipes import get_builder
-from sidrec.runs import check_run_dir, claim_run_dir
+from sidrec.runs import check_run_dir, claim_run_dir, lock_run_dir, release_run_dir
 from sidrec.training import Trainer
 from sidrec.training import distributed as D
 
@@ -88,22 +88,25 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         attach_grounding(task, cfg, ds, split)
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
         trainer = Trainer(task, cfg.train, run, cfg.seed) if getattr(task, "trainable", True) else None
-    if trainer is not None:
-        summary = trainer.fit(resume=resume)
-        trainer.load_best()
-    else:  # nothing to train (the content ranker): the run is its evaluation
-        summary = {"epochs": 0, "best_epoch": 0, "best_valid": None, "train_s": 0.0}
-    out: dict[str, Any] = {"summary": summary}
-    if D.is_main():
-        out = fusion.final_evaluation(task, run, summary, cfg.eval.test)
-    D.barrier()
-    if D.is_main():
-        if cfg.eval.test:  # a model-selection run (eval.test=false) reads no test metric at all
-            out["popularity_test"] = popularity_metrics(cfg, split)
-        out["dataset"] = ds.stats()
-        out["wall_s"] = time.time() - t0
-        write_json(run / "metrics.json", out)
-        write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+    try:
+        if trainer is not None:
+            summary = trainer.fit(resume=resume)
+            trainer.load_best()
+        else:  # nothing to train (the content ranker): the run is its evaluation
+            summary = {"epochs": 0, "best_epoch": 0, "best_valid": None, "train_s": 0.0}
+        out: dict[str, Any] = {"summary": summary}
+        if D.is_main():
+            out = fusion.final_evaluation(task, run, summary, cfg.eval.test)
+        D.barrier()
+        if D.is_main():
+            if cfg.eval.test:  # a model-selection run (eval.test=false) reads no test metric at all
+                out["popularity_test"] = popularity_metrics(cfg, split)
+            out["dataset"] = ds.stats()
+            out["wall_s"] = time.time() - t0
+            write_json(run / "metrics.json", out)
+            write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+    finally:
+        release_run_dir(run)
     D.shutdown()
     return out
 
@@ -155,22 +158,36 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
     return {s: task.evaluate(task.model, s) for s in splits}
 
 
-def fuse(run_dir: str | Path) -> dict[str, Any]:
+def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Choose the content fusion of a finished run on validation (no retraining) and re-evaluate it.
 
-    For runs trained before grounding existed, or to choose again over another ``fusion`` grid: writes
-    ``fusion.json`` and updates ``metrics.json`` (``valid`` / ``test`` fused, ``model_only`` the model alone).
+    For runs trained before grounding existed, or to choose again over another grid or query
+    (``overrides``: ``fusion.*`` and ``content.*`` settings only; the query is kept in ``fusion.json``):
+    writes ``fusion.json`` and updates ``metrics.json`` (``valid`` / ``test`` fused, ``model_only`` alone).
     """
     run = Path(run_dir)
+    bad = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith(("fusion.", "content."))]
+    if bad:
+        raise SidrecError(f"sidrec fuse changes only fusion.* and content.* settings, got '{bad[0]}'")
     cfg, ds, split, task = load_run(run)
+    if overrides:
+        new = load_config([run / "config.yaml"], list(overrides))
+        cfg.fusion, cfg.content = new.fusion, new.content
+        task.__dict__.pop("_grounding", None)
+        if "_grounding_factory" not in task.__dict__:
+            attach_grounding(task, cfg, ds, split)
     if getattr(task, "grounding", None) is None:
         raise SidrecError(f"{run}: method '{cfg.method}' has no content fusion to choose (fusion.lambdas is [0] or "
                           "the method is the content ranker itself)")
     task.fusion = fusion.Fusion()
-    old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-    out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), cfg.eval.test)}
-    write_json(run / "metrics.json", out)
-    write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+    lock_run_dir(run)  # it rewrites the run's metrics: not while another process trains there
+    try:
+        old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), cfg.eval.test)}
+        write_json(run / "metrics.json", out)
+        write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+    finally:
+        release_run_dir(run)
     return out
 
 

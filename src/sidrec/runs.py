@@ -95,11 +95,46 @@ def _has_results(run: Path) -> bool:
     return any((run / f).exists() for f in RESULT_FILES)
 
 
+# run directory -> the open descriptor whose flock marks it as in use by this process (see lock_run_dir)
+_LOCKS: dict[str, int] = {}
+
+
+def lock_run_dir(run: Path) -> None:
+    """Mark ``run`` (an existing folder) as in use by this process until :func:`release_run_dir` or exit.
+
+    Why: two ``sidrec train`` into one folder used to both run, logging every epoch twice and ending with one
+    run's config beside the other's weights. The lock is an flock on the folder itself (no lock file is left
+    behind), released by the kernel when the process dies, so a killed run never blocks its ``--resume``.
+    """
+    import fcntl
+
+    key = str(run.resolve())
+    if key in _LOCKS:
+        return
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SidrecError(f"{run} is in use by another sidrec process (a run training or being written there); "
+                          "wait for it to finish or choose another run_dir") from None
+    _LOCKS[key] = fd
+
+
+def release_run_dir(run: Path) -> None:
+    fd = _LOCKS.pop(str(Path(run).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def check_run_dir(cfg: Config, run: Path, resume: bool = False, overwrite: bool = False) -> bool:
     """Refuse a run directory this run may not use; returns True when an existing run will be replaced."""
     if resume and overwrite:
         raise SidrecError("--resume and --overwrite contradict each other (continue the run, or replace it)")
     check_writable(run, "run directory")
+    if run.is_dir() and str(run.resolve()) not in _LOCKS:  # fail before any work when another process holds it
+        lock_run_dir(run)
+        release_run_dir(run)
     if resume:
         if not _is_run_dir(run):
             raise SidrecError(f"--resume: {run} is not a run directory (no config.yaml); nothing to resume")
@@ -167,16 +202,26 @@ def claim_run_dir(cfg: Config, dataset_name: str, resume: bool = False, overwrit
     cfg.run_dir = str(run)
     replace = check_run_dir(cfg, run, resume, overwrite)
     backup: Path | None = None
+    if run.is_dir():
+        lock_run_dir(run)  # held from here to the end of training (pipeline.train releases it)
     if replace and run.exists():
         backup = run.with_name(f".{run.name}.replaced-{os.getpid()}")
+        release_run_dir(run)
         run.rename(backup)
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_run_dir(run)
+    except SidrecError:  # another process created this new folder at the same moment: it is theirs
+        if backup is not None and not run.exists():
+            backup.rename(run)
+        raise
     if backup is not None and _same_sid_settings(backup, cfg):
         copy_tokenizer_stage(backup, run)
     try:
         yield run
     except BaseException:
+        release_run_dir(run)
         if created:
             shutil.rmtree(run, ignore_errors=True)
         if backup is not None:

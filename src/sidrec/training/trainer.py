@@ -29,7 +29,7 @@ from torch import nn
 from sidrec import precision
 from sidrec.config import TrainConfig
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, write_json
+from sidrec.io import append_line, atomic_path, write_json, write_text
 from sidrec.progress import make_progress
 from sidrec.training import distributed as D
 from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_legacy_state, load_state, require, save_state
@@ -258,8 +258,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not D.is_main():
             return
-        with open(self.run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.run_dir / "log.jsonl", json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "epoch":
@@ -274,7 +273,7 @@ class Trainer:
             if not self.resume():
                 raise SidrecError(f"{self.ckpt_dir}: nothing to resume (no last checkpoint)")
         elif D.is_main():
-            (self.run_dir / "log.jsonl").write_text("")
+            write_text(self.run_dir / "log.jsonl", "")  # replaces a symlink planted there, never its target
         if cfg.tensorboard and D.is_main():
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -137,6 +137,14 @@ def _binary_config(base: Path, tmp: Path) -> list[str]:
     return ["train", "-c", str(tmp / "c.yaml")]
 
 
+def _alias_bomb(base: Path, tmp: Path) -> list[str]:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
+              f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]" for i in range(8)]
+    (tmp / "c.yaml").write_text("\n".join(lines) + "\n")
+    return ["train", "-c", str(tmp / "c.yaml")]
+
+
 def _deep_config(base: Path, tmp: Path) -> list[str]:
     (tmp / "c.yaml").write_text("[" * 100_000 + "]" * 100_000)
     return ["train", "-c", str(tmp / "c.yaml")]
@@ -175,6 +183,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("infinite lr", _args("train", *TINY, "train.lr=inf", "--run-dir", R), "finite"),
     ("config not UTF-8", _binary_config, "UTF-8"),
     ("config nested 100k deep", _deep_config, "nested too deeply"),
+    ("config alias bomb", _alias_bomb, "aliases"),
     ("prepare negative kcore", _args("data", "prepare", "synthetic", "--kcore", "-1", "--out", R), "--kcore"),
     ("stats negative cold threshold", _args("data", "stats", "synthetic", "--cold-threshold", "-5"), "cold-threshold"),
     ("missing config file", _args("train", "-c", "{tmp}/nope.yaml"), "nope.yaml"),

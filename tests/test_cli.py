@@ -78,3 +78,13 @@ def test_quickstart_runs_end_to_end_small(tmp_path):
         m = json.loads((tmp_path / "qs" / method / "metrics.json").read_text())
         assert m["test"]["all"]["n_users"] == 300
     assert "popularity" in p.stdout and "tiger" in p.stdout
+
+
+def test_training_outside_a_terminal_prints_a_line_per_epoch(tmp_path):
+    """Under nohup, CI or a pipe there is no progress bar; each epoch still says where the run is."""
+    p = run("train", "data.path=synthetic", "data.synthetic_users=200", "data.synthetic_items=60", "train.epochs=2",
+            "sasrec.d_model=8", "sasrec.ffn_dim=16", "sasrec.n_layers=1", "fusion.lambdas=[0]",
+            "--run-dir", str(tmp_path / "r"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ") and "valid ndcg@10" in lines[0]

@@ -478,6 +478,18 @@ def describe_path(value: str) -> str:
     return f"'{value}'"
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` lets a 1 kB file expand to gigabytes (a "billion laughs"
+    config hung ``sidrec train``), and no setting needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in config files",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
     path = path.resolve()
     if path in seen:
@@ -486,7 +498,7 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
     if not path.exists():
         raise SidrecError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}  # noqa: S506 - safe loader
     except UnicodeDecodeError as exc:
         raise SidrecError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     except RecursionError:

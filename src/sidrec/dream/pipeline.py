@@ -42,7 +42,9 @@ from sidrec.sid.cart import CARTResult, family_negatives, train_cart
 from sidrec.sid.table import SIDTable
 
 DREAM_DIR = "dream"
-STAGES = ("static", "cart", "uc3", "cpde-top1", "cpde-beam")
+# "static+content": the base TIGER grounded in content (its fusion.json: the beam + the content top-N rescored,
+# + lambda x similarity; src/sidrec/fusion.py), the cold-start effect reached without new SIDs, beside DREAM's
+STAGES = ("static", "cart", "uc3", "cpde-top1", "cpde-beam", "static+content")
 
 
 def item_docs_and_families(ds: Dataset, template: str, family_field: str = "") -> tuple[list[str], list[str]]:
@@ -132,7 +134,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     cfg0, ds, split_obj, task = load_run(run)
     if cfg0.method != "tiger":
         raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg0.method}')")
-    task.fusion = Fusion()  # the stage table measures the SID tables under the model alone, not content fusion
+    base_fusion, task.fusion = task.fusion, Fusion()  # the stages measure SID tables under the model alone
     task.cfg = cfg
     task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
     cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
@@ -300,14 +302,20 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     # ---------------------------------------------------------------- evaluation of every stage
     tables = {"static": (static_model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
-              "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam)}
+              "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam),
+              "static+content": (static_model, base_table)}
+    if base_fusion.off and "static+content" in stages:
+        _say("static+content: skipped (the base run chose no content fusion: see its fusion.json / sidrec fuse)")
+        stages = tuple(s for s in stages if s != "static+content")
     by_split: dict[str, dict[str, Any]] = {}
     for sp in splits:
         results: dict[str, Any] = {}
         for name in stages:
             t0 = time.time()
             m, tab = tables[name]
+            task.fusion = base_fusion if name == "static+content" else Fusion()
             results[name] = evaluate_stage(task, m, tab, sp, dcfg.eval_users)
+            task.fusion = Fusion()
             tkey = f"eval_{name}_s" if sp == splits[0] else f"eval_{name}_{sp}_s"
             timings[tkey] = time.time() - t0
             _say(f"{name} ({sp}): N@10 all {results[name]['all']['ndcg@10']:.4f} warm "

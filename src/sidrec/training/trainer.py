@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from sidrec import precision
 from sidrec.config import TrainConfig
 from sidrec.errors import SidrecError
-from sidrec.io import append_line, atomic_path, write_json, write_text
+from sidrec.io import append_line, atomic_path, write_text
 from sidrec.progress import make_progress
 from sidrec.training import distributed as D
 from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_legacy_state, load_state, require, save_state
@@ -363,6 +364,13 @@ class Trainer:
                     record["schedule_total_steps"] = self.total_steps
                 self.elapsed_s = time.time() - start
                 self._log(record)
+                if cfg.progress and D.is_main() and not sys.stderr.isatty():
+                    # no bar outside a terminal (nohup, CI, a pipe): one line per epoch instead of silence
+                    v = record.get(f"valid_{self.select_metric}")
+                    print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['loss']:.4f}"
+                          + (f", valid {self.select_metric} {v:.4f}" if v is not None else "")
+                          + f", best {self.best:.4f} (epoch {self.best_epoch}), {self.elapsed_s / 60:.1f} min",
+                          file=sys.stderr, flush=True)
                 self._save_state()
                 D.barrier()
                 prog.update(ep_task, completed=self.epoch,
@@ -376,16 +384,3 @@ class Trainer:
         best = self.ckpt_dir / "best.safetensors"
         if best.exists():
             load_model(self.task.model, str(best))
-
-    def final_evaluation(self, summary: dict[str, Any], test: bool = True) -> dict[str, Any]:
-        """Evaluate the best checkpoint on validation and (unless ``test`` is off) test; write ``metrics.json``."""
-        self.load_best()
-        self.task.model.eval()
-        out: dict[str, Any] = {"summary": summary}
-        if D.is_main():
-            out["valid"] = self.task.evaluate(self.task.model, "valid")
-            if test:
-                out["test"] = self.task.evaluate(self.task.model, "test")
-            write_json(self.run_dir / "metrics.json", out)
-        D.barrier()
-        return out

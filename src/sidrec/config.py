@@ -126,7 +126,8 @@ class FusionConfig:
     """Late fusion: final score = model log-probability + lambda x content similarity (lambda_cold for cold
     items); both chosen on validation after training from these grids, without retraining."""
 
-    lambdas: list[float] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 50])  # [0] = off
+    # [0] = off. Up to 200: on Toys the beam-search TIGER's best lambda was 50, the edge of the first grid
+    lambdas: list[float] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 50, 75, 100, 200])
     cold: bool = True  # choose a separate lambda for cold items (<= data.cold_threshold training interactions)
     candidates: int = 100  # beam-search models: the content top-N scored beside the beam's items
 

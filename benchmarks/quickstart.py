@@ -29,7 +29,9 @@ def main() -> None:
         metrics = dict(m["test"]["all"])
         metrics["ndcg@10_vs_popularity"] = metrics["ndcg@10"] / pop
         metrics["run_s"] = m["wall_s"]
-        recs.append(record("synthetic", run.name, "quickstart", "test", "all", metrics, wall))
+        f = m.get("fusion") or {}
+        method = f"{run.name}+content" if f.get("lambda") or f.get("lambda_cold") else run.name
+        recs.append(record("synthetic", method, "quickstart", "test", "all", metrics, wall))
         pop_metrics = m["popularity_test"]["all"]
     if pop_metrics is not None:
         recs.append(record("synthetic", "popularity", "quickstart", "test", "all", pop_metrics, 0.0))

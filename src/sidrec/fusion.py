@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from sidrec.config import ContentConfig, FusionConfig
 from sidrec.data.protocol import EvalSet
+from sidrec.decoding.beam import repeated
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import TIE_K, Evaluator, finite_scores, mask_history
 from sidrec.io import write_json
@@ -90,13 +91,19 @@ class ContentIndex:
 
     def similarity(self, hist: torch.Tensor) -> torch.Tensor:
         """(B, n_items) fp32 cosine of every item to each row's query; the query items get 0."""
-        q, qi = self.query(hist)
-        return _fill(q @ self.vectors.t(), qi, 0.0)
+        return self.similarity_and_scores(hist, scores=False)[0]
 
     def scores(self, hist: torch.Tensor) -> torch.Tensor:
         """(B, n_items) the content ranker's float64 scores: cosine + tie key; the query items ``-inf``."""
+        return self.similarity_and_scores(hist, similarity=False)[1]
+
+    def similarity_and_scores(self, hist: torch.Tensor, similarity: bool = True, scores: bool = True
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both of the above from one (B, n_items) product (a beam model's fusion needs both per batch)."""
         q, qi = self.query(hist)
-        return _fill((q @ self.vectors.t()).double() + self.tie, qi, float("-inf"))
+        cos = q @ self.vectors.t()
+        s = _fill(cos.double() + self.tie, qi, float("-inf")) if scores else cos
+        return (_fill(cos, qi, 0.0) if similarity else cos), s
 
     # ------------------------------------------------------------------ top-K search (recommend)
     def _index(self) -> Any:
@@ -285,7 +292,7 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, cont
     for s in range(0, n, bs):
         rows = order[s:s + bs]
         hist = es.padded_histories(rows, pad=-1)
-        cs = g.index.scores(hist)
+        sim_all, cs = g.index.similarity_and_scores(hist)
         if task.cfg.eval.exclude_history:
             h = hist
             if keep_targets:
@@ -295,14 +302,13 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, cont
         ci = ci.masked_fill(~torch.isfinite(cv), -1)
         it = torch.cat([b_items[rows], ci], 1)
         # an item the beam returned keeps the beam's score; only the candidates it missed are scored
-        dup = ((it.unsqueeze(2) == it.unsqueeze(1)) & torch.ones(c, c, dtype=torch.bool).tril(-1)).any(2)
-        it = it.masked_fill(dup, -1)
+        it = it.masked_fill(repeated(it), -1)
         new = it[:, beam:]
         cl = task.candidate_log_probs(model, es, rows, new)
         idx = torch.from_numpy(rows)
         items[idx] = it
         ll[idx] = torch.cat([b_scores[rows], cl], 1).masked_fill(it < 0, float("-inf"))
-        sim[idx] = g.index.similarity(hist).gather(1, it.clamp(min=0))
+        sim[idx] = sim_all.gather(1, it.clamp(min=0))
         src[idx] = torch.cat([torch.zeros_like(b_items[rows], dtype=torch.bool), new >= 0], 1)
     return BeamCandidates(b_items, b_scores, items, ll, sim, src)
 
@@ -327,9 +333,9 @@ def evaluate_beam(task: Any, model: Any, ev: Evaluator, settings: list[Fusion],
     need = any(not f.off for f in settings)
     if need and getattr(task, "grounding", None) is None:
         raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
-    has_content = cached is not None and cached.sim.shape[1] > 0
-    bc = cached if cached is not None and (has_content or not need) else beam_candidates(
-        task, model, ev.eval_set, keep_targets=True, content=need)
+    bc = cached
+    if bc is None or (need and bc.sim.shape[1] == 0):  # reuse a grid's candidates; fetch content ones if missing
+        bc = beam_candidates(task, model, ev.eval_set, keep_targets=True, content=need)
     k = max(task.cfg.eval.ks)
     out = []
     for f in settings:

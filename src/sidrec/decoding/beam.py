@@ -74,13 +74,17 @@ def compact(items: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor, k: in
             torch.cat([scores, scores.new_full((len(scores), pad), float("-inf"))], 1))
 
 
-def distinct_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the first occurrence of every item (rows are sorted by score), -1 entries dropped; width k."""
+def repeated(items: torch.Tensor) -> torch.Tensor:
+    """(B, W) True where the row's item already occurred at an earlier position."""
     w = items.shape[1]
     same = items.unsqueeze(2) == items.unsqueeze(1)  # (B, W, W): [b, j, i] = items j and i equal
     earlier = torch.ones(w, w, dtype=torch.bool, device=items.device).tril(-1)  # i < j
-    dup = (same & earlier).any(2)
-    return compact(items, scores, (items >= 0) & ~dup, k)
+    return (same & earlier).any(2)
+
+
+def distinct_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the first occurrence of every item (rows are sorted by score), -1 entries dropped; width k."""
+    return compact(items, scores, (items >= 0) & ~repeated(items), k)
 
 
 @torch.no_grad()

@@ -132,7 +132,7 @@ class SASRecTask(GroundedMixin, EvaluatorsMixin):
         with torch.no_grad():
             with precision.autocast(self.cfg.train.bf16):
                 h = core.encode(hist)[:, -1]
-            return h.float() @ core.item_emb.weight[1:].float().t()
+            return core.logits(h.float())  # outside autocast: an fp32 product with the fp32 item table
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> SASRecTask:

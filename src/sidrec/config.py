@@ -105,6 +105,10 @@ class SASRecConfig:
     # batch_mean: the mean over each batch's positions (measured best on Beauty validation, docs/RESULTS.md);
     # equal: every training position weighs the same across batches (loss x the batch's share of targets)
     position_weight: typing.Literal["equal", "batch_mean"] = "batch_mean"
+    # the item embeddings and the content vectors (``features``): none (free ids); init (the free table starts
+    # as the vectors' PCA to d_model); add (id + a learned projection of the fixed vectors, so an item seen
+    # rarely or never still has an embedding where its content is)
+    item_content: typing.Literal["none", "init", "add"] = "none"
 
 
 @dataclass

@@ -106,10 +106,10 @@ class SASRecTask(GroundedMixin, EvaluatorsMixin):
     scoring = "dense"
     logits_unnormalised = True  # fusion adds lambda x similarity to log-softmax(logits)
 
-    def __init__(self, cfg: Config, split: LeaveOneOut) -> None:
+    def __init__(self, cfg: Config, split: LeaveOneOut, content: torch.Tensor | None = None) -> None:
         self.cfg = cfg
         self.split = split
-        self.model: nn.Module = SASRec(split.n_items, cfg.data.max_len, cfg.sasrec)
+        self.model: nn.Module = SASRec(split.n_items, cfg.data.max_len, cfg.sasrec, content)
         self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed,
                                        cfg.sasrec.batching)
         self.eval_batch_size = cfg.eval.batch_size
@@ -136,4 +136,9 @@ class SASRecTask(GroundedMixin, EvaluatorsMixin):
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> SASRecTask:
-    return SASRecTask(cfg, split)
+    content = None
+    if cfg.sasrec.item_content != "none":  # the same vectors (and cache) as the SID tokenizers and the fusion
+        from sidrec.features import item_features
+
+        content = torch.from_numpy(item_features(cfg.features, dataset, progress=cfg.train.progress))
+    return SASRecTask(cfg, split, content)

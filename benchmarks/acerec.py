@@ -82,7 +82,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                     o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[-1] for o in overrides))
             if first is not None and "short4" not in variant.split("+"):  # short4 fits its own 4-subspace table
                 copy_tokenizer_stage(first, run)
-            cfg = load_config([REPO / "configs" / name / "acerec.yaml"],
+            files = [REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / "acerec.yaml"]
+            if name == "beauty":  # whitened PCA before OPQ: chosen on Beauty validation (configs/opq-whitened.yaml)
+                files.append(REPO / "configs" / "opq-whitened.yaml")
+            cfg = load_config(files,
                               [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
                               + variant_overrides(variant) + overrides + (["eval.test=false"] if args.select else []))
             t0 = time.time()

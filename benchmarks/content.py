@@ -61,7 +61,7 @@ def main() -> None:
     args.datasets, overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
-        base = [REPO / "configs" / name / "data.yaml"]
+        base = [REPO / "configs" / "data" / f"{name}.yaml"]
         common = ["method=content", f"train.threads={args.threads}", "train.progress=false"] + overrides
         recs, scores = [], {}
         for n, decay in QUERIES:  # selection on validation only (eval.test=false computes no test metric)

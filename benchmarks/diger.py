@@ -3,12 +3,13 @@
 Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
        [--reuse] [--resume] [key=value ...]
 
-Variants: tiger (two-stage, configs/<dataset>/tiger-cpu.yaml with DIGER's backbone), frqud, sdud, both (SDUD
+Variants: tiger (two-stage, configs/tiger-cpu.yaml with DIGER's backbone), frqud, sdud, both (SDUD
 + FrqUD, the configs' default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no
 decay), gaussian (Gaussian noise instead of Gumbel, FrqUD), gap (noise in units of each level's logit gap),
 detached (the authors' public code: the recommendation loss does not reach the tokenizer), sinkhorn (the
-two-stage TIGER on DIGER's Sinkhorn-derived table: the tokenizer never moves), noisy (the first
-implementation: noisy codes as the recommender's inputs and targets). Every run of a seed starts from the
+two-stage TIGER on DIGER's Sinkhorn-derived table: the tokenizer never moves). The first implementation
+(noisy codes as the recommender's inputs and targets, variant ``noisy``) lost and was removed; its rows stay in
+docs/RESULTS.md. Every run of a seed starts from the
 same SID table: the tokenizer stage's files are copied from the seed's first run, so the variants differ only
 in training.
 With --reuse a finished run directory (metrics.json present) is read instead of retrained.
@@ -33,7 +34,7 @@ from sidrec.pipeline import train
 from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
 
 VARIANTS = {
-    # the two-stage TIGER with DIGER's backbone and budget (configs/*/diger.yaml = tiger-cpu.yaml's decoder and
+    # the two-stage TIGER with DIGER's backbone and budget (configs/diger.yaml = tiger-cpu.yaml's decoder and
     # 60-minute cap + RQ-VAE, history 50, tied logits)
     "tiger": ("tiger-cpu", ["tokenizer.kind=rqvae", "data.max_len=50", "tiger.tie_head=true"]),
     "frqud": ("diger", ["diger.decay=frqud"]),
@@ -47,10 +48,6 @@ VARIANTS = {
     # two-stage TIGER on DIGER's Sinkhorn-derived table (the tokenizer never moves): separates what the balanced
     # derivation gives from what joint training gives
     "sinkhorn": ("diger", ["diger.tokenizer_lr=0", "diger.noise=none", "diger.decay=none"]),
-    # the first implementation: noisy codes as the recommender's inputs and targets, per-level FrqUD, argmin
-    # derivation, input-space reconstruction
-    "noisy": ("diger", ["diger.forward=noisy", "diger.frequd_level=each", "diger.derive=argmin",
-                        "diger.recon=input"]),
 }
 
 
@@ -93,7 +90,7 @@ def main() -> None:
                 run = Path("runs/bench") / f"diger-{name}-{variant}-s{seed}"
                 if first is not None:
                     copy_tokenizer_stage(first, run)
-                cfg = load_config([REPO / "configs" / name / f"{conf}.yaml"],
+                cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{conf}.yaml"],
                                   [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
                                    "train.progress=false"] + extra + overrides)
                 t0 = time.time()

@@ -11,9 +11,10 @@ has never seen. This script makes that case from the leave-one-out data:
    relative position in the sequences they appear in). The Amazon files keep each user's order but no global
    timestamps, so "first appearance" needs a proxy; this one picks items bought late in the histories that hold
    them, without favouring rare or popular ones (Toys: 596 items, mean 12.9 interactions vs 14.1 overall).
-2. The backbone: the dataset's ``tiger-cpu.yaml`` trained on the data with every interaction of H removed (same
-   users in the same order, so hashed user tokens agree), in ``runs/bench/newitems-<dataset>/tiger``
-   (reused when finished). Its own leave-one-out split never holds out more than the full data's does.
+2. The backbone: ``configs/tiger-cpu.yaml`` (after ``configs/data/<dataset>.yaml``) trained on the data with every
+   interaction of H removed (same users in the same order, so hashed user tokens agree), in
+   ``runs/bench/newitems-<dataset>/tiger`` (reused when finished). Its own leave-one-out split never holds out more
+   than the full data's does.
 3. ``add_items`` gives H their content SIDs from the run's tokenizer (text only; no retraining).
 4. ``refine_items`` re-chooses their SIDs from their interactions in the *training* portion of the full data
    (positions before each user's validation item), each with the true preceding history: every such user is
@@ -141,19 +142,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for name in datasets:
         t0 = time.time()
-        base_cfg = REPO / "configs" / name / "tiger-cpu.yaml"
-        if not base_cfg.exists():
-            base_cfg = REPO / "configs" / name / "tiger.yaml"
+        base_cfgs = [REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / "tiger-cpu.yaml"]
         work = REPO / "runs" / "bench" / f"newitems-{name}"
         work.mkdir(parents=True, exist_ok=True)
-        full = dataset_from_config(load_config([base_cfg]))
+        full = dataset_from_config(load_config(base_cfgs))
         held = held_out_items(full, args.share)
         data_dir = work / f"data-{args.share:g}"
         if not data_dir.exists():
             without_items(full, held).save(data_dir)
         run = work / f"tiger-{args.share:g}"
         if not (run / "metrics.json").exists():
-            cfg = load_config([base_cfg], [f"data.path={data_dir}", "data.format=prepared", f"run_dir={run}",
+            cfg = load_config(base_cfgs, [f"data.path={data_dir}", "data.format=prepared", f"run_dir={run}",
                                            f"train.threads={args.threads}", f"train.max_minutes={args.minutes}",
                                            "train.progress=false", *overrides])
             train(cfg, resume=(run / "checkpoints").exists())

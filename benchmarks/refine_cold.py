@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
+from sidrec.data.batches import prefix_samples
 from sidrec.dream.refine import neighbour_candidates
 from sidrec.dream.sids import table_with
 from sidrec.dream.uc3 import uc3_vote
 from sidrec.pipeline import load_run
-from sidrec.recipes.tiger import _features, prefix_samples
+from sidrec.sid.stage import run_features
 from sidrec.sid.table import SIDTable
 
 from _common import record, save, split_positionals
@@ -49,12 +50,12 @@ def main() -> None:
         # beam 50 and cut-offs 5/10/50, as in benchmarks/dream.py, so the static row matches its table
         task.tcfg = dataclasses.replace(task.tcfg, beam=max(50, task.tcfg.beam))
         task.cfg.eval.ks = sorted(set(task.cfg.eval.ks) | {5, 10, 50})
-        dcfg = load_config([run / "config.yaml"], overrides).section("dream")
+        dcfg = load_config([run / "config.yaml"], overrides).dream
         base_table = SIDTable.load(run / "sid_table.parquet")
         base = base_table.primary.numpy()
         cold = np.flatnonzero(split.item_freq <= cfg.data.cold_threshold)
         warm = np.flatnonzero(split.item_freq > cfg.data.cold_threshold)
-        emb = _features(cfg, ds).astype(np.float32)
+        emb = run_features(cfg, ds).astype(np.float32)
         cands = neighbour_candidates(base, base_table.sizes, cold, emb[cold], emb[warm], warm, args.candidates)
         task.use_sids(base_table)
         samples = prefix_samples(split.train, cfg.data.max_len)

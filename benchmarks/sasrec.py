@@ -1,6 +1,7 @@
-"""SASRec (full-softmax cross-entropy) on Beauty, Sports and Toys with the configs in configs/<dataset>/,
-trained to convergence (patience, no minute cap), alone and grounded in content (``sasrec+content``: late
-fusion with the content similarity, lambda chosen on validation; see src/sidrec/fusion.py).
+"""SASRec (full-softmax cross-entropy) on Beauty, Sports and Toys with configs/data/<dataset>.yaml +
+configs/sasrec.yaml, trained to convergence (patience, no minute cap), alone and grounded in content
+(``sasrec+content``: late fusion with the content similarity, lambda chosen on validation; see
+src/sidrec/fusion.py).
 
 Usage: python benchmarks/sasrec.py [beauty sports toys] [--threads 2] [--reuse]
 """
@@ -30,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for name in args.datasets:
         run_dir = f"runs/bench/sasrec-{name}" + (f"-{args.tag}" if args.tag else "")
-        cfg = load_config([REPO / "configs" / name / "sasrec.yaml"],
+        cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / "sasrec.yaml"],
                           [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         run = REPO / cfg.run_dir
         t0 = time.time()

@@ -33,9 +33,6 @@ from _common import REPO, record, save
 SETTINGS = {
     "rqkmeans": ("3x256 + collision code", dict(kind="rqkmeans", levels=3, codebook_sizes=[256])),
     "rqvae": ("3x256 + collision code", dict(kind="rqvae", levels=3, codebook_sizes=[256], progress=False)),
-    # the same RQ-VAE with a cosine learning-rate decay (tokenizer.lr_schedule=cosine)
-    "rqvae-cosine": ("3x256 + collision code, cosine lr", dict(kind="rqvae", levels=3, codebook_sizes=[256],
-                                                               progress=False, lr_schedule="cosine")),
     "opq": ("32x256", dict(kind="opq", subspaces=32, subspace_codes=256)),
 }
 
@@ -51,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)  # faiss's OpenMP pool would otherwise use every core
     for name in args.datasets:
-        cfg = load_config([REPO / "configs" / name / "data.yaml"])
+        cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml"])
         cfg.data.path = str((REPO / cfg.data.path).resolve())  # a relative override is relative to the repo root
         ds = dataset_from_config(cfg)
         emb = item_features(cfg.features, ds, progress=False)

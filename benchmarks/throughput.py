@@ -9,11 +9,11 @@ are timed (in a separate, untimed pass), so GFLOP/s = counted FLOPs / measured s
 model are timed in alternating rounds and each keeps its best round, so a change of machine load during the
 run does not favour either.
 
-Models and settings are the Beauty configs (``configs/beauty/*.yaml``): SASRec, TIGER ``tiger-cpu.yaml`` with
-``tiger.arch=encdec`` and ``decoder`` (equal width and depth: 2 + 2 blocks vs 4 causal blocks), DIGER
-(``diger.yaml``), ACERec before this change (per-item code projections, FFN 1024), after it at FFN 1024 (equal
-settings) and at the new default FFN (the paper's ratio). The SIDs are fitted quickly (RQ-KMeans for TIGER,
-a 5-epoch RQ-VAE for DIGER, OPQ for ACERec): their quality does not change the cost of a step.
+Models and settings are the configs on Beauty (``configs/data/beauty.yaml`` + ``configs/*.yaml``): SASRec, TIGER
+``tiger-cpu.yaml`` with ``tiger.arch=encdec`` and ``decoder`` (equal width and depth: 2 + 2 blocks vs 4 causal
+blocks), DIGER (``diger.yaml``), ACERec before this change (per-item code projections, FFN 1024), after it at FFN
+1024 (equal settings) and at the new default FFN (the paper's ratio). The SIDs are fitted quickly (RQ-KMeans for
+TIGER, a 5-epoch RQ-VAE for DIGER, OPQ for ACERec): their quality does not change the cost of a step.
 
 Usage: python benchmarks/throughput.py [--threads 1] [--steps 12] [--models sasrec tiger-encdec ...]
 """
@@ -32,21 +32,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from sidrec import precision
 from sidrec.config import load_config
 from sidrec.data.protocol import LeaveOneOut
+from sidrec.methods.registry import get_builder
 from sidrec.pipeline import dataset_from_config, seed_everything
-from sidrec.recipes import get_builder
 
 from _common import REPO, record, save
 
-B = REPO / "configs" / "beauty"
+B = REPO / "configs"
+DATA = B / "data" / "beauty.yaml"
 # name -> (config files, overrides, run directory shared by the models that use the same SIDs)
 MODELS: dict[str, tuple[list[Path], list[str], str]] = {
-    "sasrec": ([B / "sasrec.yaml"], [], "sasrec"),
-    "tiger-encdec": ([B / "tiger-cpu.yaml"], ["tiger.arch=encdec", "tokenizer.kind=rqkmeans"], "rqkmeans"),
-    "tiger-decoder": ([B / "tiger-cpu.yaml"], ["tiger.arch=decoder", "tokenizer.kind=rqkmeans"], "rqkmeans"),
-    "diger": ([B / "diger.yaml"], ["tokenizer.epochs=5"], "rqvae5"),
-    "acerec-before": ([B / "acerec.yaml"], ["acerec.ffn_dim=1024"], "opq"),
-    "acerec-ffn1024": ([B / "acerec.yaml"], ["acerec.ffn_dim=1024"], "opq"),
-    "acerec": ([B / "acerec.yaml"], [], "opq"),
+    "sasrec": ([DATA, B / "sasrec.yaml"], [], "sasrec"),
+    "tiger-encdec": ([DATA, B / "tiger-cpu.yaml"], ["tiger.arch=encdec", "tokenizer.kind=rqkmeans"], "rqkmeans"),
+    "tiger-decoder": ([DATA, B / "tiger-cpu.yaml"], ["tiger.arch=decoder", "tokenizer.kind=rqkmeans"], "rqkmeans"),
+    "diger": ([DATA, B / "diger.yaml"], ["tokenizer.epochs=5"], "rqvae5"),
+    "acerec-before": ([DATA, B / "acerec.yaml", B / "opq-whitened.yaml"], ["acerec.ffn_dim=1024"], "opq"),
+    "acerec-ffn1024": ([DATA, B / "acerec.yaml", B / "opq-whitened.yaml"], ["acerec.ffn_dim=1024"], "opq"),
+    "acerec": ([DATA, B / "acerec.yaml", B / "opq-whitened.yaml"], [], "opq"),
 }
 
 
@@ -66,7 +67,7 @@ def per_item_items(model: Any) -> Any:
 
     def items(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = model.code_tokens(codes)
-        s = model.summary_mlp(x.mean(1))
+        s = model.summarise(x.mean(1))
         return x, s, model.merger(x, s)
 
     return items

@@ -27,7 +27,7 @@ from _common import REPO, copy_tokenizer_stage, grounded_records, run_records, s
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", nargs="*", default=["beauty", "sports", "toys"])
-    ap.add_argument("--config", default="tiger-cpu", help="configs/<dataset>/<CONFIG>.yaml")
+    ap.add_argument("--config", default="tiger-cpu", help="configs/<CONFIG>.yaml (after configs/data/<dataset>.yaml)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="read a finished runs/bench run instead of training")
     ap.add_argument("--seen-excluded", action="store_true",
@@ -42,7 +42,7 @@ def main() -> None:
         run = Path("runs/bench") / (f"tiger-{name}" + (f"-{args.tag}" if args.tag else ""))
         if args.sids_from:
             copy_tokenizer_stage(Path(args.sids_from), run)
-        cfg = load_config([REPO / "configs" / name / f"{args.config}.yaml"],
+        cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{args.config}.yaml"],
                           [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
         t0 = time.time()
         reused = args.reuse and (run / "metrics.json").exists()
@@ -54,7 +54,7 @@ def main() -> None:
         else:
             res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
             wall = time.time() - t0
-        tc, tok = cfg.section("tiger"), cfg.section("tokenizer")
+        tc, tok = cfg.tiger, cfg.tokenizer
         depth = (f"decoder {tc.layers or tc.encoder_layers + tc.decoder_layers}L" if tc.arch == "decoder"
                  else f"{tc.encoder_layers}+{tc.decoder_layers}L")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "

@@ -13,9 +13,9 @@ import torch
 from sidrec.config import load_config
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.errors import SidrecError
-from sidrec.models.acerec import ACERec, ACERecConfig, block_causal_mask
+from sidrec.methods.acerec.model import ACERec, ACERecConfig, block_causal_mask
+from sidrec.methods.acerec.task import ACERecTask
 from sidrec.pipeline import load_run, train
-from sidrec.recipes.acerec import ACERecTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,9 +131,8 @@ def test_chunked_topk_equals_brute_force_sort():
 
 
 @pytest.mark.parametrize("kw", [{}, {"merge": "mean"}, {"merge": "mlp"}, {"intent_token": False},
-                                {"isa": False}, {"recon_weight": 0.0}, {"head": "residual", "summary": "residual"},
-                                {"head": "residual", "merge": "mean", "n_latents": 1, "intent_token": False,
-                                 "isa": False}])
+                                {"isa": False}, {"recon_weight": 0.0},
+                                {"merge": "mean", "n_latents": 1, "intent_token": False, "isa": False}])
 def test_variants_forward_backward(kw):
     model = small_model(**kw).train()
     seq = torch.tensor([[-1, -1, 3, 7, 11], [5, 9, 2, 2, 40], [-1, -1, -1, -1, 8]])
@@ -156,25 +155,21 @@ def test_variants_forward_backward(kw):
 def test_residual_head_and_summary_start_in_the_code_embedding_space():
     """RPG's read-out: at init head j is the identity, so the state is scored by its cosine to the code table;
     the residual summary starts as the LayerNorm of the mean code token."""
-    model = small_model(head="residual", summary="residual")
+    model = small_model()
     h = torch.randn(5, 32)
     cos = torch.einsum("nd,mkd->mnk", torch.nn.functional.normalize(h, dim=-1),
                        torch.nn.functional.normalize(model.code_emb, dim=-1)) / model.cfg.gamma
     torch.testing.assert_close(model.subspace_logits(h), cos, rtol=1e-4, atol=1e-4)
     x, s, _ = model.items(model.item_codes[:6])
-    torch.testing.assert_close(s, model.summary_mlp[3](x.mean(1)))
-    assert not torch.allclose(small_model().subspace_logits(h), cos, atol=1e-2)  # the linear head does not
+    torch.testing.assert_close(s, model.summary_norm(x.mean(1)))
 
 
-@pytest.mark.parametrize("which", [None, "input_dropout", "attn_dropout", "dropout"])
-def test_each_dropout_setting_acts_where_it_says(which):
-    """RPG drops input tokens and attention weights but not residual branches: the two overrides of
-    ``acerec.dropout`` and the rate itself each make two training-mode passes differ alone (all zero: identical)."""
-    rates = {"input_dropout": 0.0, "attn_dropout": 0.0, "dropout": 0.0} | ({which: 0.5} if which else {})
-    model = small_model(**rates).train()
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_dropout_acts_in_training_only_when_set(rate):
+    model = small_model(dropout=rate).train()
     seq = torch.tensor([[-1, 3, 7, 11, 4], [5, 9, 2, 2, 40]])
     a, b = model.encode(seq), model.encode(seq)
-    assert torch.equal(a, b) == (which is None)
+    assert torch.equal(a, b) == (rate == 0.0)
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -217,8 +212,6 @@ def test_bad_settings_fail_clearly():
         small_model(merge="max")
     with pytest.raises(SidrecError, match="n_latents"):
         small_model(n_latents=M + 1)
-    with pytest.raises(SidrecError, match="acerec.head"):
-        small_model(head="mlp")
 
 
 def test_tiny_acerec_beats_popularity(tmp_path):
@@ -239,13 +232,13 @@ def test_tiny_acerec_beats_popularity(tmp_path):
     logp = task.log_probs(task.model, split.test.padded_histories(np.arange(5), pad=-1))
     assert np.array_equal(items, task.scorer.scores(logp).argsort(dim=1, descending=True, stable=True)[:, :10].numpy())
     # the section round-trips through the saved config
-    assert dataclasses.asdict(cfg.section("acerec")) == dataclasses.asdict(load_config(None, TINY).section("acerec"))
+    assert dataclasses.asdict(cfg.acerec) == dataclasses.asdict(load_config(None, TINY).acerec)
 
 
 def test_item_table_cache_follows_the_weights(tmp_path):
     from types import SimpleNamespace
 
-    from sidrec.recipes.acerec import ACERecTask
+    from sidrec.methods.acerec.task import ACERecTask
 
     task = ACERecTask.__new__(ACERecTask)
     task.cfg = SimpleNamespace(train=SimpleNamespace(bf16=False))

@@ -13,8 +13,8 @@ from sidrec.data.protocol import EvalSet
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
 from sidrec.eval.evaluator import Evaluator
-from sidrec.models.acerec import ACERec, ACERecConfig
-from sidrec.recipes.acerec import raw_codes
+from sidrec.methods.acerec.model import ACERec, ACERecConfig
+from sidrec.methods.acerec.task import raw_codes
 from sidrec.sid.config import TokenizerConfig
 
 # 8 items, 2 subspaces of 4 codes; items 0-3 share (1, 2) and items 4-5 share (3, 0); column 3 is the

@@ -2,7 +2,7 @@
 
 import torch
 
-from sidrec.models.acerec import ACERec, ACERecConfig, ffn_width
+from sidrec.methods.acerec.model import ACERec, ACERecConfig, ffn_width
 
 
 def _model(merge: str = "atm") -> ACERec:
@@ -23,7 +23,7 @@ def test_table_path_gives_identical_loss_and_gradients():
 
     def per_item(codes: torch.Tensor):  # the per-item x code reference path (what the model did before)
         x = model.code_tokens(codes)
-        s = model.summary_mlp(x.mean(1))
+        s = model.summarise(x.mean(1))
         return x, s, model.merger(x, s)
 
     model.items = per_item  # type: ignore[method-assign]

@@ -319,7 +319,7 @@ def test_crashing_rerun_leaves_previous_run_evaluable(base, tmp_path, monkeypatc
     assert cli("train", *TINY, "train.batch_size=0", "--run-dir", str(run)) == 2
     assert tree(run) == before
     # --overwrite and a failure while the model is built: the old run comes back byte for byte
-    import sidrec.recipes.sasrec as sasrec_recipe
+    import sidrec.methods.sasrec.task as sasrec_recipe
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash while building the model")
@@ -340,7 +340,7 @@ def test_crashing_rerun_leaves_previous_run_evaluable(base, tmp_path, monkeypatc
 def test_failed_train_leaves_no_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli("train", *TINY, "method=nosuch") == 2
-    import sidrec.recipes.sasrec as sasrec_recipe
+    import sidrec.methods.sasrec.task as sasrec_recipe
 
     monkeypatch.setattr(sasrec_recipe, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):

@@ -59,10 +59,10 @@ def test_every_numeric_key_of_every_section_has_a_range_rule():
     """New settings must say what values make sense (issue #21); seeds and 'negative = derive' keys are exempt."""
     import dataclasses
 
-    from sidrec.config import _EXTRA_SECTIONS, _UNCHECKED, _leaves, _rule_for
+    from sidrec.config import _UNCHECKED, _leaves, _rule_for
 
     cfg = load_config()
-    leaves = _leaves(cfg) + [kv for name, cls in _EXTRA_SECTIONS.items() for kv in _leaves(cls(), f"{name}.")]
+    leaves = _leaves(cfg)
     numeric = [k for k, v in leaves if isinstance(v, int | float) and not isinstance(v, bool)
                or isinstance(v, list) and v and isinstance(v[0], int | float)]
     assert len(numeric) > 80
@@ -91,14 +91,15 @@ def test_edge_values_that_mean_off_are_accepted():
 
 def test_choice_rules_match_the_code_that_consumes_them():
     from sidrec.config import _rule_for
-    from sidrec.models.acerec import MERGES
-    from sidrec.models.diger import DECAYS
+    from sidrec.methods.acerec.config import MERGES
+    from sidrec.methods.diger.config import DECAYS
+    from sidrec.methods.diger.config import NOISES as DIGER_NOISES
     from sidrec.sid.base import _MODULES
     from sidrec.sid.rqvae import ESTIMATORS, NOISES
 
     assert set(_rule_for("acerec.merge")) == set(MERGES)
     assert set(_rule_for("diger.decay")) == set(DECAYS)
-    assert set(_rule_for("diger.noise")) == {*NOISES, "none"}
+    assert set(_rule_for("diger.noise")) == {*NOISES, "none"} and set(DIGER_NOISES) == set(NOISES)
     assert set(_rule_for("tokenizer.estimator")) == set(ESTIMATORS)
     assert set(_rule_for("tokenizer.kind")) == set(_MODULES)
 
@@ -111,9 +112,9 @@ def test_template_override_that_yaml_reads_as_a_mapping_says_to_quote():
 
 
 def test_run_dir_knows_the_tokenizer_stage_file_names():
-    from sidrec.recipes.tiger import SID_SOURCE_FILE
     from sidrec.runs import TOKENIZER_STAGE
     from sidrec.sid.pipeline import PLOT_FILE, REPORT_FILE, SID_TABLE_FILE, TOKENIZER_DIR
+    from sidrec.sid.stage import SID_SOURCE_FILE
 
     items = SID_TABLE_FILE.replace(".parquet", ".items.parquet")  # SIDTable.save's item-id side file
     assert TOKENIZER_STAGE == (SID_SOURCE_FILE, SID_TABLE_FILE, items, TOKENIZER_DIR, REPORT_FILE, PLOT_FILE)
@@ -131,18 +132,59 @@ def test_unset_tokenizer_seed_is_the_run_seed_when_a_run_is_resumed():
     assert any(d.startswith("tokenizer.seed") for d in settings_diff(saved, load_config(None, ["seed=43"])))
 
 
+def _shipped_configs(root):
+    """configs/: the data files (configs/data/*.yaml) and every method setting with the data files it is
+    composed with (the -small settings with the synthetic data, the others with the three Amazon datasets)."""
+    paths = sorted(root.rglob("*.yaml"))
+    data = sorted((root / "data").glob("*.yaml"))
+    top = [p for p in sorted(root.glob("*.yaml")) if p.name != "base.yaml"]
+    assert sorted([*data, *top, root / "base.yaml"]) == paths, "configs/ holds only base.yaml, data/ and methods"
+    synthetic = [d for d in data if d.stem == "synthetic"]
+    amazon = [d for d in data if d.stem != "synthetic"]
+    return data, {m: synthetic if m.stem.endswith("-small") else amazon for m in top}
+
+
 def test_every_shipped_config_loads():
     """A shipped config that no longer parses (a renamed key, a bad value) fails here, not in a user's run."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    paths = sorted(root.rglob("*.yaml"))
-    assert len(paths) > 10
-    for p in paths:
-        cfg = load_config([p])
-        assert isinstance(cfg, Config), p
-    rpg = load_config([root / "beauty" / "acerec-rpg.yaml"]).section("acerec")
-    assert (rpg.merge, rpg.n_latents, rpg.intent_token, rpg.isa, rpg.head) == ("mean", 1, False, False, "residual")
+    data, methods = _shipped_configs(root)
+    assert {p.stem for p in data} == {"beauty", "sports", "synthetic", "toys"}
+    assert len(methods) >= 12
+    for d in data:
+        assert isinstance(load_config([d]), Config), d
+    for m, on in methods.items():
+        # a method setting names no data (it is composed after a data file: -c configs/data/X.yaml -c M.yaml)
+        assert load_config([m]).data.path == Config().data.path, m
+        for d in on:
+            cfg = load_config([d, m])
+            assert isinstance(cfg, Config) and cfg.data.path == load_config([d]).data.path, (d, m)
+    rpg = load_config([root / "data" / "beauty.yaml", root / "acerec-rpg.yaml"]).acerec
+    assert (rpg.merge, rpg.n_latents, rpg.intent_token, rpg.isa) == ("mean", 1, False, False)
+
+
+def test_no_two_shipped_configs_are_identical_or_equivalent():
+    """Each setting lives in one file: the 24 per-dataset copies (many byte-identical) became data files and
+    method settings composed with -c. No two files under configs/ may be byte-identical, and no two method
+    settings may give the same resolved config on the same data (a copy that differs only in comments)."""
+    from pathlib import Path
+
+    from sidrec.config import config_to_dict
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    seen: dict[bytes, Path] = {}
+    for p in sorted(root.rglob("*.yaml")):
+        assert p.read_bytes() not in seen, f"{p} is byte-identical to {seen.get(p.read_bytes())}"
+        seen[p.read_bytes()] = p
+    data, methods = _shipped_configs(root)
+    resolved: dict[str, Path] = {}
+    for m, on in methods.items():
+        key = repr(config_to_dict(load_config([on[0], m])))
+        assert key not in resolved, f"{m} resolves to the same config as {resolved.get(key)}"
+        resolved[key] = m
+    dicts = [repr(config_to_dict(load_config([d]))) for d in data]
+    assert len(set(dicts)) == len(data)
 
 
 def test_every_documented_choice_passes_the_schema():
@@ -151,10 +193,10 @@ def test_every_documented_choice_passes_the_schema():
     import sidrec.dream.config  # noqa: F401  (registers the dream section)
 
     for neg in ("family", "family_far", "none"):
-        assert load_config(None, [f"dream.negatives={neg}"]).section("dream").negatives == neg
+        assert load_config(None, [f"dream.negatives={neg}"]).dream.negatives == neg
     with pytest.raises(SidrecError, match="dream.negatives"):
         load_config(None, ["dream.negatives=far"])
     for key, ok in (("dream.cart.space", "base"), ("dream.cart.levels", "parallel"), ("dream.cart.nce_positive", "next")):
-        assert getattr(load_config(None, [f"{key}={ok}"]).section("dream").cart, key.split(".")[-1]) == ok
+        assert getattr(load_config(None, [f"{key}={ok}"]).dream.cart, key.split(".")[-1]) == ok
         with pytest.raises(SidrecError, match=key):
             load_config(None, [f"{key}=nope"])

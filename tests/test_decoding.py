@@ -12,7 +12,7 @@ from sidrec.decoding.beam import beam_search, distinct_items
 from sidrec.decoding.reference import dict_trie, reference_decode_one, sid_to_item
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
-from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.methods.tiger.model import TIGER, TIGERConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -37,7 +37,8 @@ def test_torchrun_trains_acerec(tmp_path):
     cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        cmd + ["--standalone", "--nproc_per_node=2", "-m", "sidrec.cli", "train", "-c", "configs/synthetic/acerec.yaml",
+        cmd + ["--standalone", "--nproc_per_node=2", "-m", "sidrec.cli", "train", "-c", "configs/data/synthetic.yaml",
+               "-c", "configs/acerec-small.yaml",
                "data.synthetic_users=400", "train.epochs=3", "acerec.d_model=32",
                "acerec.ffn_dim=64", "train.progress=false", "--run-dir", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).resolve().parents[1],

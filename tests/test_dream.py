@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from sidrec.decoding.beam import beam_search
 from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.dream.cart import CART, CARTConfig, candidate_sids, family_negatives
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.cpde import add_lora, update_weights
 from sidrec.dream.newitems import add_items, read_new_items
@@ -21,8 +22,7 @@ from sidrec.dream.sids import complete_candidates, place_sids, table_with
 from sidrec.dream.uc3 import sid_nll, uc3_decide
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import ranks_from_topk
-from sidrec.models.tiger import TIGER, TIGERConfig
-from sidrec.sid.cart import CART, CARTConfig, candidate_sids, family_negatives
+from sidrec.methods.tiger.model import TIGER, TIGERConfig
 from sidrec.sid.table import SIDTable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -228,8 +228,8 @@ def test_residual_cart_starts_on_the_base_tree_and_its_full_beam_is_exact():
 def test_cart_in_the_base_space_starts_exactly_on_the_static_sids(kind):
     """space=base: the base quantiser's latents and codebooks with squared-distance logits reproduce the static
     SIDs at step 0; the embedding space (a fresh projection, cosine logits) does not."""
+    from sidrec.dream.cart import _share_on_base
     from sidrec.sid.base import build_tokenizer
-    from sidrec.sid.cart import _share_on_base
     from sidrec.sid.config import TokenizerConfig
 
     rng = np.random.default_rng(0)
@@ -328,7 +328,7 @@ def test_dream_config_section_loads():
     from sidrec.config import load_config
 
     cfg = load_config(None, ["dream.cart.epochs=2", "dream.hypotheses=3"])
-    d: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    d: DREAMConfig = cfg.dream
     assert d.cart.epochs == 2 and d.hypotheses == 3
     with pytest.raises(SidrecError):
         load_config(None, ["dream.cart.epoch=2"])
@@ -399,7 +399,7 @@ def _sequences(run):
 def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
     from sidrec.config import load_config
     from sidrec.pipeline import dataset_from_config
-    from sidrec.recipes.tiger import _features
+    from sidrec.sid.stage import run_features
     from test_cli import _assert_clean_error, run
     from test_tiger import TINY
 
@@ -425,7 +425,7 @@ def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
     bad.write_text('{"item_id": "n1"}\n[1, 2]\n')
     _assert_clean_error(run("add-items", str(rd), str(bad)), "bad.jsonl, line 2")
     cfg = load_config([rd / "config.yaml"])
-    emb = _features(cfg, dataset_from_config(cfg))
+    emb = run_features(cfg, dataset_from_config(cfg))
     good = tmp_path / "new.jsonl"
     good.write_text("".join(json.dumps({"item_id": f"NEW{i}"}) + "\n" for i in range(3)))
     np.save(tmp_path / "new.npy", emb[:3])
@@ -466,7 +466,7 @@ def test_refine_added_items_from_first_interactions(tmp_path):
     from sidrec.dream.refine import refine_items
     from sidrec.dream.uc3 import sid_nll
     from sidrec.pipeline import load_run, train
-    from sidrec.recipes.tiger import _features
+    from sidrec.sid.stage import run_features
     from test_cli import _assert_clean_error
     from test_cli import run as cli
     from test_tiger import TINY
@@ -475,7 +475,7 @@ def test_refine_added_items_from_first_interactions(tmp_path):
     train(load_config(None, TINY + ["train.epochs=3", "data.cold_threshold=12", "tiger.user_buckets=16",
                                     f"run_dir={rd}"]))
     cfg, ds, split, task = load_run(rd)
-    emb = _features(cfg, ds)
+    emb = run_features(cfg, ds)
     cold = np.flatnonzero(split.item_freq <= 12)[:6]
     items = tmp_path / "new.jsonl"
     items.write_text("".join(json.dumps({"item_id": f"NEW{k}"}) + "\n" for k in range(len(cold))))
@@ -563,7 +563,7 @@ def test_dream_paper_mode_retokenizes_every_item_and_trains_a_bridge(tmp_path):
 
 
 def test_info_nce_prefers_the_positive_key_and_averages_positions():
-    from sidrec.sid.cart import info_nce
+    from sidrec.dream.cart import info_nce
 
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(3, 16, 8), dim=-1)
@@ -582,7 +582,7 @@ def test_info_nce_prefers_the_positive_key_and_averages_positions():
 @pytest.mark.parametrize("arch", ["encdec", "decoder"])
 def test_mean_nll_is_the_sum_over_positions_divided_by_their_number(arch):
     from sidrec.dream.uc3 import sid_nll
-    from sidrec.models.tiger import TIGER, TIGERConfig
+    from sidrec.methods.tiger.model import TIGER, TIGERConfig
 
     torch.manual_seed(0)
     cfg = TIGERConfig(d_model=16, encoder_layers=1, decoder_layers=1, n_heads=2, head_dim=8, ffn_dim=32,

@@ -15,7 +15,7 @@ from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import Evaluator
 from sidrec.fusion import BeamCandidates, ContentIndex, Fusion, Grounding, rank_candidates
-from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.methods.tiger.model import TIGER, TIGERConfig
 from sidrec.pipeline import load_run, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +119,7 @@ def test_fp32_readout_leaves_no_ties_that_bf16_logits_create():
 
 
 def test_sasrec_scores_are_read_out_in_fp32_under_bf16(tmp_path):
-    from sidrec.recipes.sasrec import SASRecTask
+    from sidrec.methods.sasrec.task import SASRecTask
 
     cfg = load_config(None, TINY + ["method=sasrec", "train.bf16=true"])
     from sidrec.data.protocol import LeaveOneOut
@@ -247,7 +247,7 @@ def test_sasrec_content_embeddings_place_a_never_seen_item_by_its_content(tmp_pa
     vectors are rebuilt from the features cache, not stored) to the same metrics. init: the table starts
     with the content's neighbourhoods."""
     from sidrec.config import SASRecConfig
-    from sidrec.models.sasrec import SASRec, content_pca
+    from sidrec.methods.sasrec.model import SASRec, content_pca
 
     c = torch.randn(30, 12, generator=torch.Generator().manual_seed(0))
     c[7] = c[3]  # item 7 has item 3's text

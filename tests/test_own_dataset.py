@@ -177,7 +177,7 @@ def test_repo_configs_point_at_the_shared_data():
     repo = Path(__file__).resolve().parents[1]
     for name, folder in (("beauty", "amazon14_beauty"), ("sports", "amazon14_sports"),
                          ("toys", "amazon14_toys")):
-        cfg = load_config([repo / "configs" / name / "data.yaml"])
+        cfg = load_config([repo / "configs" / "data" / f"{name}.yaml"])
         assert Path(cfg.data.path) == (repo.parent / "shared" / "data" / folder).resolve(), cfg.data.path
 
 
@@ -195,11 +195,11 @@ def test_config_show_lists_every_key_and_round_trips(tmp_path, capsys):
 
 
 def test_train_help_lists_the_methods(capsys):
-    from sidrec.recipes import RECIPES
+    from sidrec.methods.registry import METHODS
 
     assert cli("train", "--help") == 0
     text = capsys.readouterr().out
-    assert all(m in text for m in RECIPES), text
+    assert all(m in text for m in METHODS), text
 
 
 def test_evaluate_table_is_not_cut_at_80_columns(tmp_path, monkeypatch, capsys):
@@ -251,7 +251,7 @@ def test_toys_and_sports_configs_embed_item_text():
     shared_data("amazon14_toys")
     for name, expect in (("toys", "Hasbro Electronic Catch Phrase. Categories: Games, Handheld Games."),
                          ("sports", "Brand: Ghost. Categories: Hunting & Fishing")):
-        cfg = load_config([repo / "configs" / name / "data.yaml"])
+        cfg = load_config([repo / "configs" / "data" / f"{name}.yaml"])
         assert cfg.features.kind == "text"
         texts = checked_item_texts(dataset_from_config(cfg), cfg.features.template, cfg.features.min_text_coverage)
         assert texts[0].startswith(expect), texts[0]

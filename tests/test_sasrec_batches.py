@@ -1,15 +1,11 @@
-"""SASRec's training batches: random batches computed in length bands give the padded matrix's loss."""
+"""Next-item batches (SASRec, ACERec): every user once per epoch, grouped by length, seeded."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from sidrec.config import SASRecConfig
-from sidrec.models.sasrec import SASRec
-from sidrec.recipes.sasrec import NextItemBatches, length_bands
+from sidrec.data.batches import NextItemBatches
 
 
 def _train(seed: int, n: int = 200, max_items: int = 60) -> list[np.ndarray]:
@@ -17,37 +13,22 @@ def _train(seed: int, n: int = 200, max_items: int = 60) -> list[np.ndarray]:
     return [rng.integers(0, 40, rng.integers(2, max_items)) for _ in range(n)]
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.integers(1, 80), min_size=1, max_size=64))
-def test_bands_partition_the_batch_and_pad_less_than_2x(n_targets):
-    n = np.array(n_targets)
-    idx = np.arange(len(n)) + 100
-    bands = length_bands(idx, n)
-    assert sorted(np.concatenate(bands).tolist()) == idx.tolist()
-    for b in bands:
-        t = n[b - 100]
-        assert t.max() <= max(8, 2 * t.min() - 1) or t.max() <= 8
-
-
-def test_banded_random_batch_equals_one_padded_matrix():
-    torch.manual_seed(0)
-    model = SASRec(40, 30, SASRecConfig(d_model=16, ffn_dim=32, dropout=0.0, emb_dropout=0.0)).eval()
-    batches = NextItemBatches(_train(0), 30, 64, seed=1, batching="random")(0)
-    assert all(isinstance(b["seq"], list) for b in batches) and any(len(b["seq"]) > 1 for b in batches)
-    for b in batches:
-        w = b["window"]
-        width = max(x.shape[1] for x in w)
-        full = torch.cat([torch.nn.functional.pad(x, (width - x.shape[1], 0), value=-1) for x in w])
-        inp, tgt = full[:, :-1], full[:, 1:]
-        one = model(inp, torch.where(inp >= 0, tgt, torch.full_like(tgt, -1)))
-        torch.testing.assert_close(model(b["seq"], b["target"]), one)
-    # every user with >= 2 items appears exactly once per epoch
-    users = torch.cat([u for b in batches for u in b["user"]]).sort().values
+def test_every_user_once_per_epoch_with_little_padding():
+    train = _train(0)
+    batches = NextItemBatches(train, 30, 16, seed=1)(0)
+    users = torch.cat([b["user"] for b in batches]).sort().values
     assert users.tolist() == list(range(200))
+    for b in batches:
+        lens = (b["window"] >= 0).sum(1)
+        assert b["seq"].shape[1] == int(lens.max()) - 1  # padded to the batch's own longest window
+        # the target after each input position is the next item of the window
+        assert torch.equal(b["target"][b["seq"] >= 0], b["window"][:, 1:][b["seq"] >= 0])
+    # length grouping: batches are far narrower than the longest history on average
+    assert np.mean([b["seq"].shape[1] for b in batches]) < 0.8 * max(min(len(s), 31) for s in train)
 
 
-def test_random_batches_differ_by_epoch_and_repeat_by_seed():
-    nb = NextItemBatches(_train(1), 30, 32, seed=3, batching="random")
-    first = [torch.cat(b["user"]).tolist() for b in nb(0)]
-    assert first == [torch.cat(b["user"]).tolist() for b in NextItemBatches(_train(1), 30, 32, 3, "random")(0)]
-    assert first != [torch.cat(b["user"]).tolist() for b in nb(1)]
+def test_batches_differ_by_epoch_and_repeat_by_seed():
+    nb = NextItemBatches(_train(1), 30, 32, seed=3)
+    first = [b["user"].tolist() for b in nb(0)]
+    assert first == [b["user"].tolist() for b in NextItemBatches(_train(1), 30, 32, 3)(0)]
+    assert first != [b["user"].tolist() for b in nb(1)]

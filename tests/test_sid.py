@@ -14,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidrec.errors import SidrecError
-from sidrec.sid import SIDTable, build_tokenizer, load_tokenizer
+from sidrec.sid.base import build_tokenizer, load_tokenizer
 from sidrec.sid.collisions import collision_stats, disambiguation_codes, resolve
 from sidrec.sid.config import TokenizerConfig
 from sidrec.sid.diagnostics import report
 from sidrec.sid.pipeline import tokenize
+from sidrec.sid.table import SIDTable
 
 
 def clustered(n: int = 600, d: int = 16, k: int = 12, seed: int = 0) -> np.ndarray:

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from sidrec.config import load_config
+from sidrec.data.batches import prefix_samples
 from sidrec.decoding.beam import beam_search
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
-from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.methods.tiger.model import TIGER, TIGERConfig
+from sidrec.methods.tiger.task import TIGERTask
 from sidrec.pipeline import load_run, recommend, train
-from sidrec.recipes.tiger import SID_SOURCE_FILE, SID_TABLE_FILE, TIGERTask, prefix_samples, semantic_ids
+from sidrec.sid.stage import SID_SOURCE_FILE, SID_TABLE_FILE, semantic_ids
 
 TINY = ["method=tiger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes",
@@ -141,7 +143,7 @@ def test_tiny_tiger_beats_popularity(tmp_path):
 # ---------------------------------------------------------------------------------------------- arch=decoder
 def test_decoder_windows_hold_every_prefix_target_once():
     """arch=decoder trains on windows; together they hold every (user, target) of the prefix samples once."""
-    from sidrec.recipes.sasrec import NextItemBatches
+    from sidrec.data.batches import NextItemBatches
 
     rng = np.random.default_rng(0)
     train_seqs = [rng.permutation(50)[:n] for n in (1, 2, 3, 7, 12, 25)]

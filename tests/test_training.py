@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from sidrec.config import load_config
+from sidrec.methods.sasrec.task import SASRecTask
 from sidrec.models.losses import full_softmax_ce
 from sidrec.pipeline import train
-from sidrec.recipes.sasrec import SASRecTask
 
 TINY = ["data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120", "data.max_len=10",
         "sasrec.d_model=16", "sasrec.ffn_dim=32", "sasrec.n_layers=1", "train.batch_size=64",
@@ -108,25 +108,6 @@ def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp
     # the schedule's horizon was the budget (the steps that fit), not 500 epochs: it ends where the cap did
     assert log[-1]["schedule_total_steps"] <= log[-1]["step"] + 2
     assert _time.time() - t0 < 60
-def test_resume_from_an_old_pickled_state_is_still_exact(tmp_path, monkeypatch):
-    """Runs written before the safetensors state (``last.state.pt``) resume through the weights-only unpickler."""
-    from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state
-
-    ref = train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'full'}"]))
-    original = _die_in_epoch_3(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_config(None, TINY + ["train.epochs=3", f"run_dir={tmp_path / 'old'}"]))
-    monkeypatch.setattr(SASRecTask, "train_batches", original)
-    ck = tmp_path / "old" / "checkpoints"
-    state = load_state(ck / STATE_FILE)
-    state["optimizer"]["param_groups"] = [{**g, "betas": tuple(g["betas"])} for g in state["optimizer"]["param_groups"]]
-    torch.save(state, ck / LEGACY_STATE_FILE)  # what older versions wrote
-    (ck / STATE_FILE).unlink()
-    resumed = train(load_config([tmp_path / "old" / "config.yaml"]), resume=True)
-    assert resumed["test"]["all"] == ref["test"]["all"]
-    assert (ck / STATE_FILE).exists() and not (ck / LEGACY_STATE_FILE).exists()
-
-
 def test_resume_state_without_optimizer_is_one_line_error(tmp_path):
     from sidrec.errors import SidrecError
     from sidrec.training.state import STATE_FILE, load_state, save_state

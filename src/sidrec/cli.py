@@ -183,7 +183,7 @@ def tokenize(
     from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, run_tokenize
 
     cfg = _config_with_run_dir(config, overrides, run_dir)
-    tcfg = cfg.section("tokenizer")  # type: ignore[attr-defined]
+    tcfg = cfg.tokenizer
     if cfg.run_dir:
         check_run_dir(cfg, Path(cfg.run_dir))
     seed_everything(cfg.seed)

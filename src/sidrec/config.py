@@ -21,7 +21,13 @@ from typing import Any
 
 import yaml
 
+from sidrec.dream.config import DREAMConfig
 from sidrec.errors import SidrecError
+from sidrec.methods.acerec.config import ACERecConfig
+from sidrec.methods.diger.config import DIGERConfig
+from sidrec.methods.sasrec.config import SASRecConfig
+from sidrec.methods.tiger.config import TIGERConfig
+from sidrec.sid.config import TokenizerConfig
 
 
 @dataclass
@@ -90,28 +96,6 @@ class EvalConfig:
 
 
 @dataclass
-class SASRecConfig:
-    """ID-based causal Transformer baseline (full-softmax cross-entropy, tied output embeddings)."""
-
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    ffn_dim: int = 256
-    dropout: float = 0.3
-    emb_dropout: float = 0.3
-    # length: users of similar history length together (least work); random: uniform users, computed in length
-    # bands (same loss as one padded batch, ~2x less work than padding)
-    batching: typing.Literal["length", "random"] = "length"
-    # batch_mean: the mean over each batch's positions (measured best on Beauty validation, docs/RESULTS.md);
-    # equal: every training position weighs the same across batches (loss x the batch's share of targets)
-    position_weight: typing.Literal["equal", "batch_mean"] = "batch_mean"
-    # the item embeddings and the content vectors (``features``): none (free ids); init (the free table starts
-    # as the vectors' PCA to d_model); add (id + a learned projection of the fixed vectors, so an item seen
-    # rarely or never still has an embedding where its content is)
-    item_content: typing.Literal["none", "init", "add"] = "none"
-
-
-@dataclass
 class ContentConfig:
     """The content signal: cosine of every item's vector (``features``) to a query built from the user's
     most recent items. Ranks items on its own (``method: content``) and grounds every trained model (``fusion``)."""
@@ -147,20 +131,14 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    tiger: TIGERConfig = field(default_factory=TIGERConfig)
+    diger: DIGERConfig = field(default_factory=DIGERConfig)
+    acerec: ACERecConfig = field(default_factory=ACERecConfig)
+    dream: DREAMConfig = field(default_factory=DREAMConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form section for experiments
-
-
-# Sections added by later components register themselves here (name -> dataclass type) so that the
-# loader validates them like built-in sections.
-_EXTRA_SECTIONS: dict[str, type] = {}
-
-
-def register_section(name: str, cls: type) -> None:
-    """Add a typed config section (used by tokenizer / model packages)."""
-    _EXTRA_SECTIONS[name] = cls
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -171,10 +149,6 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
         keys.append(name)
         if dataclasses.is_dataclass(t):
             keys.extend(_all_keys(t, name + "."))
-    if cls is Config:
-        for sec, scls in _EXTRA_SECTIONS.items():
-            keys.append(f"{prefix}{sec}")
-            keys.extend(_all_keys(scls, f"{prefix}{sec}."))
     return keys
 
 
@@ -262,10 +236,6 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if isinstance(obj, Config) and key in _EXTRA_SECTIONS:
-            section = obj.extra_sections().setdefault(key, _EXTRA_SECTIONS[key]())
-            _apply(section, value or {}, full + ".")
-            continue
         if key not in names:
             raise _unknown_key(full)
         tp = _resolve(type(obj), key)
@@ -273,23 +243,6 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             _apply(getattr(obj, key), value or {}, full + ".")
         else:
             setattr(obj, key, _coerce(value, tp, full))
-
-
-def _extra_sections(self: Config) -> dict[str, Any]:
-    if not hasattr(self, "_sections"):
-        object.__setattr__(self, "_sections", {})
-    return self._sections  # type: ignore[attr-defined]
-
-
-def _section(self: Config, name: str) -> Any:
-    """Typed access to a registered section, created with defaults when the config never named it."""
-    if name not in _EXTRA_SECTIONS:
-        raise KeyError(name)
-    return self.extra_sections().setdefault(name, _EXTRA_SECTIONS[name]())
-
-
-Config.extra_sections = _extra_sections  # type: ignore[attr-defined]
-Config.section = _section  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------- value checks
@@ -307,10 +260,7 @@ _RULES: list[tuple[str, Any]] = [
     ("tokenizer.collisions", ("append", "refuse")),
     ("tokenizer.extra_code", ("always", "if_needed", "auto")),
     ("tokenizer.estimator", ("ste", "gumbel", "soft")),
-    ("tokenizer.lr_schedule", ("cosine", "constant")),
     ("acerec.merge", ("atm", "mean", "mlp")),
-    ("acerec.head", ("linear", "residual")),
-    ("acerec.summary", ("mlp", "residual")),
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
     ("dream.negatives", ("family", "family_far", "none")),
@@ -395,28 +345,22 @@ def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
             out.extend(_leaves(v, f"{prefix}{f.name}."))
-        elif f.name != "extra":
+        else:
             out.append((f"{prefix}{f.name}", v))
     return out
 
 
 def validate_config(cfg: Config) -> None:
     """Check every value against :data:`_RULES` (all sections, registered ones included); the error names the key."""
-    leaves = _leaves(cfg)
-    for name, sec in cfg.extra_sections().items():  # type: ignore[attr-defined]
-        leaves.extend(_leaves(sec, f"{name}."))
-    for key, value in leaves:
+    for key, value in _leaves(cfg):
         rule = _rule_for(key)
         if rule is not None:
             _check_value(key, value, rule)
     if 10 not in cfg.eval.ks:  # early stopping and the fusion choice read NDCG@10
         raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
-    from sidrec.recipes import RECIPES
+    from sidrec.methods.registry import check_method  # names only: no method code is imported
 
-    if cfg.method not in RECIPES:
-        close = difflib.get_close_matches(cfg.method, list(RECIPES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise SidrecError(f"config key 'method': unknown method '{cfg.method}' (known: {', '.join(sorted(RECIPES))}){hint}")
+    check_method(cfg.method, "config key 'method': ")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -525,7 +469,6 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
 
 def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from YAML files and ``key=value`` overrides (applied in order)."""
-    import sidrec.recipes._sections  # noqa: F401 - the methods' sections (tiger, tokenizer, ...) must be known
     cfg = Config()
     for f in files or []:
         for layer in _read_yaml(Path(f), set()):
@@ -545,11 +488,8 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of the resolved config, including registered sections."""
-    d = dataclasses.asdict(cfg)
-    for name, sec in cfg.extra_sections().items():  # type: ignore[attr-defined]
-        d[name] = dataclasses.asdict(sec)
-    return d
+    """Plain nested dict of the resolved config."""
+    return dataclasses.asdict(cfg)
 
 
 def render_config(cfg: Config) -> str:
@@ -569,17 +509,11 @@ def render_config(cfg: Config) -> str:
             if dataclasses.is_dataclass(v):
                 lines.append(f"{pad}{f.name}:")
                 emit(v, dv, depth + 1)
-            elif f.name == "extra":
-                if v:
-                    lines.append(f"{pad}extra: {scalar(v)}")
             else:
                 note = "" if v == dv else f"  # default: {scalar(dv)}"
                 lines.append(f"{pad}{f.name}: {scalar(v)}{note}")
 
     emit(cfg, Config(), 0)
-    for name, cls in _EXTRA_SECTIONS.items():
-        lines.append(f"{name}:")
-        emit(cfg.extra_sections().get(name) or cls(), cls(), 1)  # type: ignore[attr-defined]
     return "\n".join(lines) + "\n"
 
 

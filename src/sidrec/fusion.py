@@ -178,7 +178,7 @@ class Grounding:
 
 def has_grounding(task: Any) -> bool:
     """Whether a task is grounded, without building its grounding (which reads the item vectors)."""
-    d = getattr(task, "__dict__", {})
+    d = vars(task)
     return d.get("_grounding") is not None or ("_grounding" not in d and d.get("_grounding_factory") is not None)
 
 
@@ -229,7 +229,7 @@ def grounding_for(cfg: Any, dataset: Any, split: Any) -> Grounding | None:
 # ---------------------------------------------------------------------------------------------- evaluation
 def _log_probs(task: Any, raw: torch.Tensor) -> torch.Tensor:
     """A dense task's raw scores as log-probabilities (fp32): SASRec's logits are log-softmax-normalised."""
-    return raw.float().log_softmax(-1) if getattr(task, "logits_unnormalised", False) else raw.float()
+    return raw.float().log_softmax(-1) if task.logits_unnormalised else raw.float()
 
 
 def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion]) -> list[dict[str, Any]]:
@@ -331,7 +331,7 @@ def evaluate_beam(task: Any, model: Any, ev: Evaluator, settings: list[Fusion],
                   cached: BeamCandidates | None = None) -> tuple[list[dict[str, Any]], BeamCandidates]:
     """Metrics of each setting for a beam-search task; the candidates are returned for reuse by a later grid."""
     need = any(not f.off for f in settings)
-    if need and getattr(task, "grounding", None) is None:
+    if need and task.grounding is None:
         raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
     bc = cached
     if bc is None or (need and bc.sim.shape[1] == 0):  # reuse a grid's candidates; fetch content ones if missing
@@ -398,7 +398,7 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10") -> dict[str, Any]:
 def recommend(task: Any, es: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
     out when the run's ``eval.exclude_history`` is set, as in evaluation)."""
-    f: Fusion = getattr(task, "fusion", Fusion())
+    f: Fusion = task.fusion
     model = task.model
     if task.scoring == "beam":
         old = task.beam_width
@@ -443,7 +443,7 @@ def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = 
     model = task.model
     model.eval()
     out: dict[str, Any] = {"summary": summary}
-    if getattr(task, "grounding", None) is None:
+    if task.grounding is None:
         out["valid"] = task.evaluate(model, "valid")
         if test:
             out["test"] = task.evaluate(model, "test")

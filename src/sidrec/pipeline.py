@@ -24,7 +24,7 @@ from sidrec.data.protocol import LeaveOneOut
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import Evaluator, popularity_scores
 from sidrec.io import write_json, write_text
-from sidrec.recipes import get_builder
+from sidrec.methods.registry import get_builder
 from sidrec.runs import check_run_dir, claim_run_dir, lock_run_dir, release_run_dir
 from sidrec.training import Trainer
 from sidrec.training import distributed as D
@@ -87,7 +87,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         task = builder(cfg, ds, split, run)
         attach_grounding(task, cfg, ds, split)
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
-        trainer = Trainer(task, cfg.train, run, cfg.seed) if getattr(task, "trainable", True) else None
+        trainer = Trainer(task, cfg.train, run, cfg.seed) if task.trainable else None
     try:
         if trainer is not None:
             summary = trainer.fit(resume=resume)
@@ -113,7 +113,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
 
 def attach_grounding(task: Any, cfg: Config, ds: Dataset, split: LeaveOneOut) -> None:
     """Give a task the run's content grounding (:mod:`sidrec.fusion`), the one place every method gets it."""
-    if getattr(task, "groundable", True) and fusion.content_available(cfg, ds):
+    if task.groundable and fusion.content_available(cfg, ds):
         task._grounding_factory = lambda: fusion.grounding_for(cfg, ds, split)
 
 
@@ -130,7 +130,7 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Co
     task = get_builder(cfg.method)(cfg, ds, split, run)
     attach_grounding(task, cfg, ds, split)
     fusion.load_fusion(task, run)
-    if not getattr(task, "trainable", True):
+    if not task.trainable:
         return cfg, ds, split, task
     best = Path(weights) if weights is not None else run / "checkpoints" / "best.safetensors"
     if not best.exists():
@@ -176,7 +176,7 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, A
         task.__dict__.pop("_grounding", None)
         if "_grounding_factory" not in task.__dict__:
             attach_grounding(task, cfg, ds, split)
-    if getattr(task, "grounding", None) is None:
+    if task.grounding is None:
         raise SidrecError(f"{run}: method '{cfg.method}' has no content fusion to choose (fusion.lambdas is [0] or "
                           "the method is the content ranker itself)")
     task.fusion = fusion.Fusion()
@@ -207,7 +207,7 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
     if sid_table is not None:
         from sidrec.sid.table import SIDTable
 
-        if not hasattr(task, "use_sids"):
+        if not task.reads_sids:
             raise SidrecError(f"--sid-table needs a SID-based run (this one is '{cfg.method}')")
         table = SIDTable.load(sid_table)
         task.use_sids(table, source=str(sid_table))

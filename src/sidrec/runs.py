@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidrec.config import _EXTRA_SECTIONS, FILE_RELATIVE_KEYS, Config, load_config, save_config
+from sidrec.config import FILE_RELATIVE_KEYS, Config, load_config, save_config
 from sidrec.errors import SidrecError
 from sidrec.io import check_writable
 
@@ -53,7 +53,7 @@ def prepare_run_dir(cfg: Config, dataset_name: str) -> Path:
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "extra":
+        if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -61,11 +61,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settings(cfg: Config) -> dict[str, Any]:
-    """Every setting of ``cfg`` as dotted keys, registered sections with their defaults when never named."""
+    """Every setting of ``cfg`` as dotted keys."""
     d = dataclasses.asdict(cfg)
-    for name, cls in _EXTRA_SECTIONS.items():
-        sec = cfg.extra_sections().get(name)  # type: ignore[attr-defined]
-        d[name] = dataclasses.asdict(sec if sec is not None else cls())
     tok = d.get("tokenizer")
     if isinstance(tok, dict) and tok.get("seed") is None:
         tok["seed"] = d.get("seed")  # an unset tokenizer seed is the run's seed (run_tokenize fills it in)
@@ -161,7 +158,7 @@ def check_run_dir(cfg: Config, run: Path, resume: bool = False, overwrite: bool 
     return bool(diff)  # the same settings retrain in place (reusing the SID table); other settings replace the run
 
 
-# settings a fitted SID table depends on (sidrec.recipes.tiger.sid_source records them with the table)
+# settings a fitted SID table depends on (sidrec.methods.tiger.task.sid_source records them with the table)
 _SID_PREFIXES = ("data.", "features.", "tokenizer.", "seed")
 
 

@@ -1,4 +1,4 @@
-"""The leave-one-out protocol, cold/warm subsets and frequency buckets (METHODS.md section 0).
+"""The leave-one-out protocol, cold/warm subsets and frequency buckets (README.md, "Evaluation").
 
 For each user with at least 3 items: the last item is the test target, the second-to-last the validation
 target, everything before is training data. Validation histories are the training items; test histories

@@ -5,7 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sidrec.errors import SidrecError
-from sidrec.sid.cart import CARTConfig
+
+
+@dataclass
+class CARTConfig:
+    """Stage-1 settings (the paper's values where it gives them; the CPU batch is larger than its 64)."""
+
+    dim: int = 64  # width of z
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    logit_scale: float = 10.0  # tau_s of the cosine logits
+    tau_start: float = 1.0  # Gumbel-softmax temperature, annealed exponentially ...
+    tau_end: float = 0.1  # ... to this value at the last step
+    nce_temperature: float = 0.1
+    queue_size: int = 8192
+    momentum: float = 0.995  # EMA of the key encoder
+    hard_negatives: int = 8  # counterfactual negatives per item
+    history: int = 10  # items of context for the calibration click model
+    w_cal: float = 1.0
+    w_div: float = 0.1
+    w_anchor: float = 0.5
+    candidates: int = 8  # size of the candidate pool per item
+    nce_positive: str = "self"  # self: the same item's momentum key per SID position (eq. 6); next: first cut
+    levels: str = "residual"  # residual: level l quantises what levels < l left (like the base RQ); parallel: first cut
+    # embedding: z from a learned projection of the text embedding, cosine logits, codebooks seeded by the base
+    # codes (starts far from the static SIDs: 1.3% of Toys items kept all three codes at step 0);
+    # base: z in the base quantiser's own space (its latents, W = I, no LayerNorm, its codebooks) with logits
+    # -tau_s ||r - c||^2 / s_l, so step 0 reproduces the static SIDs exactly (residual levels only). base is the
+    # default: on Toys validation its CART-only bridge beats the embedding space on every subset (docs/dream.md)
+    space: str = "base"
 
 
 @dataclass

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sidrec.data.batches import sample_histories
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.uc3 import hypothesis_log_probs, level_log_probs, nll_from_log_probs
-from sidrec.models.tiger import TIGER
+from sidrec.methods.tiger.model import TIGER
 from sidrec.progress import track
-from sidrec.recipes.tiger import sample_histories
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 
 from sidrec.config import Config, load_config
 from sidrec.data.dataset import Dataset
+from sidrec.dream.cart import CARTResult, family_negatives, train_cart
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.cpde import train_cpde
 from sidrec.dream.sids import complete_candidates, table_with
@@ -38,7 +39,6 @@ from sidrec.dream.uc3 import uc3_vote
 from sidrec.errors import SidrecError
 from sidrec.fusion import Fusion
 from sidrec.io import atomic_path, write_json, write_text
-from sidrec.sid.cart import CARTResult, family_negatives, train_cart
 from sidrec.sid.table import SIDTable
 
 DREAM_DIR = "dream"
@@ -122,7 +122,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
     cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
     cfg.run_dir = str(run)
-    dcfg: DREAMConfig = cfg.section("dream")  # type: ignore[assignment]
+    dcfg: DREAMConfig = cfg.dream
     dcfg.check()
     from sidrec.config import parse_override
 
@@ -150,7 +150,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     # ---------------------------------------------------------------- stage 1: CART
     t0 = time.time()
-    from sidrec.recipes.tiger import _features
+    from sidrec.sid.stage import run_features
 
     # CART depends only on the data, the base SIDs and these settings: a finished fit is reused, so tuning the
     # later stages (dream.lambda_*, CPDE epochs) does not refit it
@@ -171,7 +171,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         diag["hard_negatives_per_item"] = cached[3]
         diag["cart_reused"] = True
     else:
-        emb = _features(cfg, ds).astype(np.float32)
+        emb = run_features(cfg, ds).astype(np.float32)
         if dcfg.negatives in ("family", "family_far"):
             docs, fam = item_docs_and_families(ds, cfg.features.template, dcfg.family_field)
             rw = external_rewrite(dcfg.rewrite_command) if dcfg.rewrite_command else None
@@ -242,7 +242,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     # ---------------------------------------------------------------- stage 2: UC3
     t0 = time.time()
-    from sidrec.recipes.tiger import prefix_samples
+    from sidrec.data.batches import prefix_samples
 
     task.use_sids(cart_table)  # histories are read with the stage-1 SIDs
     samples = prefix_samples(split_obj.train, cfg.data.max_len)

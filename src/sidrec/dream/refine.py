@@ -119,17 +119,18 @@ def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str 
                  overrides: list[str] | None = None, progress: bool = True) -> RefineResult:
     """Let the run's frozen model re-choose the SIDs of added items from their first interactions."""
     from sidrec.config import load_config
+    from sidrec.data.batches import prefix_samples
     from sidrec.pipeline import load_run
-    from sidrec.recipes.tiger import _features, prefix_samples
+    from sidrec.sid.stage import run_features
 
     run = Path(run_dir)
     src = Path(table_path) if table_path else run / CATALOGUE_TABLE
     if not src.exists():
         raise SidrecError(f"{src} not found: add the new items first with 'sidrec add-items {run} ITEMS'")
     cfg, ds, split, task = load_run(run, weights)
-    if not hasattr(task, "use_sids"):
+    if not task.reads_sids:
         raise SidrecError(f"{run}: refining SIDs needs a SID-based run (this one is '{cfg.method}')")
-    dcfg = load_config([run / "config.yaml"], list(overrides or [])).section("dream")
+    dcfg = load_config([run / "config.yaml"], list(overrides or [])).dream
     table = SIDTable.load(src)
     task.use_sids(table, source=str(src))  # checks codebooks and that the run's items are covered
     if table.n_sids != table.n_items:
@@ -169,7 +170,7 @@ def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str 
     emb_new = stored if stored is not None else np.full((len(added), 1), np.nan, np.float32)
     if len(emb_new) != len(added):
         raise SidrecError(f"{emb_file}: {len(emb_new)} rows for {len(added)} added items")
-    run_emb = _features(cfg, ds).astype(np.float32)
+    run_emb = run_features(cfg, ds).astype(np.float32)
     if emb_new.shape[1] != run_emb.shape[1]:
         emb_new = np.full((len(added), run_emb.shape[1]), np.nan, np.float32)  # no content match possible
     warm = np.flatnonzero(split.item_freq > cfg.data.cold_threshold)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sidrec.models.tiger import TIGER
+from sidrec.methods.tiger.model import TIGER
 from sidrec.progress import track
 
 
@@ -115,7 +115,7 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
     ``ctx_rows`` are prefix samples (histories read through the task's installed SID table) whose target is
     item ``ctx_item`` (an index into ``cands``); ``users`` maps a sample's sequence to its user index.
     """
-    from sidrec.recipes.tiger import sample_histories
+    from sidrec.data.batches import sample_histories
 
     model = task.model
     model.eval()

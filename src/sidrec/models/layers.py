@@ -71,12 +71,11 @@ class Block(nn.Module):
     """Pre-LN Transformer block: self-attention, optional cross-attention, feed-forward."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, head_dim: int | None = None,
-                 cross: bool = False, attn_dropout: float | None = None) -> None:
+                 cross: bool = False) -> None:
         super().__init__()
-        a_drop = dropout if attn_dropout is None else attn_dropout  # on the attention weights; `dropout` elsewhere
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, n_heads, head_dim, a_drop)
-        self.cross = MultiHeadAttention(d_model, n_heads, head_dim, a_drop) if cross else None
+        self.attn = MultiHeadAttention(d_model, n_heads, head_dim, dropout)
+        self.cross = MultiHeadAttention(d_model, n_heads, head_dim, dropout) if cross else None
         self.ln_cross = nn.LayerNorm(d_model) if cross else None
         self.ln2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)

@@ -42,7 +42,6 @@ class TokenizerConfig:
     epochs: int = 300
     batch_size: int = 1024
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (decay to 5%; measured worse on Beauty: recon .338 vs .317)
     weight_decay: float = 1e-4
     beta: float = 0.25  # commitment weight
     estimator: str = "ste"  # ste | gumbel | soft (quantiser gradient estimator)

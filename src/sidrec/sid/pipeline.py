@@ -67,7 +67,7 @@ def tokenize(cfg: TokenizerConfig, embeddings: np.ndarray, item_ids: list[str] |
 
 def run_tokenize(cfg: Config, dataset: Dataset, features: np.ndarray, run_dir: str | Path) -> SIDTable:
     """Tokenize ``dataset``'s items with ``cfg.tokenizer`` and write the stage's files into ``run_dir``."""
-    tcfg: TokenizerConfig = cfg.section("tokenizer")  # type: ignore[attr-defined]
+    tcfg: TokenizerConfig = cfg.tokenizer
     if tcfg.seed is None:
         tcfg.seed = cfg.seed
     run = Path(run_dir)

@@ -7,9 +7,7 @@ safetensors file and the rest of the tree as JSON in the same file's metadata, s
 build data, never call code. :func:`load_state` checks that the file is complete and ours before anything
 is handed back; the trainer then validates each field against the run it resumes.
 
-Old runs wrote ``last.state.pt``; :func:`load_legacy_state` still reads those, with ``torch.load``'s
-``weights_only`` unpickler and an allow-list of the few numpy types the RNG state needs, so a crafted pickle
-is refused instead of executed.
+Runs of the first release wrote a pickled ``last.state.pt``; it is refused by name, never unpickled.
 """
 
 from __future__ import annotations
@@ -112,29 +110,6 @@ def load_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("state"), dict):
         raise SidrecError(f"{path}: unsupported resume state format (expected format {_FORMAT})")
     return _decode(doc["state"], tensors, str(path))
-
-
-def load_legacy_state(path: str | Path) -> dict[str, Any]:
-    """Read an old pickled ``last.state.pt`` with the weights-only unpickler (no code runs)."""
-    import pickle
-
-    path = Path(path)
-    allowed = [np.ndarray, np.dtype, np.dtypes.UInt32DType]
-    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 moved it
-    reconstruct = core.multiarray._reconstruct
-    try:
-        with torch.serialization.safe_globals([*allowed, reconstruct]):
-            st = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0][:120]
-        raise SidrecError(f"{path}: refused to load: the resume state holds objects other than plain data "
-                          f"({first}); it may be crafted to run code. Delete it or retrain") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise SidrecError(f"{path}: unreadable resume state, truncated or foreign "
-                          f"({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(st, dict):
-        raise SidrecError(f"{path}: not a sidrec resume state (a {type(st).__name__}, expected a mapping)")
-    return st
 
 
 def require(state: dict[str, Any], path: str | Path, key: str, kind: type | tuple[type, ...]) -> Any:

@@ -20,40 +20,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+import sidrec.training.distributed as D
 from sidrec import precision
 from sidrec.config import TrainConfig
 from sidrec.errors import SidrecError
 from sidrec.io import append_line, atomic_path, write_text
 from sidrec.progress import make_progress
-from sidrec.training import distributed as D
-from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_legacy_state, load_state, require, save_state
+from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state, require, save_state
+from sidrec.training.task import Task
 
 Metrics = dict[str, dict[str, Any]]
-
-
-class Task(Protocol):
-    """What the trainer needs from a model recipe."""
-
-    model: nn.Module
-
-    def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
-        """All batches of one epoch, deterministic given the epoch number."""
-        ...
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Loss of one batch; must go through ``model(...)`` (which may be a DDP wrapper)."""
-        ...
-
-    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> Metrics:
-        """Metrics per subset on ``split`` ('valid' or 'test') with the real inference procedure."""
-        ...
 
 
 def nonfinite_parameters(model: nn.Module) -> str:
@@ -106,9 +89,8 @@ class Trainer:
         self.distributed = D.init(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        if hasattr(task, "param_groups"):  # a task with parts that learn at different rates (DIGER)
-            groups = task.param_groups(cfg.weight_decay, cfg.lr)
-        else:
+        groups = task.param_groups(cfg.weight_decay, cfg.lr)  # parts that learn at different rates (DIGER)
+        if groups is None:
             params = [p for p in task.model.parameters() if p.requires_grad]
             groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                       {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -171,9 +153,6 @@ class Trainer:
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         save_state(self.ckpt_dir / STATE_FILE, state)
-        legacy = self.ckpt_dir / LEGACY_STATE_FILE
-        if legacy.exists():  # a pickled state from an older version is now stale
-            legacy.unlink()
 
     def _save_best(self) -> None:
         if D.is_main():
@@ -188,10 +167,12 @@ class Trainer:
         """
         st_path = self.ckpt_dir / STATE_FILE
         if not st_path.exists():
-            st_path = self.ckpt_dir / LEGACY_STATE_FILE
-            if not st_path.exists():
-                return False
-        st = load_state(st_path) if st_path.name == STATE_FILE else load_legacy_state(st_path)
+            legacy = self.ckpt_dir / LEGACY_STATE_FILE
+            if legacy.exists():
+                raise SidrecError(f"{legacy}: refused: a pickled resume state from the first sidrec release is never "
+                                  "loaded (unpickling can run code); delete it and retrain, or resume from a newer run")
+            return False
+        st = load_state(st_path)
         epoch = require(st, st_path, "epoch", int)
         step = require(st, st_path, "step", int)
         best = float(require(st, st_path, "best", (int, float)))

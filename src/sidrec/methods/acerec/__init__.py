@@ -1,0 +1,1 @@
+"""ACERec: long OPQ IDs, token merger, holistic scoring."""

@@ -1,0 +1,30 @@
+"""The ``acerec`` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MERGES = ("atm", "mean", "mlp")
+
+
+@dataclass
+class ACERecConfig:
+    """The ``acerec`` config section (paper values in comments; defaults sized for a CPU)."""
+
+    d_model: int = 128  # paper 448
+    n_latents: int = 4  # k latent tokens per item (compression r = m / k)
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 0  # 0 = the paper's ratio, 1024 / 448 = 2.29 x d_model (rounded to 16); paper 1024 at d 448
+    dropout: float = 0.2  # everywhere (RPG's split, .5 on inputs and attention, 0 elsewhere, lost: docs/acerec.md)
+    gamma: float = 0.03  # MTP temperature (cosine logits / gamma)
+    isa_weight: float = 0.1  # lambda, paper {0.1, 0.15, 0.2}
+    isa_tau: float = 0.07
+    pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
+    recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
+    merge: str = "atm"  # atm | mean | mlp (how m code embeddings become k latents)
+    intent_token: bool = True  # false: predict from the mean of the block's latent states
+    isa: bool = True  # false: MTP (+ recon) only
+    collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace
+    eval_chunk: int = 4096  # items per holistic-scoring chunk (bounds memory: users x chunk scores)
+    eval_batch_users: int = 256  # users scored together

@@ -1,0 +1,1 @@
+"""The content ranker: cosine of item vectors, no training."""

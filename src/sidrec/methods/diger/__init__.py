@@ -1,0 +1,1 @@
+"""DIGER: TIGER with differentiable semantic IDs."""

@@ -1,0 +1,1 @@
+"""SASRec: the ID-based baseline."""

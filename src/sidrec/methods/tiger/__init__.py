@@ -1,0 +1,1 @@
+"""TIGER: semantic IDs + a generative Transformer + constrained beam search."""

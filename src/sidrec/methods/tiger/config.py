@@ -1,0 +1,26 @@
+"""The ``tiger`` config section (also the backbone of DIGER and DREAM's stage models)."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+
+@dataclass
+class TIGERConfig:
+    """The ``tiger`` config section: model shape (paper defaults) and decoding."""
+
+    d_model: int = 128
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    n_heads: int = 6
+    head_dim: int = 64
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    user_buckets: int = 2000  # hashed user token; 0 = no user token
+    beam: int = 20  # beam width of the constrained search (returns at most this many items)
+    eval_batch_users: int = 256  # users decoded together (each with `beam` hypotheses)
+    kv_cache: bool = True  # decoder self-attention cache; false = recompute the <= L-token prefix each step
+    arch: typing.Literal["encdec", "decoder"] = "encdec"  # paper encoder-decoder, or one causal stack (see module doc)
+    layers: int = 0  # arch=decoder: causal blocks (0 = encoder_layers + decoder_layers, the encdec's depth)
+    tie_head: bool = False  # code logits = state . code embedding (no separate output layer), as DIGER's authors

@@ -1,0 +1,95 @@
+"""A run's semantic-ID stage: the SID table in the run folder, fitted once and reused.
+
+Every SID method (TIGER, DIGER, ACERec, DREAM's stages) reads its SIDs through :func:`semantic_ids`: the
+table in the run directory is reused when it is there, so ``--resume`` and ``sidrec evaluate RUN`` never refit
+the tokenizer (a refit could change the SIDs under trained weights); a table fitted under other data /
+features / tokenizer settings is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidrec.config import Config
+from sidrec.data.dataset import Dataset
+from sidrec.decoding.trie import SIDCodes
+from sidrec.errors import SidrecError
+from sidrec.io import write_json
+from sidrec.sid.pipeline import SID_TABLE_FILE
+
+__all__ = ["SID_SOURCE_FILE", "SID_TABLE_FILE", "run_features", "semantic_ids", "sid_source"]
+
+
+
+
+SID_SOURCE_FILE = "sid_table.source.json"  # what the run's SID table was fitted from (checked on reuse)
+
+
+def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
+    """Everything the SIDs depend on: dataset identity, feature settings and tokenizer settings."""
+    tok = dataclasses.asdict(cfg.tokenizer)  # type: ignore[attr-defined]
+    tok.pop("progress", None)
+    if tok.get("seed") is None:
+        tok["seed"] = cfg.seed
+    feats = dataclasses.asdict(cfg.features)
+    for k in ("batch_size", "cache_dir", "min_text_coverage"):  # none of them changes the vectors
+        feats.pop(k, None)
+    data = {"name": dataset.name, "n_items": dataset.n_items, "kcore": cfg.data.kcore}
+    if cfg.data.path == "synthetic":
+        data.update(users=cfg.data.synthetic_users, items=cfg.data.synthetic_items, seed=cfg.data.synthetic_seed)
+    return {"data": data, "features": feats, "tokenizer": tok}
+
+
+def _comparable(source: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """A SID source record in today's terms: its npy path made absolute (config paths became file-relative, so
+    an older record may hold the same file as a relative path) and every tokenizer / feature setting the record
+    predates filled in with its default (a setting added later, at its default, fits the same SIDs, so an
+    existing table must not be refused for lacking it)."""
+    defaults = {"tokenizer": dataclasses.asdict(type(cfg.tokenizer)()),
+                "features": dataclasses.asdict(type(cfg.features)())}
+    out = dict(source)
+    for name, default in defaults.items():
+        out[name] = {**default, **source.get(name, {})}
+    feats = out["features"]
+    if feats.get("npy_path"):
+        feats["npy_path"] = os.path.abspath(feats["npy_path"])
+    return out
+
+
+def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
+    """The run's SIDs: reuse the run directory's table when present, else fit the configured tokenizer.
+
+    The table is reused only if it was fitted from the same data, features and tokenizer settings (recorded
+    in ``sid_table.source.json``): training into an existing run directory with a changed tokenizer must not
+    silently keep the old SIDs. A table without that record (e.g. from ``sidrec tokenize``) is trusted.
+    """
+    from sidrec.sid.pipeline import run_tokenize
+    from sidrec.sid.table import SIDTable
+
+    run = Path(run_dir)
+    path, stamp = run / SID_TABLE_FILE, run / SID_SOURCE_FILE
+    source = json.loads(json.dumps(sid_source(cfg, dataset)))  # normalised like the stored copy
+    if path.exists():
+        if stamp.exists() and _comparable(json.loads(stamp.read_text()), cfg) != _comparable(source, cfg):
+            raise SidrecError(f"{path} was fitted with other data / features / tokenizer settings than this config "
+                              f"(see {stamp}); use a new run_dir or delete the SID table to refit it")
+        table = SIDTable.load(path)
+        if not stamp.exists():
+            write_json(stamp, source)
+    else:
+        table = run_tokenize(cfg, dataset, run_features(cfg, dataset), run)
+        write_json(stamp, source)
+    return SIDCodes.from_table(table)
+
+
+def run_features(cfg: Config, dataset: Dataset) -> np.ndarray:
+    from sidrec.features import item_features
+
+    return item_features(cfg.features, dataset, progress=cfg.train.progress)
+

@@ -21,6 +21,7 @@ import pytest
 
 from sidrec.cli import main
 
+DATA = ["data.path=synthetic", "data.synthetic_users=60", "data.synthetic_items=40"]  # what embed / tokenize read
 TINY = ["data.path=synthetic", "data.synthetic_users=60", "data.synthetic_items=40", "train.epochs=1",
         "sasrec.d_model=8", "sasrec.ffn_dim=16", "sasrec.n_layers=1", "train.progress=false"]
 
@@ -162,6 +163,46 @@ def _args(*argv: str) -> Callable[[Path, Path], list[str]]:
     return lambda base, tmp: [a.replace("{base}", str(base)).replace("{tmp}", str(tmp)) for a in argv]
 
 
+def _base_not_a_string(base: Path, tmp: Path) -> list[str]:
+    (tmp / "c.yaml").write_text("base: 5\n")
+    return ["train", "-c", str(tmp / "c.yaml")]
+
+
+def _run_copy(base: Path, tmp: Path) -> Path:
+    run = tmp / "copy"
+    shutil.copytree(base / "run", run)
+    return run
+
+
+def _method_changed(base: Path, tmp: Path) -> list[str]:
+    """A run whose config.yaml was edited to another method: it must not fit SIDs into the run."""
+    run = _run_copy(base, tmp)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("method: sasrec", "method: tiger"))
+    return ["evaluate", str(run)]
+
+
+def _weights_are_a_folder(base: Path, tmp: Path) -> list[str]:
+    run = _run_copy(base, tmp)
+    (run / "checkpoints" / "best.safetensors").unlink()
+    (run / "checkpoints" / "best.safetensors").mkdir()
+    return ["evaluate", str(run)]
+
+
+def _config_cut_short(base: Path, tmp: Path) -> list[str]:
+    run = _run_copy(base, tmp)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text[:text.index("train:")])
+    return ["evaluate", str(run)]
+
+
+def _add_items_to_a_fixed_catalogue(base: Path, tmp: Path) -> list[str]:
+    run = _run_copy(base, tmp)
+    (run / "sid_table.parquet").write_bytes(b"not needed: the method is refused first")
+    (tmp / "new.jsonl").write_text('{"item_id": "N1", "title": "a new thing"}\n')
+    return ["add-items", str(run), str(tmp / "new.jsonl")]
+
+
 R = "{tmp}/r"  # a run directory that must never be created by a failing command
 CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # train: nonsense settings, named by key, before any work
@@ -210,11 +251,11 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("prepare over a foreign folder", _args("data", "prepare", "synthetic", "--out", "{base}/run"),
      "not a prepared sidrec dataset"),
     # embed / tokenize
-    ("embed out under a file", _args("embed", *TINY, "--out", "{base}/file.txt/e.npy"), "file.txt"),
-    ("embed cache under a file", _args("embed", *TINY, "features.cache_dir={base}/file.txt/c"), "file.txt"),
-    ("embed missing npy", _args("embed", *TINY, "features.kind=npy", "features.npy_path={tmp}/e.npy"), "e.npy"),
-    ("tokenize levels 0", _args("tokenize", *TINY, "tokenizer.levels=0", "--run-dir", R), "tokenizer.levels"),
-    ("tokenize into a trained run", _args("tokenize", *TINY, "tokenizer.levels=2", "--run-dir", "{base}/run"),
+    ("embed out under a file", _args("embed", *DATA, "--out", "{base}/file.txt/e.npy"), "file.txt"),
+    ("embed cache under a file", _args("embed", *DATA, "features.cache_dir={base}/file.txt/c"), "file.txt"),
+    ("embed missing npy", _args("embed", *DATA, "features.kind=npy", "features.npy_path={tmp}/e.npy"), "e.npy"),
+    ("tokenize levels 0", _args("tokenize", *DATA, "tokenizer.levels=0", "--run-dir", R), "tokenizer.levels"),
+    ("tokenize into a trained run", _args("tokenize", *DATA, "tokenizer.levels=2", "--run-dir", "{base}/run"),
      "other settings"),
     # evaluate / recommend
     ("evaluate non-run", _args("evaluate", "{tmp}"), "not a run directory"),
@@ -237,6 +278,59 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("unknown command", _args("nosuch"), "nosuch"),
     ("unknown option", _args("train", "--bogus"), "--bogus"),
     ("data without its argument", _args("data", "stats"), "input"),
+    # round two (issue 44): limits, sizes, commands that would ignore a setting, runs that were tampered with
+    ("lr that overflows", _args("train", *TINY, "train.lr=1e308", "--run-dir", R), "train.lr"),
+    ("weight decay above 1", _args("train", *TINY, "train.weight_decay=2", "--run-dir", R), "train.weight_decay"),
+    ("max_len beyond memory", _args("train", *TINY, "data.max_len=1000000000", "--run-dir", R), "data.max_len"),
+    ("synthetic users beyond a million", _args("train", *TINY, "data.synthetic_users=2000000000", "--run-dir", R),
+     "data.synthetic_users"),
+    ("synthetic items 0", _args("train", *TINY, "data.synthetic_items=0", "--run-dir", R), "data.synthetic_items"),
+    ("empty data path", _args("train", *TINY, "data.path=", "--run-dir", R), "data.path"),
+    ("eval ks only 100", _args("train", *TINY, "eval.ks=[100]", "--run-dir", R), "must include 10"),
+    ("cold threshold negative", _args("train", *TINY, "data.cold_threshold=-1", "--run-dir", R), "data.cold_threshold"),
+    ("kcore negative in config", _args("train", *TINY, "data.kcore=-2", "--run-dir", R), "data.kcore"),
+    ("patience 0", _args("train", *TINY, "train.patience=0", "--run-dir", R), "train.patience"),
+    ("warm-up negative", _args("train", *TINY, "train.warmup_steps=-1", "--run-dir", R), "train.warmup_steps"),
+    ("grad clip negative", _args("train", *TINY, "train.grad_clip=-1", "--run-dir", R), "train.grad_clip"),
+    ("threads negative", _args("train", *TINY, "train.threads=-1", "--run-dir", R), "train.threads"),
+    ("eval users negative", _args("train", *TINY, "train.eval_users=-1", "--run-dir", R), "train.eval_users"),
+    ("min lr ratio above 1", _args("train", *TINY, "train.min_lr_ratio=2", "--run-dir", R), "train.min_lr_ratio"),
+    ("bf16 not a choice", _args("train", *TINY, "train.bf16=maybe", "--run-dir", R), "train.bf16"),
+    ("seed not a number", _args("train", *TINY, "seed=abc", "--run-dir", R), "seed"),
+    ("content query of 0 items", _args("train", *TINY, "content.query_items=0", "--run-dir", R), "content.query_items"),
+    ("content decay above 1", _args("train", *TINY, "content.decay=1.5", "--run-dir", R), "content.decay"),
+    ("content index unknown", _args("train", *TINY, "content.index=hnsw", "--run-dir", R), "content.index"),
+    ("fusion lambda negative", _args("train", *TINY, "fusion.lambdas=[0,-1]", "--run-dir", R), "fusion.lambdas"),
+    ("fusion candidates negative", _args("train", *TINY, "fusion.candidates=-1", "--run-dir", R), "fusion.candidates"),
+    ("sasrec item content unknown", _args("train", *TINY, "sasrec.item_content=both", "--run-dir", R),
+     "sasrec.item_content"),
+    ("acerec merge unknown", _args("train", *TINY, "method=acerec", "acerec.merge=max", "--run-dir", R), "acerec.merge"),
+    ("acerec latents 0", _args("train", *TINY, "method=acerec", "acerec.n_latents=0", "--run-dir", R),
+     "acerec.n_latents"),
+    ("diger decay unknown", _args("train", *TINY, "method=diger", "diger.decay=fast", "--run-dir", R), "diger.decay"),
+    ("tiger beam 0", _args("train", *TINY, "method=tiger", "tiger.beam=0", "--run-dir", R), "tiger.beam"),
+    ("tiger arch unknown", _args("train", *TINY, "method=tiger", "tiger.arch=rnn", "--run-dir", R), "tiger.arch"),
+    ("balance factor below 1", _args("train", *TINY, "tokenizer.balance_factor=0.5", "--run-dir", R),
+     "tokenizer.balance_factor"),
+    ("dream keep above 1", _args("train", *TINY, "dream.update_keep=1.5", "--run-dir", R), "dream.update_keep"),
+    ("features kind unknown", _args("train", *TINY, "features.kind=image", "--run-dir", R), "features.kind"),
+    ("data format unknown in config", _args("train", *TINY, "data.format=xml", "--run-dir", R), "data.format"),
+    ("config base not a string", _base_not_a_string, "'base'"),
+    ("tokenize codebook larger than the catalogue",
+     _args("tokenize", *DATA, "tokenizer.codebook_sizes=[5000]", "--run-dir", R), "codes of a codebook"),
+    ("tokenize on a device that does not exist",
+     _args("tokenize", *DATA, "tokenizer.kind=rqvae", "tokenizer.device=nosuch", "--run-dir", R), "nosuch"),
+    ("evaluate a run whose method was changed", _method_changed, "changed to another method"),
+    ("evaluate weights that are a folder", _weights_are_a_folder, "found a folder"),
+    ("evaluate a config cut short", _config_cut_short, "incomplete run config"),
+    ("fuse with a training setting", _args("fuse", "{base}/run", "train.lr=1"), "reads only"),
+    ("dream with a training setting", _args("dream", "{base}/run", "train.lr=1"), "reads only"),
+    ("refine-items with a training setting", _args("refine-items", "{base}/run", "{tmp}/i.csv", "train.lr=1"),
+     "reads only"),
+    ("add-items to a fixed catalogue", _add_items_to_a_fixed_catalogue, "fixed catalogue"),
+    ("recommend k negative", _args("recommend", "{base}/run", "-u", "U000001", "-k", "-1"), "-k"),
+    ("embed with a training setting", _args("embed", *DATA, "train.lr=1"), "reads only"),
+    ("tokenize with a model setting", _args("tokenize", *DATA, "tiger.d_model=8", "--run-dir", R), "reads only"),
 ]
 
 
@@ -268,7 +362,7 @@ def test_case_table_is_large_and_covers_every_subcommand(base, tmp_path):
         (tmp_path / str(i)).mkdir()
         argvs.append(setup(base, tmp_path / str(i)))
     used = {a[0] for a in argvs} | {a[1] for a in argvs if a[0] == "data"}
-    assert len(CASES) >= 30
+    assert len(CASES) >= 100
     assert commands <= used, commands - used
 
 
@@ -373,3 +467,27 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    """``kill -9`` during ``data prepare`` (or a checkpoint) leaves ``.<name>.<pid>.*.tmp``; the next write of the
+    same file removes it when that process is gone, and never touches a live writer's."""
+    from sidrec.io import atomic_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / f".prep.{pid}.abc123.tmp"
+    stale.mkdir()
+    (stale / "items.parquet").write_bytes(b"half")
+    live = tmp_path / f".prep.{os.getppid()}.def456.tmp"  # a running process (the test runner's parent)
+    live.mkdir()
+    with atomic_path(tmp_path / "prep", is_dir=True) as tmp:
+        (tmp / "done").write_text("ok")
+    assert not stale.exists() and live.exists() and (tmp_path / "prep" / "done").exists()
+
+
+def test_a_csv_with_a_byte_order_mark_is_recognised(tmp_path):
+    """A spreadsheet's CSV export starts with a UTF-8 byte-order mark; format detection must still see 'user'."""
+    rows = "".join(f"u{u},i{(u * 7 + t) % 30},{t}\n" for u in range(40) for t in range(6))
+    (tmp_path / "x.csv").write_bytes(b"\xef\xbb\xbf" + ("user,item,timestamp\n" + rows).encode())
+    assert cli("data", "stats", str(tmp_path / "x.csv")) == 0

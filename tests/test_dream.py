@@ -305,10 +305,12 @@ def test_new_items_get_valid_unique_sids(tmp_path):
     np.save(tmp_path / "more.npy", emb[[0]])
     table2, _ = add_items(run, more, embeddings=tmp_path / "more.npy")  # extends the catalogue table
     assert table2.n_items == 66 and table2.item_ids[-1] == "later1" and len(np.unique(table2.codes, axis=0)) == 66
-    with pytest.raises(SidrecError, match="cannot embed new items"):
-        other = tmp_path / "other.jsonl"
-        other.write_text(json.dumps({"item_id": "x"}) + "\n")
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"item_id": "x"}) + "\n")
+    with pytest.raises(SidrecError, match="has no text"):  # an item without text would get the SID of ''
         add_items(run, other)
+    with pytest.raises(SidrecError, match="cannot embed new items"):  # accepted, but attributes cannot embed it
+        add_items(run, other, allow_empty_text=True)
 
 
 def test_new_items_file_errors_name_file_and_line(tmp_path):
@@ -429,7 +431,7 @@ def test_cli_dream_add_items_and_recommend_over_the_extended_table(tmp_path):
     good = tmp_path / "new.jsonl"
     good.write_text("".join(json.dumps({"item_id": f"NEW{i}"}) + "\n" for i in range(3)))
     np.save(tmp_path / "new.npy", emb[:3])
-    _assert_clean_error(run("add-items", str(rd), str(good)), "--embeddings")
+    _assert_clean_error(run("add-items", str(rd), str(good)), "has no text")  # SIDs from empty text: refused
     p = run("add-items", str(rd), str(good), "--embeddings", str(tmp_path / "new.npy"))
     assert p.returncode == 0, p.stderr
     table = SIDTable.load(rd / "sid_table.catalogue.parquet")

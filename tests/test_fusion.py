@@ -238,7 +238,7 @@ def test_fuse_chooses_again_with_another_query_and_keeps_it(tmp_path):
     _, _, _, task = load_run(run)
     assert task.cfg.content.query_items == 2 and task.grounding.index.cfg.query_items == 2
     assert task.evaluate(task.model, "test")["all"] == out["test"]["all"]
-    with pytest.raises(SidrecError, match="only fusion"):
+    with pytest.raises(SidrecError, match="reads only fusion"):
         fuse(run, ["train.lr=1"])
 
 

@@ -167,6 +167,21 @@ def test_diverged_weights_never_become_best(tmp_path, monkeypatch):
     assert len((tmp_path / "r" / "log.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_run_diverged_in_its_first_epoch_leaves_no_folder(tmp_path, monkeypatch):
+    """Nothing to resume or evaluate: the folder the command created is removed (an existing one is kept)."""
+    from sidrec.errors import SidrecError
+
+    original = SASRecTask.loss
+
+    def nan_loss(self, model, batch):
+        return original(self, model, batch) * float("nan")
+
+    monkeypatch.setattr(SASRecTask, "loss", nan_loss)
+    with pytest.raises(SidrecError, match="diverged at epoch 1"):
+        train(load_config(None, TINY + ["train.epochs=2", f"run_dir={tmp_path / 'new'}"]))
+    assert not (tmp_path / "new").exists()
+
+
 def test_infinite_numbers_are_refused():
     from sidrec.errors import SidrecError
 

@@ -145,11 +145,12 @@ def embed(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="write the (n_items, d) array here")] = None,
 ) -> None:
     """Compute (or fetch from cache) item feature vectors: text embeddings or attribute SVD."""
-    from sidrec.config import load_config
+    from sidrec.config import load_config, only_overrides
     from sidrec.features import item_features
     from sidrec.io import check_writable, save_npy
     from sidrec.pipeline import dataset_from_config
 
+    only_overrides("embed", overrides, ("data.", "features."))
     cfg = load_config(config, overrides)
     if output is not None:
         check_writable(output, "output file", folder=False)
@@ -177,11 +178,13 @@ def tokenize(
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="run directory (default runs/...)")] = None,
 ) -> None:
     """Fit the configured tokenizer (tokenizer.kind=rqkmeans|rqvae|opq|pq) and write SID table + report."""
+    from sidrec.config import only_overrides
     from sidrec.features import item_features
     from sidrec.pipeline import dataset_from_config, seed_everything
     from sidrec.runs import check_run_dir, claim_run_dir
-    from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, run_tokenize
+    from sidrec.sid.pipeline import REPORT_FILE, SID_TABLE_FILE, preflight, run_tokenize
 
+    only_overrides("tokenize", overrides, ("data.", "features.", "tokenizer.", "seed", "run_dir"))
     cfg = _config_with_run_dir(config, overrides, run_dir)
     tcfg = cfg.tokenizer
     if cfg.run_dir:
@@ -191,6 +194,7 @@ def tokenize(
     if not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / f"{ds.name}-tokenize-{tcfg.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(cfg, Path(cfg.run_dir))
+    preflight(tcfg, ds.n_items)
     emb = item_features(cfg.features, ds, progress=tcfg.progress)
     with claim_run_dir(cfg, ds.name) as run:
         table = run_tokenize(cfg, ds, emb, run)
@@ -363,11 +367,12 @@ def add_items(
     items: Annotated[Path, typer.Argument(help="new items: JSON Lines or CSV with item_id and text fields")],
     out_file: Annotated[Path | None, typer.Option("--out", help="where the extended SID table goes")] = None,
     embeddings: Annotated[Path | None, typer.Option(help="(n_new, d) .npy content vectors instead of text")] = None,
+    allow_empty_text: Annotated[bool, typer.Option("--allow-empty-text", help="accept items without any text")] = False,
 ) -> None:
     """Give new catalogue items valid, unique SIDs from the run's tokenizer (no retraining)."""
     from sidrec.dream.newitems import add_items as run_add
 
-    table, path = run_add(run, items, out_file, embeddings)
+    table, path = run_add(run, items, out_file, embeddings, allow_empty_text)
     out.print(f"catalogue now {table.n_items} items; SID table written to [bold]{path}[/] "
               f"(use: sidrec recommend {run} --sid-table {path} -u USER)")
 
@@ -423,6 +428,28 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _size_culprit(argv: list[str]) -> str:
+    """The override most likely to have asked for the memory: the numeric setting furthest above its default."""
+    import dataclasses
+
+    from sidrec.config import Config, parse_override
+
+    best, ratio = "", 1.0
+    for word in argv:
+        if "=" not in word or word.startswith("-"):
+            continue
+        key, value = parse_override(word)
+        obj: object = Config()
+        for part in key.split("."):
+            obj = getattr(obj, part, None) if obj is not None and dataclasses.is_dataclass(obj) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(obj, int | float) and obj > 0:
+            if value / obj > ratio:
+                best, ratio = f"{key}={value}", value / obj
+    if best:
+        return f"{best} is too large for this machine's memory"
+    return "a size setting (data.max_len, train.batch_size, model widths, eval.batch_size) is too large for this machine"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors -> one line on stderr and exit code 2; Ctrl-C -> exit code 130.
 
@@ -430,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
     as ``--help`` does); every other command-line mistake (unknown command or option, a missing or malformed
     argument) is one line on stderr, naming the command's ``--help``, with exit code 2.
     """
+    if not sys.stderr.isatty():  # libraries' progress bars and notices would surround the one error line in a log
+        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                           ("TQDM_DISABLE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+            os.environ.setdefault(var, value)
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="sidrec")
     except SidrecError as exc:
@@ -440,6 +471,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("sidrec: interrupted", file=sys.stderr)
         sys.exit(130)
+    except (MemoryError, RuntimeError) as exc:
+        if os.environ.get("SIDREC_DEBUG") or not (isinstance(exc, MemoryError) or "allocate" in str(exc)):
+            raise
+        print(f"sidrec: error: out of memory ({_one_line(str(exc))[:120] or 'MemoryError'}): "
+              f"{_size_culprit(argv if argv is not None else sys.argv[1:])}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # typer's Exit / Abort, click-style usage errors, OS errors
         if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
             code = getattr(exc, "exit_code", 0)

@@ -252,6 +252,11 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 # dotted names (``dream.cart.lr``). tests/test_config.py checks that every numeric key of every section is
 # covered by a rule or listed in ``_UNCHECKED``.
 _POS, _NONNEG, _UNIT, _UNIT_OPEN, _AT_LEAST_1 = "> 0", ">= 0", "in [0, 1]", "in [0, 1)", ">= 1"
+# a learning rate above 10 is never meant (AdamW's useful range is ~1e-5..1e-1) and 1e308 overflows in the optimizer
+_RATE = "in (0, 10]"
+# the embedded synthetic data is generated user by user (seconds for the default 3,000): it is a demo and a test
+# fixture, not a load generator; beyond a million users or items it would run for hours and exhaust memory
+_SYNTH = "in [1, 1000000]"
 _RULES: list[tuple[str, Any]] = [
     # choices (the consumers check them too; these fail before any work is done)
     ("data.format", ("auto", "prepared", "s3rec", "lcrec", "recbole", "amazon", "tabular")),
@@ -284,11 +289,11 @@ _RULES: list[tuple[str, Any]] = [
     ("dream.lambda_kl", _NONNEG),
     ("dream.cart.hard_negatives", _NONNEG),
     ("dream.cart.w_*", _NONNEG),
-    ("diger.tokenizer_lr", _NONNEG),
-    ("diger.sdud_lr", _NONNEG),
-    ("data.max_len", _POS), ("data.synthetic_users", _POS), ("data.synthetic_items", _POS),
+    ("diger.tokenizer_lr", "in [0, 10]"),
+    ("diger.sdud_lr", _RATE),
+    ("data.max_len", _POS), ("data.synthetic_users", _SYNTH), ("data.synthetic_items", _SYNTH),
     ("data.cold_threshold", _NONNEG), ("data.kcore", _NONNEG), ("features.svd_dim", _POS),
-    ("train.weight_decay", _NONNEG), ("train.warmup_steps", _NONNEG), ("train.grad_clip", _NONNEG),
+    ("train.weight_decay", _UNIT), ("train.warmup_steps", _NONNEG), ("train.grad_clip", _NONNEG),
     ("train.patience", _POS), ("train.eval_every", _POS), ("train.eval_users", _NONNEG),
     ("train.max_minutes", _NONNEG), ("train.threads", _NONNEG),
     ("eval.ks", _POS), ("eval.buckets", _POS),
@@ -298,14 +303,14 @@ _RULES: list[tuple[str, Any]] = [
     ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.*", _NONNEG),
     ("tokenizer.levels", _POS), ("tokenizer.kmeans_iters", _POS), ("tokenizer.tau", _POS),
     ("tokenizer.subspaces", _POS), ("tokenizer.subspace_codes", _POS), ("tokenizer.opq_iters", _POS),
-    ("tokenizer.pca_dim", _NONNEG), ("tokenizer.weight_decay", _NONNEG), ("tokenizer.beta", _NONNEG),
+    ("tokenizer.pca_dim", _NONNEG), ("tokenizer.weight_decay", _UNIT), ("tokenizer.beta", _NONNEG),
     ("tokenizer.noise_scale", _NONNEG), ("tokenizer.dead_code_steps", _NONNEG),
-    ("dream.cart.weight_decay", _NONNEG), ("dream.cart.*", _POS),
+    ("dream.cart.weight_decay", _UNIT), ("dream.cart.*", _POS),
     ("dream.lora_*", _POS), ("dream.uc3_tau", _POS), ("dream.uc3_batch", _POS), ("dream.hypotheses", _POS),
     ("dream.cpde_update_every", _POS), ("dream.eval_beam", _POS), ("dream.eval_users", _NONNEG),
     ("dream.bridge_max_minutes", _NONNEG),
     # generic names last: the explicit keys above take precedence
-    ("*batch_size", _POS), ("*epochs", _POS), ("*.lr", _POS), ("*_lr", _POS),
+    ("*batch_size", _POS), ("*epochs", _POS), ("*.lr", _RATE), ("*_lr", _RATE),
     ("*d_model", _POS), ("*_layers", _POS), ("*n_heads", _POS), ("*head_dim", _POS), ("*ffn_dim", _POS),
     ("*_dim", _POS), ("*hidden_dims", _POS), ("*codebook_sizes", _POS), ("*codebook", _POS),
     ("*eval_batch_users", _POS), ("*eval_chunk", _POS),
@@ -333,7 +338,8 @@ def _check_value(key: str, value: Any, rule: Any) -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
-        ok = {_POS: v > 0, _NONNEG: v >= 0, _UNIT: 0 <= v <= 1, _UNIT_OPEN: 0 <= v < 1, _AT_LEAST_1: v >= 1}[rule]
+        ok = {_POS: v > 0, _NONNEG: v >= 0, _UNIT: 0 <= v <= 1, _UNIT_OPEN: 0 <= v < 1, _AT_LEAST_1: v >= 1,
+              _RATE: 0 < v <= 10, "in [0, 10]": 0 <= v <= 10, _SYNTH: 1 <= v <= 1_000_000}[rule]
         if not ok or v != v:  # NaN fails every range
             what = "every value " if isinstance(value, list) else ""
             raise SidrecError(f"config key '{key}': {what}must be {rule}, got {v!r}")
@@ -356,11 +362,23 @@ def validate_config(cfg: Config) -> None:
         rule = _rule_for(key)
         if rule is not None:
             _check_value(key, value, rule)
+    if not cfg.data.path.strip():
+        raise SidrecError("config key 'data.path': empty; name a dataset file or folder, or 'synthetic'")
     if 10 not in cfg.eval.ks:  # early stopping and the fusion choice read NDCG@10
         raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
     from sidrec.methods.registry import check_method  # names only: no method code is imported
 
     check_method(cfg.method, "config key 'method': ")
+
+
+def only_overrides(command: str, overrides: list[str] | None, allowed: tuple[str, ...]) -> None:
+    """Refuse an override that ``command`` would not read (``allowed``: key prefixes such as ``"dream."`` or whole
+    keys such as ``"seed"``): a setting silently ignored looks applied."""
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        if not any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed):
+            names = ", ".join(a + "*" if a.endswith(".") else a for a in allowed)
+            raise SidrecError(f"sidrec {command} does not read '{key}' (it reads only {names}); drop the override")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -461,6 +479,9 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
     _resolve_paths(data, path)
     layers: list[dict[str, Any]] = []
     base = data.pop("base", None)
+    if base is not None and not (isinstance(base, str) or (isinstance(base, list)
+                                                           and all(isinstance(b, str) for b in base))):
+        raise SidrecError(f"{path}: 'base' must name a config file or a list of them, got {base!r}")
     for b in [base] if isinstance(base, str) else (base or []):
         layers.extend(_read_yaml((path.parent / b), seen))
     layers.append(data)

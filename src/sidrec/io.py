@@ -9,6 +9,7 @@ POSIX filesystems).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -25,10 +26,12 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    prefix = f".{path.name}.{os.getpid()}."  # the writer's process id: a later writer can tell a dead one's leftovers
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -53,6 +56,26 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` siblings of ``path`` left by a writer that was killed (its process is gone):
+    a ``kill -9`` during ``data prepare`` or a checkpoint leaves its half-written temporary behind."""
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = p.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _storage_failure(exc: BaseException) -> str:
     """'' unless ``exc`` says the disk (or a file-size or quota limit) is full: then a short reason.
 
@@ -62,7 +85,7 @@ def _storage_failure(exc: BaseException) -> str:
     """
     import errno
 
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO):
         return os.strerror(exc.errno or 0)
     text = str(exc)
     if type(exc).__name__ == "SafetensorError":

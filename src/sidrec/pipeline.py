@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+import sidrec.training.distributed as D
 from sidrec import fusion
-from sidrec.config import Config, describe_path, load_config
+from sidrec.config import Config, describe_path, load_config, only_overrides
 from sidrec.data.dataset import Dataset
 from sidrec.data.formats import load_dataset
 from sidrec.data.protocol import LeaveOneOut
@@ -27,7 +29,7 @@ from sidrec.io import write_json, write_text
 from sidrec.methods.registry import get_builder
 from sidrec.runs import check_run_dir, claim_run_dir, lock_run_dir, release_run_dir
 from sidrec.training import Trainer
-from sidrec.training import distributed as D
+from sidrec.training.state import STATE_FILE
 
 
 def seed_everything(seed: int) -> None:
@@ -82,6 +84,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
     check_trainable(ds, split)
+    fresh = not (cfg.run_dir and Path(cfg.run_dir).exists())  # this call creates the folder
     claim = claim_run_dir(cfg, ds.name, resume, overwrite) if D.is_main() else contextlib.nullcontext(Path(cfg.run_dir))
     with claim as run:
         task = builder(cfg, ds, split, run)
@@ -90,7 +93,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         trainer = Trainer(task, cfg.train, run, cfg.seed) if task.trainable else None
     try:
         if trainer is not None:
-            summary = trainer.fit(resume=resume)
+            try:
+                summary = trainer.fit(resume=resume)
+            except SidrecError:
+                # a run that failed before its first end-of-epoch checkpoint (diverged at epoch 1) holds nothing
+                # to resume or evaluate: a folder this call created goes, as if it had never been asked for
+                if fresh and D.is_main() and not (run / "checkpoints" / STATE_FILE).exists():
+                    release_run_dir(run)
+                    shutil.rmtree(run, ignore_errors=True)
+                raise
             trainer.load_best()
         else:  # nothing to train (the content ranker): the run is its evaluation
             summary = {"epochs": 0, "best_epoch": 0, "best_valid": None, "train_s": 0.0}
@@ -117,17 +128,42 @@ def attach_grounding(task: Any, cfg: Config, ds: Dataset, split: LeaveOneOut) ->
         task._grounding_factory = lambda: fusion.grounding_for(cfg, ds, split)
 
 
+def _check_complete(path: Path) -> None:
+    """A run's ``config.yaml`` is written whole (every section); one cut short (a copy interrupted, a disk that
+    filled) would load with defaults for the missing sections and then blame the weights: name the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return  # load_config reports it
+    # the sections every sidrec version wrote, in this order, first (later sections came with later versions)
+    if not isinstance(data, dict) or "base" in data:
+        return
+    missing = [k for k in ("method", "seed", "data", "features", "train", "eval") if k not in data]
+    if missing:
+        raise SidrecError(f"{path}: incomplete run config (no '{missing[0]}' section; {len(missing)} missing): the "
+                          "file was cut short or edited; restore it or retrain")
+
+
 def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Config, Dataset, LeaveOneOut, Any]:
     """Rebuild config, data split and task of a finished run, with its best weights (or ``weights``) loaded and
     the fusion it chose (``fusion.json``) installed."""
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
+    _check_complete(run / "config.yaml")
     cfg = load_config([run / "config.yaml"])
     cfg.run_dir = str(run)
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
-    task = get_builder(cfg.method)(cfg, ds, split, run)
+    from sidrec.sid.stage import READ_ONLY
+
+    token = READ_ONLY.set(True)  # a finished run's SIDs are read, never fitted again
+    try:
+        task = get_builder(cfg.method)(cfg, ds, split, run)
+    finally:
+        READ_ONLY.reset(token)
     attach_grounding(task, cfg, ds, split)
     fusion.load_fusion(task, run)
     if not task.trainable:
@@ -136,13 +172,16 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Co
     if not best.exists():
         raise SidrecError(f"{weights}: weights file not found" if weights is not None
                           else f"{run}: no trained weights (checkpoints/best.safetensors)")
+    if not best.is_file():
+        raise SidrecError(f"{best}: expected a weights file, found a {'folder' if best.is_dir() else 'special file'}")
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     try:
         load_model(task.model, str(best))
     except (SafetensorError, RuntimeError) as exc:
-        raise SidrecError(f"{best}: not weights of this run's model ({str(exc).splitlines()[0][:200]})") from None
+        raise SidrecError(f"{best}: not weights of the model config.yaml describes (was config.yaml changed?) "
+                          f"({str(exc).splitlines()[0][:200]})") from None
     from sidrec.training.trainer import nonfinite_parameters
 
     bad = nonfinite_parameters(task.model)
@@ -166,9 +205,7 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, A
     writes ``fusion.json`` and updates ``metrics.json`` (``valid`` / ``test`` fused, ``model_only`` alone).
     """
     run = Path(run_dir)
-    bad = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith(("fusion.", "content."))]
-    if bad:
-        raise SidrecError(f"sidrec fuse changes only fusion.* and content.* settings, got '{bad[0]}'")
+    only_overrides("fuse", overrides, ("fusion.", "content."))
     cfg, ds, split, task = load_run(run)
     if overrides:
         new = load_config([run / "config.yaml"], list(overrides))

@@ -96,14 +96,21 @@ def new_item_embeddings(cfg: Any, rows: list[dict[str, Any]], embeddings: str | 
 
 
 def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | None = None,
-              embeddings: str | Path | None = None) -> tuple[SIDTable, Path]:
-    """Extend the run's SID table with new items; returns the table and where it was written."""
+              embeddings: str | Path | None = None, allow_empty_text: bool = False) -> tuple[SIDTable, Path]:
+    """Extend the run's SID table with new items; returns the table and where it was written.
+
+    Only runs that decode over a SID table (TIGER, DIGER) can recommend the added items (``recommend
+    --sid-table``); an item without any text gets the SID of an empty string unless ``allow_empty_text``, so it is
+    refused by default (its SID would say nothing about it)."""
     from sidrec.sid.base import load_tokenizer
 
     run = Path(run_dir)
     if not (run / "config.yaml").exists() or not (run / "sid_table.parquet").exists():
         raise SidrecError(f"{run}: not a run directory with a SID table (config.yaml, sid_table.parquet)")
     cfg = load_config([run / "config.yaml"])
+    if cfg.method not in ("tiger", "diger"):
+        raise SidrecError(f"{run}: method '{cfg.method}' ranks a fixed catalogue; new items can join only a run that "
+                          "decodes over a SID table (tiger, diger)")
     src = Path(out) if out else run / CATALOGUE_TABLE
     run_table = SIDTable.load(run / "sid_table.parquet")
     base = SIDTable.load(src) if src.exists() else run_table  # an existing catalogue table is extended
@@ -115,6 +122,12 @@ def add_items(run_dir: str | Path, items_path: str | Path, out: str | Path | Non
     clash = [str(r["item_id"]) for r in rows if str(r["item_id"]) in known]
     if clash:
         raise SidrecError(f"{items_path}: item '{clash[0]}' is already in the catalogue ({len(clash)} known ids)")
+    if not embeddings and not allow_empty_text:
+        empty = [str(r["item_id"]) for r in rows
+                 if not any(str(v).strip() for k, v in r.items() if k != "item_id" and v is not None)]
+        if empty:
+            raise SidrecError(f"{items_path}: item '{empty[0]}' has no text ({len(empty)} such items); its SID would "
+                              "come from an empty string: add text, pass --embeddings, or --allow-empty-text")
     tok = load_tokenizer(run / "tokenizer")
     emb = new_item_embeddings(cfg, rows, embeddings)
     codes = tok.encode(emb)

@@ -116,6 +116,10 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         if sp not in ("valid", "test"):
             raise SidrecError(f"split must be 'valid' or 'test', got '{sp}'")
 
+    from sidrec.config import only_overrides
+
+    # the stages read the dream section, the seed (CART) and the evaluation settings; the backbone is the run's own
+    only_overrides("dream", overrides, ("dream.", "seed", "eval."))
     t_start = time.time()
     run = Path(run_dir)
     if not (run / "config.yaml").exists():

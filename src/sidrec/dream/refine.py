@@ -118,11 +118,12 @@ def refine_items(run_dir: str | Path, interactions: str | Path, table_path: str 
                  out: str | Path | None = None, weights: str | Path | None = None, candidates: int = 8,
                  overrides: list[str] | None = None, progress: bool = True) -> RefineResult:
     """Let the run's frozen model re-choose the SIDs of added items from their first interactions."""
-    from sidrec.config import load_config
+    from sidrec.config import load_config, only_overrides
     from sidrec.data.batches import prefix_samples
     from sidrec.pipeline import load_run
     from sidrec.sid.stage import run_features
 
+    only_overrides("refine-items", overrides, ("dream.",))
     run = Path(run_dir)
     src = Path(table_path) if table_path else run / CATALOGUE_TABLE
     if not src.exists():

@@ -18,6 +18,7 @@ import numpy as np
 
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
 from sidrec.io import write_json
 from sidrec.sid import diagnostics
 from sidrec.sid.base import Tokenizer, build_tokenizer, check_input
@@ -63,6 +64,16 @@ def tokenize(cfg: TokenizerConfig, embeddings: np.ndarray, item_ids: list[str] |
     rep.update({"kind": tok.kind, "codebook_sizes": tok.codebook_sizes, "sid_sizes": sizes, "fit_s": fit_s,
                 "wall_s": time.time() - t0, "dim": int(emb.shape[1])})
     return TokenizeResult(tok, SIDTable.from_codes(resolved, sizes, item_ids), rep, codes)
+
+
+def preflight(tcfg: TokenizerConfig, n_items: int) -> None:
+    """Refuse settings that cannot fit this catalogue (a codebook larger than it, a device that is not there)
+    before the item vectors are computed and cached: a failing command leaves nothing behind."""
+    tok = build_tokenizer(tcfg)  # checks the kind, the collision policy and (RQ-VAE) the device
+    smallest = min(tok.codebook_sizes)
+    if n_items < smallest:
+        raise SidrecError(f"{tok.kind}: {n_items} items are fewer than the {smallest} codes of a codebook; "
+                          "use smaller tokenizer.codebook_sizes / subspace_codes or more items")
 
 
 def run_tokenize(cfg: Config, dataset: Dataset, features: np.ndarray, run_dir: str | Path) -> SIDTable:

@@ -8,6 +8,7 @@ features / tokenizer settings is refused.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
@@ -22,6 +23,10 @@ from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
 from sidrec.io import write_json
 from sidrec.sid.pipeline import SID_TABLE_FILE
+
+# Set while a finished run is rebuilt (evaluate, recommend, fuse, dream): its SID table must be there; fitting a
+# new one would write into the run (a feature cache, a table) and then fail on the weights.
+READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sidrec_sid_stage_read_only", default=False)
 
 __all__ = ["SID_SOURCE_FILE", "SID_TABLE_FILE", "run_features", "semantic_ids", "sid_source"]
 
@@ -69,7 +74,7 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
     in ``sid_table.source.json``): training into an existing run directory with a changed tokenizer must not
     silently keep the old SIDs. A table without that record (e.g. from ``sidrec tokenize``) is trusted.
     """
-    from sidrec.sid.pipeline import run_tokenize
+    from sidrec.sid.pipeline import preflight, run_tokenize
     from sidrec.sid.table import SIDTable
 
     run = Path(run_dir)
@@ -83,6 +88,10 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
         if not stamp.exists():
             write_json(stamp, source)
     else:
+        if READ_ONLY.get():
+            raise SidrecError(f"{run}: no {SID_TABLE_FILE}, which a '{cfg.method}' run has; was its config.yaml "
+                              "changed to another method?")
+        preflight(cfg.tokenizer, dataset.n_items)
         table = run_tokenize(cfg, dataset, run_features(cfg, dataset), run)
         write_json(stamp, source)
     return SIDCodes.from_table(table)

@@ -56,7 +56,8 @@ def _columns(path: Path) -> list[str]:
         if _is_parquet(path):
             return list(pq.read_schema(path).names)
         opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which must not join the first name
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
             header = fh.readline(65536)
         return [c.strip() for c in next(csv.reader([header]), [])]
     except (OSError, EOFError, UnicodeDecodeError, pa.ArrowException, StopIteration):
@@ -104,7 +105,7 @@ def _bad_csv_line(path: Path) -> int | None:
     """Line of the first row whose field count differs from the header (pyarrow does not report it)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, [])
             for row in reader:

@@ -27,6 +27,12 @@ keeps a key/value cache reordered by beam parent at each step (``kv_cache=False`
 decoder prefix instead; see docs/tiger.md for the measured difference).
 
 Defaults are the paper's: 4 + 4 layers, d_model 128, 6 heads x 64, FFN 1024, dropout 0.1.
+
+**Two architectures** over one shared base (:class:`TIGERBase`: vocabulary, user token, positions, read-out,
+loss): :class:`TIGEREncDec` is the paper's; :class:`TIGERDecoder` (``tiger.arch=decoder``) runs one causal
+stack over [user] + history tokens + the generated codes, so one pass over a window trains every item in it
+and the beam search reads the history's keys / values once per user. :func:`TIGER` builds the one the config
+names; both keep the same weight names.
 """
 
 from __future__ import annotations
@@ -67,7 +73,13 @@ class CausalDecodeState:
     gen_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (B, W, heads, t, head_dim)
 
 
-class TIGER(nn.Module):
+class TIGERBase(nn.Module):
+    """What both TIGER architectures share: the SID vocabulary (one embedding table over every position's
+    codes), the optional hashed user token, item positions counted back from the newest item, per-level
+    read-out (tied or not) and the loss over a target item's codes. :func:`TIGER` builds the one the config names."""
+
+    causal = False  # True: one causal stack over history + generated codes (TIGERDecoder)
+
     def __init__(self, sizes: list[int], max_len: int, cfg: TIGERConfig) -> None:
         super().__init__()
         d = cfg.d_model
@@ -79,35 +91,91 @@ class TIGER(nn.Module):
         self.register_buffer("offsets", torch.tensor([0] + self.sizes[:-1]).cumsum(0), persistent=False)
         self.code_emb = nn.Embedding(self.vocab + 1, d, padding_idx=self.vocab)  # last row = padding
         self.user_emb = nn.Embedding(cfg.user_buckets, d) if cfg.user_buckets > 0 else None
-        self.causal = cfg.arch == "decoder"
         # item positions count back from the most recent item; the causal stack also gives the item being
         # generated a position (0), so its history starts at 1
         self.item_pos = nn.Embedding(max_len + 1 if self.causal else max_len, d)
         self.dec_pos = nn.Embedding(self.length, d)  # encdec: decoder position; decoder: SID level of a token
-        self.bos = nn.Parameter(torch.zeros(d)) if not self.causal else None
         self.drop = nn.Dropout(cfg.dropout)
-
-        def block(cross: bool) -> Block:
-            return Block(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, head_dim=cfg.head_dim, cross=cross)
-
-        if self.causal:
-            self.encoder = nn.ModuleList()
-            self.encoder_ln = None
-            self.decoder = nn.ModuleList(block(False) for _ in range(cfg.layers or cfg.encoder_layers + cfg.decoder_layers))
-        else:
-            self.encoder = nn.ModuleList(block(False) for _ in range(cfg.encoder_layers))
-            self.encoder_ln = nn.LayerNorm(d)
-            self.decoder = nn.ModuleList(block(True) for _ in range(cfg.decoder_layers))
+        self._build_stacks()  # here, so every weight draws from the seeded generator in the same order as before
         self.decoder_ln = nn.LayerNorm(d)
         # tied: a code's logit is the state's dot product with that code's input embedding, so a codeword the
         # tokenizer moves (DIGER) moves the input and the output side together
         self.head = None if cfg.tie_head else nn.Linear(d, self.vocab)
         for emb in (self.code_emb, self.item_pos, self.dec_pos) + ((self.user_emb,) if self.user_emb else ()):
             nn.init.normal_(emb.weight, std=d**-0.5)
-        if self.bos is not None:
+        if isinstance(getattr(self, "bos", None), nn.Parameter):
             nn.init.normal_(self.bos, std=d**-0.5)
         with torch.no_grad():
             self.code_emb.weight[self.vocab].zero_()
+
+    def _build_stacks(self) -> None:
+        """The architecture's Transformer blocks (``encoder`` / ``decoder``)."""
+        raise NotImplementedError
+
+    def _block(self, cross: bool) -> Block:
+        c = self.cfg
+        return Block(c.d_model, c.n_heads, c.ffn_dim, c.dropout, head_dim=c.head_dim, cross=cross)
+
+    def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
+        lo = int(self.offsets[level])
+        hi = lo + self.sizes[level]
+        if self.head is None:
+            return F.linear(h, self.code_emb.weight[lo:hi])
+        return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
+
+    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor | None,
+                history_emb: torch.Tensor | None = None, target_emb: torch.Tensor | None = None,
+                target_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the target SIDs (B, L) given history SIDs (B, T, L).
+
+        ``target=None`` (``arch=decoder`` only): ``history`` is a window of items and every item in it after
+        the first is a target (:meth:`forward_sequence`); routed through ``forward`` so DDP sees the call.
+
+        The optional arguments are DIGER's differentiable path: ``history_emb`` (B, T, L, d) and
+        ``target_emb`` (B, L, d) replace the code-embedding lookups, and ``target_weights[l]`` (B, K_l), when
+        given, is the target distribution of level l (a straight-through one-hot: the loss value is the
+        cross-entropy of the hard code, its gradient reaches the soft assignment).
+        """
+        if target is None:
+            return self.forward_sequence(history, users, history_emb, target_weights)
+        memory, valid = self.encode(history, users, history_emb)
+        h = self.decode(memory, valid, target[:, :-1], None if target_emb is None else target_emb[:, :-1])
+        losses = []
+        for lv in range(self.length):
+            logits = self.level_logits(h[:, lv], lv).float()
+            w = target_weights[lv] if target_weights is not None else None
+            if w is None:
+                losses.append(F.cross_entropy(logits, target[:, lv]))
+            else:
+                losses.append(-(w.float() * logits.log_softmax(-1)).sum(-1).mean())
+        return torch.stack(losses).mean()
+
+    def _with_user(self, x: torch.Tensor, valid: torch.Tensor, users: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.user_emb is None:
+            return x, valid
+        if users is None:
+            raise ValueError("this TIGER has a user token: pass the user indices")
+        u = self.user_emb(hash_users(users, self.cfg.user_buckets)).unsqueeze(1)
+        return torch.cat([u, x], 1), torch.cat([valid.new_ones(len(valid), 1), valid], 1)
+
+    def forward_sequence(self, window: torch.Tensor, users: torch.Tensor | None, emb: torch.Tensor | None = None,
+                         weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        raise ValueError("forward_sequence needs tiger.arch=decoder")
+
+
+
+class TIGEREncDec(TIGERBase):
+    """The paper's encoder-decoder: the encoder reads [user] + history SIDs, the decoder generates the next
+    item's codes with cross-attention to it."""
+
+    def _build_stacks(self) -> None:
+        c = self.cfg
+        self.bos = nn.Parameter(torch.zeros(c.d_model))
+        self.encoder = nn.ModuleList(self._block(False) for _ in range(c.encoder_layers))
+        self.encoder_ln = nn.LayerNorm(c.d_model)
+        self.decoder = nn.ModuleList(self._block(True) for _ in range(c.decoder_layers))
 
     # ------------------------------------------------------------------ encoder
     def encode(self, history: torch.Tensor, users: torch.Tensor | None = None,
@@ -117,8 +185,6 @@ class TIGER(nn.Module):
         ``emb`` (B, T, L, d) replaces the code-embedding lookup (DIGER feeds straight-through mixtures of
         code embeddings so the recommendation loss reaches the tokenizer); ``history`` still gives the mask.
         """
-        if self.causal:
-            return self._context(history, users, emb)
         b, t, length = history.shape
         valid = history >= 0
         if emb is None:
@@ -159,12 +225,7 @@ class TIGER(nn.Module):
     def decode(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefix: torch.Tensor,
                prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced decoder: codes (B, t) -> hidden states (B, t+1, d) (position l predicts code l).
-
-        With ``arch=decoder`` the "memory" is the embedded history (:meth:`encode`), and the one causal stack
-        runs over history + prefix; the state at the history's last token predicts the first code.
         """
-        if self.causal:
-            return self._causal_decode(memory, memory_valid, prefix, prefix_emb)
         x = self.drop(self._dec_inputs(prefix, emb=prefix_emb))
         mask = memory_valid.unsqueeze(1)
         for blk in self.decoder:
@@ -175,16 +236,86 @@ class TIGER(nn.Module):
                           ) -> torch.Tensor:
         """Teacher-forced states (B, W, t+1, d) of W code prefixes (B, W, t) per encoded row (DREAM's votes).
 
-        The encoder-decoder repeats its memory per hypothesis (its decoder is short). With ``arch=decoder`` the
-        history runs through the causal stack once and each prefix attends to its keys / values plus its own
+        The memory is repeated per hypothesis (the decoder is short).
+        """
+        b, w, t = prefixes.shape
+        h = self.decode(memory.repeat_interleave(w, 0), memory_valid.repeat_interleave(w, 0),
+                        prefixes.reshape(b * w, t))
+        return h.view(b, w, t + 1, -1)
+
+    # ------------------------------------------------------------------ incremental decoding (beam search)
+    @torch.no_grad()
+    def start_decoding(self, history: torch.Tensor, users: torch.Tensor | None = None) -> DecodeState:
+        """Encode once; precompute every decoder layer's cross-attention keys/values."""
+        memory, valid = self.encode(history, users)
+        cross = [blk.cross.project_kv(memory) for blk in self.decoder]  # type: ignore[union-attr]
+        return DecodeState(cross, valid.unsqueeze(1))
+
+    @torch.no_grad()
+    def next_log_probs(self, state: DecodeState, prefix: torch.Tensor | None,
+                       parent: torch.Tensor | None) -> tuple[DecodeState, torch.Tensor]:
+        """Log-softmax (B, W, K_t) over code ``t`` for prefixes (B, W, t) (``None`` = step 0, W = 1)."""
+        b = state.memory_mask.shape[0]
+        if prefix is None:
+            prefix = torch.zeros(b, 1, 0, dtype=torch.long, device=state.memory_mask.device)
+        t = prefix.shape[2]
+        cached = self.cfg.kv_cache and state.self_kv is not None
+        if cached:
+            assert state.self_kv is not None and parent is not None
+            w_prev = state.self_kv[0][0].shape[0] // b
+            idx = (parent + torch.arange(b, device=parent.device).unsqueeze(1) * w_prev).view(-1)
+            caches: list[tuple[torch.Tensor, torch.Tensor] | None] = [(k[idx], v[idx]) for k, v in state.self_kv]
+            x = self._dec_inputs(prefix, start=t)  # the newest position only
+        else:
+            caches = [None] * len(self.decoder)
+            x = self._dec_inputs(prefix)
+        new_kv = []
+        for blk, kv, cache in zip(self.decoder, state.cross_kv, caches, strict=True):
+            x, self_kv = blk.step(x, kv, state.memory_mask, cache)
+            new_kv.append(self_kv)
+        if self.cfg.kv_cache:
+            state.self_kv = new_kv
+        h = self.decoder_ln(x[:, :, -1])
+        return state, self.level_logits(h, t).float().log_softmax(-1)
+
+
+class TIGERDecoder(TIGERBase):
+    """``tiger.arch=decoder``: one causal stack over [user] + history SID tokens + the generated codes; the state
+    at each token predicts the next token, so one pass over a window trains every item in it."""
+
+    causal = True
+
+    def _build_stacks(self) -> None:
+        c = self.cfg
+        self.encoder = nn.ModuleList()  # kept (empty) so both architectures' weights share their names
+        self.decoder = nn.ModuleList(self._block(False) for _ in range(c.layers or c.encoder_layers + c.decoder_layers))
+
+    def encode(self, history: torch.Tensor, users: torch.Tensor | None = None,
+               emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedded [user] + history tokens (B, S, d) and their validity: the "memory" :meth:`decode` reads."""
+        return self._context(history, users, emb)
+
+    def decode(self, context: torch.Tensor, valid: torch.Tensor, prefix: torch.Tensor,
+               prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced: the causal stack over history + prefix codes (B, t); the state at the history's last
+        token predicts the first code (returns (B, t+1, d))."""
+        b, s = valid.shape
+        t = prefix.shape[-1]
+        if t:
+            pe = prefix_emb if prefix_emb is not None else self.code_emb(prefix + self.offsets[:t])
+            pe = pe + self.item_pos.weight[0] + self.dec_pos.weight[:t]
+            context, valid = torch.cat([context, pe], 1), torch.cat([valid, valid.new_ones(b, t)], 1)
+        return self._stack(context, valid)[:, s - 1:]
+
+    def decode_hypotheses(self, memory: torch.Tensor, memory_valid: torch.Tensor, prefixes: torch.Tensor
+                          ) -> torch.Tensor:
+        """Teacher-forced states (B, W, t+1, d) of W code prefixes (B, W, t) per encoded row (DREAM's votes).
+
+        The history runs through the causal stack once and each prefix attends to its keys / values plus its own
         tokens (the beam search's two-part attention, here with gradients), instead of W copies of history +
         prefix: W-fold less work on the long part.
         """
         b, w, t = prefixes.shape
-        if not self.causal:
-            h = self.decode(memory.repeat_interleave(w, 0), memory_valid.repeat_interleave(w, 0),
-                            prefixes.reshape(b * w, t))
-            return h.view(b, w, t + 1, -1)
         x, kv = self._history_pass(self.drop(memory), memory_valid)
         first = self.decoder_ln(x[:, -1]).unsqueeze(1).unsqueeze(1).expand(b, w, 1, -1)
         if not t:
@@ -193,42 +324,7 @@ class TIGER(nn.Module):
                                  kv, memory_valid)
         return torch.cat([first, self.decoder_ln(y)], 2)
 
-    def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
-        """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
-        lo = int(self.offsets[level])
-        hi = lo + self.sizes[level]
-        if self.head is None:
-            return F.linear(h, self.code_emb.weight[lo:hi])
-        return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
-
-    def forward(self, history: torch.Tensor, users: torch.Tensor | None, target: torch.Tensor | None,
-                history_emb: torch.Tensor | None = None, target_emb: torch.Tensor | None = None,
-                target_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-        """Mean cross-entropy of the target SIDs (B, L) given history SIDs (B, T, L).
-
-        ``target=None`` (``arch=decoder`` only): ``history`` is a window of items and every item in it after
-        the first is a target (:meth:`forward_sequence`); routed through ``forward`` so DDP sees the call.
-
-        The optional arguments are DIGER's differentiable path: ``history_emb`` (B, T, L, d) and
-        ``target_emb`` (B, L, d) replace the code-embedding lookups, and ``target_weights[l]`` (B, K_l), when
-        given, is the target distribution of level l (a straight-through one-hot: the loss value is the
-        cross-entropy of the hard code, its gradient reaches the soft assignment).
-        """
-        if target is None:
-            return self.forward_sequence(history, users, history_emb, target_weights)
-        memory, valid = self.encode(history, users, history_emb)
-        h = self.decode(memory, valid, target[:, :-1], None if target_emb is None else target_emb[:, :-1])
-        losses = []
-        for lv in range(self.length):
-            logits = self.level_logits(h[:, lv], lv).float()
-            w = target_weights[lv] if target_weights is not None else None
-            if w is None:
-                losses.append(F.cross_entropy(logits, target[:, lv]))
-            else:
-                losses.append(-(w.float() * logits.log_softmax(-1)).sum(-1).mean())
-        return torch.stack(losses).mean()
-
-    # ------------------------------------------------------------------ arch=decoder: one causal stack
+    # ------------------------------------------------------------------ the stack over history tokens
     def _tokens(self, codes: torch.Tensor, first_pos: int, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings (B, T, L, d) of item codes (B, T, L) (-1 = padding) whose newest item has position
         ``first_pos``: code + level + position-from-the-newest embeddings."""
@@ -239,15 +335,6 @@ class TIGER(nn.Module):
         pos = torch.arange(first_pos + t - 1, first_pos - 1, -1, device=codes.device).clamp(max=self.max_len)
         level = self.dec_pos.weight[: codes.shape[2]].view(1, 1, -1, emb.shape[-1])
         return emb + self.item_pos(pos).view(1, t, 1, -1) + level
-
-    def _with_user(self, x: torch.Tensor, valid: torch.Tensor, users: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.user_emb is None:
-            return x, valid
-        if users is None:
-            raise ValueError("this TIGER has a user token: pass the user indices")
-        u = self.user_emb(hash_users(users, self.cfg.user_buckets)).unsqueeze(1)
-        return torch.cat([u, x], 1), torch.cat([valid.new_ones(len(valid), 1), valid], 1)
 
     def _context(self, history: torch.Tensor, users: torch.Tensor | None, emb: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,16 +353,6 @@ class TIGER(nn.Module):
             x = blk(x, mask=mask)
         return self.decoder_ln(x)
 
-    def _causal_decode(self, context: torch.Tensor, valid: torch.Tensor, prefix: torch.Tensor,
-                       prefix_emb: torch.Tensor | None = None) -> torch.Tensor:
-        b, s = valid.shape
-        t = prefix.shape[-1]
-        if t:
-            pe = prefix_emb if prefix_emb is not None else self.code_emb(prefix + self.offsets[:t])
-            pe = pe + self.item_pos.weight[0] + self.dec_pos.weight[:t]
-            context, valid = torch.cat([context, pe], 1), torch.cat([valid, valid.new_ones(b, t)], 1)
-        return self._stack(context, valid)[:, s - 1:]
-
     def forward_sequence(self, window: torch.Tensor, users: torch.Tensor | None, emb: torch.Tensor | None = None,
                          weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Mean cross-entropy of every item's codes in windows of item SIDs (B, n, L), left-padded with -1.
@@ -288,8 +365,6 @@ class TIGER(nn.Module):
         DIGER's differentiable path, as in :meth:`forward`: ``emb`` (B, n, L, d) replaces the code-embedding
         lookups and ``weights[l]`` (B, n, K_l), when given, is level l's target distribution of every item.
         """
-        if not self.causal:
-            raise ValueError("forward_sequence needs tiger.arch=decoder")
         b, n, length = window.shape
         item_ok = window[..., 0] >= 0
         x = self._tokens(window, 0, emb).reshape(b, n * length, -1)
@@ -348,13 +423,6 @@ class TIGER(nn.Module):
             new_kv.append((kn, vn))
         return x, new_kv
 
-    @torch.no_grad()
-    def _start_causal(self, history: torch.Tensor, users: torch.Tensor | None) -> CausalDecodeState:
-        x, valid = self._context(history, users)
-        x, kv = self._history_pass(x, valid)
-        first = self.level_logits(self.decoder_ln(x[:, -1]), 0).float().log_softmax(-1).unsqueeze(1)
-        return CausalDecodeState(kv, valid, first)
-
     def _two_part_attention(self, blk: Block, h: torch.Tensor, ctx: tuple[torch.Tensor, torch.Tensor],
                             ctx_valid: torch.Tensor, gen: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Attention of new tokens ``h`` (B, W, q, d) over a user's shared history keys/values and each beam's
@@ -376,8 +444,17 @@ class TIGER(nn.Module):
         return att.o_proj(out.transpose(2, 3).reshape(b, w, q, -1))
 
     @torch.no_grad()
-    def _next_causal(self, state: CausalDecodeState, prefix: torch.Tensor | None, parent: torch.Tensor | None
-                     ) -> tuple[CausalDecodeState, torch.Tensor]:
+    def start_decoding(self, history: torch.Tensor, users: torch.Tensor | None) -> CausalDecodeState:
+        """The history's keys / values per layer (shared by every beam of a user) and the first code's log-probs."""
+        x, valid = self._context(history, users)
+        x, kv = self._history_pass(x, valid)
+        first = self.level_logits(self.decoder_ln(x[:, -1]), 0).float().log_softmax(-1).unsqueeze(1)
+        return CausalDecodeState(kv, valid, first)
+
+    @torch.no_grad()
+    def next_log_probs(self, state: CausalDecodeState, prefix: torch.Tensor | None,  # type: ignore[override]
+                       parent: torch.Tensor | None) -> tuple[CausalDecodeState, torch.Tensor]:
+        """Log-softmax (B, W, K_t) over code ``t`` for prefixes (B, W, t) (``None`` = step 0)."""
         if prefix is None:
             return state, state.first
         b, w, t = prefix.shape
@@ -399,42 +476,8 @@ class TIGER(nn.Module):
         h = self.decoder_ln(x[:, :, -1])
         return state, self.level_logits(h, t).float().log_softmax(-1)
 
-    # ------------------------------------------------------------------ incremental decoding (beam search)
-    @torch.no_grad()
-    def start_decoding(self, history: torch.Tensor, users: torch.Tensor | None = None) -> DecodeState:
-        """Encode once; precompute every decoder layer's cross-attention keys/values (or, with
-        ``arch=decoder``, the history's keys/values per layer)."""
-        if self.causal:
-            return self._start_causal(history, users)  # type: ignore[return-value]
-        memory, valid = self.encode(history, users)
-        cross = [blk.cross.project_kv(memory) for blk in self.decoder]  # type: ignore[union-attr]
-        return DecodeState(cross, valid.unsqueeze(1))
 
-    @torch.no_grad()
-    def next_log_probs(self, state: DecodeState, prefix: torch.Tensor | None,
-                       parent: torch.Tensor | None) -> tuple[DecodeState, torch.Tensor]:
-        """Log-softmax (B, W, K_t) over code ``t`` for prefixes (B, W, t) (``None`` = step 0, W = 1)."""
-        if self.causal:
-            return self._next_causal(state, prefix, parent)  # type: ignore[arg-type,return-value]
-        b = state.memory_mask.shape[0]
-        if prefix is None:
-            prefix = torch.zeros(b, 1, 0, dtype=torch.long, device=state.memory_mask.device)
-        t = prefix.shape[2]
-        cached = self.cfg.kv_cache and state.self_kv is not None
-        if cached:
-            assert state.self_kv is not None and parent is not None
-            w_prev = state.self_kv[0][0].shape[0] // b
-            idx = (parent + torch.arange(b, device=parent.device).unsqueeze(1) * w_prev).view(-1)
-            caches: list[tuple[torch.Tensor, torch.Tensor] | None] = [(k[idx], v[idx]) for k, v in state.self_kv]
-            x = self._dec_inputs(prefix, start=t)  # the newest position only
-        else:
-            caches = [None] * len(self.decoder)
-            x = self._dec_inputs(prefix)
-        new_kv = []
-        for blk, kv, cache in zip(self.decoder, state.cross_kv, caches, strict=True):
-            x, self_kv = blk.step(x, kv, state.memory_mask, cache)
-            new_kv.append(self_kv)
-        if self.cfg.kv_cache:
-            state.self_kv = new_kv
-        h = self.decoder_ln(x[:, :, -1])
-        return state, self.level_logits(h, t).float().log_softmax(-1)
+
+def TIGER(sizes: list[int], max_len: int, cfg: TIGERConfig) -> TIGERBase:  # noqa: N802 - reads as the model's name
+    """The TIGER model ``tiger.arch`` names: the paper's encoder-decoder or one causal stack."""
+    return (TIGERDecoder if cfg.arch == "decoder" else TIGEREncDec)(sizes, max_len, cfg)

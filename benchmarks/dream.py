@@ -3,9 +3,9 @@
 Usage: python benchmarks/dream.py [beauty toys ...] [--threads 1] [--split valid test] [--tag NAME] [key=value ...]
 
 Needs the TIGER run of benchmarks/tiger.py (runs/bench/tiger-<dataset>, or --run DIR); its files are not
-changed, DREAM writes DIR/dream/ (with dream.mode=paper, the default, also the bridge TIGER DIR/dream/bridge,
-trained with the run's own settings and budget). The first design is dream.mode=cold_only
-dream.cart.nce_positive=next dream.cart.levels=parallel dream.cart.space=embedding; its rows keep their old
+changed, DREAM writes DIR/dream/ (with the bridge TIGER DIR/dream/bridge, trained with the run's own settings
+and budget). The first design (cold items only, the original run as evaluator; removed in the renovation of
+2026-12-06) has rows recorded without the ", paper" tag; they keep their old
 labels, paper rows are labelled ", paper". ``key=value`` overrides go to the ``dream`` section (e.g.
 dream.lambda_kd=1). Writes
 benchmarks/results/dream.json: per stage and subset (all / warm / cold) Recall and NDCG at 5, 10 and 50
@@ -49,8 +49,8 @@ def main() -> None:
         out = run_dream(run, [f"train.threads={args.threads}", *overrides], split=tuple(args.split),
                         stages=tuple(args.stages), progress=False)
         wall = time.time() - t0
-        mode = out["config"]["mode"]  # cold_only rows keep the first design's labels; paper rows say so
-        tag = (", paper" if mode == "paper" else "") + (f", {args.tag}" if args.tag else "")
+        # ", paper": the pipeline as the paper describes it (the first design's rows, without the tag, stay as records)
+        tag = ", paper" + (f", {args.tag}" if args.tag else "")
         recs = []
         for sp, stages in out["by_split"].items():
             for stage, res in stages.items():

@@ -348,7 +348,7 @@ def dream(
         "(by default only a command given on this command line runs)")] = False,
 ) -> None:
     """Refine the SIDs of a TIGER run (DREAM: CART for every item -> a bridge TIGER trained on them -> UC3 ->
-    CPDE; dream.mode=cold_only: cold items only, the run itself as evaluator); writes RUN/dream/."""
+    CPDE); writes RUN/dream/."""
     from sidrec.dream.pipeline import run_dream
 
     res = run_dream(run, overrides or [], split=_parse_splits(split), allow_config_commands=allow_config_commands)

@@ -269,8 +269,6 @@ _RULES: list[tuple[str, Any]] = [
     ("diger.noise", ("gumbel", "gaussian", "none")),
     ("diger.decay", ("none", "sdud", "frqud", "both")),
     ("dream.negatives", ("family", "family_far", "none")),
-    ("dream.cart.space", ("embedding", "base")), ("dream.cart.levels", ("residual", "parallel")),
-    ("dream.cart.nce_positive", ("self", "next")),
     ("content.query_items", _POS), ("content.decay", _UNIT), ("content.nlist", _NONNEG), ("content.nprobe", _POS),
     ("fusion.lambdas", _NONNEG), ("fusion.candidates", _NONNEG),
     ("*dropout", _UNIT_OPEN),
@@ -286,7 +284,7 @@ _RULES: list[tuple[str, Any]] = [
     ("dream.uc3_min_margin", _NONNEG),
     ("dream.cpde_warm_ratio", _NONNEG),
     ("dream.lambda_soft", _NONNEG),
-    ("dream.lambda_kl", _NONNEG),
+    ("dream.lambda_kl", _NONNEG), ("dream.lambda_warm", _NONNEG),
     ("dream.cart.hard_negatives", _NONNEG),
     ("dream.cart.w_*", _NONNEG),
     ("diger.tokenizer_lr", "in [0, 10]"),
@@ -317,7 +315,7 @@ _RULES: list[tuple[str, Any]] = [
 ]
 # numeric keys any value of which is meaningful (seeds; negative lambdas mean "derive it"; the CPDE gate's
 # offset delta is in nats and may be negative)
-_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.lambda_warm",
+_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd",
               "dream.update_delta"}
 
 

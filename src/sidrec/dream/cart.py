@@ -7,39 +7,33 @@ language). It then lists, per item, the few most likely code sequences; the next
 
 Model (the DREAM paper's stage 1; docs/dream.md):
 
-* item vector ``z_i = LayerNorm(W e_i + r_i)`` from the content embedding ``e_i`` and a per-item
-  collaborative residual ``r_i`` (zero at the start, so an item with no interactions keeps its content view);
-* ``levels: residual`` (default): the levels form a residual tree like the base quantiser's: level ``l``
-  reads the residual ``r_{i,l} = z_i - sum_{m<l} c_{m,k_m}`` with logits ``tau_s * cos(r_{i,l}, c_{l,k})``, and
-  codeword ``k`` of level ``l`` starts at the mean residual, under their own base parents, of the items whose
-  base code at ``l`` is ``k`` (residual k-means seeded by the base SIDs), so a deeper code means the same as
-  in the tree it is anchored to; candidates come from a beam search over prefixes. ``levels: parallel`` (the
-  first cut): a query ``q_{i,l} = U_l z_i`` per level, independent of the parent codes, each codebook started
-  at the mean query of the items carrying each base code;
-* where CART starts (``space``): ``base`` (default, the paper's "codebooks initialised from Phi_0") puts ``z`` in
-  the base quantiser's own space -- its latents as ``e_i``, ``W = I``, no LayerNorm, its codebooks, logits
-  ``-tau_s ||r - c||^2 / s_l`` -- so step 0 *is* the static table; ``embedding`` (the first cut) learns ``W`` from
-  the text embedding with the seeded codebooks above, which reproduced the static SIDs for 1.3% of Toys items;
+* item vector ``z_i = W e_i + r_i`` in the base quantiser's own space (the paper's "codebooks initialised from
+  Phi_0"): ``e_i`` the quantiser's latent of the item, ``W = I`` at the start, ``r_i`` a per-item collaborative
+  residual (zero at the start, so an item with no interactions keeps its content view);
+* the levels form the base quantiser's residual tree: level ``l`` reads ``r_{i,l} = z_i - sum_{m<l} c_{m,k_m}``
+  with logits ``-tau_s ||r_{i,l} - c_{l,k}||^2 / s_l`` (``s_l`` the base path's mean squared error at level ``l``)
+  against codebooks that start as the quantiser's own, so step 0 *is* the static table; candidates come from a
+  beam search over prefixes. (The first cut learned ``W`` from the text embedding with cosine logits and
+  per-level queries independent of the parents; it reproduced the static SIDs for 1.3% of Toys items and lost
+  on validation, docs/dream.md; it was removed in the renovation of 2026-12-06.)
 * Gumbel-softmax with an exponentially annealed temperature, straight-through (hard codes forward, soft
   gradients backward); the quantised item vector is the sum of the chosen codewords.
 
 Losses: ``L = L_NCE + w_cal * L_cal + w_div * L_div + w_anc * L_anc``.
 
-* ``L_NCE`` (``nce_positive: self``, eq. 6): per SID position ``l``, InfoNCE between the item's quantised
+* ``L_NCE`` (eq. 6): per SID position ``l``, InfoNCE between the item's quantised
   codeword and the momentum (EMA) key encoder's query of the **same** item at that position, against a FIFO
   queue of past keys of that position and the item's counterfactual hard negatives; averaged over positions.
   The item is drawn per training interaction, so the codes are shaped where purchases happen, and the hard
-  negatives push apart items of the same family with another intent. ``nce_positive: next`` is the first
-  implementation (the summed quantised vector against the key of the item bought *before*: a co-occurrence
-  objective that pulls cold items onto crowded popular prefixes), kept for the ``dream.mode=cold_only`` table;
+  negatives push apart items of the same family with another intent (the first implementation contrasted with
+  the item bought *before*, a co-occurrence objective that pulled cold items onto crowded popular prefixes);
 * ``L_cal``: a small target-attention click model (attention features ``[z_j; z*; z_j - z*; z_j * z*]``) must
   tell the real next item from a random one, given the user's recent history, from the *quantised* target;
 * ``L_div``: ``1 - H(mean assignment) / log K`` per level (keeps the codebooks in use);
 * ``L_anc``: cross-entropy of the logits to the base codes (keeps warm items where the backbone knows them).
 
 Candidates: ``q(s|i) = mean_l log softmax(l_{i,l})[s_l]``; the top-``n`` code sequences (a width-``n`` beam
-over prefixes for residual levels; exact, by a batched search over the per-level top-``n`` lists, for parallel
-ones) form the candidate pool, the best is the refined SID.
+over prefixes) form the candidate pool, the best is the refined SID.
 
 Counterfactual hard negatives come from a pluggable generator (:func:`family_negatives` by default: items
 of the same product family that are textually close but never bought together with the item; see its
@@ -64,103 +58,61 @@ from sidrec.progress import track
 
 
 class CART(nn.Module):
-    """Item vectors, per-level cosine logits and Gumbel straight-through codes (see the module docstring)."""
+    """Item vectors, per-level distance logits and Gumbel straight-through codes (see the module docstring)."""
 
     def __init__(self, emb: torch.Tensor, base_codes: torch.Tensor, sizes: list[int], cfg: CARTConfig,
                  codebooks: list[torch.Tensor] | None = None) -> None:
-        """``codebooks``: the base quantiser's per-level codebooks, required by ``space: base`` (``emb`` is then
-        the quantiser's input space, e.g. the RQ-VAE latents)."""
+        """``emb``: the base quantiser's input space (e.g. the RQ-VAE latents); ``codebooks``: its per-level
+        codebooks, one (K_l, dim) each."""
         super().__init__()
-        n, d_in = emb.shape
-        if cfg.levels not in ("residual", "parallel"):
-            raise SidrecError(f"dream.cart.levels must be 'residual' or 'parallel', got '{cfg.levels}'")
-        if cfg.space not in ("embedding", "base"):
-            raise SidrecError(f"dream.cart.space must be 'embedding' or 'base', got '{cfg.space}'")
-        self.base_space = cfg.space == "base"
-        if self.base_space and cfg.levels != "residual":
-            raise SidrecError("dream.cart.space=base needs dream.cart.levels=residual "
-                              "(parallel levels: dream.cart.space=embedding)")
-        if self.base_space and (codebooks is None or [len(c) for c in codebooks] != [int(s) for s in sizes]
-                                or any(c.shape[1] != d_in for c in codebooks)):
-            raise SidrecError("dream.cart.space=base needs the base quantiser's codebooks, one (K_l, dim) per level")
-        d = d_in if self.base_space else cfg.dim
+        n, d = emb.shape
+        if codebooks is None or [len(c) for c in codebooks] != [int(s) for s in sizes] or any(
+                c.shape[1] != d for c in codebooks):
+            raise SidrecError("CART needs the base quantiser's codebooks, one (K_l, dim) per level")
         self.cfg = cfg
         self.sizes = [int(s) for s in sizes]
         self.register_buffer("emb", emb.float(), persistent=False)
-        self.proj = nn.Linear(d_in, d)
+        self.proj = nn.Linear(d, d)
         self.residual = nn.Embedding(n, d)
         nn.init.zeros_(self.residual.weight)
-        self.ln: nn.Module = nn.Identity() if self.base_space else nn.LayerNorm(d)
-        self.residual_levels = cfg.levels == "residual"
-        self.heads = nn.ModuleList() if self.residual_levels else nn.ModuleList(
-            nn.Linear(d, d, bias=False) for _ in self.sizes)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(k, d) * d**-0.5) for k in self.sizes)
         self.register_buffer("dist_scale", torch.ones(len(self.sizes)), persistent=False)
-        if self.base_space:
-            with torch.no_grad():
-                self.proj.weight.copy_(torch.eye(d))
-                self.proj.bias.zero_()
-                for book, c in zip(self.codebooks, codebooks or [], strict=True):
-                    book.copy_(torch.as_tensor(c, dtype=torch.float32))
-                # s_l: the mean squared quantisation error at level l along the base path, so tau_s means the
-                # same sharpness at every level although deeper residuals are smaller
-                r = self.item_vectors(torch.arange(n))
-                for lv, book in enumerate(self.codebooks):
-                    err = (r - book[base_codes[:, lv]]).pow(2).sum(-1)
-                    self.dist_scale[lv] = err.mean().clamp(min=1e-8)
-                    r = r - book[base_codes[:, lv]]
-        else:
-            self._init_codebooks(base_codes)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(d))
+            self.proj.bias.zero_()
+            for book, c in zip(self.codebooks, codebooks, strict=True):
+                book.copy_(torch.as_tensor(c, dtype=torch.float32))
+            # s_l: the mean squared quantisation error at level l along the base path, so tau_s means the
+            # same sharpness at every level although deeper residuals are smaller
+            r = self.item_vectors(torch.arange(n))
+            for lv, book in enumerate(self.codebooks):
+                err = (r - book[base_codes[:, lv]]).pow(2).sum(-1)
+                self.dist_scale[lv] = err.mean().clamp(min=1e-8)
+                r = r - book[base_codes[:, lv]]
         # the calibration click model (target attention over the history, then a scorer)
         self.att = nn.Sequential(nn.Linear(4 * d, 32), nn.ReLU(), nn.Linear(32, 1))
         self.click = nn.Sequential(nn.Linear(3 * d, 32), nn.ReLU(), nn.Linear(32, 1))
 
-    @torch.no_grad()
-    def _init_codebooks(self, base: torch.Tensor) -> None:
-        """Codeword k of level l = mean query (parallel) or mean residual under the base parents (residual) of
-        the items whose base code at level l is k; unused codes keep their random start."""
-        z = self.item_vectors(torch.arange(len(self.emb)))
-        if self.residual_levels:
-            r = z
-            for lv, size in enumerate(self.sizes):
-                s = torch.zeros(size, r.shape[1]).index_add_(0, base[:, lv], r)
-                cnt = torch.bincount(base[:, lv], minlength=size).float().unsqueeze(1)
-                used = cnt[:, 0] > 0
-                self.codebooks[lv].data[used] = s[used] / cnt[used]
-                r = r - self.codebooks[lv].data[base[:, lv]]
-            return
-        for lv, size in enumerate(self.sizes):
-            q = F.normalize(self.heads[lv](z), dim=-1)
-            s = torch.zeros(size, q.shape[1]).index_add_(0, base[:, lv], q)
-            cnt = torch.bincount(base[:, lv], minlength=size).float().unsqueeze(1)
-            used = cnt[:, 0] > 0
-            self.codebooks[lv].data[used] = s[used] / cnt[used]
-
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """``z_i`` (..., d) for item indices (...)."""
-        return self.ln(self.proj(self.emb[items]) + self.residual(items))
+        return self.proj(self.emb[items]) + self.residual(items)
 
     def queries(self, items: torch.Tensor) -> torch.Tensor:
-        """Unit queries (L, ..., d) of item indices (...): what each SID position looks for (residual levels:
-        the residual along the item's deterministic path)."""
+        """Unit queries (L, ..., d) of item indices (...): what each SID position looks for (the residual along
+        the item's deterministic path)."""
         z = self.item_vectors(items)
-        if self.residual_levels:
-            return torch.stack([F.normalize(r, dim=-1) for r in self.walk(z, None)[2]])
-        return torch.stack([F.normalize(h(z), dim=-1) for h in self.heads])
+        return torch.stack([F.normalize(r, dim=-1) for r in self.walk(z, None)[2]])
 
     def level_logits(self, r: torch.Tensor, level: int) -> torch.Tensor:
-        """Residual levels: logits (..., K_l) of residuals (..., d) against level ``level``'s codebook: scaled
-        cosines, or (``space: base``) scaled negative squared distances, whose argmax is the base quantiser's
-        nearest-codeword rule."""
+        """Logits (..., K_l) of residuals (..., d) against level ``level``'s codebook: scaled negative squared
+        distances, whose argmax is the base quantiser's nearest-codeword rule."""
         book = self.codebooks[level]
-        if self.base_space:
-            d2 = (r * r).sum(-1, keepdim=True) - 2.0 * r @ book.T + (book * book).sum(-1)
-            return -self.cfg.logit_scale * d2 / self.dist_scale[level]
-        return self.cfg.logit_scale * F.normalize(r, dim=-1) @ F.normalize(book, dim=-1).T
+        d2 = (r * r).sum(-1, keepdim=True) - 2.0 * r @ book.T + (book * book).sum(-1)
+        return -self.cfg.logit_scale * d2 / self.dist_scale[level]
 
     def walk(self, z: torch.Tensor, tau: float | None, codes: torch.Tensor | None = None
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Residual levels: per level logits, one-hot codes and the residual read, plus the quantised vector.
+        """Per level logits, one-hot codes and the residual read, plus the quantised vector.
 
         Codes are Gumbel-softmax straight-through at ``tau``, the argmax (``tau=None``), or given (``codes``
         (..., L): teacher forcing along the base path, for the anchor loss).
@@ -184,37 +136,11 @@ class CART(nn.Module):
             out = out + cw
         return logits, onehots, residuals, out
 
-    def logits(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level cosine logits (..., K_l) scaled by ``logit_scale``."""
-        return [self.cfg.logit_scale * F.normalize(h(z), dim=-1) @ F.normalize(c, dim=-1).T
-                for h, c in zip(self.heads, self.codebooks, strict=True)]
-
-    def quantise(self, logits: list[torch.Tensor], tau: float | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Quantised vector (sum of the chosen unit codewords) and the one-hot codes.
-
-        ``tau=None``: deterministic argmax (inference, key encoder); otherwise Gumbel-softmax at temperature
-        ``tau`` with straight-through hard codes.
-        """
-        onehots = []
-        out = 0.0
-        for lg, c in zip(logits, self.codebooks, strict=True):
-            if tau is None:
-                oh = F.one_hot(lg.argmax(-1), lg.shape[-1]).to(lg.dtype)
-            else:
-                oh = F.gumbel_softmax(lg, tau=tau, hard=True)
-            onehots.append(oh)
-            out = out + oh @ F.normalize(c, dim=-1)
-        return out, onehots  # type: ignore[return-value]
-
     def path(self, z: torch.Tensor, tau: float | None, codes: torch.Tensor | None = None
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Per-level logits, one-hot codes and the quantised vector of item vectors ``z``, for either kind of
-        levels (``tau`` / ``codes`` as in :meth:`walk`; parallel levels' logits do not depend on ``codes``)."""
-        if self.residual_levels:
-            logits, onehots, _, out = self.walk(z, tau, codes)
-            return logits, onehots, out
-        logits = self.logits(z)
-        out, onehots = self.quantise(logits, tau)
+        """Per-level logits, one-hot codes and the quantised vector of item vectors ``z`` (``tau`` / ``codes`` as
+        in :meth:`walk`)."""
+        logits, onehots, _, out = self.walk(z, tau, codes)
         return logits, onehots, out
 
     def quantised(self, items: torch.Tensor) -> torch.Tensor:
@@ -268,11 +194,8 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist_np, tgt_np = _pairs_and_contexts(train, cfg.history)
     negs = torch.as_tensor(negatives, dtype=torch.long)
-    if cfg.nce_positive not in ("self", "next"):
-        raise SidrecError(f"dream.cart.nce_positive must be 'self' or 'next', got '{cfg.nce_positive}'")
-    per_level = cfg.nce_positive == "self"
     levels = len(sizes)
-    queue = F.normalize(torch.randn(levels if per_level else 1, cfg.queue_size, model.codebooks[0].shape[1]), dim=-1)
+    queue = F.normalize(torch.randn(levels, cfg.queue_size, model.codebooks[0].shape[1]), dim=-1)
     qptr = 0
     steps_per_epoch = max(1, math.ceil(len(tgt_np) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -286,29 +209,21 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             hist = torch.from_numpy(hist_np[idx])
             items = torch.from_numpy(tgt_np[idx])
-            prev = hist[:, -1]  # the item bought just before (always present: prefix samples have >= 1)
             tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
             z = model.item_vectors(items)
             lg, onehots, zq_sum = model.path(z, tau)
             # L_anc reads the logits along the base tree (residual levels depend on the parents)
-            anchor_logits = model.path(z, None, base[items])[0] if model.residual_levels else lg
+            anchor_logits = model.path(z, None, base[items])[0]
             zq = F.normalize(zq_sum, dim=-1)
             hn = negs[items]
             hn_valid = hn >= 0
-            if per_level:
-                # online: the chosen (unit) codeword per position; keys: the momentum encoder's queries of the
-                # same item and of its hard negatives per position
-                cw = torch.stack([oh @ F.normalize(c, dim=-1) for oh, c in zip(onehots, model.codebooks, strict=True)])
-                with torch.no_grad():
-                    k_pos = key.queries(items)  # (L, B, d)
-                    k_hn = key.queries(hn.clamp(min=0))  # (L, B, H, d)
-                nce = info_nce(cw, k_pos, queue, k_hn, hn_valid, cfg.nce_temperature)
-            else:
-                with torch.no_grad():  # keys: the momentum encoder's deterministic codes of the previous item
-                    k_pos = F.normalize(key.quantised(prev), dim=-1)
-                    k_hn = F.normalize(key.quantised(hn.clamp(min=0)), dim=-1)
-                nce = info_nce(zq[None], k_pos[None], queue, k_hn[None], hn_valid, cfg.nce_temperature)
-                k_pos = k_pos[None]
+            # online: the chosen (unit) codeword per position; keys: the momentum encoder's queries of the same
+            # item and of its hard negatives per position
+            cw = torch.stack([oh @ F.normalize(c, dim=-1) for oh, c in zip(onehots, model.codebooks, strict=True)])
+            with torch.no_grad():
+                k_pos = key.queries(items)  # (L, B, d)
+                k_hn = key.queries(hn.clamp(min=0))  # (L, B, H, d)
+            nce = info_nce(cw, k_pos, queue, k_hn, hn_valid, cfg.nce_temperature)
             # calibration: real next item vs a random item, from the quantised target
             hv = hist >= 0
             hz = model.item_vectors(hist.clamp(min=0))
@@ -374,33 +289,15 @@ def candidate_sids(model: CART, n: int, items: torch.Tensor | None = None,
                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``n`` code sequences per item by ``q(s|i)`` (mean per-level log-probability), best first.
 
-    The top-n sequences can only use each level's top-n codes, so the search is over n^L combinations per
-    item, built level by level with one ``topk`` per level (batched over items).
+    A width-``n`` beam over prefixes of the residual tree (:func:`_residual_beam`), batched over items.
     """
     model.eval()
     idx = torch.arange(len(model.emb)) if items is None else items
     out_c, out_s = [], []
-    if model.residual_levels:
-        for s in range(0, len(idx), chunk):
-            c, sc = _residual_beam(model, model.item_vectors(idx[s:s + chunk]), n)
-            out_c.append(c)
-            out_s.append(sc)
-        model.train()
-        return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
     for s in range(0, len(idx), chunk):
-        lg = model.logits(model.item_vectors(idx[s:s + chunk]))
-        b = len(lg[0])
-        score = torch.zeros(b, 1)
-        seqs = torch.zeros(b, 1, 0, dtype=torch.long)
-        for x in lg:
-            lp, code = x.log_softmax(-1).topk(min(n, x.shape[-1]), dim=-1)  # (b, n)
-            cand = (score.unsqueeze(2) + lp.unsqueeze(1)).view(b, -1)
-            score, flat = cand.topk(min(n, cand.shape[1]), dim=1)
-            parent = flat // lp.shape[1]
-            c = code.gather(1, flat % lp.shape[1])
-            seqs = torch.cat([seqs.gather(1, parent.unsqueeze(2).expand(-1, -1, seqs.shape[2])), c.unsqueeze(2)], 2)
-        out_c.append(seqs)
-        out_s.append(score / len(lg))
+        c, sc = _residual_beam(model, model.item_vectors(idx[s:s + chunk]), n)
+        out_c.append(c)
+        out_s.append(sc)
     model.train()
     return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
 

@@ -11,12 +11,11 @@ from sidrec.errors import SidrecError
 class CARTConfig:
     """Stage-1 settings (the paper's values where it gives them; the CPU batch is larger than its 64)."""
 
-    dim: int = 64  # width of z
     epochs: int = 12
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    logit_scale: float = 10.0  # tau_s of the cosine logits
+    logit_scale: float = 10.0  # tau_s of the logits -tau_s ||r - c||^2 / s_l
     tau_start: float = 1.0  # Gumbel-softmax temperature, annealed exponentially ...
     tau_end: float = 0.1  # ... to this value at the last step
     nce_temperature: float = 0.1
@@ -28,14 +27,6 @@ class CARTConfig:
     w_div: float = 0.1
     w_anchor: float = 0.5
     candidates: int = 8  # size of the candidate pool per item
-    nce_positive: str = "self"  # self: the same item's momentum key per SID position (eq. 6); next: first cut
-    levels: str = "residual"  # residual: level l quantises what levels < l left (like the base RQ); parallel: first cut
-    # embedding: z from a learned projection of the text embedding, cosine logits, codebooks seeded by the base
-    # codes (starts far from the static SIDs: 1.3% of Toys items kept all three codes at step 0);
-    # base: z in the base quantiser's own space (its latents, W = I, no LayerNorm, its codebooks) with logits
-    # -tau_s ||r - c||^2 / s_l, so step 0 reproduces the static SIDs exactly (residual levels only). base is the
-    # default: on Toys validation its CART-only bridge beats the embedding space on every subset (docs/dream.md)
-    space: str = "base"
 
 
 @dataclass
@@ -43,11 +34,8 @@ class DREAMConfig:
     """DREAM's stages. The CPDE loss weights (lambda_*) are not published; see docs/dream.md for the choice."""
 
     cart: CARTConfig = field(default_factory=CARTConfig)
-    # paper: CART re-tokenizes every item (warm items take its top-1 SID Phi_R), a bridge TIGER is trained on
-    # that table, UC3 / CPDE run on the bridge with mean NLL over SID positions and fall back to Phi_R.
-    # cold_only: the first design (the frozen original run, only cold items move, summed NLL); reproduce it
-    # with dream.mode=cold_only dream.cart.nce_positive=next dream.cart.levels=parallel dream.cart.space=embedding
-    mode: str = "paper"
+    # As the paper: CART re-tokenizes every item (warm items take its top-1 SID Phi_R), a bridge TIGER is trained
+    # on that table, UC3 / CPDE run on the bridge with the mean NLL over SID positions and fall back to Phi_R.
     bridge_max_minutes: float = 0.0  # training budget of the bridge TIGER (0 = the run's own train.max_minutes)
     # counterfactual negatives: family (closest TF-IDF within the product family: near-duplicates, often the same
     # intent) | family_far (least similar within the family) | none. With CART in the embedding space family_far
@@ -56,7 +44,6 @@ class DREAMConfig:
     negatives: str = "family"
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
-    keep_base: bool = True  # cold_only only (not in the paper): the base SID is a UC3 candidate and the fallback
     uc3_tau: float = 1.0  # tau_c of the per-context softmax over candidates
     uc3_min_support: int = 3  # contexts an item needs before its SID may switch
     uc3_min_margin: float = 0.05  # top-2 vote margin needed to switch
@@ -75,21 +62,14 @@ class DREAMConfig:
     lambda_soft: float = 0.3  # chosen on Beauty validation from {1, 0.3} (docs/dream.md)
     lambda_kl: float = 0.1
     lambda_kd: float = -1.0  # < 0: the warm / cold ratio of training samples (warm mass as in the real data)
-    # NLL of warm samples' own SIDs. < 0: automatic -- off in paper mode, where warm samples train the full
-    # bridge weights and the term only over-trains it (Beauty: valid warm N@10 .0449 -> .0464, test .0339 ->
-    # .0362, docs/dream.md), and the warm / cold sample ratio in cold_only mode, where only adapters train and
-    # the term holds warm users in place. 0 = off, > 0 = that weight.
-    lambda_warm: float = -1.0
+    # NLL of warm samples' own SIDs (not in the paper; 0 = off): warm samples already train the full bridge weights,
+    # and the term only over-trained it (Beauty: valid warm N@10 .0449 -> .0464 without it, docs/dream.md)
+    lambda_warm: float = 0.0
     kd_gate: bool = True  # weight warm positions by the teacher's confidence (1 - H / log K)
     eval_beam: int = 50  # beam width for the stage table (>= 50 so Recall@50 is exact)
     eval_users: int = 0  # 0 = all users of the split
 
     def check(self) -> None:
-        if self.mode not in ("paper", "cold_only"):
-            raise SidrecError(f"dream.mode must be 'paper' or 'cold_only', got '{self.mode}'")
         if self.bridge_max_minutes < 0:
             raise SidrecError(f"dream.bridge_max_minutes must be >= 0, got {self.bridge_max_minutes}")
 
-    def nll_reduce(self) -> str:
-        """How UC3 and CPDE reduce a SID's NLL over positions: the paper's mean, or the first design's sum."""
-        return "mean" if self.mode == "paper" else "sum"

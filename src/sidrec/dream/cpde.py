@@ -8,7 +8,7 @@ easiest to produce in the item's real contexts.
 Why LoRA: the backbone already serves warm items well. Rank-``r`` adapters (peft) on the attention query and
 value projections carry what cold samples teach: for a cold sample every adapted layer computes
 ``sg(W0 x) + B A x`` and nothing reaches the base weights (eq. 18); warm samples train base weights and
-adapters (``dream.mode=paper``; ``cold_only`` freezes the base entirely). A KL term keeps the cold SID
+adapters. A KL term keeps the cold SID
 positions near a frozen reference copy and an entropy-gated distillation term keeps warm predictions near it
 too. After training the adapters are merged into the weights (one plain TIGER for deployment).
 
@@ -16,11 +16,10 @@ Loss per step: ``lambda_soft * L_soft + lambda_kl * KL(p_theta || p_ref) + lambd
 ``L_soft = sum_b w_b NLL(SID_b | history)`` over a batch of cold samples, the KL is taken at the SID
 positions of the item's current best hypothesis, and ``L_KD = sum_l g_l KL(p_ref || p_theta)`` over a batch
 of warm samples with gate ``g_l = 1 - H(p_ref,l) / log K_l`` (confident teacher positions count most).
-Not in the paper: ``+ lambda_warm * NLL(own SID)`` on the warm samples; automatic by mode (off in ``paper``,
-where warm samples train the full weights and the term over-trains them; on in ``cold_only``).
-After ``warmup_epochs``, every ``update_every`` steps each item's hypotheses are re-scored by their recent mean
-NLL and the weights move toward the evidence (:func:`update_weights`; ``paper``: gated by the confidence of
-the best hypothesis); only items seen since the last update are updated.
+Not in the paper, off by default: ``+ lambda_warm * NLL(own SID)`` on the warm samples (warm samples already
+train the full weights; the term over-trained them). After ``warmup_epochs``, every ``update_every`` steps each
+item's hypotheses are re-scored by their recent mean NLL and the weights move toward the evidence, gated by
+the confidence of the best hypothesis (:func:`update_weights`); only items seen since the last update are updated.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class CPDEResult:
     weight_history: list[list[float]] = field(default_factory=list)
     losses: list[dict[str, float]] = field(default_factory=list)
     lambda_kd: float = 0.0  # the distillation weight used (resolved when the config says 'auto')
-    lambda_warm: float = 0.0  # the warm-NLL weight used (resolved from the mode when the config says 'auto')
+    lambda_warm: float = 0.0  # the warm-NLL weight used
 
 
 def add_lora(model: TIGER, rank: int, alpha: float) -> torch.nn.Module:
@@ -102,15 +101,13 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     peft_model = add_lora(base, cfg.lora_rank, cfg.lora_alpha)
     model: TIGER = peft_model.base_model.model  # the TIGER with LoRA layers injected
     model.train()
-    paper = cfg.mode == "paper"
-    if paper:  # eq. 18: warm samples train the base weights too; cold samples only the adapters (below)
-        for n, p_ in peft_model.named_parameters():
-            if "lora_" not in n:
-                p_.requires_grad_(True)
+    for n, p_ in peft_model.named_parameters():  # eq. 18: warm samples train the base weights too; cold samples
+        if "lora_" not in n:                      # only the adapters (below)
+            p_.requires_grad_(True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.cpde_lr)
     def stop() -> contextlib.AbstractContextManager:
-        return base_output_stopped(peft_model) if paper else contextlib.nullcontext()
+        return base_output_stopped(peft_model)
 
     hyps_t = torch.as_tensor(hyps, dtype=torch.long)
     alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
@@ -130,7 +127,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     steps = max(1, math.ceil(len(cold_rows) / bs))
     ratio = len(warm_rows) / max(1, len(cold_rows))
     lambda_kd = cfg.lambda_kd if cfg.lambda_kd >= 0 else ratio
-    lambda_warm = cfg.lambda_warm if cfg.lambda_warm >= 0 else (0.0 if paper else ratio)
+    lambda_warm = cfg.lambda_warm
     step = 0
 
     def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -151,7 +148,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
             with stop():  # cold samples: the adapters learn, the base weights do not (paper: eq. 18)
                 mem, val = model.encode(hist, users)
                 lps = hypothesis_log_probs(model, mem, val, h)  # per level (b, B, K): one decoding for both terms
-                nll = nll_from_log_probs(lps, h, cfg.nll_reduce())  # (b, B), inf for invalid
+                nll = nll_from_log_probs(lps, h, "mean")  # (b, B), inf for invalid
                 wb = w[item] * valid_h[item]
                 wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-8)
                 soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()
@@ -193,7 +190,7 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
             step += 1
             if epoch >= cfg.cpde_warmup_epochs and step % cfg.cpde_update_every == 0:
                 w = update_weights(w, alpha_t, nll_sum, nll_cnt, valid_h, cfg.update_keep,
-                                   cfg.update_delta if paper else None)
+                                   cfg.update_delta)
                 nll_sum.zero_()
                 nll_cnt.zero_()
                 history.append(w.sum(0).div(max(1, len(w))).tolist())

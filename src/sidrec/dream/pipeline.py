@@ -1,15 +1,14 @@
 """Run DREAM's three stages on a trained TIGER run and evaluate every stage on the same users.
 
 Why on top of a finished run: DREAM refines early SID assignments *after* a backbone has been trained on
-the static SIDs. With ``dream.mode=paper`` (default) CART re-tokenizes every item and a bridge TIGER is
-trained on that table (``RUN/dream/bridge``); UC3 votes with it and CPDE adapts it. ``cold_only`` is the
-first design: only cold items move and the original model is the evaluator. Results go to
+the static SIDs. As in the paper, CART re-tokenizes every item and a bridge TIGER is trained on that table
+(``RUN/dream/bridge``); UC3 votes with it and CPDE adapts it. (The first design moved only cold items and
+used the original model as the evaluator; it lost and was removed, docs/dream.md.) Results go to
 ``RUN/dream/``: one SID table per stage, the merged stage-3 weights, ``dream.json`` (diagnostics and the
 stage table) and ``report.md``. The run's own files are never modified.
 
-Stage table rows: ``static`` (the run as trained), ``cart`` (``dream.mode=paper``: every item takes CART's
-best candidate Phi_R and the row is the bridge TIGER trained on that table, the paper's "CART only";
-``cold_only``: cold items move, the original model decodes), ``uc3`` (the backbone's vote where its gates
+Stage table rows: ``static`` (the run as trained), ``cart`` (every item takes CART's best candidate Phi_R and
+the row is the bridge TIGER trained on that table, the paper's "CART only"), ``uc3`` (the backbone's vote where its gates
 pass; Compat-Top1 decoding), ``cpde-top1`` (LoRA-merged model, each cold item's highest-weight hypothesis)
 and ``cpde-beam`` (same model, all hypotheses of a cold item registered in the trie: Beam-Aware decoding).
 """
@@ -158,10 +157,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
 
     # CART depends only on the data, the base SIDs and these settings: a finished fit is reused, so tuning the
     # later stages (dream.lambda_*, CPDE epochs) does not refit it
-    cart_settings = dataclasses.asdict(dcfg.cart)
-    if cart_settings["space"] == "embedding":  # the default before the setting existed: older fits stay valid
-        del cart_settings["space"]
-    cart_key = {"cart": cart_settings, "negatives": dcfg.negatives, "family": dcfg.family_field,
+    cart_key = {"cart": dataclasses.asdict(dcfg.cart), "negatives": dcfg.negatives, "family": dcfg.family_field,
                 "rewrite": dcfg.rewrite_command, "seed": cfg.seed, "cold_threshold": cfg.data.cold_threshold,
                 "base": hashlib.sha256(base.tobytes()).hexdigest()}
     cache = out_dir / "cart_candidates.npz"
@@ -186,18 +182,16 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
         else:
             raise SidrecError(f"dream.negatives must be 'family', 'family_far' or 'none', got '{dcfg.negatives}'")
         diag["hard_negatives_per_item"] = float((negs >= 0).sum(1).mean())
-        books = None
-        if dcfg.cart.space == "base":  # CART starts at the static SIDs: the base quantiser's space and codebooks
-            from sidrec.sid.base import load_tokenizer
+        from sidrec.sid.base import load_tokenizer
 
-            emb, books = load_tokenizer(run / "tokenizer").residual_space(emb)
+        # CART starts at the static SIDs: the base quantiser's space and codebooks
+        emb, books = load_tokenizer(run / "tokenizer").residual_space(emb)
         _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress,
                              codebooks=books)
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, candidates=cres.candidates, scores=cres.scores, key=json.dumps(cart_key, sort_keys=True),
                      history=json.dumps(cres.history), negs=diag["hard_negatives_per_item"])
-    paper = dcfg.mode == "paper"
-    moved = np.arange(ds.n_items) if paper else cold_items  # paper: CART re-tokenizes every item
+    moved = np.arange(ds.n_items)  # CART re-tokenizes every item
     cands = complete_candidates(base, moved, cres.candidates[moved], sizes[-1])
     cand_scores = np.where((cands >= 0).all(2), cres.scores[moved], -np.inf)
     # stage-1 primary Phi_R: the best *valid* candidate (invalid ones sort last)
@@ -219,30 +213,18 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     diag["cart_valid_candidates"] = float((cands >= 0).all(2).sum(1).mean()) if len(cands) else 0.0
     diag["cart_losses"] = cres.history
     cart_table.save(out_dir / "sid_table.cart.parquet")
-    if paper:  # UC3 and CPDE work on the cold items' pools
-        cands, cand_scores = cands[cold_items], cand_scores[cold_items]
+    cands, cand_scores = cands[cold_items], cand_scores[cold_items]  # UC3 and CPDE work on the cold items' pools
     timings["cart_s"] = time.time() - t0
     _say(f"CART: {timings['cart_s']:.0f} s, primary SID changed for {diag['cart_primary_changed']:.1%} of "
-         f"{len(cold_items)} cold items" + (f" and {diag['cart_warm_changed']:.1%} of warm items" if paper else ""))
+         f"{len(cold_items)} cold items and {diag['cart_warm_changed']:.1%} of warm items")
 
-    # ---------------------------------------------------------------- bridge backbone (paper)
+    # ---------------------------------------------------------------- bridge backbone
     static_model = task.model
-    start = cart if paper else base  # the table UC3 / CPDE change only cold items of
-    if paper:
-        t0 = time.time()
-        task.model, diag["bridge"] = train_bridge(run, cart_table, out_dir, dcfg, progress)
-        timings["bridge_s"] = time.time() - t0
-        _say(f"bridge TIGER on the CART table: {timings['bridge_s']:.0f} s ({diag['bridge']['status']})")
-
-    if not paper and dcfg.keep_base and len(cold_items):
-        # the base SID joins the pool as candidate 0, the fallback when UC3's gates do not pass
-        own = base[cold_items]
-        is_base = (cands == own[:, None, :]).all(2)
-        keep = np.argsort(is_base, axis=1, kind="stable")[:, :cands.shape[1] - 1]
-        cands = np.concatenate([own[:, None, :], np.take_along_axis(cands, keep[:, :, None], 1)], 1)
-        rest_scores = np.take_along_axis(cand_scores, keep, 1)
-        top = np.where(np.isfinite(cand_scores[:, :1]), cand_scores[:, :1], 0.0)
-        cand_scores = np.concatenate([top, rest_scores], 1)
+    start = cart  # the table UC3 / CPDE change only cold items of
+    t0 = time.time()
+    task.model, diag["bridge"] = train_bridge(run, cart_table, out_dir, dcfg, progress)
+    timings["bridge_s"] = time.time() - t0
+    _say(f"bridge TIGER on the CART table: {timings['bridge_s']:.0f} s ({diag['bridge']['status']})")
 
     # ---------------------------------------------------------------- stage 2: UC3
     t0 = time.time()

@@ -9,8 +9,7 @@ For each training interaction of a cold item (a user history followed by the ite
 ``p = softmax(-NLL / tau_c)`` and the context's confidence ``omega = 1 - H(p) / log K``; the item's vote for
 candidate ``k`` is ``sum(omega * p_k) / (sum(omega) + eps)``. The item switches to the winner only when it has
 at least ``min_support`` contexts and the top-2 margin is at least ``min_margin``; otherwise it keeps
-candidate 0: CART's best SID Phi_R (``dream.mode=paper``) or the base SID (``cold_only`` with ``keep_base``).
-The backbone is the bridge model trained on the CART table (``paper``) or the original run (``cold_only``).
+candidate 0: CART's best SID Phi_R. The backbone is the bridge model trained on the CART table.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
             hist = torch.from_numpy(sample_histories(samples, r))
             u = torch.from_numpy(users[samples["user"][r]])
             nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]],
-                                dcfg.nll_reduce()))
+                                "mean"))
     nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
     return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
 

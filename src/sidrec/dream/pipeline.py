@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,39 @@ def evaluate_stage(task: Any, model: torch.nn.Module, table: SIDTable, split: st
     return task.evaluate(model, split, max_users)
 
 
+@dataclass
+class _Job:
+    """What every stage reads: the run, its settings, data, task and base SIDs, and the diagnostics written."""
+
+    run: Path
+    cfg: Config
+    dcfg: DREAMConfig
+    ds: Dataset
+    split: Any
+    task: Any
+    base_table: SIDTable
+    out_dir: Path
+    progress: bool
+    diag: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def base(self) -> np.ndarray:
+        return self.base_table.primary.numpy()
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.base_table.sizes
+
+    @property
+    def cold(self) -> np.ndarray:
+        return self.split.item_freq <= self.cfg.data.cold_threshold
+
+    @property
+    def cold_items(self) -> np.ndarray:
+        return np.flatnonzero(self.cold)
+
+
 def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: str | tuple[str, ...] = "test",
               stages: tuple[str, ...] = STAGES, progress: bool = True,
               allow_config_commands: bool = False) -> dict[str, Any]:
@@ -108,27 +142,43 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     its ``config.yaml`` is refused unless ``allow_config_commands``; one given in ``overrides`` (the user's own
     command line) runs.
     """
-    from sidrec.pipeline import load_run
-
     splits = (split,) if isinstance(split, str) else tuple(split)
     for sp in splits:
         if sp not in ("valid", "test"):
             raise SidrecError(f"split must be 'valid' or 'test', got '{sp}'")
+    t_start = time.time()
+    job, base_fusion = _open(Path(run_dir), overrides, allow_config_commands, progress)
+    static_model = job.task.model
+    cart_table, cands, cand_scores = _stage_cart(job)
+    _stage_bridge(job, cart_table)
+    uc3 = _stage_uc3(job, cart_table, cands, cand_scores)
+    cpde = _stage_cpde(job, uc3)
+    tables = {"static": (static_model, job.base_table), "cart": (job.task.model, cart_table),
+              "uc3": (job.task.model, uc3["table"]), "cpde-top1": (cpde["model"], cpde["top1"]),
+              "cpde-beam": (cpde["model"], cpde["beam"]), "static+content": (static_model, job.base_table)}
+    by_split = _evaluate_stages(job, tables, stages, splits, base_fusion)
+    out = {"run": str(job.run), "split": splits[0], "stages": by_split[splits[0]], "by_split": by_split,
+           "diagnostics": job.diag, "timings": job.timings, "wall_s": time.time() - t_start,
+           "config": dataclasses.asdict(job.dcfg)}
+    write_json(job.out_dir / "dream.json", out)
+    write_text(job.out_dir / "report.md", render(out))
+    plot(out, job.out_dir / "cpde.png")
+    return out
 
-    from sidrec.config import only_overrides
+
+def _open(run: Path, overrides: list[str] | None, allow_config_commands: bool, progress: bool) -> tuple[_Job, Fusion]:
+    """Check the request and load the run: its config with the dream overrides, data, task and base SID table."""
+    from sidrec.config import only_overrides, parse_override
+    from sidrec.pipeline import load_run
 
     # the stages read the dream section, the seed (CART) and the evaluation settings; the backbone is the run's own
     only_overrides("dream", overrides, ("dream.", "seed", "eval."))
-    t_start = time.time()
-    run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
     cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
     cfg.run_dir = str(run)
     dcfg: DREAMConfig = cfg.dream
     dcfg.check()
-    from sidrec.config import parse_override
-
     own = {parse_override(o)[0] for o in overrides or []}
     if dcfg.rewrite_command and "dream.rewrite_command" not in own and not allow_config_commands:
         raise SidrecError(f"{run / 'config.yaml'} sets dream.rewrite_command={dcfg.rewrite_command!r}; commands from a "
@@ -141,17 +191,19 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     task.cfg = cfg
     task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
     cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
-    base_table = SIDTable.load(run / "sid_table.parquet")
-    base = base_table.primary.numpy()
-    sizes = base_table.sizes
     out_dir = run / DREAM_DIR
     out_dir.mkdir(exist_ok=True)
-    cold = split_obj.item_freq <= cfg.data.cold_threshold
-    cold_items = np.flatnonzero(cold)
-    diag: dict[str, Any] = {"cold_items": int(len(cold_items)), "items": int(ds.n_items)}
-    timings: dict[str, float] = {}
+    job = _Job(run, cfg, dcfg, ds, split_obj, task, SIDTable.load(run / "sid_table.parquet"), out_dir, progress)
+    job.diag.update(cold_items=int(len(job.cold_items)), items=int(ds.n_items))
+    return job, base_fusion
 
-    # ---------------------------------------------------------------- stage 1: CART
+
+def _stage_cart(job: _Job) -> tuple[SIDTable, np.ndarray, np.ndarray]:
+    """Stage 1: CART re-tokenizes every item (a finished fit with the same settings is reused); returns its
+    table (every item at its best candidate Phi_R) and the cold items' candidate pools with their scores."""
+    run, cfg, dcfg, ds, split_obj = job.run, job.cfg, job.dcfg, job.ds, job.split
+    base, sizes, out_dir, cold, cold_items = job.base, job.sizes, job.out_dir, job.cold, job.cold_items
+    diag, timings, progress = job.diag, job.timings, job.progress
     t0 = time.time()
     from sidrec.sid.stage import run_features
 
@@ -218,15 +270,23 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     _say(f"CART: {timings['cart_s']:.0f} s, primary SID changed for {diag['cart_primary_changed']:.1%} of "
          f"{len(cold_items)} cold items and {diag['cart_warm_changed']:.1%} of warm items")
 
-    # ---------------------------------------------------------------- bridge backbone
-    static_model = task.model
-    start = cart  # the table UC3 / CPDE change only cold items of
-    t0 = time.time()
-    task.model, diag["bridge"] = train_bridge(run, cart_table, out_dir, dcfg, progress)
-    timings["bridge_s"] = time.time() - t0
-    _say(f"bridge TIGER on the CART table: {timings['bridge_s']:.0f} s ({diag['bridge']['status']})")
+    return cart_table, cands, cand_scores
 
-    # ---------------------------------------------------------------- stage 2: UC3
+
+def _stage_bridge(job: _Job, cart_table: SIDTable) -> None:
+    """The bridge TIGER, trained on the CART table with the run's own settings, becomes the task's model."""
+    t0 = time.time()
+    job.task.model, job.diag["bridge"] = train_bridge(job.run, cart_table, job.out_dir, job.dcfg, job.progress)
+    job.timings["bridge_s"] = time.time() - t0
+    _say(f"bridge TIGER on the CART table: {job.timings['bridge_s']:.0f} s ({job.diag['bridge']['status']})")
+
+
+def _stage_uc3(job: _Job, cart_table: SIDTable, cands: np.ndarray, cand_scores: np.ndarray) -> dict[str, Any]:
+    """Stage 2: the bridge votes between each cold item's candidates in the contexts it was bought in."""
+    cfg, dcfg, ds, split_obj, task = job.cfg, job.dcfg, job.ds, job.split, job.task
+    sizes, out_dir, cold_items = job.sizes, job.out_dir, job.cold_items
+    diag, timings, progress = job.diag, job.timings, job.progress
+    start = cart_table.primary.numpy()  # the table UC3 / CPDE change only cold items of
     t0 = time.time()
     from sidrec.data.batches import prefix_samples
 
@@ -236,7 +296,6 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     cold_index[cold_items] = np.arange(len(cold_items))
     tgt = samples["flat"][samples["end"]]
     ctx_rows = np.flatnonzero(cold_index[tgt] >= 0)
-    model = task.model
     dec = uc3_vote(task, samples, ctx_rows, cold_index[tgt[ctx_rows]], np.arange(ds.n_users), cands, dcfg, progress)
     chosen = cands[np.arange(len(cold_items)), dec.chosen]
     uc3_table = table_with(start, sizes, cold_items, chosen[:, None], item_ids=ds.item_ids)
@@ -253,7 +312,19 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     timings["uc3_s"] = time.time() - t0
     _say(f"UC3: {timings['uc3_s']:.0f} s, {len(ctx_rows)} contexts, switch rate {dec.switch_rate:.1%}")
 
-    # ---------------------------------------------------------------- stage 3: CPDE
+    return {"table": uc3_table, "decision": dec, "cands": cands, "cand_scores": cand_scores, "samples": samples,
+            "cold_index": cold_index, "start": start}
+
+
+def _stage_cpde(job: _Job, uc3: dict[str, Any]) -> dict[str, Any]:
+    """Stage 3: LoRA adapters learn weighted hypotheses per cold item; the merged model and two tables (the
+    top hypothesis; all hypotheses for beam-aware decoding)."""
+    cfg, dcfg, ds, task = job.cfg, job.dcfg, job.ds, job.task
+    sizes, out_dir, cold_items = job.sizes, job.out_dir, job.cold_items
+    diag, timings, progress = job.diag, job.timings, job.progress
+    cands, cand_scores, dec, samples, cold_index = (uc3[k] for k in ("cands", "cand_scores", "decision", "samples",
+                                                                     "cold_index"))
+    uc3_table, start, model = uc3["table"], uc3["start"], task.model  # the bridge, adapted by CPDE
     t0 = time.time()
     nb = min(dcfg.hypotheses, cands.shape[1])
     # hypotheses: the UC3 choice first, then the other candidates in CART order
@@ -286,10 +357,14 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     timings["cpde_s"] = time.time() - t0
     _say(f"CPDE: {timings['cpde_s']:.0f} s, losses {cres3.losses[-1] if cres3.losses else {}}")
 
-    # ---------------------------------------------------------------- evaluation of every stage
-    tables = {"static": (static_model, base_table), "cart": (task.model, cart_table), "uc3": (task.model, uc3_table),
-              "cpde-top1": (cres3.model, cpde_top1), "cpde-beam": (cres3.model, cpde_beam),
-              "static+content": (static_model, base_table)}
+    return {"model": cres3.model, "top1": cpde_top1, "beam": cpde_beam}
+
+
+def _evaluate_stages(job: _Job, tables: dict[str, tuple[Any, SIDTable]], stages: tuple[str, ...],
+                     splits: tuple[str, ...], base_fusion: Fusion) -> dict[str, dict[str, Any]]:
+    """Every requested stage on each split, the same users and beam for all (``static+content``: the base run under
+    its own content fusion)."""
+    task, dcfg, timings = job.task, job.dcfg, job.timings
     if base_fusion.off and "static+content" in stages:
         _say("static+content: skipped (the base run chose no content fusion: see its fusion.json / sidrec fuse)")
         stages = tuple(s for s in stages if s != "static+content")
@@ -308,13 +383,7 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
                  f"{results[name]['warm']['ndcg@10']:.4f} cold {results[name]['cold']['ndcg@10']:.4f} "
                  f"({timings[tkey]:.0f} s)")
         by_split[sp] = results
-    out = {"run": str(run), "split": splits[0], "stages": by_split[splits[0]], "by_split": by_split,
-           "diagnostics": diag, "timings": timings, "wall_s": time.time() - t_start,
-           "config": dataclasses.asdict(dcfg)}
-    write_json(out_dir / "dream.json", out)
-    write_text(out_dir / "report.md", render(out))
-    plot(out, out_dir / "cpde.png")
-    return out
+    return by_split
 
 
 def train_bridge(run: Path, table: SIDTable, out_dir: Path, dcfg: DREAMConfig, progress: bool = True

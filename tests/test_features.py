@@ -55,3 +55,17 @@ def test_text_features_offline_minilm(tmp_path):
     assert emb.shape == (3, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert emb[0] @ emb[1] < 0.99  # different texts, different vectors
+
+
+def test_short_fields_come_first_and_cut_texts_are_counted():
+    """A long description must not push the brand and categories past the encoder's token limit (issue 45)."""
+    from sidrec.features.core import truncated_texts
+
+    long = " ".join(["ingredient"] * 400)
+    items = {"title": ["Night Cream", "Soap"], "brand": ["Acme", "Bub"], "categories": [["Skin"], ["Bath"]],
+             "description": [long, "mild"]}
+    texts = item_texts(Dataset.from_sequences("f", [[0, 1]], ["a", "b"], ["u"], items), "auto")
+    assert texts[0].startswith("Night Cream. Brand: Acme. Categories: Skin. Description: ingredient")
+    assert texts[1] == "Soap. Brand: Bub. Categories: Bath. Description: mild."
+    cut, limit = truncated_texts(texts)
+    assert (cut, limit) == (1, 256)

@@ -119,6 +119,8 @@ def test_own_dataset_doc_end_to_end(fmt, tmp_path, monkeypatch, capsys, stub_enc
     # text from the reader's own field, not placeholders
     assert cli("embed", "-c", str(proj / "my.yaml"), "--out", str(tmp_path / "e.npy")) == 0, capsys.readouterr().err
     assert len(stub_encoder) == N_ITEMS and all("special words" in t for t in stub_encoder), stub_encoder
+    shown = capsys.readouterr().out  # what the encoder was given: the template, a sample, the cut count
+    assert "template:" in shown and "sample (" in shown and "tokens" in shown, shown
     assert cli("train", "-c", str(proj / "my.yaml"), *TINY, "--run-dir", "runs/mine") == 0, capsys.readouterr().err
     assert (tmp_path / "runs" / "mine" / "metrics.json").exists()
     # original ids in and out; the user's own items are left out by default

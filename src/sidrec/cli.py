@@ -162,6 +162,18 @@ def embed(
     dest = output or Path(cfg.features.cache_dir) / f"{ds.name}.npy"
     save_npy(dest, emb)
     out.print(f"{ds.name}: {emb.shape[0]:,} items x {emb.shape[1]} dims in {time.time() - t0:.1f}s -> {dest}")
+    f = cfg.features
+    from sidrec.features.core import has_text, item_texts, resolve_template, truncated_texts
+
+    if f.kind == "text" or (f.kind == "auto" and not f.npy_path and has_text(ds)):
+        # what the encoder was given: the template, one item's text, and how many texts it cut short
+        texts = item_texts(ds, f.template)
+        cut, limit = truncated_texts(texts, f.model)
+        out.print(f"template: {resolve_template(f.template)}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"sample ({ds.item_ids[0]}): {texts[0][:300]}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"{cut:,} of {len(texts):,} item texts are longer than the encoder's {limit} tokens and were cut "
+                  "(put the fields that matter first in features.template)" if cut else
+                  f"no item text is longer than the encoder's {limit} tokens", markup=False, highlight=False, soft_wrap=True)
 
 
 def _config_with_run_dir(config: list[Path] | None, overrides: list[str] | None, run_dir: str | None) -> Any:

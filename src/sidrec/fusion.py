@@ -271,11 +271,13 @@ class BeamCandidates:
     from_content: torch.Tensor  # (n, C) bool: a content candidate the beam did not return
 
 
-def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, content: bool) -> BeamCandidates:
-    """The beam's lists, and with ``content`` the content top-N scored exactly by the model (batched)."""
+def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, content: bool,
+                    exclude_history: bool | None = None) -> BeamCandidates:
+    """The beam's lists, and with ``content`` the content top-N scored exactly by the model (batched); the
+    user's history is left out when ``exclude_history`` (default: the run's ``eval.exclude_history``)."""
     beam = task.beam_width
-    b_items, b_scores = task.decode(model, es, beam, task.cfg.eval.exclude_history, beam=beam,
-                                    keep_targets=keep_targets)
+    exclude = task.cfg.eval.exclude_history if exclude_history is None else exclude_history
+    b_items, b_scores = task.decode(model, es, beam, exclude, beam=beam, keep_targets=keep_targets)
     n = len(es)
     if not content:
         empty = torch.zeros(n, 0)
@@ -293,7 +295,7 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, cont
         rows = order[s:s + bs]
         hist = es.padded_histories(rows, pad=-1)
         sim_all, cs = g.index.similarity_and_scores(hist)
-        if task.cfg.eval.exclude_history:
+        if exclude:
             h = hist
             if keep_targets:
                 h = hist.masked_fill(hist == torch.from_numpy(es.targets[rows]).view(-1, 1), -1)
@@ -395,16 +397,17 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10") -> dict[str, Any]:
             "candidates": g.cfg.candidates if task.scoring == "beam" else None}
 
 
-def recommend(task: Any, es: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
-    out when the run's ``eval.exclude_history`` is set, as in evaluation)."""
+    out when ``exclude_history``; default: the run's ``eval.exclude_history``, as in evaluation)."""
+    exclude = task.cfg.eval.exclude_history if exclude_history is None else exclude_history
     f: Fusion = task.fusion
     model = task.model
     if task.scoring == "beam":
         old = task.beam_width
         task.beam_width = max(k, old)
         try:
-            bc = beam_candidates(task, model, es, keep_targets=False, content=not f.off)
+            bc = beam_candidates(task, model, es, keep_targets=False, content=not f.off, exclude_history=exclude)
         finally:
             task.beam_width = old
         it, sc, _ = rank_candidates(None if f.off else task.grounding, bc, f, k)
@@ -419,7 +422,7 @@ def recommend(task: Any, es: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
             if not f.off:
                 sc = g.dense(_log_probs(task, sc), g.index.similarity(hist), f)
             sc = finite_scores(sc)
-        if task.cfg.eval.exclude_history:
+        if exclude:
             mask_history(sc, hist)
         v, i = sc.sort(dim=1, descending=True, stable=True)  # equal scores: the lower index first, as in evaluation
         v, i = v[:, :k], i[:, :k]

@@ -239,7 +239,6 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
     cfg, ds, split, task = load_run(run_dir, weights)
-    cfg.eval.exclude_history = exclude_history  # the task reads it from the run's config when it ranks
     item_ids = ds.item_ids
     if sid_table is not None:
         from sidrec.sid.table import SIDTable
@@ -259,7 +258,7 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
 
     hist = ds.sequence(u)[-cfg.data.max_len:]
     es = EvalSet("recommend", np.array([u]), [hist], np.array([0]))
-    items, scores = task.recommend(es, k)
+    items, scores = task.recommend(es, k, exclude_history)
     return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0 and np.isfinite(s)]
 
 

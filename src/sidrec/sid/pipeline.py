@@ -9,6 +9,7 @@ the stage finished): ``tokenizer/`` (state), ``tokenizer_report.json``, ``tokeni
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,8 @@ def preflight(tcfg: TokenizerConfig, n_items: int) -> None:
 def run_tokenize(cfg: Config, dataset: Dataset, features: np.ndarray, run_dir: str | Path) -> SIDTable:
     """Tokenize ``dataset``'s items with ``cfg.tokenizer`` and write the stage's files into ``run_dir``."""
     tcfg: TokenizerConfig = cfg.tokenizer
-    if tcfg.seed is None:
-        tcfg.seed = cfg.seed
+    if tcfg.seed is None:  # an unset tokenizer seed is the run's (a copy: the run's config is not rewritten)
+        tcfg = dataclasses.replace(tcfg, seed=cfg.seed)
     run = Path(run_dir)
     res = tokenize(tcfg, features, dataset.item_ids)
     res.report["dataset"] = dataset.name

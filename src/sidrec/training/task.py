@@ -107,6 +107,8 @@ class Task:
         fusion."""
         return fusion.evaluate(self, model, split, [self.fusion], max_users)[0]
 
-    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items per user of ``eval_set`` (-1 padded) and their scores, under the run's fusion."""
-        return fusion.recommend(self, eval_set, k)
+    def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per user of ``eval_set`` (-1 padded) and their scores, under the run's fusion; the history
+        is left out when ``exclude_history`` (default: the run's ``eval.exclude_history``)."""
+        return fusion.recommend(self, eval_set, k, exclude_history)

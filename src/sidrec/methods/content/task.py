@@ -46,10 +46,13 @@ class ContentTask(Task):
     def model_scores(self, model: nn.Module, hist: torch.Tensor) -> torch.Tensor:
         return self.index.scores(hist)
 
-    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items by the faiss index (the history left out when the run's ``eval.exclude_history`` is set)."""
+    def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by the faiss index (the history left out when ``exclude_history``; default: the run's
+        ``eval.exclude_history``)."""
         hist = eval_set.padded_histories(pad=-1)
-        return self.index.search(hist, k, hist if self.cfg.eval.exclude_history else None)
+        exclude = self.cfg.eval.exclude_history if exclude_history is None else exclude_history
+        return self.index.search(hist, k, hist if exclude else None)
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> ContentTask:

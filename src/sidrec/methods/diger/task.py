@@ -165,9 +165,10 @@ class DIGERTask(TIGERTask):
         self.plot()
         return super().evaluate(model, split, max_users)
 
-    def recommend(self, eval_set: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         self.refresh(when="recommend")
-        return super().recommend(eval_set, k)
+        return super().recommend(eval_set, k, exclude_history)
 
     def plot(self) -> None:
         """Utilisation, SID drift, collision rate and noise scale over training (``diger_training.png``),

@@ -89,19 +89,31 @@ def test_edge_values_that_mean_off_are_accepted():
     assert cfg.train.eval_users == 0
 
 
-def test_choice_rules_match_the_code_that_consumes_them():
-    from sidrec.config import _rule_for
+def test_choice_fields_match_the_code_that_consumes_them():
+    """Every choice setting is a ``Literal`` on its field (one mechanism), equal to what the code accepts."""
+    import typing
+
+    from sidrec.config import Config
     from sidrec.methods.acerec.config import MERGES
     from sidrec.methods.diger.config import DECAYS
     from sidrec.methods.diger.config import NOISES as DIGER_NOISES
     from sidrec.sid.base import _MODULES
     from sidrec.sid.rqvae import ESTIMATORS, NOISES
 
-    assert set(_rule_for("acerec.merge")) == set(MERGES)
-    assert set(_rule_for("diger.decay")) == set(DECAYS)
-    assert set(_rule_for("diger.noise")) == {*NOISES, "none"} and set(DIGER_NOISES) == set(NOISES)
-    assert set(_rule_for("tokenizer.estimator")) == set(ESTIMATORS)
-    assert set(_rule_for("tokenizer.kind")) == set(_MODULES)
+    def choices(key: str) -> set[str]:
+        cls: type = Config
+        *path, last = key.split(".")
+        for part in path:
+            cls = typing.get_type_hints(cls)[part]
+        return set(typing.get_args(typing.get_type_hints(cls)[last]))
+
+    assert choices("acerec.merge") == set(MERGES)
+    assert choices("diger.decay") == set(DECAYS)
+    assert choices("diger.noise") == {*NOISES, "none"} and set(DIGER_NOISES) == set(NOISES)
+    assert choices("tokenizer.estimator") == set(ESTIMATORS)
+    assert choices("tokenizer.kind") == set(_MODULES)
+    with pytest.raises(SidrecError, match="did you mean 'rqvae'"):
+        load_config(None, ["tokenizer.kind=rqvea"])
 
 
 def test_template_override_that_yaml_reads_as_a_mapping_says_to_quote():

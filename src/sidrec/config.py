@@ -35,7 +35,7 @@ class DataConfig:
     """Where the interactions come from and how they are split."""
 
     path: str = "synthetic"  # a raw dataset path, a prepared directory, or "synthetic"
-    format: str = "auto"  # s3rec | lcrec | recbole | amazon | tabular | prepared | auto
+    format: typing.Literal["auto", "prepared", "s3rec", "lcrec", "recbole", "amazon", "tabular"] = "auto"
     name: str = ""  # display name; defaults to the folder name
     max_len: int = 50  # history truncation (most recent items kept)
     cold_threshold: int = 5  # a target is cold when it has <= this many training interactions
@@ -49,7 +49,7 @@ class DataConfig:
 class FeaturesConfig:
     """Item content -> dense vectors."""
 
-    kind: str = "auto"  # auto | text | attributes | npy
+    kind: typing.Literal["auto", "text", "attributes", "npy"] = "auto"
     model: str = "all-MiniLM-L6-v2"  # sentence-transformers name or path; the default loads offline
     # auto: every text field the reader provides (title, text, description, brand, categories, keywords,
     # category paths; see sidrec.features.core.AUTO_TEMPLATE); or a format string such as "{title}. {brand}"
@@ -178,7 +178,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):  # YAML reads true/false as booleans; these settings spell them as words
             value = "true" if value else "false"
         if str(value).lower() not in choices:
-            raise SidrecError(f"config key '{key}': expected one of {', '.join(map(str, choices))}, got {value!r}")
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise SidrecError(f"config key '{key}': expected one of {', '.join(map(str, choices))}, got {value!r}{hint}")
         return str(value).lower()
     if origin is list:
         (inner,) = typing.get_args(tp)
@@ -246,6 +248,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------------------------- value checks
+# Choices are ``Literal`` types on the fields themselves (checked by _coerce); this table holds the value ranges.
 # Why a table and not checks in each consumer: a nonsense value (batch_size 0, dropout 1.5) must fail when the
 # config is read, naming the key, before a dataset is loaded or a run directory touched; and one table covers
 # every section, including the ones the method packages register. First matching pattern wins; keys are the
@@ -258,17 +261,6 @@ _RATE = "in (0, 10]"
 # fixture, not a load generator; beyond a million users or items it would run for hours and exhaust memory
 _SYNTH = "in [1, 1000000]"
 _RULES: list[tuple[str, Any]] = [
-    # choices (the consumers check them too; these fail before any work is done)
-    ("data.format", ("auto", "prepared", "s3rec", "lcrec", "recbole", "amazon", "tabular")),
-    ("features.kind", ("auto", "text", "attributes", "npy")),
-    ("tokenizer.kind", ("rqkmeans", "rqvae", "opq", "pq")),
-    ("tokenizer.collisions", ("append", "refuse")),
-    ("tokenizer.extra_code", ("always", "if_needed", "auto")),
-    ("tokenizer.estimator", ("ste", "gumbel", "soft")),
-    ("acerec.merge", ("atm", "mean", "mlp")),
-    ("diger.noise", ("gumbel", "gaussian", "none")),
-    ("diger.decay", ("none", "sdud", "frqud", "both")),
-    ("dream.negatives", ("family", "family_far", "none")),
     ("content.query_items", _POS), ("content.decay", _UNIT), ("content.nlist", _NONNEG), ("content.nprobe", _POS),
     ("fusion.lambdas", _NONNEG), ("fusion.candidates", _NONNEG),
     ("*dropout", _UNIT_OPEN),
@@ -298,7 +290,8 @@ _RULES: list[tuple[str, Any]] = [
     ("tiger.user_buckets", _NONNEG), ("tiger.beam", _POS), ("tiger.layers", _NONNEG),
     ("acerec.n_latents", _POS), ("acerec.gamma", _POS), ("acerec.isa_tau", _POS), ("acerec.ffn_dim", _NONNEG),
     ("acerec.isa_weight", _NONNEG), ("acerec.pop_beta", _NONNEG), ("acerec.recon_weight", _NONNEG),
-    ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.*", _NONNEG),
+    ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.sdud_lambda", _POS), ("diger.sinkhorn_epsilon", _POS),
+    ("diger.sinkhorn_iters", _POS), ("diger.usage_momentum", _UNIT_OPEN), ("diger.*", _NONNEG),
     ("tokenizer.levels", _POS), ("tokenizer.kmeans_iters", _POS), ("tokenizer.tau", _POS),
     ("tokenizer.subspaces", _POS), ("tokenizer.subspace_codes", _POS), ("tokenizer.opq_iters", _POS),
     ("tokenizer.pca_dim", _NONNEG), ("tokenizer.weight_decay", _UNIT), ("tokenizer.beta", _NONNEG),
@@ -326,12 +319,6 @@ def _rule_for(key: str) -> Any:
 
 
 def _check_value(key: str, value: Any, rule: Any) -> None:
-    if isinstance(rule, tuple):
-        if isinstance(value, str) and value not in rule:
-            close = difflib.get_close_matches(value, rule, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise SidrecError(f"config key '{key}': must be one of {', '.join(rule)}, got '{value}'{hint}")
-        return
     values = value if isinstance(value, list) else [value]
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float):

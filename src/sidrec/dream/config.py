@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 from sidrec.errors import SidrecError
@@ -41,7 +42,7 @@ class DREAMConfig:
     # intent) | family_far (least similar within the family) | none. With CART in the embedding space family_far
     # won on Toys validation (CART only: cold N@10 .0034 vs .0019); the best measured configuration is the base
     # space with family (cold .0039, warm .0402), the default pair (the base space with family_far is unmeasured)
-    negatives: str = "family"
+    negatives: typing.Literal["family", "family_far", "none"] = "family"
     family_field: str = ""  # item field whose last value names the product family ("" = categories/attributes)
     rewrite_command: str = ""  # optional shell command: item texts on stdin, one rewritten query per line out
     uc3_tau: float = 1.0  # tau_c of the per-context softmax over candidates

@@ -7,6 +7,7 @@ kinds read it.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 from sidrec.errors import SidrecError
@@ -19,7 +20,7 @@ RQ_KINDS = ("rqkmeans", "rqvae")
 class TokenizerConfig:
     """Item embedding -> semantic ID settings (see docs/tokenizers.md)."""
 
-    kind: str = "rqkmeans"  # rqkmeans | rqvae | opq | pq
+    kind: typing.Literal["rqkmeans", "rqvae", "opq", "pq"] = "rqkmeans"
     seed: int | None = None  # None: the run's top-level seed (pipeline) or 0 (build_tokenizer)
 
     # residual tokenizers (rqkmeans, rqvae)
@@ -27,8 +28,10 @@ class TokenizerConfig:
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])  # one per level, or one for all
 
     # collisions (all kinds)
-    collisions: str = "append"  # append: add a disambiguation code | refuse: raise on any shared SID
-    extra_code: str = "auto"  # always | if_needed | auto (= always for rq kinds, if_needed for opq/pq)
+    # append: add a disambiguation code | refuse: raise on any shared SID
+    collisions: typing.Literal["append", "refuse"] = "append"
+    # auto: always for rq kinds, if_needed for opq/pq
+    extra_code: typing.Literal["always", "if_needed", "auto"] = "auto"
     collision_codebook: int = 256  # size of the disambiguation level (largest group that can be resolved)
 
     # rqkmeans
@@ -44,7 +47,7 @@ class TokenizerConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     beta: float = 0.25  # commitment weight
-    estimator: str = "ste"  # ste | gumbel | soft (quantiser gradient estimator)
+    estimator: typing.Literal["ste", "gumbel", "soft"] = "ste"  # the quantiser's gradient estimator
     tau: float = 1.0  # softmax temperature for gumbel / soft
     noise_scale: float = 1.0  # Gumbel noise scale s (gumbel only; none in eval mode)
     dead_code_steps: int = 20  # re-seed codes unused for this many steps (0 = never)

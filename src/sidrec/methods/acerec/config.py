@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 MERGES = ("atm", "mean", "mlp")
@@ -22,7 +23,7 @@ class ACERecConfig:
     isa_tau: float = 0.07
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
-    merge: str = "atm"  # atm | mean | mlp (how m code embeddings become k latents)
+    merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
     collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace

@@ -250,108 +250,35 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until the epoch budget, early stopping or the wall-clock budget; returns a summary."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            if not self.resume():
-                raise SidrecError(f"{self.ckpt_dir}: nothing to resume (no last checkpoint)")
-        elif D.is_main():
-            write_text(self.run_dir / "log.jsonl", "")  # replaces a symlink planted there, never its target
-        if cfg.tensorboard and D.is_main():
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise SidrecError("train.tensorboard=true needs the 'tensorboard' package") from None
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self._open(resume)
         start = time.time() - self.elapsed_s  # a resumed run continues its wall-clock budget
         stop = self.bad_epochs >= cfg.patience or self.capped
-        budget_s = cfg.max_minutes * 60
-        session_t0, session_step0 = time.time(), self.step  # speed is measured on this process's own steps
+        session = (time.time(), self.step)  # speed is measured on this process's own steps
         with make_progress(cfg.progress and D.is_main()) as prog:
             ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
             while self.epoch < cfg.epochs and not stop:
                 t0 = time.time()
-                batches = self.task.train_batches(self.epoch)
-                if self.distributed:
-                    per = len(batches) // D.world_size()
-                    batches = batches[D.rank()::D.world_size()][:per]
-                self.model.train()
-                b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
-                total_loss, n = 0.0, 0
-                parts: dict[str, float] = {}  # a model's unweighted loss terms (``loss_parts``), epoch means
-                capped = False
-                for batch in batches[self.batch:]:
-                    with precision.autocast(cfg.bf16, self.device):
-                        loss = self.task.loss(self.model, batch)
-                    if not torch.isfinite(loss):
-                        raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
-                                          "lower train.lr or set train.bf16=false")
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.grad_clip)
-                    self.opt.step()
-                    self.sched.step()
-                    self.step += 1
-                    self.batch += 1
-                    total_loss += loss.item()
-                    n += 1
-                    for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
-                        parts[name] = parts.get(name, 0.0) + float(v)
-                    prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
-                    # the wall-clock cap is checked at every step: the run ends within one step of it
-                    if budget_s > 0:
-                        now = time.time()
-                        if now - start > budget_s:
-                            capped = bool(D.broadcast_flags(1.0)[0])
-                            break
-                        self._size_schedule_to_budget(now - session_t0, self.step - session_step0,
-                                                      budget_s - (now - start), len(batches))
-                prog.remove_task(b_task)
-                bad = nonfinite_parameters(self.task.model)
-                if bad:  # the last step of the epoch can diverge without a NaN loss being seen
-                    raise SidrecError(f"training diverged at epoch {self.epoch + 1} ({bad}); the checkpoints keep "
-                                      "the last finite epoch; lower train.lr or set train.bf16=false")
-                finished = self.batch >= len(batches)
+                loss, parts, n_batches, capped = self._train_epoch(prog, start, session)
+                finished = self.batch >= n_batches
                 if finished:
                     self.epoch, self.batch = self.epoch + 1, 0
-                record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": total_loss / max(1, n),
+                record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": loss,
                                           "lr": self.sched.get_last_lr()[0], "epoch_s": time.time() - t0}
-                record.update({f"loss_{name}": v / max(1, n) for name, v in parts.items()})
+                record.update({f"loss_{name}": v for name, v in parts.items()})
                 if not finished:
                     record["partial_epoch_batches"] = self.batch
-                improved = 0.0
                 # evaluate on schedule, at the last epoch, and always when the budget ends the run, so nothing
                 # trained is thrown away
                 if (finished and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs or capped:
-                    if D.is_main():
-                        self.model.eval()
-                        m = self.task.evaluate(self.task.model, "valid", cfg.eval_users)
-                        score = m["all"][self.select_metric]
-                        record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
-                        if score > self.best:
-                            self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
-                            improved = 1.0
-                        else:
-                            self.bad_epochs += 1
-                    improved, self.bad_epochs = D.broadcast_flags(improved, self.bad_epochs)
-                    self.bad_epochs = int(self.bad_epochs)
-                    if improved:
-                        self._save_best()
-                    stop = self.bad_epochs >= cfg.patience
+                    stop = self._validate(record)
                 if capped:
                     stop = self.capped = True
                     record["stopped"] = "max_minutes"
-                if budget_s > 0:
+                if cfg.max_minutes > 0:
                     record["schedule_total_steps"] = self.total_steps
                 self.elapsed_s = time.time() - start
                 self._log(record)
-                if cfg.progress and D.is_main() and not sys.stderr.isatty():
-                    # no bar outside a terminal (nohup, CI, a pipe): one line per epoch instead of silence
-                    v = record.get(f"valid_{self.select_metric}")
-                    print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['loss']:.4f}"
-                          + (f", valid {self.select_metric} {v:.4f}" if v is not None else "")
-                          + f", best {self.best:.4f} (epoch {self.best_epoch}), {self.elapsed_s / 60:.1f} min",
-                          file=sys.stderr, flush=True)
+                self._epoch_line(record)
                 self._save_state()
                 D.barrier()
                 prog.update(ep_task, completed=self.epoch,
@@ -360,6 +287,99 @@ class Trainer:
             self.tb.close()
         return {"epochs": self.epoch, "best_epoch": self.best_epoch, "best_valid": self.best,
                 "train_s": time.time() - start}
+
+    def _open(self, resume: bool) -> None:
+        """Restore the last checkpoint (``resume``) or start a fresh log; open TensorBoard when asked."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.resume():
+                raise SidrecError(f"{self.ckpt_dir}: nothing to resume (no last checkpoint)")
+        elif D.is_main():
+            write_text(self.run_dir / "log.jsonl", "")  # replaces a symlink planted there, never its target
+        if self.cfg.tensorboard and D.is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise SidrecError("train.tensorboard=true needs the 'tensorboard' package") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _train_epoch(self, prog: Any, start: float, session: tuple[float, int]
+                     ) -> tuple[float, dict[str, float], int, bool]:
+        """The current epoch's remaining batches (a resumed run continues mid-epoch); returns the mean loss,
+        the model's loss parts (epoch means), the epoch's number of batches, and whether the wall-clock budget
+        stopped it (checked at every step: the run ends within one step of the cap)."""
+        cfg = self.cfg
+        budget_s = cfg.max_minutes * 60
+        batches = self.task.train_batches(self.epoch)
+        if self.distributed:
+            per = len(batches) // D.world_size()
+            batches = batches[D.rank()::D.world_size()][:per]
+        self.model.train()
+        b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
+        total_loss, n = 0.0, 0
+        parts: dict[str, float] = {}  # a model's unweighted loss terms (``loss_parts``)
+        capped = False
+        for batch in batches[self.batch:]:
+            with precision.autocast(cfg.bf16, self.device):
+                loss = self.task.loss(self.model, batch)
+            if not torch.isfinite(loss):
+                raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
+                                  "lower train.lr or set train.bf16=false")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            self.batch += 1
+            total_loss += loss.item()
+            n += 1
+            for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
+                parts[name] = parts.get(name, 0.0) + float(v)
+            prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
+            if budget_s > 0:
+                now = time.time()
+                if now - start > budget_s:
+                    capped = bool(D.broadcast_flags(1.0)[0])
+                    break
+                self._size_schedule_to_budget(now - session[0], self.step - session[1], budget_s - (now - start),
+                                              len(batches))
+        prog.remove_task(b_task)
+        bad = nonfinite_parameters(self.task.model)
+        if bad:  # the last step of the epoch can diverge without a NaN loss being seen
+            raise SidrecError(f"training diverged at epoch {self.epoch + 1} ({bad}); the checkpoints keep "
+                              "the last finite epoch; lower train.lr or set train.bf16=false")
+        return total_loss / max(1, n), {k: v / max(1, n) for k, v in parts.items()}, len(batches), capped
+
+    def _validate(self, record: dict[str, Any]) -> bool:
+        """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping
+        decision shared with every rank; returns whether to stop."""
+        improved = 0.0
+        if D.is_main():
+            self.model.eval()
+            m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
+            score = m["all"][self.select_metric]
+            record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
+            if score > self.best:
+                self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                improved = 1.0
+            else:
+                self.bad_epochs += 1
+        improved, self.bad_epochs = D.broadcast_flags(improved, self.bad_epochs)
+        self.bad_epochs = int(self.bad_epochs)
+        if improved:
+            self._save_best()
+        return self.bad_epochs >= self.cfg.patience
+
+    def _epoch_line(self, record: dict[str, Any]) -> None:
+        """No bar outside a terminal (nohup, CI, a pipe): one line per epoch on stderr instead of silence."""
+        if self.cfg.progress and D.is_main() and not sys.stderr.isatty():
+            v = record.get(f"valid_{self.select_metric}")
+            print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {record['loss']:.4f}"
+                  + (f", valid {self.select_metric} {v:.4f}" if v is not None else "")
+                  + f", best {self.best:.4f} (epoch {self.best_epoch}), {self.elapsed_s / 60:.1f} min",
+                  file=sys.stderr, flush=True)
 
     def load_best(self) -> None:
         best = self.ckpt_dir / "best.safetensors"

@@ -94,7 +94,11 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
         preflight(cfg.tokenizer, dataset.n_items)
         table = run_tokenize(cfg, dataset, run_features(cfg, dataset), run)
         write_json(stamp, source)
-    return SIDCodes.from_table(table)
+    sids = SIDCodes.from_table(table)
+    if len(sids.primary) != dataset.n_items:
+        raise SidrecError(f"the SID table has {len(sids.primary)} items, the dataset {dataset.n_items}; "
+                          f"delete {path} to refit")
+    return sids
 
 
 def run_features(cfg: Config, dataset: Dataset) -> np.ndarray:

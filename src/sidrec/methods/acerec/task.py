@@ -35,7 +35,7 @@ from sidrec.decoding.trie import SIDCodes
 from sidrec.errors import SidrecError
 from sidrec.methods.acerec.model import ACERec, ACERecConfig
 from sidrec.sid.config import RQ_KINDS, TokenizerConfig
-from sidrec.sid.stage import SID_TABLE_FILE, semantic_ids
+from sidrec.sid.stage import semantic_ids
 from sidrec.training.task import Task
 
 
@@ -58,9 +58,6 @@ class ACERecTask(Task):
         self.acfg: ACERecConfig = cfg.acerec
         self.split = split
         sids = semantic_ids(cfg, dataset, run_dir)
-        if len(sids.primary) != split.n_items:
-            raise SidrecError(f"the SID table has {len(sids.primary)} items, the dataset {split.n_items}; "
-                              f"delete {Path(run_dir) / SID_TABLE_FILE} to refit")
         codes, K = raw_codes(sids, cfg.tokenizer, self.acfg.collision_code)  # type: ignore[attr-defined]
         self.model: nn.Module = ACERec(codes, K, cfg.data.max_len, self.acfg, split.item_freq)
         self.scorer = HolisticScorer(codes, self.acfg.eval_chunk)

@@ -35,7 +35,7 @@ from sidrec.decoding.beam import beam_search, compact, sequence_log_probs
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.methods.tiger.model import TIGER, TIGERConfig
-from sidrec.sid.stage import SID_TABLE_FILE, semantic_ids
+from sidrec.sid.stage import semantic_ids
 from sidrec.training.task import Task
 
 
@@ -50,9 +50,6 @@ class TIGERTask(Task):
         self.tcfg: TIGERConfig = cfg.tiger
         self.split = split
         sids = semantic_ids(cfg, dataset, run_dir)
-        if len(sids.primary) != split.n_items:
-            raise SidrecError(f"the SID table has {len(sids.primary)} items, the dataset {split.n_items}; "
-                              f"delete {Path(run_dir) / SID_TABLE_FILE} to refit")
         self.use_sids(sids)
         self.model: nn.Module = TIGER(self.sids.sizes, cfg.data.max_len, self.tcfg)
         self.samples = prefix_samples(split.train, cfg.data.max_len)

@@ -1,7 +1,7 @@
 """DIGER vs the two-stage TIGER with the same backbone, data, RQ-VAE and budget, plus DIGER's ablations.
 
 Usage: python benchmarks/diger.py [beauty] [--variants tiger frqud ...] [--seeds 42 43] [--threads 2]
-       [--reuse] [--resume] [key=value ...]
+       [--reuse] [--resume] [--tag TEXT] [key=value ...]
 
 Variants: tiger (two-stage, configs/tiger-cpu.yaml with DIGER's backbone), frqud, sdud, both (SDUD
 + FrqUD, the configs' default), nodecay (Gumbel without decay), ste (plain straight-through: no noise, no
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the run directories and variant names (other budgets)")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run (end-of-epoch checkpoint, no metrics.json) instead of restarting")
     args = ap.parse_intermixed_args()
@@ -87,7 +88,7 @@ def main() -> None:
             first: Path | None = None
             for variant in args.variants:
                 conf, extra = VARIANTS[variant]
-                run = Path("runs/bench") / f"diger-{name}-{variant}-s{seed}"
+                run = Path("runs/bench") / (f"diger-{name}-{variant}-s{seed}" + (f"-{args.tag}" if args.tag else ""))
                 if first is not None:
                     copy_tokenizer_stage(first, run)
                 cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{conf}.yaml"],
@@ -109,7 +110,8 @@ def main() -> None:
                     wall = time.time() - t0
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"
-                recs = grounded_records(name, method, f"{variant}, seed {seed}", res, wall)
+                label = f"{variant}, seed {seed}" + (f", {args.tag}" if args.tag else "")
+                recs = grounded_records(name, method, label, res, wall)
                 stats = sid_stats(run)
                 for r in recs:
                     r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])

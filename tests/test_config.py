@@ -209,3 +209,24 @@ def test_every_documented_choice_passes_the_schema():
     for key in ("dream.mode", "dream.cart.space", "dream.cart.levels", "dream.keep_base"):  # first designs: removed
         with pytest.raises(SidrecError, match="unknown config key"):
             load_config(None, [f"{key}=x"])
+
+
+def test_ranges_sit_beside_their_fields_and_name_known_ranges():
+    """One mechanism: every section's RANGES names its own fields and ranges the loader knows."""
+    import dataclasses
+    import typing
+
+    from sidrec.config import _RANGE_TESTS, Config
+
+    def sections(cls: type) -> list[type]:
+        out = [cls]
+        for t in typing.get_type_hints(cls).values():
+            if dataclasses.is_dataclass(t):
+                out += sections(t)
+        return out
+
+    for cls in sections(Config):
+        ranges = getattr(cls, "RANGES", {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(ranges) <= names, (cls.__name__, set(ranges) - names)
+        assert set(ranges.values()) <= set(_RANGE_TESTS), (cls.__name__, set(ranges.values()) - set(_RANGE_TESTS))

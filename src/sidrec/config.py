@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import math
 import types
 import typing
@@ -43,6 +42,9 @@ class DataConfig:
     synthetic_users: int = 3000
     synthetic_items: int = 600
     synthetic_seed: int = 7
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"max_len": "> 0", "cold_threshold": ">= 0", "kcore": ">= 0",
+        "synthetic_users": "in [1, 1000000]", "synthetic_items": "in [1, 1000000]"}
 
 
 @dataclass
@@ -59,6 +61,9 @@ class FeaturesConfig:
     svd_dim: int = 128  # attribute features: TF-IDF -> truncated SVD dimension
     batch_size: int = 128
     cache_dir: str = ".cache/sidrec/features"
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"min_text_coverage": "in [0, 1]", "svd_dim": "> 0",
+        "batch_size": "> 0"}
 
 
 @dataclass
@@ -80,6 +85,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads, 0 = library default
     tensorboard: bool = False
     progress: bool = True
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"epochs": "> 0", "batch_size": "> 0", "lr": "in (0, 10]",
+        "weight_decay": "in [0, 1]", "warmup_steps": ">= 0", "min_lr_ratio": "in [0, 1]", "grad_clip": ">= 0",
+        "patience": "> 0", "eval_every": "> 0", "eval_users": ">= 0", "max_minutes": ">= 0", "threads": ">= 0"}
 
 
 @dataclass
@@ -93,6 +102,8 @@ class EvalConfig:
     # false: a model-selection run stops at validation (no test metrics are computed), so settings are chosen
     # without reading test; the chosen setting is then trained again with test on
     test: bool = True
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"ks": "> 0", "batch_size": "> 0", "buckets": "> 0"}
 
 
 @dataclass
@@ -107,6 +118,9 @@ class ContentConfig:
     index: typing.Literal["flat", "ivf"] = "flat"  # top-K search of `sidrec recommend`: exact, or IVF (~1M+ items)
     nlist: int = 0  # ivf: inverted lists (0 = 4 x sqrt(n_items))
     nprobe: int = 16  # ivf: lists visited per query
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"query_items": "> 0", "decay": "in [0, 1]", "nlist": ">= 0",
+        "nprobe": "> 0"}
 
 
 @dataclass
@@ -118,6 +132,8 @@ class FusionConfig:
     lambdas: list[float] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 50, 75, 100, 200])
     cold: bool = True  # choose a separate lambda for cold items (<= data.cold_threshold training interactions)
     candidates: int = 100  # beam-search models: the content top-N scored beside the beam's items
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0"}
 
 
 @dataclass
@@ -248,74 +264,34 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------------------------- value checks
-# Choices are ``Literal`` types on the fields themselves (checked by _coerce); this table holds the value ranges.
-# Why a table and not checks in each consumer: a nonsense value (batch_size 0, dropout 1.5) must fail when the
-# config is read, naming the key, before a dataset is loaded or a run directory touched; and one table covers
-# every section, including the ones the method packages register. First matching pattern wins; keys are the
-# dotted names (``dream.cart.lr``). tests/test_config.py checks that every numeric key of every section is
-# covered by a rule or listed in ``_UNCHECKED``.
+# Choices are ``Literal`` types on the fields; value ranges sit beside the fields too, in each section's ``RANGES``
+# (field name -> one of the range names below). Why checked here and not in each consumer: a nonsense value
+# (batch_size 0, dropout 1.5) must fail when the config is read, naming the key, before a dataset is loaded or a
+# run directory touched. tests/test_config.py checks that every numeric setting of every section has a range or is
+# listed in ``_UNCHECKED``.
 _POS, _NONNEG, _UNIT, _UNIT_OPEN, _AT_LEAST_1 = "> 0", ">= 0", "in [0, 1]", "in [0, 1)", ">= 1"
-# a learning rate above 10 is never meant (AdamW's useful range is ~1e-5..1e-1) and 1e308 overflows in the optimizer
-_RATE = "in (0, 10]"
-# the embedded synthetic data is generated user by user (seconds for the default 3,000): it is a demo and a test
-# fixture, not a load generator; beyond a million users or items it would run for hours and exhaust memory
-_SYNTH = "in [1, 1000000]"
-_RULES: list[tuple[str, Any]] = [
-    ("content.query_items", _POS), ("content.decay", _UNIT), ("content.nlist", _NONNEG), ("content.nprobe", _POS),
-    ("fusion.lambdas", _NONNEG), ("fusion.candidates", _NONNEG),
-    ("*dropout", _UNIT_OPEN),
-    ("*momentum", _UNIT_OPEN),
-    ("train.min_lr_ratio", _UNIT),
-    ("features.min_text_coverage", _UNIT),
-    ("dream.update_keep", _UNIT),
-    ("tokenizer.collapse_threshold", _UNIT),
-    ("tokenizer.balance_factor", _AT_LEAST_1),
-    ("dream.cpde_epochs", _NONNEG),
-    ("dream.cpde_warmup_epochs", _NONNEG),
-    ("dream.uc3_min_support", _NONNEG),
-    ("dream.uc3_min_margin", _NONNEG),
-    ("dream.cpde_warm_ratio", _NONNEG),
-    ("dream.lambda_soft", _NONNEG),
-    ("dream.lambda_kl", _NONNEG), ("dream.lambda_warm", _NONNEG),
-    ("dream.cart.hard_negatives", _NONNEG),
-    ("dream.cart.w_*", _NONNEG),
-    ("diger.tokenizer_lr", "in [0, 10]"),
-    ("diger.sdud_lr", _RATE),
-    ("data.max_len", _POS), ("data.synthetic_users", _SYNTH), ("data.synthetic_items", _SYNTH),
-    ("data.cold_threshold", _NONNEG), ("data.kcore", _NONNEG), ("features.svd_dim", _POS),
-    ("train.weight_decay", _UNIT), ("train.warmup_steps", _NONNEG), ("train.grad_clip", _NONNEG),
-    ("train.patience", _POS), ("train.eval_every", _POS), ("train.eval_users", _NONNEG),
-    ("train.max_minutes", _NONNEG), ("train.threads", _NONNEG),
-    ("eval.ks", _POS), ("eval.buckets", _POS),
-    ("tiger.user_buckets", _NONNEG), ("tiger.beam", _POS), ("tiger.layers", _NONNEG),
-    ("acerec.n_latents", _POS), ("acerec.gamma", _POS), ("acerec.isa_tau", _POS), ("acerec.ffn_dim", _NONNEG),
-    ("acerec.isa_weight", _NONNEG), ("acerec.pop_beta", _NONNEG), ("acerec.recon_weight", _NONNEG),
-    ("diger.tau", _POS), ("diger.hot_ratio", _POS), ("diger.sdud_lambda", _POS), ("diger.sinkhorn_epsilon", _POS),
-    ("diger.sinkhorn_iters", _POS), ("diger.usage_momentum", _UNIT_OPEN), ("diger.*", _NONNEG),
-    ("tokenizer.levels", _POS), ("tokenizer.kmeans_iters", _POS), ("tokenizer.tau", _POS),
-    ("tokenizer.subspaces", _POS), ("tokenizer.subspace_codes", _POS), ("tokenizer.opq_iters", _POS),
-    ("tokenizer.pca_dim", _NONNEG), ("tokenizer.weight_decay", _UNIT), ("tokenizer.beta", _NONNEG),
-    ("tokenizer.noise_scale", _NONNEG), ("tokenizer.dead_code_steps", _NONNEG),
-    ("dream.cart.weight_decay", _UNIT), ("dream.cart.*", _POS),
-    ("dream.lora_*", _POS), ("dream.uc3_tau", _POS), ("dream.uc3_batch", _POS), ("dream.hypotheses", _POS),
-    ("dream.cpde_update_every", _POS), ("dream.eval_beam", _POS), ("dream.eval_users", _NONNEG),
-    ("dream.bridge_max_minutes", _NONNEG),
-    # generic names last: the explicit keys above take precedence
-    ("*batch_size", _POS), ("*epochs", _POS), ("*.lr", _RATE), ("*_lr", _RATE),
-    ("*d_model", _POS), ("*_layers", _POS), ("*n_heads", _POS), ("*head_dim", _POS), ("*ffn_dim", _POS),
-    ("*_dim", _POS), ("*hidden_dims", _POS), ("*codebook_sizes", _POS), ("*codebook", _POS),
-    ("*eval_batch_users", _POS), ("*eval_chunk", _POS),
-]
-# numeric keys any value of which is meaningful (seeds; negative lambdas mean "derive it"; the CPDE gate's
+# a learning rate above 10 is never meant (AdamW's useful range is ~1e-5..1e-1) and 1e308 overflows in the optimizer;
+# the embedded synthetic data is generated user by user: beyond a million users or items it would run for hours
+_RATE, _RATE0, _SYNTH = "in (0, 10]", "in [0, 10]", "in [1, 1000000]"
+_RANGE_TESTS = {_POS: lambda v: v > 0, _NONNEG: lambda v: v >= 0, _UNIT: lambda v: 0 <= v <= 1,
+                _UNIT_OPEN: lambda v: 0 <= v < 1, _AT_LEAST_1: lambda v: v >= 1, _RATE: lambda v: 0 < v <= 10,
+                _RATE0: lambda v: 0 <= v <= 10, _SYNTH: lambda v: 1 <= v <= 1_000_000}
+# numeric keys any value of which is meaningful (seeds; a negative lambda_kd means "derive it"; the CPDE gate's
 # offset delta is in nats and may be negative)
-_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd",
-              "dream.update_delta"}
+_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.update_delta"}
 
 
-def _rule_for(key: str) -> Any:
+def _rule_for(key: str) -> str | None:
+    """The range of dotted setting ``key``, from the ``RANGES`` of the section that declares it."""
     if key in _UNCHECKED:
         return None
-    return next((rule for pat, rule in _RULES if fnmatch.fnmatchcase(key, pat)), None)
+    cls: Any = Config
+    *path, last = key.split(".")
+    for part in path:
+        cls = typing.get_type_hints(cls).get(part)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+    return getattr(cls, "RANGES", {}).get(last)
 
 
 def _check_value(key: str, value: Any, rule: Any) -> None:
@@ -323,8 +299,7 @@ def _check_value(key: str, value: Any, rule: Any) -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
-        ok = {_POS: v > 0, _NONNEG: v >= 0, _UNIT: 0 <= v <= 1, _UNIT_OPEN: 0 <= v < 1, _AT_LEAST_1: v >= 1,
-              _RATE: 0 < v <= 10, "in [0, 10]": 0 <= v <= 10, _SYNTH: 1 <= v <= 1_000_000}[rule]
+        ok = _RANGE_TESTS[rule](v)
         if not ok or v != v:  # NaN fails every range
             what = "every value " if isinstance(value, list) else ""
             raise SidrecError(f"config key '{key}': {what}must be {rule}, got {v!r}")
@@ -342,7 +317,7 @@ def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def validate_config(cfg: Config) -> None:
-    """Check every value against :data:`_RULES` (all sections, registered ones included); the error names the key."""
+    """Check every value against its section's ``RANGES``; the error names the key."""
     for key, value in _leaves(cfg):
         rule = _rule_for(key)
         if rule is not None:

@@ -146,14 +146,16 @@ def _check_complete(path: Path) -> None:
                           "file was cut short or edited; restore it or retrain")
 
 
-def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[Config, Dataset, LeaveOneOut, Any]:
+def load_run(run_dir: str | Path, weights: str | Path | None = None, overrides: list[str] | None = None
+             ) -> tuple[Config, Dataset, LeaveOneOut, Any]:
     """Rebuild config, data split and task of a finished run, with its best weights (or ``weights``) loaded and
-    the fusion it chose (``fusion.json``) installed."""
+    the fusion it chose (``fusion.json``) installed. ``overrides`` (settings that do not change the model, e.g.
+    DREAM's evaluation beam) are applied to the config the task is built with, so nothing rewrites it later."""
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise SidrecError(f"{run}: not a run directory (no config.yaml)")
     _check_complete(run / "config.yaml")
-    cfg = load_config([run / "config.yaml"])
+    cfg = load_config([run / "config.yaml"], list(overrides or []))
     cfg.run_dir = str(run)
     ds = dataset_from_config(cfg)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from sidrec.errors import SidrecError
-
 
 @dataclass
 class CARTConfig:
@@ -28,6 +26,11 @@ class CARTConfig:
     w_div: float = 0.1
     w_anchor: float = 0.5
     candidates: int = 8  # size of the candidate pool per item
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"epochs": "> 0", "batch_size": "> 0", "lr": "> 0",
+        "weight_decay": "in [0, 1]", "logit_scale": "> 0", "tau_start": "> 0", "tau_end": "> 0",
+        "nce_temperature": "> 0", "queue_size": "> 0", "momentum": "in [0, 1)", "hard_negatives": ">= 0",
+        "history": "> 0", "w_cal": ">= 0", "w_div": ">= 0", "w_anchor": ">= 0", "candidates": "> 0"}
 
 
 @dataclass
@@ -69,8 +72,12 @@ class DREAMConfig:
     kd_gate: bool = True  # weight warm positions by the teacher's confidence (1 - H / log K)
     eval_beam: int = 50  # beam width for the stage table (>= 50 so Recall@50 is exact)
     eval_users: int = 0  # 0 = all users of the split
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"bridge_max_minutes": ">= 0", "uc3_tau": "> 0",
+        "uc3_min_support": ">= 0", "uc3_min_margin": ">= 0", "uc3_batch": "> 0", "hypotheses": "> 0",
+        "lora_rank": "> 0", "lora_alpha": "> 0", "cpde_epochs": ">= 0", "cpde_warmup_epochs": ">= 0",
+        "cpde_update_every": "> 0", "cpde_lr": "in (0, 10]", "cpde_batch_size": "> 0", "cpde_warm_ratio": ">= 0",
+        "update_keep": "in [0, 1]", "lambda_soft": ">= 0", "lambda_kl": ">= 0", "lambda_warm": ">= 0",
+        "eval_beam": "> 0", "eval_users": ">= 0"}
 
-    def check(self) -> None:
-        if self.bridge_max_minutes < 0:
-            raise SidrecError(f"dream.bridge_max_minutes must be >= 0, got {self.bridge_max_minutes}")
 

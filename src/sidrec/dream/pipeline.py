@@ -178,19 +178,19 @@ def _open(run: Path, overrides: list[str] | None, allow_config_commands: bool, p
     cfg: Config = load_config([run / "config.yaml"], list(overrides or []))
     cfg.run_dir = str(run)
     dcfg: DREAMConfig = cfg.dream
-    dcfg.check()
     own = {parse_override(o)[0] for o in overrides or []}
     if dcfg.rewrite_command and "dream.rewrite_command" not in own and not allow_config_commands:
         raise SidrecError(f"{run / 'config.yaml'} sets dream.rewrite_command={dcfg.rewrite_command!r}; commands from a "
                           "run directory are not run: pass it on the command line (dream.rewrite_command=...), "
                           "clear it (dream.rewrite_command=), or add --allow-config-commands")
-    cfg0, ds, split_obj, task = load_run(run)
-    if cfg0.method != "tiger":
-        raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg0.method}')")
+    if cfg.method != "tiger":
+        raise SidrecError(f"{run}: DREAM refines a TIGER run (this one is '{cfg.method}')")
+    # the task is built with the stage table's settings: the dream overrides, a beam wide enough for Recall@50
+    ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
+    cfg, ds, split_obj, task = load_run(run, overrides=list(overrides or []) + [
+        f"tiger.beam={max(dcfg.eval_beam, cfg.tiger.beam)}", f"eval.ks=[{', '.join(map(str, ks))}]"])
+    dcfg = cfg.dream
     base_fusion, task.fusion = task.fusion, Fusion()  # the stages measure SID tables under the model alone
-    task.cfg = cfg
-    task.tcfg = dataclasses.replace(task.tcfg, beam=max(dcfg.eval_beam, task.tcfg.beam))
-    cfg.eval.ks = sorted(set(cfg.eval.ks) | {5, 10, 50})
     out_dir = run / DREAM_DIR
     out_dir.mkdir(exist_ok=True)
     job = _Job(run, cfg, dcfg, ds, split_obj, task, SIDTable.load(run / "sid_table.parquet"), out_dir, progress)

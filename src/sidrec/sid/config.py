@@ -64,6 +64,12 @@ class TokenizerConfig:
 
     # diagnostics
     collapse_threshold: float = 0.1  # a level is 'collapsed' below this utilisation (or perplexity share)
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"levels": "> 0", "codebook_sizes": "> 0", "collision_codebook": "> 0",
+        "kmeans_iters": "> 0", "balance_factor": ">= 1", "hidden_dims": "> 0", "latent_dim": "> 0", "epochs": "> 0",
+        "batch_size": "> 0", "lr": "in (0, 10]", "weight_decay": "in [0, 1]", "beta": ">= 0", "tau": "> 0",
+        "noise_scale": ">= 0", "dead_code_steps": ">= 0", "subspaces": "> 0", "subspace_codes": "> 0",
+        "pca_dim": ">= 0", "opq_iters": "> 0", "collapse_threshold": "in [0, 1]"}
 
     def sizes(self) -> list[int]:
         """Per-level codebook sizes of a residual tokenizer (a single size is used for every level)."""

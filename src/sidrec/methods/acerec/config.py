@@ -29,3 +29,7 @@ class ACERecConfig:
     collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace
     eval_chunk: int = 4096  # items per holistic-scoring chunk (bounds memory: users x chunk scores)
     eval_batch_users: int = 256  # users scored together
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"d_model": "> 0", "n_latents": "> 0", "n_layers": "> 0",
+        "n_heads": "> 0", "ffn_dim": ">= 0", "dropout": "in [0, 1)", "gamma": "> 0", "isa_weight": ">= 0",
+        "isa_tau": "> 0", "pop_beta": ">= 0", "recon_weight": ">= 0", "eval_chunk": "> 0", "eval_batch_users": "> 0"}

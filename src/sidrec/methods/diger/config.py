@@ -40,6 +40,12 @@ class DIGERConfig:
     sinkhorn_iters: int = 50
     # latent: ||z_q - z||^2, decoder frozen (authors'); input: decode to the embedding
     recon: typing.Literal["latent", "input"] = "latent"
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"noise": ">= 0", "decay": ">= 0", "tau": "> 0", "noise_scale": ">= 0",
+        "sdud_lambda": "> 0", "sdud_lr": "in (0, 10]", "hot_ratio": "> 0", "usage_momentum": "in [0, 1)",
+        "tokenizer_lr": "in [0, 10]", "freeze_encoder": ">= 0", "vq_weight": ">= 0", "recon_weight": ">= 0",
+        "rec_to_tokenizer": ">= 0", "frequd_level": ">= 0", "noise_unit": ">= 0", "derive": ">= 0",
+        "sinkhorn_epsilon": "> 0", "sinkhorn_iters": "> 0", "recon": ">= 0"}
 
     def check(self) -> None:
         """The choices of a DIGERConfig built in code, read from the fields' own ``Literal`` types (a config file

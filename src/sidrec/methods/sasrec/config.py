@@ -20,3 +20,6 @@ class SASRecConfig:
     # as the vectors' PCA to d_model); add (id + a learned projection of the fixed vectors, so an item seen
     # rarely or never still has an embedding where its content is)
     item_content: typing.Literal["none", "init", "add"] = "none"
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"d_model": "> 0", "n_layers": "> 0", "n_heads": "> 0",
+        "ffn_dim": "> 0", "dropout": "in [0, 1)", "emb_dropout": "in [0, 1)"}

@@ -24,3 +24,7 @@ class TIGERConfig:
     arch: typing.Literal["encdec", "decoder"] = "encdec"  # paper encoder-decoder, or one causal stack (see module doc)
     layers: int = 0  # arch=decoder: causal blocks (0 = encoder_layers + decoder_layers, the encdec's depth)
     tie_head: bool = False  # code logits = state . code embedding (no separate output layer), as DIGER's authors
+    # value ranges, checked when a config is read (sidrec.config.validate_config)
+    RANGES: typing.ClassVar[dict[str, str]] = {"d_model": "> 0", "encoder_layers": "> 0", "decoder_layers": "> 0",
+        "n_heads": "> 0", "head_dim": "> 0", "ffn_dim": "> 0", "dropout": "in [0, 1)", "user_buckets": ">= 0",
+        "beam": "> 0", "eval_batch_users": "> 0", "layers": ">= 0"}

@@ -60,10 +60,15 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ case setups
-def _prep_copy(base: Path, tmp: Path) -> Path:
-    dst = tmp / "prep"
-    shutil.copytree(base / "prep", dst)
+def _copy(base: Path, tmp: Path, name: str) -> Path:
+    """A private copy of the shared base's ``name`` (a run or the prepared dataset) that a case may damage."""
+    dst = tmp / f"{name}-copy"
+    shutil.copytree(base / name, dst)
     return dst
+
+
+def _prep_copy(base: Path, tmp: Path) -> Path:
+    return _copy(base, tmp, "prep")
 
 
 def _corrupt_json(base: Path, tmp: Path) -> list[str]:
@@ -169,9 +174,7 @@ def _base_not_a_string(base: Path, tmp: Path) -> list[str]:
 
 
 def _run_copy(base: Path, tmp: Path) -> Path:
-    run = tmp / "copy"
-    shutil.copytree(base / "run", run)
-    return run
+    return _copy(base, tmp, "run")
 
 
 def _method_changed(base: Path, tmp: Path) -> list[str]:

@@ -81,7 +81,9 @@ class TrainConfig:
     patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
     eval_every: int = 1
     eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
-    max_minutes: float = 0.0  # 0 = no wall-clock budget
+    # wall-clock budget of the *training steps* (0 = none), checked at every step; the validation at the cap, the
+    # fusion choice and the final test evaluation come on top (on a beam-search model they can take as long)
+    max_minutes: float = 0.0
     threads: int = 0  # torch intra-op threads, 0 = library default
     tensorboard: bool = False
     progress: bool = True

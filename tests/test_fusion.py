@@ -174,6 +174,7 @@ def test_grid_choice_prefers_the_smaller_lambda_on_ties():
         scoring = "dense"
         eval_batch_size = 64
         logits_unnormalised = False
+        device = torch.device("cpu")
 
         def __init__(self):
             self.cfg = load_config(None, ["eval.ks=[10]"])

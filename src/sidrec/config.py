@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class TrainConfig:
     # fusion choice and the final test evaluation come on top (on a beam-search model they can take as long)
     max_minutes: float = 0.0
     threads: int = 0  # torch intra-op threads, 0 = library default
+    # where the run computes: auto (a GPU when one is visible, else the CPU), cpu, cuda or cuda:N; training,
+    # evaluation, decoding, fusion and the tokenizers follow it (sidrec.device)
+    device: str = "auto"
+    # torch.compile the model for training (off: no measured gain on the CPU; docs/gpu.md)
+    compile: bool = False
     tensorboard: bool = False
     progress: bool = True
     # value ranges, checked when a config is read (sidrec.config.validate_config)
@@ -318,6 +324,9 @@ def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+DEVICE_SETTING = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # train.device / tokenizer.device
+
+
 def validate_config(cfg: Config) -> None:
     """Check every value against its section's ``RANGES``; the error names the key."""
     for key, value in _leaves(cfg):
@@ -328,6 +337,9 @@ def validate_config(cfg: Config) -> None:
         raise SidrecError("config key 'data.path': empty; name a dataset file or folder, or 'synthetic'")
     if 10 not in cfg.eval.ks:  # early stopping and the fusion choice read NDCG@10
         raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
+    for key, value in (("train.device", cfg.train.device), ("tokenizer.device", cfg.tokenizer.device)):
+        if not DEVICE_SETTING.match(str(value)):
+            raise SidrecError(f"config key '{key}': expected auto, cpu, cuda or cuda:N, got '{value}'")
     from sidrec.methods.registry import check_method  # names only: no method code is imported
 
     check_method(cfg.method, "config key 'method': ")

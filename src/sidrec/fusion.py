@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from sidrec.config import ContentConfig, FusionConfig
 from sidrec.data.protocol import EvalSet
 from sidrec.decoding.beam import repeated
+from sidrec.device import to_device
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import TIE_K, Evaluator, finite_scores, mask_history
 from sidrec.io import write_json
@@ -51,7 +52,7 @@ FUSION_FILE = "fusion.json"
 def _fill(scores: torch.Tensor, items: torch.Tensor, value: float) -> torch.Tensor:
     """Set ``scores[b, items[b, j]] = value`` for every valid (>= 0) entry of ``items`` (B, n), in place."""
     valid = items >= 0
-    rows = torch.arange(len(items)).view(-1, 1).expand_as(items)
+    rows = torch.arange(len(items), device=items.device).view(-1, 1).expand_as(items)
     scores[rows[valid], items[valid]] = value
     return scores
 
@@ -75,6 +76,11 @@ class ContentIndex:
         self.tie = torch.from_numpy(1e-10 * f / max(float(f.max()), 1e-12))
         self._faiss: Any = None
 
+    def to(self, device: torch.device) -> ContentIndex:
+        """The vectors and tie keys on ``device`` (the faiss index of :meth:`search` stays on the CPU)."""
+        self.vectors, self.tie = self.vectors.to(device), self.tie.to(device)
+        return self
+
     def query(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Query vectors (B, d) and the query items (B, n; -1 = none) of left-padded histories (B, T).
 
@@ -84,7 +90,7 @@ class ContentIndex:
         n = max(1, min(self.cfg.query_items, hist.shape[1]))
         items = hist[:, -n:]
         valid = items >= 0
-        w = self.cfg.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float32)
+        w = self.cfg.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float32, device=hist.device)
         w = w.view(1, -1) * valid
         q = (w.unsqueeze(-1) * self.vectors[items.clamp(min=0)]).sum(1)
         return F.normalize(q, dim=1), items.masked_fill(~valid, -1)
@@ -111,7 +117,7 @@ class ContentIndex:
         if self._faiss is None:
             import faiss
 
-            x = self.vectors.numpy()
+            x = self.vectors.cpu().numpy()
             d = x.shape[1]
             if self.cfg.index == "ivf":
                 nlist = self.cfg.nlist or max(1, int(4 * math.sqrt(self.n_items)))
@@ -130,12 +136,13 @@ class ContentIndex:
         """Top-``k`` items (B, k; -1 padded) and their scores by faiss, query items (and ``exclude`` items,
         e.g. the whole history) left out; ties broken as in :meth:`scores`."""
         q, qi = self.query(hist)
-        drop = qi if exclude is None else torch.cat([qi, exclude], 1)
+        q, qi = q.cpu(), qi.cpu()  # faiss searches on the host
+        drop = qi if exclude is None else torch.cat([qi, exclude.cpu()], 1)
         # room for the dropped items and for exact ties at the edge of the list
         kk = min(self.n_items, k + drop.shape[1] + 16)
         sims, idx = self._index().search(q.numpy(), kk)
         idx_t = torch.from_numpy(idx.astype(np.int64))
-        s = torch.from_numpy(sims.astype(np.float32)).double() + self.tie[idx_t.clamp(min=0)]
+        s = torch.from_numpy(sims.astype(np.float32)).double() + self.tie.cpu()[idx_t.clamp(min=0)]
         bad = (idx_t < 0) | (idx_t.unsqueeze(2) == drop.unsqueeze(1)).any(2)
         s = s.masked_fill(bad, float("-inf"))
         v, order = s.sort(dim=1, descending=True, stable=True)
@@ -167,9 +174,15 @@ class Grounding:
         self.cfg = cfg
         self.cold = torch.from_numpy(np.asarray(item_freq) <= cold_threshold)
 
+    def to(self, device: torch.device) -> Grounding:
+        self.index.to(device)
+        self.cold = self.cold.to(device)
+        return self
+
     def weights(self, f: Fusion) -> torch.Tensor:
         """(n_items,) the lambda of every item under setting ``f``."""
-        return torch.where(self.cold, torch.tensor(float(f.lam_cold)), torch.tensor(float(f.lam)))
+        lam = torch.full_like(self.cold, float(f.lam), dtype=torch.float32)
+        return lam.masked_fill(self.cold, float(f.lam_cold))
 
     def dense(self, logp: torch.Tensor, sim: torch.Tensor, f: Fusion) -> torch.Tensor:
         """Fused (B, n_items) scores from model log-probabilities and similarities."""
@@ -241,7 +254,7 @@ def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion])
         raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
 
     def parts(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        hist = es.padded_histories(rows, pad=-1)
+        hist = to_device(es.padded_histories(rows, pad=-1), task.device)
         raw = task.model_scores(model, hist)
         if not need:
             return raw, None, None
@@ -291,27 +304,29 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, cont
     src = torch.zeros(n, c, dtype=torch.bool)
     order = es.length_order()
     bs = max(1, task.eval_batch_users)
-    for s in range(0, n, bs):
+    dev = task.device
+    for s in range(0, n, bs):  # computed on the model's device, kept on the host (one copy per batch of users)
         rows = order[s:s + bs]
-        hist = es.padded_histories(rows, pad=-1)
+        hist = to_device(es.padded_histories(rows, pad=-1), dev)
         sim_all, cs = g.index.similarity_and_scores(hist)
         if exclude:
             h = hist
             if keep_targets:
-                h = hist.masked_fill(hist == torch.from_numpy(es.targets[rows]).view(-1, 1), -1)
+                h = hist.masked_fill(hist == to_device(torch.from_numpy(es.targets[rows]), dev).view(-1, 1), -1)
             mask_history(cs, h)
         cv, ci = cs.topk(top_n, dim=1)
         ci = ci.masked_fill(~torch.isfinite(cv), -1)
-        it = torch.cat([b_items[rows], ci], 1)
+        bi, bs_ = to_device(b_items[rows], dev), to_device(b_scores[rows], dev)
+        it = torch.cat([bi, ci], 1)
         # an item the beam returned keeps the beam's score; only the candidates it missed are scored
         it = it.masked_fill(repeated(it), -1)
         new = it[:, beam:]
         cl = task.candidate_log_probs(model, es, rows, new)
         idx = torch.from_numpy(rows)
-        items[idx] = it
-        ll[idx] = torch.cat([b_scores[rows], cl], 1).masked_fill(it < 0, float("-inf"))
-        sim[idx] = sim_all.gather(1, it.clamp(min=0))
-        src[idx] = torch.cat([torch.zeros_like(b_items[rows], dtype=torch.bool), new >= 0], 1)
+        items[idx] = it.cpu()
+        ll[idx] = torch.cat([bs_, cl.float()], 1).masked_fill(it < 0, float("-inf")).cpu()
+        sim[idx] = sim_all.gather(1, it.clamp(min=0)).cpu()
+        src[idx] = torch.cat([torch.zeros_like(bi, dtype=torch.bool), new >= 0], 1).cpu()
     return BeamCandidates(b_items, b_scores, items, ll, sim, src)
 
 
@@ -321,7 +336,7 @@ def rank_candidates(g: Grounding | None, bc: BeamCandidates, f: Fusion, k: int
     if f.off:
         return bc.beam_items[:, :k], bc.beam_scores[:, :k], torch.zeros_like(bc.beam_items[:, :k], dtype=torch.bool)
     assert g is not None
-    fused = bc.ll + g.weights(f)[bc.items.clamp(min=0)] * bc.sim
+    fused = bc.ll + g.weights(f).to(bc.items.device)[bc.items.clamp(min=0)] * bc.sim
     fused = finite_scores(fused.masked_fill(bc.items < 0, float("-inf")))
     v, order = fused.sort(dim=1, descending=True, stable=True)
     it = bc.items.gather(1, order)[:, :k]
@@ -416,7 +431,7 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
     items, scores = [], []
     order = es.length_order()
     for s in range(0, len(es), task.eval_batch_size):
-        hist = es.padded_histories(order[s:s + task.eval_batch_size], pad=-1)
+        hist = to_device(es.padded_histories(order[s:s + task.eval_batch_size], pad=-1), task.device)
         with torch.no_grad():
             sc = task.model_scores(model, hist)
             if not f.off:
@@ -426,8 +441,8 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
             mask_history(sc, hist)
         v, i = sc.sort(dim=1, descending=True, stable=True)  # equal scores: the lower index first, as in evaluation
         v, i = v[:, :k], i[:, :k]
-        items.append(i.masked_fill(~torch.isfinite(v), -1))
-        scores.append(v)
+        items.append(i.masked_fill(~torch.isfinite(v), -1).cpu())
+        scores.append(v.cpu())
     it, sc = torch.cat(items).numpy(), torch.cat(scores).numpy()
     out_i, out_s = np.empty_like(it), np.empty_like(sc)
     out_i[order], out_s[order] = it, sc

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import sidrec.training.distributed as D
+from sidrec import device as devices
 from sidrec import fusion
 from sidrec.config import Config, describe_path, load_config, only_overrides
 from sidrec.data.dataset import Dataset
@@ -78,6 +79,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     builder = get_builder(cfg.method)
     if cfg.run_dir and D.is_main():
         check_run_dir(cfg, Path(cfg.run_dir), resume, overwrite)  # fail before the dataset is read
+    dev = devices.resolve(cfg.train.device)  # a GPU asked for and absent fails now, before any work
+    devices.prepare(dev)
     seed_everything(cfg.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -89,6 +92,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     with claim as run:
         task = builder(cfg, ds, split, run)
         attach_grounding(task, cfg, ds, split)
+        task.to(dev)  # the one placement point: model, tables, content vectors
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
         trainer = Trainer(task, cfg.train, run, cfg.seed) if task.trainable else None
     try:
@@ -169,7 +173,7 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None, overrides: 
     attach_grounding(task, cfg, ds, split)
     fusion.load_fusion(task, run)
     if not task.trainable:
-        return cfg, ds, split, task
+        return cfg, ds, split, _placed(task, cfg)
     best = Path(weights) if weights is not None else run / "checkpoints" / "best.safetensors"
     if not best.exists():
         raise SidrecError(f"{weights}: weights file not found" if weights is not None
@@ -190,7 +194,14 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None, overrides: 
     if bad:
         raise SidrecError(f"{best}: the weights of a diverged model ({bad}); retrain with a lower train.lr")
     task.model.eval()
-    return cfg, ds, split, task
+    return cfg, ds, split, _placed(task, cfg)
+
+
+def _placed(task: Any, cfg: Config) -> Any:
+    """A rebuilt task on the run's device (the CPU when the run trained on a GPU this machine lacks)."""
+    dev = devices.for_rebuild(cfg.train.device)
+    devices.prepare(dev)
+    return task.to(dev)
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:

@@ -174,6 +174,13 @@ def autocast(setting: str | bool, device: str | torch.device = "cpu") -> context
     return contextlib.nullcontext()
 
 
+def fp32(device: str | torch.device = "cpu") -> contextlib.AbstractContextManager[Any]:
+    """Autocast switched off on ``device`` (code that must run in fp32 inside a bf16 region); a no-op on a
+    device without autocast (``meta``)."""
+    dev = torch.device(device).type
+    return torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
+
+
 def describe(device: str = "cpu") -> dict[str, Any]:
     """Machine facts for benchmark records: CPU model, capability, threads, and the resolved ``auto``."""
     return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "threads": torch.get_num_threads(),

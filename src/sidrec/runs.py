@@ -28,7 +28,9 @@ from sidrec.errors import SidrecError
 from sidrec.io import check_writable
 
 # settings that change how a run is watched, not what it computes: they may differ on --resume / re-runs
-FREE_SETTINGS = frozenset({"run_dir", "train.progress", "train.threads", "train.tensorboard", "train.max_minutes"})
+# (where it computes is one of them: a run started on a GPU may continue on a CPU and the reverse)
+FREE_SETTINGS = frozenset({"run_dir", "train.progress", "train.threads", "train.tensorboard", "train.max_minutes",
+                           "train.device", "train.compile", "tokenizer.device"})
 # what a folder holds once training has started (a folder with only a SID table is a tokenizer stage)
 RESULT_FILES = ("metrics.json", "log.jsonl", "checkpoints")
 # a fitted tokenizer stage (sidrec.sid.pipeline + the recipe's record of what it was fitted from)

@@ -26,11 +26,16 @@ class HolisticScorer:
         self.n_items, self.m = codes.shape
         self.chunk = max(1, int(chunk))
 
+    def to(self, device: torch.device) -> HolisticScorer:
+        """The code matrix on ``device`` (the scores' device), so no chunk is copied per call."""
+        self.codes_t = self.codes_t.to(device)
+        return self
+
     def _chunk_scores(self, logp: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Scores (B, hi - lo) of items lo..hi: sum over subspaces j of logp[:, j, code_j(item)]."""
         if logp.shape[1] != self.m:
             raise ValueError(f"log-probabilities have {logp.shape[1]} subspaces, the items {self.m}")
-        idx = self.codes_t[:, lo:hi].to(logp.device)
+        idx = self.codes_t[:, lo:hi].to(logp.device)  # a no-op once placed (to)
         out = logp[:, 0].index_select(1, idx[0])
         for j in range(1, self.m):  # (B, C) at a time: memory stays B x chunk, not B x chunk x m
             out += logp[:, j].index_select(1, idx[j])

@@ -83,6 +83,10 @@ class SIDCodes:
     def length(self) -> int:
         return int(self.primary.shape[1])
 
+    def to(self, device: torch.device) -> SIDCodes:
+        """The same codes on ``device`` (a new object: a table may be shared by several tasks)."""
+        return SIDCodes(self.primary.to(device), self.codes.to(device), self.sid_item.to(device), list(self.sizes))
+
 
 class SIDTrie:
     """Dense per-level transition tables over the valid SIDs (see module docstring).
@@ -127,7 +131,13 @@ class SIDTrie:
 
     @classmethod
     def from_codes(cls, sids: SIDCodes) -> SIDTrie:
-        return cls(sids.codes, sids.sid_item, sids.sizes)
+        return cls(sids.codes.cpu(), sids.sid_item.cpu(), sids.sizes)
+
+    def to(self, device: torch.device) -> SIDTrie:
+        """The transition tables and leaves on ``device`` (in place), where the beam search gathers them."""
+        self.tables = [t.to(device) for t in self.tables]
+        self.leaf_item, self.leaf_codes = self.leaf_item.to(device), self.leaf_codes.to(device)
+        return self
 
     @property
     def depth(self) -> int:
@@ -145,8 +155,8 @@ class SIDTrie:
 
     def walk(self, codes: torch.Tensor) -> torch.Tensor:
         """Leaf id of each complete SID in ``codes`` (..., L), or -1 if it is not in the trie."""
-        codes = _as_long(codes, "SID codes")
-        node = torch.zeros(codes.shape[:-1], dtype=torch.long)
+        codes = _as_long(codes, "SID codes").to(self.leaf_item.device)
+        node = torch.zeros(codes.shape[:-1], dtype=torch.long, device=codes.device)
         for level in range(self.depth):
             c = codes[..., level]
             ok = (c >= 0) & (c < self.sizes[level]) & (node >= 0)

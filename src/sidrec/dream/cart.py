@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sidrec.device import to_device
 from sidrec.dream.config import CARTConfig
 from sidrec.errors import SidrecError
 from sidrec.progress import track
@@ -177,8 +178,9 @@ def _pairs_and_contexts(train: list[np.ndarray], history: int) -> tuple[np.ndarr
 
 def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train: list[np.ndarray],
                negatives: np.ndarray, cfg: CARTConfig, seed: int = 0, progress: bool = True,
-               codebooks: list[np.ndarray] | None = None) -> tuple[CART, CARTResult]:
-    """Fit CART on the training sequences; returns the model and each item's candidate SIDs.
+               codebooks: list[np.ndarray] | None = None, device: torch.device | str = "cpu"
+               ) -> tuple[CART, CARTResult]:
+    """Fit CART on the training sequences (on ``device``); returns the model and each item's candidate SIDs.
 
     ``base_codes`` (n_items, L) are the static SIDs without the collision code; ``negatives`` (n_items, H)
     the counterfactual hard negatives (-1 = none); ``codebooks`` the base quantiser's (``space: base``, where
@@ -187,15 +189,17 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = len(emb)
+    dev = torch.device(device)
     base = torch.as_tensor(base_codes, dtype=torch.long)
     model = CART(torch.as_tensor(emb), base, sizes, cfg,
-                 None if codebooks is None else [torch.as_tensor(c) for c in codebooks])
+                 None if codebooks is None else [torch.as_tensor(c) for c in codebooks]).to(dev)
+    base = base.to(dev)
     key = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist_np, tgt_np = _pairs_and_contexts(train, cfg.history)
-    negs = torch.as_tensor(negatives, dtype=torch.long)
+    negs = torch.as_tensor(negatives, dtype=torch.long).to(dev)
     levels = len(sizes)
-    queue = F.normalize(torch.randn(levels, cfg.queue_size, model.codebooks[0].shape[1]), dim=-1)
+    queue = F.normalize(torch.randn(levels, cfg.queue_size, model.codebooks[0].shape[1]), dim=-1).to(dev)
     qptr = 0
     steps_per_epoch = max(1, math.ceil(len(tgt_np) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -204,11 +208,11 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
     start_equal = _share_on_base(model, base)
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(tgt_np))
-        sums = np.zeros(5)
+        sums = torch.zeros(5, dtype=torch.float64, device=dev)  # read once per epoch (no per-step host sync)
         for s in track(range(steps_per_epoch), f"CART epoch {epoch + 1}/{cfg.epochs}", enabled=progress):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            hist = torch.from_numpy(hist_np[idx])
-            items = torch.from_numpy(tgt_np[idx])
+            hist = to_device(torch.from_numpy(hist_np[idx]), dev)
+            items = to_device(torch.from_numpy(tgt_np[idx]), dev)
             tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, total - 1))
             z = model.item_vectors(items)
             lg, onehots, zq_sum = model.path(z, tau)
@@ -227,10 +231,10 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
             # calibration: real next item vs a random item, from the quantised target
             hv = hist >= 0
             hz = model.item_vectors(hist.clamp(min=0))
-            rand = torch.from_numpy(rng.integers(0, n, len(items)))
+            rand = to_device(torch.from_numpy(rng.integers(0, n, len(items))), dev)
             zq_r = F.normalize(model.path(model.item_vectors(rand), tau)[2], dim=-1)
             logit = torch.cat([model.click_logit(hz, hv, zq), model.click_logit(hz, hv, zq_r)])
-            label = torch.cat([torch.ones(len(items)), torch.zeros(len(items))])
+            label = torch.cat([torch.ones(len(items), device=dev), torch.zeros(len(items), device=dev)])
             cal = F.binary_cross_entropy_with_logits(logit, label)
             div = torch.stack([1 - _entropy(x.softmax(-1).mean(0)) / math.log(x.shape[-1]) for x in lg]).mean()
             anc = torch.stack([F.cross_entropy(x, base[items, lv]) for lv, x in enumerate(anchor_logits)]).mean()
@@ -242,13 +246,13 @@ def train_cart(emb: np.ndarray, base_codes: np.ndarray, sizes: list[int], train:
                 for pk, pq in zip(key.parameters(), model.parameters(), strict=True):
                     pk.mul_(cfg.momentum).add_(pq.detach(), alpha=1 - cfg.momentum)
                 m = k_pos.shape[1]
-                ptr = (qptr + torch.arange(m)) % cfg.queue_size
+                ptr = (qptr + torch.arange(m, device=dev)) % cfg.queue_size
                 queue[:, ptr] = k_pos
                 qptr = int((qptr + m) % cfg.queue_size)
-            sums += np.array([loss.item(), nce.item(), cal.item(), div.item(), anc.item()])
+            sums += torch.stack([loss, nce, cal, div, anc]).detach().double()
             step += 1
-        sums /= steps_per_epoch
-        log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], map(float, sums), strict=True), epoch=epoch + 1,
+        mean = (sums / steps_per_epoch).tolist()
+        log.append(dict(zip(["loss", "nce", "cal", "div", "anchor"], mean, strict=True), epoch=epoch + 1,
                         equal_base=_share_on_base(model, base)))
         if epoch == 0:
             log[0]["equal_base_start"] = start_equal
@@ -262,7 +266,7 @@ def _share_on_base(model: CART, base: torch.Tensor, chunk: int = 4096) -> float:
     moved from the table it is anchored to (at step 0 it should be ~1)."""
     same = 0
     for s in range(0, len(base), chunk):
-        items = torch.arange(s, min(len(base), s + chunk))
+        items = torch.arange(s, min(len(base), s + chunk), device=base.device)
         codes = torch.stack([oh.argmax(-1) for oh in model.path(model.item_vectors(items), None)[1]], -1)
         same += int((codes == base[items]).all(-1).sum())
     return same / max(1, len(base))
@@ -276,7 +280,7 @@ def info_nce(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, k_hard: 
     neg_q = torch.einsum("pbd,pqd->pbq", q, queue)
     neg_h = torch.einsum("pbd,pbhd->pbh", q, k_hard).masked_fill(~hard_valid, float("-inf"))
     logits = torch.cat([pos, neg_q, neg_h], -1) / temperature
-    target = torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long)
+    target = torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
 
 
@@ -292,14 +296,14 @@ def candidate_sids(model: CART, n: int, items: torch.Tensor | None = None,
     A width-``n`` beam over prefixes of the residual tree (:func:`_residual_beam`), batched over items.
     """
     model.eval()
-    idx = torch.arange(len(model.emb)) if items is None else items
+    idx = torch.arange(len(model.emb), device=model.emb.device) if items is None else items.to(model.emb.device)
     out_c, out_s = [], []
     for s in range(0, len(idx), chunk):
         c, sc = _residual_beam(model, model.item_vectors(idx[s:s + chunk]), n)
         out_c.append(c)
         out_s.append(sc)
     model.train()
-    return torch.cat(out_c).numpy(), torch.cat(out_s).numpy()
+    return torch.cat(out_c).cpu().numpy(), torch.cat(out_s).cpu().numpy()
 
 
 def _residual_beam(model: CART, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,8 +312,8 @@ def _residual_beam(model: CART, z: torch.Tensor, n: int) -> tuple[torch.Tensor, 
     per-level log-probabilities, best first."""
     b = len(z)
     r = z.unsqueeze(1)  # (b, beams, d)
-    score = torch.zeros(b, 1)
-    seqs = torch.zeros(b, 1, 0, dtype=torch.long)
+    score = torch.zeros(b, 1, device=z.device)
+    seqs = torch.zeros(b, 1, 0, dtype=torch.long, device=z.device)
     for lv, book in enumerate(model.codebooks):
         lp, code = model.level_logits(r, lv).log_softmax(-1).topk(min(n, book.shape[0]), dim=-1)  # (b, m, n)
         cand = (score.unsqueeze(2) + lp).view(b, -1)

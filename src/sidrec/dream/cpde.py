@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from sidrec.data.batches import sample_histories
+from sidrec.device import to_device
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.uc3 import hypothesis_log_probs, level_log_probs, nll_from_log_probs
 from sidrec.methods.tiger.model import TIGER
@@ -109,13 +110,14 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     def stop() -> contextlib.AbstractContextManager:
         return base_output_stopped(peft_model)
 
-    hyps_t = torch.as_tensor(hyps, dtype=torch.long)
-    alpha_t = torch.as_tensor(alpha, dtype=torch.float32)
+    dev = next(model.parameters()).device  # the backbone's device (the run's train.device)
+    hyps_t = torch.as_tensor(hyps, dtype=torch.long).to(dev)
+    alpha_t = torch.as_tensor(alpha, dtype=torch.float32).to(dev)
     w = alpha_t.clone()
     valid_h = (hyps_t >= 0).all(2)
     tgt = samples["flat"][samples["end"]]
     ci = cold_index[tgt]
-    has_valid = valid_h.any(1).numpy()
+    has_valid = valid_h.any(1).cpu().numpy()
     cold_rows = np.flatnonzero((ci >= 0) & has_valid[np.maximum(ci, 0)])  # items with at least one valid SID
     warm_rows = np.flatnonzero(ci < 0)
     nll_sum = torch.zeros_like(w)
@@ -131,18 +133,19 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
     step = 0
 
     def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hist = torch.from_numpy(sample_histories(samples, rows))
-        return codes_of(hist), users_fn(torch.from_numpy(samples["user"][rows]))
+        hist = to_device(torch.from_numpy(sample_histories(samples, rows)), dev)
+        return codes_of(hist), users_fn(to_device(torch.from_numpy(samples["user"][rows]), dev))
 
     for epoch in range(cfg.cpde_epochs):
         order = rng.permutation(cold_rows)
-        sums = np.zeros(5)
+        sums = torch.zeros(5, dtype=torch.float64, device=dev)  # read once per epoch (no per-step host sync)
         for s in track(range(steps), f"CPDE epoch {epoch + 1}/{cfg.cpde_epochs}", enabled=progress):
             rows = order[s * bs:(s + 1) * bs]
             if len(rows) == 0:
                 continue
             hist, users = batch(rows)
-            item = torch.from_numpy(ci[tgt[rows]])
+            item = to_device(torch.from_numpy(ci[tgt[rows]]), dev)
+            ar = torch.arange(len(rows), device=dev)
             h = hyps_t[item]  # (b, B, L)
             opt.zero_grad(set_to_none=True)
             with stop():  # cold samples: the adapters learn, the base weights do not (paper: eq. 18)
@@ -154,19 +157,19 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
                 soft = (wb * nll.nan_to_num(posinf=0.0)).sum(1).mean()
                 # KL to the reference at the SID positions of the current best hypothesis
                 bi = (w[item] * valid_h[item]).argmax(1)
-                best = h[torch.arange(len(rows)), bi]
-                lp = [x[torch.arange(len(rows)), bi] for x in lps]
+                best = h[ar, bi]
+                lp = [x[ar, bi] for x in lps]
                 with torch.no_grad():
                     rmem, rval = ref.encode(hist, users)
                     lp_ref = level_log_probs(ref, rmem, rval, best)
                 kl = torch.stack([_kl(a, b).mean() for a, b in zip(lp, lp_ref, strict=True)]).mean()
                 (cfg.lambda_soft * soft + cfg.lambda_kl * kl).backward()
-            kd = torch.zeros(())
-            warm_nll = torch.zeros(())
+            kd = torch.zeros((), device=dev)
+            warm_nll = torch.zeros((), device=dev)
             if n_warm:
                 wr = rng.choice(warm_rows, n_warm, replace=len(warm_rows) < n_warm)
                 whist, wusers = batch(wr)
-                wt = codes_of(torch.from_numpy(tgt[wr]))
+                wt = codes_of(to_device(torch.from_numpy(tgt[wr]), dev))
                 wmem, wval = model.encode(whist, wusers)
                 wlp = level_log_probs(model, wmem, wval, wt)
                 with torch.no_grad():
@@ -194,12 +197,12 @@ def train_cpde(base: TIGER, codes_of: Callable[[torch.Tensor], torch.Tensor], sa
                 nll_sum.zero_()
                 nll_cnt.zero_()
                 history.append(w.sum(0).div(max(1, len(w))).tolist())
-            sums += np.array([loss.item(), soft.item(), kl.item(), kd.item(), warm_nll.item()])
+            sums += torch.stack([loss, soft.detach(), kl.detach(), kd.detach(), warm_nll.detach()]).double()
         names = ["loss", "soft", "kl", "kd", "warm_nll"]
-        losses.append(dict(zip(names, map(float, sums / steps), strict=True), epoch=epoch + 1))
+        losses.append(dict(zip(names, (sums / steps).tolist(), strict=True), epoch=epoch + 1))
     merged = peft_model.merge_and_unload()
     merged.eval()
-    return CPDEResult(merged, w.numpy(), history, losses, lambda_kd, lambda_warm)
+    return CPDEResult(merged, w.cpu().numpy(), history, losses, lambda_kd, lambda_warm)
 
 
 def update_weights(w: torch.Tensor, alpha: torch.Tensor, nll_sum: torch.Tensor, nll_cnt: torch.Tensor,

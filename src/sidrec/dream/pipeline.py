@@ -239,7 +239,7 @@ def _stage_cart(job: _Job) -> tuple[SIDTable, np.ndarray, np.ndarray]:
         # CART starts at the static SIDs: the base quantiser's space and codebooks
         emb, books = load_tokenizer(run / "tokenizer").residual_space(emb)
         _, cres = train_cart(emb, base[:, :-1], sizes[:-1], split_obj.train, negs, dcfg.cart, cfg.seed, progress,
-                             codebooks=books)
+                             codebooks=books, device=job.task.device)
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, candidates=cres.candidates, scores=cres.scores, key=json.dumps(cart_key, sort_keys=True),
                      history=json.dumps(cres.history), negs=diag["hard_negatives_per_item"])

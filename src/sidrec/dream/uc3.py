@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sidrec.device import to_device
 from sidrec.methods.tiger.model import TIGER
 from sidrec.progress import track
 
@@ -119,15 +120,16 @@ def uc3_vote(task: Any, samples: dict[str, np.ndarray], ctx_rows: np.ndarray, ct
     model = task.model
     model.eval()
     nlls = []
-    cands_t = torch.from_numpy(cands)
+    dev = task.device
+    cands_t = torch.from_numpy(cands).to(dev)
     with torch.no_grad():
         for s in track(range(0, len(ctx_rows), dcfg.uc3_batch), "UC3 scoring", enabled=progress):
             r = ctx_rows[s:s + dcfg.uc3_batch]
-            hist = torch.from_numpy(sample_histories(samples, r))
-            u = torch.from_numpy(users[samples["user"][r]])
-            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[ctx_item[s:s + len(r)]],
-                                "mean"))
-    nll = torch.cat(nlls).numpy() if nlls else np.zeros((0, cands.shape[1]))
+            hist = to_device(torch.from_numpy(sample_histories(samples, r)), dev)
+            u = to_device(torch.from_numpy(users[samples["user"][r]]), dev)
+            pick = to_device(torch.from_numpy(np.asarray(ctx_item[s:s + len(r)])), dev)
+            nlls.append(sid_nll(model, task.codes_of(hist), task._users(u), cands_t[pick], "mean"))
+    nll = torch.cat(nlls).cpu().numpy() if nlls else np.zeros((0, cands.shape[1]))
     return uc3_decide(nll, ctx_item, len(cands), dcfg.uc3_tau, dcfg.uc3_min_support, dcfg.uc3_min_margin)
 
 

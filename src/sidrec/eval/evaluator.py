@@ -191,12 +191,12 @@ class Evaluator:
             with torch.no_grad():
                 parts = parts_fn(rows)
                 for j, variant in enumerate(variants):
-                    scores = finite_scores(variant(parts))
+                    scores = finite_scores(variant(parts))  # on the model's device; ranked there
                     if hist is not None:
-                        mask_history(scores, hist)
-                    ranks[j][rows] = ranks_from_scores(scores, targets).numpy()
+                        mask_history(scores, hist.to(scores.device))
+                    ranks[j][rows] = ranks_from_scores(scores, targets.to(scores.device)).cpu().numpy()
                     top = scores.topk(min(TIE_K + 1, scores.shape[1]), dim=1).values
-                    tied[j][rows] = tied_share(top).numpy()
+                    tied[j][rows] = tied_share(top).cpu().numpy()
         return [(self.metrics(r, t), r) for r, t in zip(ranks, tied, strict=True)]
 
     def evaluate_topk(self, topk: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor | None = None,

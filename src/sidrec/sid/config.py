@@ -52,7 +52,7 @@ class TokenizerConfig:
     noise_scale: float = 1.0  # Gumbel noise scale s (gumbel only; none in eval mode)
     dead_code_steps: int = 20  # re-seed codes unused for this many steps (0 = never)
     kmeans_init: bool = True  # initialise each level's codebook by k-means on the first batch's residuals
-    device: str = "cpu"
+    device: str = "auto"  # auto: the run's train.device (RQ-VAE training; faiss k-means on a GPU where faiss-gpu is)
     progress: bool = True
 
     # opq / pq

@@ -82,6 +82,8 @@ def run_tokenize(cfg: Config, dataset: Dataset, features: np.ndarray, run_dir: s
     tcfg: TokenizerConfig = cfg.tokenizer
     if tcfg.seed is None:  # an unset tokenizer seed is the run's (a copy: the run's config is not rewritten)
         tcfg = dataclasses.replace(tcfg, seed=cfg.seed)
+    if tcfg.device == "auto":  # the run's device (train.device), unless the tokenizer names its own
+        tcfg = dataclasses.replace(tcfg, device=cfg.train.device)
     run = Path(run_dir)
     res = tokenize(tcfg, features, dataset.item_ids)
     res.report["dataset"] = dataset.name

@@ -116,9 +116,12 @@ class RQKMeansTokenizer(Tokenizer):
         residual = emb.copy()
         self.centroids = []
         all_codes = np.empty((n, len(self._sizes)), dtype=np.int64)
+        from sidrec.device import faiss_gpu, resolve
+
+        gpu = faiss_gpu(resolve(self.cfg.device, "tokenizer.device"))  # faiss-gpu's k-means on a CUDA run
         for level, k in enumerate(self._sizes):
             km = faiss.Kmeans(d, k, niter=self.cfg.kmeans_iters, seed=self.seed * 1009 + level, verbose=False,
-                              min_points_per_centroid=1, max_points_per_centroid=256)
+                              min_points_per_centroid=1, max_points_per_centroid=256, gpu=gpu)
             km.train(np.ascontiguousarray(residual))
             cents = np.asarray(km.centroids, dtype=np.float32).copy()
             if self.cfg.balanced:

@@ -91,14 +91,14 @@ def sample_noise(kind: str, shape: torch.Size, generator: torch.Generator | None
     raise SidrecError(f"noise must be one of {', '.join(NOISES)}, got '{kind}'")
 
 
-def perturb(logits: torch.Tensor, level: int, scale: float, noise: str, generator: torch.Generator | None,
-            gate: torch.Tensor | None = None, level_scale: Sequence[float] | None = None) -> torch.Tensor:
+def perturb(logits: torch.Tensor, level: int, scale: float | torch.Tensor, noise: str, generator: torch.Generator | None,
+            gate: torch.Tensor | None = None, level_scale: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """``logits`` (n, K) of ``level`` plus ``scale`` times Gumbel / Gaussian noise, multiplied by
     ``level_scale[level]`` (noise in units of that level's logit gap) and kept only on the rows ``gate``
     (n, L) bool marks at that level (DIGER's FrqUD). The one noise rule of every noisy assignment."""
     eps = scale * sample_noise(noise, logits.shape, generator, logits)
-    if level_scale is not None:
-        eps = eps * float(level_scale[level])
+    if level_scale is not None:  # floats, or a device tensor (no host read per step)
+        eps = eps * level_scale[level]
     if gate is not None:
         eps = eps * gate[:, level].unsqueeze(1).to(eps.dtype)
     return logits + eps
@@ -150,18 +150,20 @@ class ResidualQuantizer(nn.Module):
         return (r * r).sum(1, keepdim=True) - 2.0 * r @ c.t() + (c * c).sum(1)[None, :]
 
     def forward(self, z: torch.Tensor, estimator: str | None = None, tau: float | None = None,
-                noise_scale: float | None = None, generator: torch.Generator | None = None,
+                noise_scale: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
                 noise: str = "gumbel", gate: torch.Tensor | None = None,
-                level_scale: Sequence[float] | None = None) -> QuantizerOutput:
+                level_scale: Sequence[float] | torch.Tensor | None = None) -> QuantizerOutput:
         """Quantise ``z`` (n, dim). ``noise`` picks the perturbation of ``gumbel`` (Gumbel or Gaussian);
         ``gate`` (n, L) bool restricts it per level to the marked rows (DIGER's FrqUD): the other rows take
         their nearest code, with the plain softmax as backward path; ``level_scale`` multiplies the noise of
         each level (see :func:`perturb`)."""
         est = self.estimator if estimator is None else estimator
         t = self.tau if tau is None else float(tau)
-        s = self.noise_scale if noise_scale is None else float(noise_scale)
-        _check_estimator(est, t, s)
-        noisy_mode = est == "gumbel" and self.training and s > 0
+        # a learned scale arrives as a 0-dim device tensor (DIGER's SDUD sigma): used as it is, never read back
+        s = self.noise_scale if noise_scale is None else noise_scale
+        learned = isinstance(s, torch.Tensor)
+        _check_estimator(est, t, 0.0 if learned else float(s))
+        noisy_mode = est == "gumbel" and self.training and (learned or s > 0)
         r = z
         quantized = torch.zeros_like(z)
         loss = z.new_zeros(())
@@ -208,9 +210,9 @@ class ResidualQuantizer(nn.Module):
             r = r - book[k].detach()
         return torch.stack(codes, 1), logits_all
 
-    def soft_along(self, z: torch.Tensor, codes: torch.Tensor, tau: float, noise_scale: float = 0.0,
+    def soft_along(self, z: torch.Tensor, codes: torch.Tensor, tau: float, noise_scale: float | torch.Tensor = 0.0,
                    generator: torch.Generator | None = None, noise: str = "gumbel",
-                   gate: torch.Tensor | None = None, level_scale: Sequence[float] | None = None
+                   gate: torch.Tensor | None = None, level_scale: Sequence[float] | torch.Tensor | None = None
                    ) -> list[torch.Tensor]:
         """Straight-through weights of *given* codes (n, L): per level ``one_hot(codes) - sg(y) + y`` with
         ``y = softmax((logits + noise) / tau)`` along the residual path those codes define.
@@ -224,7 +226,7 @@ class ResidualQuantizer(nn.Module):
         out = []
         for level, book in enumerate(self.codebooks):
             logits = -self.distances(r, level)
-            if self.training and noise_scale > 0:
+            if self.training and (isinstance(noise_scale, torch.Tensor) or noise_scale > 0):
                 logits = perturb(logits, level, noise_scale, noise, generator, gate, level_scale)
             y = torch.softmax(logits / tau, dim=1)
             k = codes[:, level]
@@ -367,12 +369,9 @@ class RQVAETokenizer(Tokenizer):
                               f"{cfg.weight_decay}, {cfg.beta})")
         if cfg.dead_code_steps < 0:
             raise SidrecError(f"tokenizer.dead_code_steps must be >= 0, got {cfg.dead_code_steps}")
-        try:
-            self.device = torch.device(cfg.device)
-        except RuntimeError:
-            raise SidrecError(f"tokenizer.device: unknown device '{cfg.device}'") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise SidrecError(f"tokenizer.device is '{cfg.device}' but CUDA is not available")
+        from sidrec.device import resolve
+
+        self.device = resolve(cfg.device, "tokenizer.device")
         self.model: RQVAE | None = None
         self._model64: RQVAE | None = None
         self._mean = torch.zeros(0)

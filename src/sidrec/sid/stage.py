@@ -39,7 +39,8 @@ SID_SOURCE_FILE = "sid_table.source.json"  # what the run's SID table was fitted
 def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
     """Everything the SIDs depend on: dataset identity, feature settings and tokenizer settings."""
     tok = dataclasses.asdict(cfg.tokenizer)  # type: ignore[attr-defined]
-    tok.pop("progress", None)
+    for k in ("progress", "device"):  # where the tokenizer is fitted is not what it fits
+        tok.pop(k, None)
     if tok.get("seed") is None:
         tok["seed"] = cfg.seed
     feats = dataclasses.asdict(cfg.features)
@@ -61,6 +62,9 @@ def _comparable(source: dict[str, Any], cfg: Config) -> dict[str, Any]:
     out = dict(source)
     for name, default in defaults.items():
         out[name] = {**default, **source.get(name, {})}
+    for rec in (out["tokenizer"],):
+        rec.pop("device", None)  # records written before the device was left out of them
+        rec.pop("progress", None)
     feats = out["features"]
     if feats.get("npy_path"):
         feats["npy_path"] = os.path.abspath(feats["npy_path"])

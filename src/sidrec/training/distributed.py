@@ -50,3 +50,30 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_cuda_rng(device: torch.device) -> torch.Tensor | None:
+    """(world, n) every rank's CUDA RNG state (row r = rank r), on rank 0; None on the CPU.
+
+    Why every rank's: each GPU draws its own dropout masks; a resume that gave every rank rank 0's state would
+    continue differently from the run that never stopped.
+    """
+    if device.type != "cuda":
+        return None
+    state = torch.cuda.get_rng_state(device)
+    if not dist.is_initialized():
+        return state.view(1, -1)
+    local = state.to(device)
+    rows = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(rows, local)
+    return torch.stack(rows).cpu()
+
+
+def set_cuda_rng(saved: object, device: torch.device) -> None:
+    """Give this rank its own saved CUDA RNG state; nothing on a CPU (a GPU run resumed on a CPU) or when the
+    state was written by a CPU run or another number of ranks (the run then continues with fresh CUDA draws)."""
+    if device.type != "cuda" or not isinstance(saved, torch.Tensor) or saved.dim() != 2:
+        return
+    if saved.shape[0] != world_size() or saved.dtype != torch.uint8:
+        return
+    torch.cuda.set_rng_state(saved[rank()].contiguous(), device)

@@ -43,6 +43,28 @@ class Task:
     logits_unnormalised: bool = False  # True: model_scores are logits, log-softmax-normalised before fusion
     fusion: Fusion = Fusion()  # the run's chosen fusion setting (the model alone until one is chosen)
     reads_sids: bool = False  # True: use_sids() swaps the SID table it decodes over (TIGER, DIGER)
+    device: torch.device = torch.device("cpu")  # where the model and the task's tables live (Task.to)
+
+    # ------------------------------------------------------------------ placement
+    def to(self, device: torch.device | str) -> Task:
+        """Put the model and every tensor the task reads in its hot paths on ``device`` (the one placement point:
+        the pipeline calls it once with the resolved ``train.device``); returns the task."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.place(self.device)
+        g = self.__dict__.get("_grounding")
+        if g is not None:
+            g.to(self.device)
+        return self
+
+    def place(self, device: torch.device) -> None:
+        """Move the task's own tensors (SID tables, tries, item codes) to ``device``; a task without any keeps this."""
+
+    def autocast(self) -> Any:
+        """bf16 autocast for the task's device when ``train.bf16`` resolves to it there (sidrec.precision)."""
+        from sidrec import precision
+
+        return precision.autocast(self.cfg.train.bf16, self.device)
 
     # ------------------------------------------------------------------ training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -95,7 +117,8 @@ class Task:
         attached; None for a task without one."""
         if "_grounding" not in self.__dict__:
             factory = self.__dict__.get("_grounding_factory")
-            self.__dict__["_grounding"] = factory() if factory is not None else None
+            g = factory() if factory is not None else None
+            self.__dict__["_grounding"] = g.to(self.device) if g is not None else None
         return self.__dict__["_grounding"]
 
     @grounding.setter

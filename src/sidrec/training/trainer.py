@@ -30,6 +30,7 @@ from torch import nn
 import sidrec.training.distributed as D
 from sidrec import precision
 from sidrec.config import TrainConfig
+from sidrec.device import tf32, to_device
 from sidrec.errors import SidrecError
 from sidrec.io import append_line, atomic_path, write_text
 from sidrec.progress import make_progress
@@ -37,6 +38,7 @@ from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state, req
 from sidrec.training.task import Task
 
 Metrics = dict[str, dict[str, Any]]
+SYNC_EVERY = 50  # training steps between reads of the running loss (a host sync on a GPU)
 
 
 def nonfinite_parameters(model: nn.Module) -> str:
@@ -85,7 +87,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.seed = seed
         self.select_metric = select_metric
-        self.device = next(task.model.parameters()).device
+        self.device = task.device  # placed once by the pipeline (Task.to, from train.device)
         self.distributed = D.init(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -100,7 +102,10 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.model: nn.Module = task.model
         if self.distributed:
-            self.model = nn.parallel.DistributedDataParallel(task.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(task.model, device_ids=ids)
+        if cfg.compile:  # the forward the loss calls is compiled; weights and checkpoints stay task.model's
+            self.model = torch.compile(self.model, dynamic=True)
         self.epoch = 0
         self.batch = 0  # batches of the current epoch already trained (> 0 only after a wall-clock stop)
         self.step = 0
@@ -136,7 +141,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
         """End-of-epoch state for exact resume: weights as safetensors, the rest as safetensors + JSON (no pickle,
-        so a run directory from someone else cannot run code on ``--resume``)."""
+        so a run directory from someone else cannot run code on ``--resume``). On a GPU the CUDA RNG of every
+        rank is kept (row r for rank r), so dropout continues as it would have on each."""
+        cuda_rng = D.gather_cuda_rng(self.device)  # a collective: every rank takes part
         if not D.is_main():
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -150,8 +157,8 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if cuda_rng is not None:
+            state["cuda_rng"] = cuda_rng
         save_state(self.ckpt_dir / STATE_FILE, state)
 
     def _save_best(self) -> None:
@@ -208,8 +215,7 @@ class Trainer:
             self.sched.load_state_dict(sched_state)
             torch.set_rng_state(torch_rng)
             np.random.set_state(numpy_rng)
-            if "cuda_rng" in st and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(st["cuda_rng"])
+            D.set_cuda_rng(st.get("cuda_rng"), self.device)
         except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             self.task.model.load_state_dict(snapshot[0])
             self.opt.load_state_dict(snapshot[1])
@@ -316,41 +322,56 @@ class Trainer:
             batches = batches[D.rank()::D.world_size()][:per]
         self.model.train()
         b_task = prog.add_task(f"epoch {self.epoch + 1}", total=len(batches), completed=self.batch, info="")
-        total_loss, n = 0.0, 0
-        parts: dict[str, float] = {}  # a model's unweighted loss terms (``loss_parts``)
+        # the loss and its parts are summed on the device and read back every SYNC_EVERY steps (and at the end),
+        # so a GPU step never waits for the host; a NaN loss is caught at the next read
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        parts_t: dict[str, torch.Tensor] = {}  # a model's unweighted loss terms (``loss_parts``)
+        n = 0
         capped = False
-        for batch in batches[self.batch:]:
-            with precision.autocast(cfg.bf16, self.device):
-                loss = self.task.loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={loss.item()}); "
-                                  "lower train.lr or set train.bf16=false")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            self.step += 1
-            self.batch += 1
-            total_loss += loss.item()
-            n += 1
-            for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
-                parts[name] = parts.get(name, 0.0) + float(v)
-            prog.update(b_task, advance=1, info=f"loss {total_loss / n:.4f}")
-            if budget_s > 0:
-                now = time.time()
-                if now - start > budget_s:
-                    capped = bool(D.broadcast_flags(1.0)[0])
-                    break
-                self._size_schedule_to_budget(now - session[0], self.step - session[1], budget_s - (now - start),
-                                              len(batches))
+        first = self.batch
+        with tf32(self.device):
+            for i, batch in enumerate(batches[self.batch:]):
+                batch = to_device(batch, self.device)
+                with precision.autocast(cfg.bf16, self.device):
+                    loss = self.task.loss(self.model, batch)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.grad_clip)
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+                self.batch += 1
+                total += loss.detach().double()
+                n += 1
+                for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
+                    v = torch.as_tensor(v).detach().double()
+                    parts_t[name] = parts_t[name] + v.to(parts_t[name].device) if name in parts_t else v
+                last = first + i + 1 == len(batches)
+                if n % SYNC_EVERY == 0 or last or n == 1:
+                    mean = float(total) / n
+                    if not math.isfinite(mean):
+                        raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={mean}); "
+                                          "lower train.lr or set train.bf16=false")
+                    prog.update(b_task, completed=self.batch, info=f"loss {mean:.4f}")
+                if budget_s > 0:
+                    now = time.time()
+                    if now - start > budget_s:
+                        capped = bool(D.broadcast_flags(1.0)[0])
+                        break
+                    self._size_schedule_to_budget(now - session[0], self.step - session[1], budget_s - (now - start),
+                                                  len(batches))
+        mean = float(total) / max(1, n)
+        if n and not math.isfinite(mean):
+            raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={mean}); "
+                              "lower train.lr or set train.bf16=false")
+        parts = {k: float(v) / max(1, n) for k, v in parts_t.items()}
         prog.remove_task(b_task)
         bad = nonfinite_parameters(self.task.model)
         if bad:  # the last step of the epoch can diverge without a NaN loss being seen
             raise SidrecError(f"training diverged at epoch {self.epoch + 1} ({bad}); the checkpoints keep "
                               "the last finite epoch; lower train.lr or set train.bf16=false")
-        return total_loss / max(1, n), {k: v / max(1, n) for k, v in parts.items()}, len(batches), capped
+        return mean, parts, len(batches), capped
 
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sidrec import precision
 from sidrec.errors import SidrecError
 from sidrec.methods.acerec.config import MERGES, ACERecConfig
 from sidrec.models.layers import Block, MultiHeadAttention
@@ -167,6 +168,7 @@ class ACERec(nn.Module):
         self.register_buffer("code_valid", torch.arange(codebook_size).view(1, -1) < torch.tensor(sizes).view(-1, 1),
                              persistent=False)
         self.block = k + 1 if cfg.intent_token else k
+        self.partial_subspaces = [j for j, size in enumerate(sizes) if size < codebook_size]  # held on the host
         self.register_buffer("item_codes", codes, persistent=False)
         f = torch.zeros(n_items) if item_freq is None else torch.as_tensor(item_freq, dtype=torch.float32)
         logf = torch.log1p(f.clamp(min=0))
@@ -281,7 +283,7 @@ class ACERec(nn.Module):
         logits = torch.bmm(q, e.transpose(1, 2)) / self.cfg.gamma
         # only subspaces with unused code slots (the collision code's) are masked, in place: the division's
         # output is not needed by any backward
-        for j in self.__dict__.setdefault("_partial_subspaces", (~self.code_valid).any(1).nonzero().flatten().tolist()):
+        for j in self.partial_subspaces:
             logits[j].masked_fill_(~self.code_valid[j], float("-inf"))
         return logits
 
@@ -303,7 +305,7 @@ class ACERec(nn.Module):
         # spacing is a quarter of a nat, and an item's score is a sum of m such terms -- items whose codes differ
         # in one subspace (e.g. only the collision code) then tie (measured: 6.9% of top-10 slots on 4-code
         # IDs in bf16, 0.01% with this fp32 read-out). It is one (B, d) x (d, m*K) product per user batch.
-        with torch.autocast(h.device.type, enabled=False):
+        with precision.fp32(h.device):
             return self.code_logits(h.float()).log_softmax(-1)
 
     @torch.no_grad()
@@ -345,8 +347,7 @@ class ACERec(nn.Module):
         x_u, s_u, z_u = self.items(self.item_codes[uniq])
         b, t = seq.shape
         slot = torch.zeros(b, t, dtype=torch.long, device=seq.device)
-        n_hist = int(valid.sum())
-        slot[valid] = inv[:n_hist]
+        slot.masked_scatter_(valid, inv)  # the first valid.sum() entries of inv are the histories' (no host read)
         h = self.sequence(z_u[slot], s_u[slot], valid)[tmask]  # (N, d), one row per (position, next item)
         tgt = target[tmask]
         mtp = F.cross_entropy(self.subspace_logits(h).float().flatten(0, 1), self.item_codes[tgt].t().flatten())

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.batches import NextItemBatches
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.decoding.holistic import HolisticScorer
 from sidrec.decoding.trie import SIDCodes
+from sidrec.device import to_device
 from sidrec.errors import SidrecError
 from sidrec.methods.acerec.model import ACERec, ACERecConfig
 from sidrec.sid.config import RQ_KINDS, TokenizerConfig
@@ -68,6 +68,9 @@ class ACERecTask(Task):
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
         return self.batches(epoch)
 
+    def place(self, device: torch.device) -> None:
+        self.scorer.to(device)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["seq"], batch["target"])
 
@@ -83,8 +86,8 @@ class ACERecTask(Task):
 
         ``items``: the catalogue's merged tokens (:meth:`item_table`), computed once per evaluation pass.
         """
-        with torch.no_grad(), precision.autocast(self.cfg.train.bf16):
-            return self._core(model).log_probs(hist, items).float()
+        with torch.no_grad(), self.autocast():
+            return self._core(model).log_probs(to_device(hist, self.device), items).float()
 
     def item_table(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The catalogue's summaries and latents, rebuilt only when the weights changed since the last call.
@@ -93,11 +96,11 @@ class ACERecTask(Task):
         the parameters' in-place version counters, which every optimiser step and weight load bumps.
         """
         core = self._core(model)
-        key = (id(core), self.cfg.train.bf16, *(p._version for p in core.parameters()))
+        key = (id(core), self.cfg.train.bf16, str(self.device), *(p._version for p in core.parameters()))
         cached = self.__dict__.get("_item_table")
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.no_grad(), precision.autocast(self.cfg.train.bf16):
+        with torch.no_grad(), self.autocast():
             table = core.item_table()
         self.__dict__["_item_table"] = (key, table)
         return table

@@ -40,10 +40,13 @@ recipe re-derives (with collision resolution). The total loss is
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sidrec import precision
 from sidrec.errors import SidrecError
 from sidrec.methods.diger.config import DIGERConfig
 from sidrec.methods.tiger.model import TIGER
@@ -90,7 +93,7 @@ class DIGER(nn.Module):
         self.sigma = nn.Parameter(torch.tensor(float(cfg.noise_scale))) if cfg.decay in ("sdud", "both") else None
         for level, k in enumerate(rqvae.quantizer.sizes):  # FrqUD usage shares, start uniform
             self.register_buffer(f"usage_{level}", torch.full((k,), 1.0 / k))
-        self.last: dict[str, float] = {}  # the latest step's loss parts (for logs)
+        self.last: dict[str, Any] = {}  # the latest step's loss parts (for logs; tensors or floats)
 
     # ------------------------------------------------------------------ exploration settings
     def noise_scale(self) -> float:
@@ -120,8 +123,14 @@ class DIGER(nn.Module):
             return hot[0].to(nearest.device)[nearest[:, 0]].unsqueeze(1).expand(-1, self.levels)
         return torch.stack([h.to(nearest.device)[nearest[:, lv]] for lv, h in enumerate(hot)], 1)
 
-    def level_scale(self) -> list[float] | None:
-        return [float(g) for g in self.gap] if self.cfg.noise_unit == "gap" else None
+    def level_scale(self) -> torch.Tensor | None:
+        return self.gap if self.cfg.noise_unit == "gap" else None  # on the device: no host read per step
+
+    def step_noise_scale(self) -> float | torch.Tensor:
+        """The noise scale of a training step: a learned sigma stays a device tensor (no host read per step)."""
+        if self.cfg.noise != "none" and self.sigma is not None:
+            return self.sigma.detach().abs()
+        return self.noise_scale()
 
     @torch.no_grad()
     def diagnose(self, generator: torch.Generator | None = None) -> dict[str, list[float]]:
@@ -153,7 +162,7 @@ class DIGER(nn.Module):
         """
         cfg = self.cfg
         q = self.rqvae.quantizer
-        with torch.autocast(items.device.type, enabled=False):
+        with precision.fp32(items.device):
             x = self.features[items]
             z = self.latents[items] if self.latents is not None else self.rqvae.encoder(x)
             with torch.no_grad():
@@ -161,7 +170,7 @@ class DIGER(nn.Module):
             gate = self.noise_gate(near)
             noise = cfg.noise if cfg.noise != "none" else "gumbel"
             est = "soft" if cfg.noise == "none" else "gumbel"
-            scale = self.noise_scale()
+            scale = self.step_noise_scale()
             out = q(z, estimator=est, tau=cfg.tau, noise_scale=scale, generator=generator, noise=noise,
                     gate=gate, level_scale=self.level_scale())
             recon = (F.mse_loss(out.quantized, z) if cfg.recon == "latent"
@@ -176,7 +185,8 @@ class DIGER(nn.Module):
             with torch.no_grad():
                 m = cfg.usage_momentum
                 for level, u in enumerate(self.usage()):
-                    share = torch.bincount(near[:, level], minlength=len(u)).float() / max(1, len(items))
+                    idx = near[:, level]  # counted by index_add: a fixed output size (bincount's reads the max back)
+                    share = u.new_zeros(len(u)).index_add_(0, idx, torch.ones_like(idx, dtype=u.dtype)) / max(1, len(items))
                     u.mul_(m).add_(share, alpha=1 - m)
         return {"codes": codes, "weights": weights, "vq": out.loss, "recon": recon, "noisy_codes": out.codes}
 
@@ -186,7 +196,7 @@ class DIGER(nn.Module):
         offs = self.tiger.offsets
         parts = []
         for level, w in enumerate(weights):
-            lo = int(offs[level])
+            lo = self.tiger.starts[level]
             parts.append(w @ emb[lo:lo + w.shape[1]])
         parts.append(emb[self.collision[items] + offs[self.levels]])
         return torch.stack(parts, 1)
@@ -232,6 +242,7 @@ class DIGER(nn.Module):
         else:
             gen_term = gen
         loss = gen_term + self.cfg.vq_weight * a["vq"] + self.cfg.recon_weight * a["recon"]
-        self.last = {"gen": float(gen.detach()), "vq": float(a["vq"].detach()), "recon": float(a["recon"].detach()),
-                     "sigma": self.noise_scale()}
+        # kept on the device (read as floats only when logged, once per epoch: no host read per step)
+        self.last = {"gen": gen.detach(), "vq": a["vq"].detach(), "recon": a["recon"].detach(),
+                     "sigma": self.step_noise_scale()}
         return loss

@@ -71,12 +71,18 @@ class DIGERTask(TIGERTask):
         # the SIDs DIGER starts from: the pretrained tokenizer's table under DIGER's derivation (equal to the
         # two-stage table with derive=argmin; Sinkhorn rebalances it before any joint training)
         self.start_codes = torch.from_numpy(self.derive_table()[1]).clone()
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(cfg.seed)
         self._log_index = 0
         log = self.run_dir / DIGER_LOG_FILE
         ckpt = self.run_dir / "checkpoints"
         if not (ckpt / STATE_FILE).exists() and log.exists():
             log.unlink()  # a fresh run (nothing to resume or evaluate): start the SID log afresh
+
+    def place(self, device: torch.device) -> None:
+        super().place(device)
+        if self.generator is None or self.generator.device != device:  # the noise is drawn where the latents are
+            # (the meta device of the shape tests has no generator: the global RNG there)
+            self.generator = None if device.type == "meta" else torch.Generator(device).manual_seed(self.cfg.seed)
 
     # -------------------------------------------------------------------------------- optimiser
     def param_groups(self, weight_decay: float, lr: float) -> list[dict[str, Any]]:
@@ -108,7 +114,7 @@ class DIGERTask(TIGERTask):
         last = self.__dict__.get("_derived")
         if last is not None and all(torch.equal(a, b) for a, b in zip(last[0], weights, strict=True)):
             return last[1], last[2]
-        self.tokenizer.model = copy.deepcopy(core.rqvae).float().eval()
+        self.tokenizer.model = copy.deepcopy(core.rqvae).float().eval().cpu()  # derived on the host, in float64
         self.tokenizer._model64 = None
         if self.dcfg.derive == "sinkhorn":  # balanced over the catalogue, in float64 like encode()
             m64 = self.tokenizer._float64()
@@ -129,13 +135,13 @@ class DIGERTask(TIGERTask):
         self.use_sids(table)
         core.collision.copy_(self.sids.primary[:, -1])
         core.table.copy_(self.sids.primary[:, :-1])
-        diag = core.diagnose(torch.Generator().manual_seed(self.cfg.seed + self._log_index))
+        diag = core.diagnose(torch.Generator(self.device).manual_seed(self.cfg.seed + self._log_index))
         sizes = core.rqvae.quantizer.sizes
         util = [float(np.unique(codes[:, lv]).size / k) for lv, k in enumerate(sizes)]
         drift = float((torch.from_numpy(codes) != self.start_codes).any(1).float().mean())
         rec = {"index": self._log_index, "when": when, "utilization": util, "sid_drift": drift,
                "collision_rate": collision_stats(codes).rate, "noise_scale": core.noise_scale(), **diag,
-               "time": time.time(), **{f"last_{k}": v for k, v in core.last.items()}}
+               "time": time.time(), **{f"last_{k}": float(v) for k, v in core.last.items()}}
         self._log_index += 1
         with open(self.run_dir / DIGER_LOG_FILE, "a") as fh:
             fh.write(json.dumps(rec) + "\n")

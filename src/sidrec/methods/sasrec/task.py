@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.batches import NextItemBatches
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import LeaveOneOut
+from sidrec.device import to_device
 from sidrec.methods.sasrec.model import SASRec
 from sidrec.training.task import Task
 
@@ -42,8 +42,8 @@ class SASRecTask(Task):
         core = model.module if hasattr(model, "module") else model
         core.eval()
         with torch.no_grad():
-            with precision.autocast(self.cfg.train.bf16):
-                h = core.encode(hist)[:, -1]
+            with self.autocast():
+                h = core.encode(to_device(hist, self.device))[:, -1]
             return core.logits(h.float())  # outside autocast: an fp32 product with the fp32 item table
 
 

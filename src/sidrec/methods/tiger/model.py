@@ -88,7 +88,8 @@ class TIGERBase(nn.Module):
         self.length = len(self.sizes)
         self.max_len = max_len
         self.vocab = sum(self.sizes)
-        self.register_buffer("offsets", torch.tensor([0] + self.sizes[:-1]).cumsum(0), persistent=False)
+        self.starts = [sum(self.sizes[:lv]) for lv in range(self.length)]  # host copy: no device read per step
+        self.register_buffer("offsets", torch.tensor(self.starts), persistent=False)
         self.code_emb = nn.Embedding(self.vocab + 1, d, padding_idx=self.vocab)  # last row = padding
         self.user_emb = nn.Embedding(cfg.user_buckets, d) if cfg.user_buckets > 0 else None
         # item positions count back from the most recent item; the causal stack also gives the item being
@@ -118,7 +119,7 @@ class TIGERBase(nn.Module):
 
     def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
         """Logits (..., K_level) of code ``level`` from decoder states (..., d)."""
-        lo = int(self.offsets[level])
+        lo = self.starts[level]
         hi = lo + self.sizes[level]
         if self.head is None:
             return F.linear(h, self.code_emb.weight[lo:hi])

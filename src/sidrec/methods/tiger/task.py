@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from sidrec import precision
 from sidrec.config import Config
 from sidrec.data.batches import NextItemBatches, bucketed_batches, prefix_samples, sample_histories
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
 from sidrec.decoding.beam import beam_search, compact, sequence_log_probs
 from sidrec.decoding.trie import SIDCodes, SIDTrie
+from sidrec.device import to_device
 from sidrec.errors import SidrecError
 from sidrec.methods.tiger.model import TIGER, TIGERConfig
 from sidrec.sid.stage import semantic_ids
@@ -75,8 +75,11 @@ class TIGERTask(Task):
                                   f"{list(self.sids.sizes)}")
             if len(codes.primary) < self.split.n_items:
                 raise SidrecError(f"{source}: {len(codes.primary)} items, fewer than the run's {self.split.n_items}")
-        self.sids = codes
-        self.trie = SIDTrie.from_codes(codes)
+        self.trie = SIDTrie.from_codes(codes).to(self.device)
+        self.sids = codes.to(self.device)
+
+    def place(self, device: torch.device) -> None:
+        self.sids, self.trie = self.sids.to(device), self.trie.to(device)
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -122,22 +125,23 @@ class TIGERTask(Task):
         scores = torch.full((n, k), float("-inf"))
         bs = max(1, self.tcfg.eval_batch_users)
         order = es.length_order()  # the encoder input is padded only to each batch's longest history
-        for s in range(0, n, bs):
+        dev = self.device
+        for s in range(0, n, bs):  # searched on the model's device; one host copy per batch of users
             rows = order[s:s + bs]
-            hist = es.padded_histories(rows, pad=-1)
-            users = torch.from_numpy(es.users[rows]).long()
-            with precision.autocast(self.cfg.train.bf16):
+            hist = to_device(es.padded_histories(rows, pad=-1), dev)
+            users = to_device(torch.from_numpy(es.users[rows]).long(), dev)
+            with self.autocast():
                 res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam)
             it, sc = res.items, res.scores
             if exclude_history:
                 if keep_targets:
-                    tgt = torch.from_numpy(es.targets[rows]).view(-1, 1)
+                    tgt = to_device(torch.from_numpy(es.targets[rows]), dev).view(-1, 1)
                     hist = hist.masked_fill(hist == tgt, -1)
                 seen = ((it.unsqueeze(2) == hist.unsqueeze(1)) & (hist >= 0).unsqueeze(1)).any(2)
                 it, sc = compact(it, sc, (it >= 0) & ~seen, beam)
             it, sc = compact(it, sc, it >= 0, k)
             idx = torch.from_numpy(rows)
-            items[idx], scores[idx] = it, sc
+            items[idx], scores[idx] = it.cpu(), sc.cpu()
         return items, scores
 
     def _decoder(self, model: nn.Module) -> nn.Module:
@@ -151,10 +155,11 @@ class TIGERTask(Task):
         of a SID is the same quantity, so beam items and content candidates are ranked on one scale."""
         core = self._decoder(model)
         core.eval()
-        hist = es.padded_histories(rows, pad=-1)
-        users = torch.from_numpy(es.users[rows]).long()
-        with precision.autocast(self.cfg.train.bf16):
-            return sequence_log_probs(core, (self.codes_of(hist), self._users(users)), self.codes_of(items))
+        hist = to_device(es.padded_histories(rows, pad=-1), self.device)
+        users = to_device(torch.from_numpy(es.users[rows]).long(), self.device)
+        with self.autocast():
+            return sequence_log_probs(core, (self.codes_of(hist), self._users(users)),
+                                      self.codes_of(to_device(items, self.device)))
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> TIGERTask:

@@ -262,3 +262,24 @@ def test_gpu_run_resumes_on_the_cpu_and_back(tmp_path):
     _rewind(run, 2)
     res = train(load_config(None, over + ["train.device=cuda"]), resume=True)  # and back
     assert res["summary"]["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_run_runs_end_to_end(tmp_path):
+    """``benchmarks/gpu_check.py --device cpu`` (the dry run of the prepared GPU check) on the synthetic data."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "dry.json"
+    res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "synthetic",
+                          "--minutes", "0.05", "--skip-tests", "--cpu-steps", "1", "--out", str(out)],
+                         cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    recs = json.loads(out.read_text())
+    assert {r["method"] for r in recs} == {"tiger", "acerec"}
+    for r in recs:
+        assert r["metrics"]["samples_per_s"] > 0 and r["metrics"]["cpu_samples_per_s"] > 0
+        assert r["per_epoch"] and r["device"] == {"device": "cpu"}

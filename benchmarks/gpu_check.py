@@ -80,9 +80,11 @@ def overrides(args: argparse.Namespace, name: str, device: str) -> tuple[list[Pa
     return files, over
 
 
-def samples_per_second(files: list[Path], over: list[str], device: torch.device, steps: int, run: Path
-                       ) -> dict[str, float]:
-    """Training samples/s of the model on ``device`` over ``steps`` timed steps (after 2 warm-up steps)."""
+def samples_per_second(files: list[Path], over: list[str], device: torch.device, steps: int, run: Path,
+                       compile: bool = False) -> dict[str, float]:
+    """Training samples/s of the model on ``device`` over ``steps`` timed steps (after the warm-up steps: 2, or 6
+    with ``compile``, i.e. ``torch.compile(dynamic=True)`` as ``train.compile`` does, whose compile time is left
+    out and reported apart)."""
     cfg = load_config(files, over + [f"run_dir={run}"])
     seed_everything(cfg.seed)
     ds = dataset_from_config(cfg)
@@ -92,24 +94,29 @@ def samples_per_second(files: list[Path], over: list[str], device: torch.device,
     batches = task.train_batches(0)
     opt = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=cfg.train.lr)
     task.model.train()
-    n_samples, spent = 0, 0.0
-    for i, batch in enumerate(batches[: steps + 2]):
+    model = torch.compile(task.model, dynamic=True) if compile else task.model
+    warm = 6 if compile else 2
+    n_samples, spent, warm_s = 0, 0.0, 0.0
+    for i, batch in enumerate(batches[: steps + warm]):
         t = batch.get("target", batch.get("seq"))
         n = int((t >= 0).sum()) if t is not None else len(next(iter(batch.values())))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with task.autocast():
-            loss = task.loss(task.model, to_device(batch, device))
+            loss = task.loss(model, to_device(batch, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= 2:
+        if i >= warm:
             spent += time.perf_counter() - t0
             n_samples += n
-    return {"samples_per_s": n_samples / max(spent, 1e-9), "timed_steps": max(0, min(steps, len(batches) - 2))}
+        else:
+            warm_s += time.perf_counter() - t0
+    return {"samples_per_s": n_samples / max(spent, 1e-9), "timed_steps": max(0, min(steps, len(batches) - warm)),
+            "warmup_s": warm_s}
 
 
 def check(args: argparse.Namespace, name: str, device: torch.device, work: Path) -> list[dict[str, Any]]:
@@ -132,6 +139,10 @@ def check(args: argparse.Namespace, name: str, device: torch.device, work: Path)
     copy_tokenizer_stage(run, speed_dir)  # the run's SIDs: not fitted again for the timing
     speed = samples_per_second(files, over, device, args.steps, speed_dir)
     metrics["samples_per_s"] = speed["samples_per_s"]
+    if args.compile:  # train.compile is kept off unless this shows a gain
+        comp = samples_per_second(files, over, device, args.steps, speed_dir, compile=True)
+        metrics["compiled_samples_per_s"] = comp["samples_per_s"]
+        metrics["compile_warmup_s"] = comp["warmup_s"]
     if args.cpu_steps > 0:
         cpu_over = [o for o in over if not o.startswith("train.device")] + ["train.device=cpu"]
         torch.set_num_threads(args.cpu_threads)
@@ -159,6 +170,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed training steps on the device")
     p.add_argument("--cpu-steps", type=int, default=3, help="timed training steps on the CPU for the ratio (0: skip)")
     p.add_argument("--cpu-threads", type=int, default=0, help="CPU threads for the ratio (0: all cores)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="also time the torch.compile'd step (auto: on a GPU only)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the -m gpu tests first")
     p.add_argument("--out", default="", help="results file (default: benchmarks/results/gpu.json on a GPU, "
                                              "runs/gpu_check/gpu_dry_run.json on the CPU)")
@@ -168,6 +181,7 @@ def main() -> None:
         prepare(data)
         return
     device = resolve(args.device)
+    args.compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if not args.data or not (data / "amazon14_beauty").exists():
         args.data = ""  # the shared data beside the checkout (configs/data/beauty.yaml)
     args.eval_users = args.eval_users or (2000 if device.type == "cuda" else 100)

@@ -54,7 +54,9 @@ def prepare(data: Path) -> None:
     shutil.copytree(src, data / "amazon14_beauty", dirs_exist_ok=True)
     cache = data / "features"
     cache.mkdir(parents=True, exist_ok=True)
-    for f in (REPO / ".cache" / "sidrec" / "features").glob("beauty-text-*.npy"):
+    from sidrec.io import features_cache
+
+    for f in features_cache().glob("beauty-text-*.npy"):
         shutil.copy2(f, cache / f.name)
     print(f"prepared {data} ({sum(p.stat().st_size for p in data.rglob('*') if p.is_file()) / 2**20:.1f} MiB)")
 

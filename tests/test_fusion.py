@@ -206,7 +206,7 @@ def test_content_method_writes_a_normal_run(tmp_path):
     assert task.evaluate(task.model, "test")["all"] == res["test"]["all"]
     from sidrec.pipeline import recommend
 
-    recs = recommend(run, ds.user_ids[0], k=5)
+    recs = recommend(run, ds.user_ids[0], k=5)[0]
     last = ds.item_ids[ds.sequence(0)[-1]]
     assert len(recs) == 5 and last not in [i for i, _ in recs]
 

@@ -128,9 +128,9 @@ def test_own_dataset_doc_end_to_end(fmt, tmp_path, monkeypatch, capsys, stub_enc
 
     all_items = {i for s in seqs.values() for i in s}
     for user, hist in list(seqs.items())[:3]:
-        recs = recommend(tmp_path / "runs" / "mine", user, k=3)
+        recs = recommend(tmp_path / "runs" / "mine", user, k=3)[0]
         assert len(recs) == 3 and {i for i, _ in recs} <= all_items - set(hist), (user, recs, hist)
-        with_hist = recommend(tmp_path / "runs" / "mine", user, k=N_ITEMS, exclude_history=False)
+        with_hist = recommend(tmp_path / "runs" / "mine", user, k=N_ITEMS, exclude_history=False)[0]
         assert {i for i, _ in with_hist} == all_items
     capsys.readouterr()
     user = next(iter(seqs))

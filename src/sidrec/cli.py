@@ -46,7 +46,7 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[
             if sub in m:
                 r = m[sub]
                 t.add_row(name, sub, str(r["n_users"]),
-                          *[f"{r[f'{x}@{k}']:.4f}" for k in ks for x in ("recall", "ndcg")],
+                          *[f"{r[f'{x}@{k}']:.4f}" if f"{x}@{k}" in r else "n/a" for k in ks for x in ("recall", "ndcg")],
                           *([f"{r['tied@10']:.3f}" if "tied@10" in r else ""] * tied))
     return t
 
@@ -147,7 +147,7 @@ def embed(
     """Compute (or fetch from cache) item feature vectors: text embeddings or attribute SVD."""
     from sidrec.config import load_config, only_overrides
     from sidrec.features import item_features
-    from sidrec.io import check_writable, save_npy
+    from sidrec.io import check_writable, features_cache, save_npy
     from sidrec.pipeline import dataset_from_config
 
     only_overrides("embed", overrides, ("data.", "features."))
@@ -155,11 +155,11 @@ def embed(
     if output is not None:
         check_writable(output, "output file", folder=False)
     else:
-        check_writable(cfg.features.cache_dir, "features.cache_dir")
+        check_writable(features_cache(cfg.features.cache_dir), "features.cache_dir")
     ds = dataset_from_config(cfg)
     t0 = time.time()
     emb = item_features(cfg.features, ds)
-    dest = output or Path(cfg.features.cache_dir) / f"{ds.name}.npy"
+    dest = output or features_cache(cfg.features.cache_dir) / f"{ds.name}.npy"
     save_npy(dest, emb)
     out.print(f"{ds.name}: {emb.shape[0]:,} items x {emb.shape[1]} dims in {time.time() - t0:.1f}s -> {dest}")
     f = cfg.features
@@ -326,27 +326,72 @@ def evaluate(
 @app.command()
 def recommend(
     run: Annotated[Path, typer.Argument(help="a run directory")],
-    user: Annotated[str, typer.Option("--user", "-u", help="original user id")],
+    user: Annotated[str | None, typer.Option("--user", "-u", help="original id of a user of the dataset")] = None,
+    history: Annotated[str | None, typer.Option("--history", help="a history of original item ids, oldest first, "
+                                                "comma-separated (e.g. a live session in no dataset)")] = None,
+    sessions: Annotated[Path | None, typer.Option("--sessions", help="a text file of histories, one per line, item "
+                                                  "ids comma-separated, oldest first")] = None,
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="leave out item ids the run does not know "
+                                               "(by default they are an error)")] = False,
     k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
     sid_table: Annotated[Path | None, typer.Option("--sid-table", help="decode over this SID table "
                                                    "(e.g. from 'sidrec add-items' or RUN/dream/)")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="other weights for the run's model "
                                                  "(e.g. RUN/dream/model.safetensors)")] = None,
-    include_history: Annotated[bool, typer.Option("--include-history", help="also list items the user already "
-                                                  "has (left out by default)")] = False,
+    include_history: Annotated[bool, typer.Option("--include-history", help="also list items the history already "
+                                                  "holds (left out by default)")] = False,
 ) -> None:
-    """Recommend the next items for a user (original ids), from their whole history."""
+    """Recommend the next items for a user of the dataset, or for any history of item ids (original ids in and
+    out; every method)."""
     from sidrec.pipeline import recommend as run_rec
 
     if k <= 0:
         raise SidrecError("-k must be positive")
-    t = Table(title=f"top-{k} for user {user}")
-    t.add_column("rank", justify="right")
-    t.add_column("item")
-    t.add_column("score", justify="right")
-    for r, (item, score) in enumerate(run_rec(run, user, k, sid_table, weights, not include_history), 1):
-        t.add_row(str(r), item, f"{score:.4f}")
-    out.print(t)
+    if sum(x is not None for x in (user, history, sessions)) != 1:
+        raise SidrecError("give one of --user, --history or --sessions")
+    histories: list[list[str]] | None = None
+    names: list[str] = [f"user {user}"]
+    if history is not None:
+        histories = [_ids(history, "--history")]
+        names = ["the history"]
+    elif sessions is not None:
+        histories, names = _read_sessions(sessions)
+    lists = run_rec(run, user, k, sid_table, weights, not include_history, histories, skip_unknown)
+    for name, recs in zip(names, lists, strict=True):
+        t = Table(title=f"top-{k} for {name}")
+        t.add_column("rank", justify="right")
+        t.add_column("item")
+        t.add_column("score", justify="right")
+        for r, (item, score) in enumerate(recs, 1):
+            t.add_row(str(r), item, f"{score:.4f}")
+        out.print(t)
+
+
+def _ids(text: str, where: str) -> list[str]:
+    ids = [x.strip() for x in text.split(",") if x.strip()]
+    if not ids:
+        raise SidrecError(f"{where}: no item ids (expected ids separated by commas, oldest first)")
+    return ids
+
+
+def _read_sessions(path: Path) -> tuple[list[list[str]], list[str]]:
+    """Histories from a text file, one per non-empty line (item ids comma-separated)."""
+    from sidrec.config import describe_path
+
+    if not path.is_file():
+        raise SidrecError(f"--sessions {describe_path(str(path))}: not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise SidrecError(f"--sessions {path}: not UTF-8 text") from None
+    hs, names = [], []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            hs.append(_ids(line, f"{path}:{n}"))
+            names.append(f"{path.name}:{n}")
+    if not hs:
+        raise SidrecError(f"--sessions {path}: no histories (one per line, item ids separated by commas)")
+    return hs, names
 
 
 @app.command()

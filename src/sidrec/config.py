@@ -61,7 +61,7 @@ class FeaturesConfig:
     npy_path: str = ""  # precomputed (n_items, d) array when kind == npy
     svd_dim: int = 128  # attribute features: TF-IDF -> truncated SVD dimension
     batch_size: int = 128
-    cache_dir: str = ".cache/sidrec/features"
+    cache_dir: str = ""  # "" = $SIDREC_CACHE/features (default ~/.cache/sidrec/features; sidrec.io.cache_root)
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"min_text_coverage": "in [0, 1]", "svd_dim": "> 0",
         "batch_size": "> 0"}

@@ -358,8 +358,18 @@ def evaluate_beam(task: Any, model: Any, ev: Evaluator, settings: list[Fusion],
     for f in settings:
         it, sc, src = rank_candidates(None if f.off else task.grounding, bc, f, k)
         m, _ = ev.evaluate_topk(it.numpy(), sc.numpy(), extra={f"content@{TIE_K}": src[:, :TIE_K].float().mean(1).numpy()})
-        out.append(m)
+        out.append(drop_beyond(m, bc.beam_items.shape[1] if f.off else bc.items.shape[1]))
     return out, bc
+
+
+def drop_beyond(metrics: dict[str, dict[str, Any]], width: int) -> dict[str, dict[str, Any]]:
+    """Leave out Recall / NDCG at cut-offs K above the ranked list's ``width`` (a width-W beam returns at most W
+    items): a K > W number would be a copy of the W-item list's, not a measurement at K. Reports print them as n/a
+    (``tiger.beam`` >= K measures them)."""
+    for sub in metrics.values():
+        for key in [k for k in sub if k.startswith(("recall@", "ndcg@")) and int(k.split("@")[1]) > width]:
+            del sub[key]
+    return metrics
 
 
 def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_users: int = 0

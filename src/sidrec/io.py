@@ -21,6 +21,24 @@ from typing import Any
 import numpy as np
 
 
+def cache_root() -> Path:
+    """sidrec's one cache folder: ``$SIDREC_CACHE``, else ``$XDG_CACHE_HOME/sidrec``, else ``~/.cache/sidrec``.
+
+    Why one place: item vectors (``features/``) and the machine's precision timing (``precision.json``) are reused
+    by every run of every project, so they belong to the user, not to whatever folder a command ran in.
+    """
+    root = os.environ.get("SIDREC_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "sidrec" if xdg else Path(os.path.expanduser("~")) / ".cache" / "sidrec"
+
+
+def features_cache(cache_dir: str = "") -> Path:
+    """The item-vector cache: ``features.cache_dir`` when set, else ``<cache_root>/features``."""
+    return Path(cache_dir) if cache_dir else cache_root() / "features"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
@@ -36,6 +54,7 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        _umask_mode(tmp, is_dir)
         if is_dir and path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -54,6 +73,18 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
 
             raise SidrecError(f"{path}: cannot be written ({reason}); the earlier file, if any, is unchanged") from None
         raise
+
+
+def _umask_mode(tmp: Path, is_dir: bool) -> None:
+    """Give a finished temporary the mode a plain ``open()`` / ``mkdir`` would have (0666 / 0777 less the umask).
+
+    Why: ``mkstemp`` / ``mkdtemp`` create 0600 / 0700 so no one reads a half-written file; once complete, a
+    run's files must be as readable to colleagues as anything else the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    if tmp.exists() and not tmp.is_symlink():
+        tmp.chmod((0o777 if is_dir else 0o666) & ~mask)
 
 
 def _remove_stale_temporaries(path: Path) -> None:

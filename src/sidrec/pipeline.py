@@ -241,16 +241,62 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, A
     return out
 
 
-def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path | None = None,
-              weights: str | Path | None = None, exclude_history: bool = True) -> list[tuple[str, float]]:
-    """Top-k original item ids for a user (by original id), from their full history.
+def item_indices(ds: Dataset, histories: list[list[str]], skip_unknown: bool = False,
+                 item_ids: list[str] | None = None) -> list[np.ndarray]:
+    """Item indices of histories given as original item ids (in time order).
 
-    Items the user already has are left out unless ``exclude_history`` is False (a recommendation of what one
-    owns is rarely wanted); evaluation is not affected (``eval.exclude_history`` of the run decides there).
+    An id the run does not know is one line naming it (and how many others), unless ``skip_unknown`` drops it: a
+    recommendation silently made from part of what was asked for looks like an answer to the whole question.
+    """
+    ids = item_ids if item_ids is not None else ds.item_ids
+    index = {str(x): i for i, x in enumerate(ids)}
+    out = []
+    for n, h in enumerate(histories):
+        unknown = [str(x) for x in h if str(x) not in index]
+        if unknown and not skip_unknown:
+            more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+            where = f"history {n + 1}: " if len(histories) > 1 else ""
+            raise SidrecError(f"{where}unknown item id '{unknown[0]}'{more} (not in dataset '{ds.name}'); "
+                              "--skip-unknown / skip_unknown=True leaves unknown ids out")
+        out.append(np.array([index[str(x)] for x in h if str(x) in index], dtype=np.int64))
+    return out
+
+
+def recommend_histories(task: Any, cfg: Config, histories: list[np.ndarray], item_ids: list[str], k: int,
+                        exclude_history: bool = True, users: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+    """Top-``k`` (original item id, score) per history of item indices, batched through the task's own ranking
+    (the run's fusion included), every method alike.
+
+    ``users``: the dataset's user indices of the histories (TIGER's hashed user token); histories of no known user
+    (a live session) are read with the token of user index -1, the same for every anonymous session.
+    """
+    from sidrec.data.protocol import EvalSet
+
+    if k <= 0:
+        raise SidrecError(f"k must be positive, got {k}")
+    hs = [h[-cfg.data.max_len:] for h in histories]
+    us = np.full(len(hs), -1, dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
+    es = EvalSet("recommend", us, hs, np.zeros(len(hs), dtype=np.int64))
+    items, scores = task.recommend(es, k, exclude_history)
+    return [[(item_ids[i], float(s)) for i, s in zip(row_i, row_s, strict=True) if i >= 0 and np.isfinite(s)]
+            for row_i, row_s in zip(items, scores, strict=True)]
+
+
+def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_table: str | Path | None = None,
+              weights: str | Path | None = None, exclude_history: bool = True,
+              histories: list[list[str]] | None = None, skip_unknown: bool = False
+              ) -> list[list[tuple[str, float]]]:
+    """Top-k original item ids for a user of the dataset (by original id, from their whole history) or for each
+    of ``histories`` (lists of original item ids, e.g. live sessions in no dataset); one list per history.
+
+    Items of the history are left out unless ``exclude_history`` is False (a recommendation of what one owns is
+    rarely wanted); evaluation is not affected (``eval.exclude_history`` of the run decides there).
 
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
+    if (user is None) == (histories is None):
+        raise SidrecError("recommend needs a user (--user) or histories (--history / --sessions), not both")
     cfg, ds, split, task = load_run(run_dir, weights)
     item_ids = ds.item_ids
     if sid_table is not None:
@@ -263,19 +309,24 @@ def recommend(run_dir: str | Path, user: str, k: int = 10, sid_table: str | Path
         if table.n_items != split.n_items:  # items added after training have no vector in the run's content index
             task.fusion = fusion.Fusion()
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
-    try:
-        u = ds.user_ids.index(str(user))
-    except ValueError:
-        raise SidrecError(f"unknown user '{user}' in dataset '{ds.name}'") from None
-    from sidrec.data.protocol import EvalSet
-
-    hist = ds.sequence(u)[-cfg.data.max_len:]
-    es = EvalSet("recommend", np.array([u]), [hist], np.array([0]))
-    items, scores = task.recommend(es, k, exclude_history)
-    return [(item_ids[i], float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0 and np.isfinite(s)]
+    if user is not None:
+        try:
+            u = ds.user_ids.index(str(user))
+        except ValueError:
+            raise SidrecError(f"unknown user '{user}' in dataset '{ds.name}'") from None
+        return recommend_histories(task, cfg, [ds.sequence(u)], item_ids, k, exclude_history, np.array([u]))
+    assert histories is not None
+    idx = item_indices(ds, histories, skip_unknown, item_ids)
+    return recommend_histories(task, cfg, idx, item_ids, k, exclude_history)
 
 
 TIED_WARN = 0.01  # a run whose top-10 has more tied slots than this says so in its report
+
+
+def _cell(r: dict[str, Any], name: str, k: int) -> str:
+    """A metric for a table; n/a where the ranked list was shorter than K (a beam narrower than K)."""
+    v = r.get(f"{name}@{k}")
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -286,6 +337,10 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
     s = out.get("summary", {})
     lines.append(f"Epochs {s.get('epochs')}, best epoch {s.get('best_epoch')}, "
                  f"train {s.get('train_s', 0):.0f}s, total {out.get('wall_s', 0):.0f}s.")
+    from sidrec.io import cache_root, features_cache
+
+    lines.append(f"Caches: item vectors in {features_cache(cfg.features.cache_dir)}, the precision timing in "
+                 f"{cache_root() / 'precision.json'} ($SIDREC_CACHE moves both).")
     f = out.get("fusion")
     if f:
         mo = out.get("model_only", {}).get("valid", {}).get("all", {})
@@ -308,7 +363,7 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
         for sub in ("all", "warm", "cold"):
             if sub in m:
                 r = m[sub]
-                vals = " | ".join(f"{r[f'recall@{k}']:.4f} | {r[f'ndcg@{k}']:.4f}" for k in ks)
+                vals = " | ".join(f"{_cell(r, 'recall', k)} | {_cell(r, 'ndcg', k)}" for k in ks)
                 lines.append(f"| {name} | {sub} | {r['n_users']} | {vals} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]

@@ -8,7 +8,8 @@ config that forced bf16 turned a 90-second quickstart into 15 minutes. ``train.b
 
 * ``auto``: bf16 only when the device reports native support **and** a one-off matmul timing confirms that
   bf16 is faster than fp32 on this machine. The timing is cached per machine (CPU model, capability, torch
-  version, threads) in ``~/.cache/sidrec/precision.json`` so it costs a fraction of a second once.
+  version, threads) in ``precision.json`` in sidrec's cache folder (``$SIDREC_CACHE``, default
+  ``~/.cache/sidrec``), so it costs a fraction of a second once.
 * ``true``: bf16 whatever the hardware; on a CPU without native bf16 one warning gives the measured ratio.
 * ``false``: fp32.
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import sys
 import time
@@ -93,8 +93,9 @@ def matmul_gflops(dtype: torch.dtype, n: int = 512, device: str = "cpu", min_s: 
 
 
 def _cache_path() -> Path:
-    root = os.environ.get("SIDREC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sidrec")
-    return Path(root) / "precision.json"
+    from sidrec.io import cache_root
+
+    return cache_root() / "precision.json"
 
 
 def machine_key(device: str = "cpu") -> str:

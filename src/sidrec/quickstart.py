@@ -6,6 +6,7 @@ result: trained models against the popularity ranker, on the test split, full-ca
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,34 @@ def _label(method: str, res: dict[str, Any]) -> str:
     return f"{method}+content" if f.get("lambda") or f.get("lambda_cold") else method
 
 
+def free_threads() -> tuple[int, str]:
+    """Threads that will not stall on this machine now: the cores less the load already on them (at least 1),
+    unless ``OMP_NUM_THREADS`` says otherwise; and a line saying why.
+
+    Why: two threads on a 2-core machine with another job running stall each other (measured: 264 s with two,
+    118 s with one; docs/RESULTS.md), and a first command must not take minutes longer than it says.
+    """
+    cores = os.cpu_count() or 1
+    if os.environ.get("OMP_NUM_THREADS"):
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        return n, f"{n} thread(s) (OMP_NUM_THREADS)"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores, f"{cores} thread(s)"
+    n = max(1, min(cores, round(cores - load)))
+    return n, f"{n} thread(s): {cores} cores, load {load:.1f}"
+
+
 def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: Console | None = None,
                    methods: list[tuple[str, list[str]]] | None = None) -> dict[str, Any]:
     console = console or Console()
     results: dict[str, Any] = {}
     t_all = time.time()
+    threads, why = free_threads()
+    console.print(f"using {why}")
     base = ["data.path=synthetic", f"data.synthetic_users={users}", f"data.synthetic_items={items}",
-            "data.max_len=20", "train.progress=true"]
+            "data.max_len=20", "train.progress=true", f"train.threads={threads}"]
     pop = None
     for method, ov in methods or QUICKSTART_METHODS:
         t0 = time.time()
@@ -65,8 +87,8 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
     for name, m in rows:
         a = m["all"]
         ratio = a["ndcg@10"] / p10 if p10 > 0 else float("inf")
-        t.add_row(name, f"{a['recall@10']:.4f}", f"{a['ndcg@10']:.4f}", f"{a['recall@50']:.4f}",
-                  f"{a['ndcg@50']:.4f}", f"{ratio:.1f}x")
+        t.add_row(name, *(f"{a[key]:.4f}" if key in a else "n/a" for key in ("recall@10", "ndcg@10", "recall@50",
+                                                                           "ndcg@50")), f"{ratio:.1f}x")
     console.print(t)
     results["popularity"] = pop
     return results

@@ -19,7 +19,7 @@ Complete SIDs are mapped to items through the trie's leaves. Because an item may
 beams can name the same item: :func:`distinct_items` keeps each item's best-scoring beam (the first one,
 beams being sorted) with a (B, W, W) comparison, so the returned list has up to W *distinct* items.
 A width-W search can therefore return at most W items: metrics at K > W (e.g. Recall@50 with beam 20) are
-computed on a list shorter than K; use a beam of at least K when those numbers matter.
+reported as not available; use a beam of at least K when those numbers matter.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 from sidrec.config import FeaturesConfig
 from sidrec.data.dataset import Dataset, has_value
 from sidrec.errors import SidrecError
-from sidrec.io import save_npy
+from sidrec.io import features_cache, save_npy
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 ATTRIBUTE_FIELDS = ("attribute_ids", "attributes_raw", "categories", "brand")
@@ -226,7 +226,7 @@ def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np
             fields = ", ".join(ds.items) or "none"
             raise SidrecError(f"dataset '{ds.name}' has no item text ({', '.join(TEXT_FIELDS)}) and no attribute ids "
                               f"(item fields: {fields}); give vectors with features.kind=npy features.npy_path=FILE")
-    cache = Path(cfg.cache_dir)
+    cache = features_cache(cfg.cache_dir)
     if kind == "text":
         texts = checked_item_texts(ds, cfg.template, cfg.min_text_coverage)
         key = _hash("text", cfg.model, texts)

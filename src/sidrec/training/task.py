@@ -84,6 +84,10 @@ class Task:
         """(B, n_items) every item's score after left-padded histories (B, T) (``scoring = "dense"``)."""
         raise NotImplementedError(f"{type(self).__name__} scores by beam search")
 
+    def item_codes(self) -> torch.Tensor | None:
+        """(n_items, L) the semantic ID each item is read as; None for a method without SIDs."""
+        return None
+
     def use_sids(self, table: Any, source: str = "SID table") -> None:
         """Decode over another SID table of the same codebooks (SID-based tasks; ``reads_sids``)."""
         from sidrec.errors import SidrecError

@@ -71,6 +71,9 @@ class ACERecTask(Task):
     def place(self, device: torch.device) -> None:
         self.scorer.to(device)
 
+    def item_codes(self) -> torch.Tensor:
+        return self.scorer.codes_t.t()
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["seq"], batch["target"])
 

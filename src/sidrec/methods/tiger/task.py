@@ -13,8 +13,8 @@ only to its own longest history.
 
 Evaluation and checkpoint selection use the real inference procedure: constrained beam search of width
 ``tiger.beam`` returning distinct items. A beam of width W yields at most W items, so metrics at K > W
-(Recall@50 with the default beam 20) are computed on the W-item list (they equal the @W numbers); set
-``tiger.beam`` >= max(eval.ks) for exact large-K metrics.
+(Recall@50 with the default beam 20) are not reported for the model alone (n/a: they would copy the @W
+numbers; :func:`sidrec.fusion.drop_beyond`); set ``tiger.beam`` >= max(eval.ks) to measure them.
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ class TIGERTask(Task):
 
     def place(self, device: torch.device) -> None:
         self.sids, self.trie = self.sids.to(device), self.trie.to(device)
+
+    def item_codes(self) -> torch.Tensor:
+        return self.sids.primary
 
     # -------------------------------------------------------------------------------- training
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:

@@ -27,7 +27,7 @@ BASE = ["data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items
         "train.threads=1", "tokenizer.progress=false"]
 TIGER = ["tokenizer.kind=rqkmeans", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]",
          "tokenizer.collision_codebook=64", "tiger.d_model=16", "tiger.encoder_layers=1", "tiger.decoder_layers=1",
-         "tiger.n_heads=2", "tiger.head_dim=8", "tiger.ffn_dim=32", "tiger.beam=5"]
+         "tiger.n_heads=2", "tiger.head_dim=8", "tiger.ffn_dim=32", "tiger.beam=10"]
 SETTINGS = {
     "sasrec": ["method=sasrec", "sasrec.d_model=16", "sasrec.n_layers=1", "sasrec.n_heads=2"],
     "sasrec-content": ["method=sasrec", "sasrec.d_model=16", "sasrec.n_layers=1", "sasrec.n_heads=2",

@@ -34,7 +34,8 @@ CANON = {
 CASES = {
     "lcrec": ("lcrec", FIX / "lcrec", lambda u: str(int(u[1:]) - 1), lambda i: str(int(i[1:]) - 1)),
     "recbole": ("recbole", FIX / "recbole" / "atomic", lambda u: u, lambda i: i),
-    "recbole_presplit": ("recbole", FIX / "recbole" / "presplit", lambda u: u, lambda i: i[1:]),
+    # the .inter files hold indices (1.. for users and items); Toy.user2index / Toy.item2index give the original ids back
+    "recbole_presplit": ("recbole", FIX / "recbole" / "presplit", lambda u: "A" + u[1:], lambda i: "B00" + i[1:]),
     "amazon2014": ("amazon", FIX / "amazon" / "2014", lambda u: "A" + u[1:], lambda i: "B00" + i[1:]),
     "amazon2018": ("amazon", FIX / "amazon" / "2018", lambda u: "A" + u[1:], lambda i: "B00" + i[1:]),
     "amazon2023": ("amazon", FIX / "amazon" / "2023", lambda u: "A" + u[1:], lambda i: "B00" + i[1:]),
@@ -146,10 +147,34 @@ def test_recbole_item_fields() -> None:
 
 def test_recbole_presplit_item_fields() -> None:
     ds = read("recbole_presplit")
-    assert field(ds, "item_token", "3") == "B003"
-    assert field(ds, "text", "1") == "Red Ball Acme Toys Balls"  # .text keyed by token, mapped to index
-    assert field(ds, "text", "6") == "Jigsaw & Glue"  # .text keyed by index directly
-    assert field(ds, "text", "5") is None
+    assert field(ds, "item_token", "B003") == "B003"
+    assert field(ds, "text", "B001") == "Red Ball Acme Toys Balls"  # .text keyed by token
+    assert field(ds, "text", "B006") == "Jigsaw & Glue"  # .text keyed by index, mapped to the token
+    assert field(ds, "text", "B005") is None
+
+
+def test_recbole_presplit_round_trips_its_original_ids(tmp_path) -> None:
+    """user2index / item2index: the dataset, a trained run and its recommendations speak the original ids; a map
+    that misses an index the interactions use is not applied (the indices stay, never a mix of both)."""
+    import shutil
+
+    ds = read("recbole_presplit")
+    assert sorted(ds.user_ids) == ["A1", "A2", "A3", "A4"] and sorted(ds.item_ids) == [f"B00{i}" for i in range(1, 7)]
+    from sidrec.config import load_config
+    from sidrec.pipeline import recommend, train
+
+    run = tmp_path / "run"
+    train(load_config(None, [f"data.path={FIX / 'recbole' / 'presplit'}", "data.format=recbole", "method=sasrec",
+                             "features.kind=attributes", "fusion.lambdas=[0]", "train.epochs=1", "eval.ks=[5,10]",
+                             "train.progress=false", f"run_dir={run}"]))
+    recs = recommend(run, "A1", k=2, exclude_history=False)[0]
+    assert len(recs) == 2 and all(i.startswith("B00") for i, _ in recs)
+    assert recommend(run, None, k=3, histories=[["B001", "B002"]])[0][0][0].startswith("B00")
+    part = tmp_path / "part"
+    shutil.copytree(FIX / "recbole" / "presplit", part)
+    (part / "Toy.item2index").write_text("B001\t1\nB002\t2\n")
+    ds2 = _module("recbole").read(part, name="part")
+    assert sorted(ds2.item_ids) == [str(i) for i in range(1, 7)] and sorted(ds2.user_ids)[0] == "A1"
 
 
 def _split_rows(path: Path) -> dict[str, tuple[list[str], str]]:
@@ -167,7 +192,10 @@ def test_recbole_presplit_leave_one_out_reproduces_files() -> None:
         es = loo.split(split)
         got = {ds.user_ids[u]: ([ds.item_ids[i] for i in h], ds.item_ids[t])
                for u, h, t in zip(es.users, es.histories, es.targets, strict=True)}
-        assert got == _split_rows(folder / f"Toy.{split}.inter")
+        # the files speak indices; the dataset the original ids of Toy.user2index / Toy.item2index
+        want = {"A" + u: (["B00" + i for i in h], "B00" + t)
+                for u, (h, t) in _split_rows(folder / f"Toy.{split}.inter").items()}
+        assert got == want
 
 
 def _write_split(folder: Path, seqs: dict[str, list[str]], max_hist: int,

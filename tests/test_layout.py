@@ -30,7 +30,10 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(up + ([base] if base else []))
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
+                subs = [f"{base}.{a.name}" for a in node.names]
+                # `from sidrec import precision` imports the module sidrec.precision; the package itself is an edge
+                # only for a name that is not a module (`from sidrec import __version__`)
+                names = subs + ([base] if any(x not in files for x in subs) else [])
             for n in names:
                 while n and n not in files:  # `from a.b import c`: c may be a name, not a module
                     n = n.rsplit(".", 1)[0] if "." in n else ""

@@ -113,7 +113,7 @@ def test_tiny_tiger_beats_popularity(tmp_path):
     items, _ = task.decode(task.model, es, 10, exclude_history=True, keep_targets=True)
     for row, hist, tgt in zip(items.tolist(), es.histories, es.targets, strict=True):
         assert not (set(row) & (set(hist.tolist()) - {int(tgt)}))
-    recs = recommend(run, ds.user_ids[0], k=5)
+    recs = recommend(run, ds.user_ids[0], k=5)[0]
     assert 0 < len(recs) <= 5 and all(i in ds.item_ids for i, _ in recs)
     # a changed tokenizer must not reuse this run's SIDs silently
     json.loads((run / SID_SOURCE_FILE).read_text())

@@ -337,6 +337,9 @@ def validate_config(cfg: Config) -> None:
         raise SidrecError("config key 'data.path': empty; name a dataset file or folder, or 'synthetic'")
     if 10 not in cfg.eval.ks:  # early stopping and the fusion choice read NDCG@10
         raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
+    if cfg.method in ("tiger", "diger") and cfg.tiger.beam < 10:
+        raise SidrecError(f"config key 'tiger.beam': at least 10 (checkpoints are chosen on NDCG@10 of the beam's "
+                          f"item list, which holds at most tiger.beam items), got {cfg.tiger.beam}")
     for key, value in (("train.device", cfg.train.device), ("tokenizer.device", cfg.tokenizer.device)):
         if not DEVICE_SETTING.match(str(value)):
             raise SidrecError(f"config key '{key}': expected auto, cpu, cuda or cuda:N, got '{value}'")

@@ -7,7 +7,8 @@
 2. Pre-split (UniSRec, VQ-Rec, and the many repositories built on them): ``NAME.train.inter``,
    ``NAME.valid.inter`` and ``NAME.test.inter`` whose rows are ``user_id``, ``item_id_list`` (the
    history, space-separated) and ``item_id`` (the next item), plus optional ``NAME.text``
-   (``item_id\\ttext``) and ``NAME.item2index`` (``item_token\\tindex``, no header).
+   (``item_id\\ttext``), ``NAME.item2index`` (``item_token\\tindex``, no header) and ``NAME.user2index``. The
+   maps give the original ids back: a dataset read with them speaks the original user and item ids.
 
 The pre-split layout stores no sequence, only (history, next item) rows, so the sequence is rebuilt: the
 test row's history plus its target, extended to the left with training rows where histories were
@@ -225,8 +226,8 @@ def _read_split(folder: Path, stem: str, name: str, kcore: int) -> Dataset:
         for s in SPLITS:
             _append_interactions(tables[s], users, items, times, len(users))
         source = str(folder / f"{stem}.{{train,valid,test}}.inter")
-        return Dataset.from_interactions(name, users, items, times, _split_items(folder, stem, items),
-                                         kcore=kcore, source=source)
+        users, items, table = _original_ids(folder, stem, users, items, _split_items(folder, stem, items))
+        return Dataset.from_interactions(name, users, items, times, table, kcore=kcore, source=source)
 
     rows: dict[str, dict[str, list[_Row]]] = defaultdict(lambda: {s: [] for s in SPLITS})
     max_hist = 0
@@ -249,8 +250,8 @@ def _read_split(folder: Path, stem: str, name: str, kcore: int) -> Dataset:
         items.extend(seq)
         times.extend(float(k) for k in range(len(seq)))
     source = str(folder / f"{stem}.{{train,valid,test}}.inter")
-    return Dataset.from_interactions(name, users, items, times, _split_items(folder, stem, items),
-                                     kcore=kcore, source=source)
+    users, items, table = _original_ids(folder, stem, users, items, _split_items(folder, stem, items))
+    return Dataset.from_interactions(name, users, items, times, table, kcore=kcore, source=source)
 
 
 def _disagree(user: str, row: _Row, what: str, seq: list[str]) -> SidrecError:
@@ -325,6 +326,42 @@ def _rebuild(user: str, by_split: dict[str, list[_Row]], max_hist: int) -> list[
     return seq
 
 
+def _index_map(path: Path) -> dict[str, str]:
+    """``NAME.item2index`` / ``NAME.user2index``: original token -> the index the ``.inter`` files use."""
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                if lineno == 1 and len(parts) == 2:
+                    continue  # a header line
+                raise input_error(path, f"expected 'token<TAB>index', got {line[:80]!r}", lineno)
+            out[parts[0].strip()] = parts[1].strip()
+    return out
+
+
+def _original_ids(folder: Path, stem: str, users: list[str], items: list[str], table: dict[str, dict[str, Any]]
+                  ) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """Users, items and item fields in the original ids of ``NAME.user2index`` / ``NAME.item2index``.
+
+    Why: the pre-split files hold RecBole's integer indices; the maps give the real ids (e.g. Amazon ASINs), and
+    a recommender must take and give those ("original ids in, original ids out"). A map is used only when it
+    names every index the interactions use (a partial map would mix two kinds of id); otherwise the indices stay.
+    """
+    for kind, ids in (("user", users), ("item", items)):
+        to_token = {index: token for token, index in _index_map(folder / f"{stem}.{kind}2index").items()}
+        if to_token and all(i in to_token for i in set(ids)):
+            if kind == "item":
+                table = {to_token.get(k, k): v for k, v in table.items()}
+            ids[:] = [to_token[i] for i in ids]
+    return users, items, table
+
+
 def _split_items(folder: Path, stem: str, used: list[str]) -> dict[str, dict[str, Any]]:
     """Item fields for the pre-split layout: ``.item`` if present, ``item_token`` from ``.item2index``
     and ``text`` from ``.text``.
@@ -334,23 +371,10 @@ def _split_items(folder: Path, stem: str, used: list[str]) -> dict[str, dict[str
     """
     used_set = set(used)
     table = _read_item_file(folder / f"{stem}.item")
-    token_to_index: dict[str, str] = {}
-    map_file = folder / f"{stem}.item2index"
-    if map_file.exists():
-        with open(map_file, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                parts = line.split("\t")
-                if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                    if lineno == 1 and len(parts) == 2:
-                        continue  # a header line
-                    raise input_error(map_file, f"expected 'item_token<TAB>index', got {line[:80]!r}", lineno)
-                token, index = parts[0].strip(), parts[1].strip()
-                token_to_index[token] = index
-                if index in used_set:
-                    table.setdefault(index, {})["item_token"] = token
+    token_to_index = _index_map(folder / f"{stem}.item2index")
+    for token, index in token_to_index.items():
+        if index in used_set:
+            table.setdefault(index, {})["item_token"] = token
     text_file = folder / f"{stem}.text"
     if text_file.exists():
         with open(text_file, encoding="utf-8") as fh:

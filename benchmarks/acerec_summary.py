@@ -1,0 +1,103 @@
+"""How much of ACERec's item summary ``s_i`` is item-specific during training, per ``acerec.summary`` form (issue 46).
+
+``s_i`` feeds the intent token, the ATM queries and ISA's target. The *item-specific share* of a set of vectors
+``v_i`` is ``sum_i ||v_i - mean(v)||^2 / sum_i ||v_i||^2``: 1 when nothing is shared between items, 0 when every
+item gets the same vector. It is measured on the whole catalogue at initialisation and every ``--every`` steps of
+training the full ACERec (ATM k = 4, intent token, ISA; ``configs/acerec.yaml``, Beauty with the benchmark run's
+OPQ table, the configured batches; AdamW at ``train.lr`` held constant, clipping as configured), for the mean of the
+code tokens, for ``s`` and for the ATM queries built from it.
+
+Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln prenorm] [--steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sidrec.config import load_config
+from sidrec.data.protocol import LeaveOneOut
+from sidrec.methods.registry import get_builder
+from sidrec.pipeline import dataset_from_config, seed_everything
+
+from _common import REPO, copy_tokenizer_stage, record, save
+
+
+def share(v: torch.Tensor) -> float:
+    c = v - v.mean(0, keepdim=True)
+    return float((c * c).sum() / (v * v).sum().clamp(min=1e-12))
+
+
+@torch.no_grad()
+def shares(model) -> dict[str, float]:
+    model.eval()
+    x = model.code_emb + model.sub_pos.unsqueeze(1)
+    mean = x[model.sub_idx, model.item_codes].mean(1)
+    s = model.summarise(mean)
+    out = {"share_mean": share(mean), "share_s": share(s)}
+    merger = model.merger
+    if merger.merge == "atm":
+        q = merger.base_queries + merger.query_proj(s).view(len(s), merger.k, merger.d)
+        out["share_atm_queries"] = share(q.reshape(len(s), -1))
+    model.train()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="beauty")
+    ap.add_argument("--forms", nargs="+", default=["residual", "ln", "prenorm"])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    files = [REPO / "configs" / "data" / f"{args.dataset}.yaml", REPO / "configs" / "acerec.yaml"]
+    if args.dataset == "beauty":
+        files.append(REPO / "configs" / "opq-whitened.yaml")
+    src = REPO / "runs" / "bench" / f"acerec-{args.dataset}-rpg"  # the benchmark's OPQ table, when it is there
+    recs = []
+    for form in args.forms:
+        run = REPO / "runs" / "bench" / f"acerec-summary-{args.dataset}-{form}"
+        if src.exists():
+            copy_tokenizer_stage(src, run)
+        cfg = load_config(files, [f"acerec.summary={form}", f"run_dir={run}", f"seed={args.seed}",
+                                  "train.progress=false", "tokenizer.progress=false"])
+        seed_everything(cfg.seed)
+        ds = dataset_from_config(cfg)
+        split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
+        run.mkdir(parents=True, exist_ok=True)
+        task = get_builder("acerec")(cfg, ds, split, run)
+        seed_everything(cfg.seed)
+        model = task.model
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                weight_decay=cfg.train.weight_decay)
+        t0 = time.time()
+        curve = {0: shares(model)}
+        step, epoch = 0, 0
+        model.train()
+        while step < args.steps:
+            for batch in task.train_batches(epoch):
+                loss = task.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                opt.step()
+                step += 1
+                if step % args.every == 0:
+                    curve[step] = shares(model)
+                    print(form, step, {k: round(v, 3) for k, v in curve[step].items()}, flush=True)
+                if step >= args.steps:
+                    break
+            epoch += 1
+        for s, m in curve.items():
+            recs.append(record(args.dataset, "acerec", f"summary {form}, step {s}", "train", "items",
+                               {**m, "step": s}, time.time() - t0, args.threads))
+    save("acerec_summary", recs)
+
+
+if __name__ == "__main__":
+    main()

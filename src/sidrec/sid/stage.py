@@ -54,14 +54,16 @@ def sid_source(cfg: Config, dataset: Dataset) -> dict[str, Any]:
 
 def _comparable(source: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """A SID source record in today's terms: its npy path made absolute (config paths became file-relative, so
-    an older record may hold the same file as a relative path) and every tokenizer / feature setting the record
+    an older record may hold the same file as a relative path), every tokenizer / feature setting the record
     predates filled in with its default (a setting added later, at its default, fits the same SIDs, so an
-    existing table must not be refused for lacking it)."""
+    existing table must not be refused for lacking it) and settings that no longer exist left out."""
     defaults = {"tokenizer": dataclasses.asdict(type(cfg.tokenizer)()),
                 "features": dataclasses.asdict(type(cfg.features)())}
     out = dict(source)
     for name, default in defaults.items():
-        out[name] = {**default, **source.get(name, {})}
+        # settings added since take their default; settings removed since (e.g. the RQ-VAE's lr_schedule, whose
+        # kept value is what the code does now) are not compared
+        out[name] = {k: v for k, v in {**default, **source.get(name, {})}.items() if k in default}
     for rec in (out["tokenizer"],):
         rec.pop("device", None)  # records written before the device was left out of them
         rec.pop("progress", None)

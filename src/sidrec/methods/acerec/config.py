@@ -24,6 +24,10 @@ class ACERecConfig:
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents
+    # the item summary s_i (intent token input, ATM queries, ISA target) from the mean of its code tokens:
+    # residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init | ln: LN(mean) | prenorm: n = LN(mean),
+    # s = LN(n + MLP(n)) (ACERec.summarise; issue 46, docs/acerec.md)
+    summary: typing.Literal["residual", "ln", "prenorm"] = "residual"
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
     collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace

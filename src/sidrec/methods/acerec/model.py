@@ -183,11 +183,14 @@ class ACERec(nn.Module):
         # gradient makes DistributedDataParallel refuse the model, and computing s would be wasted work
         self.uses_summary = cfg.merge == "atm" or cfg.intent_token or (cfg.isa and cfg.isa_weight > 0)
         if self.uses_summary:
-            self.summary_mlp = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, d))
             self.summary_norm = nn.LayerNorm(d)
-            # s starts as LN(mean of the code tokens): in the code-embedding space
-            nn.init.zeros_(self.summary_mlp[2].weight)
-            nn.init.zeros_(self.summary_mlp[2].bias)
+            if cfg.summary != "ln":
+                self.summary_mlp = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Linear(cfg.ffn_dim, d))
+                # s starts as LN(mean of the code tokens): in the code-embedding space
+                nn.init.zeros_(self.summary_mlp[2].weight)
+                nn.init.zeros_(self.summary_mlp[2].bias)
+            if cfg.summary == "prenorm":
+                self.summary_in = nn.LayerNorm(d)
         # 3. attentive token merger
         self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
         # 4. intent token, positions, backbone
@@ -229,7 +232,19 @@ class ACERec(nn.Module):
         return x, s, self.merger(x, s, kv)
 
     def summarise(self, mean: torch.Tensor) -> torch.Tensor:
-        """The item summary ``s = LN(mean + MLP(mean))`` from the mean of each item's code tokens (N, d)."""
+        """The item summary s_i from the mean of each item's code tokens (N, d), by ``acerec.summary``.
+
+        Why the forms: the mean of 32 code tokens is small (norm ~.24 at d 128), so in ``residual``
+        (``LN(mean + MLP(mean))``) the MLP's first-layer bias dominates its input and the MLP soon adds a nearly
+        item-independent vector several times the mean's norm, which the LayerNorm then leaves little of the item
+        in (issue 46). ``ln`` is ``LN(mean)``; ``prenorm`` feeds the MLP the normalised mean, ``n = LN(mean)``,
+        ``s = LN(n + MLP(n))``, so the residual it adds to is item-specific and of unit scale.
+        """
+        form = self.cfg.summary
+        if form == "ln":
+            return self.summary_norm(mean)
+        if form == "prenorm":
+            mean = self.summary_in(mean)
         return self.summary_norm(mean + self.summary_mlp(mean))
 
     # ------------------------------------------------------------------ sequence

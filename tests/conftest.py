@@ -14,6 +14,19 @@ SHARED_DATA = Path(os.environ.get("SIDREC_SHARED_DATA", REPO.parent / "shared" /
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The suite's item vectors and precision timing in a cache of its own (``$SIDREC_CACHE``): a test never reads a
+    vector cached by an earlier version of the code or by the user's runs, and never writes into the user's cache."""
+    old = os.environ.get("SIDREC_CACHE")
+    os.environ["SIDREC_CACHE"] = str(tmp_path_factory.mktemp("sidrec-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SIDREC_CACHE", None)
+    else:
+        os.environ["SIDREC_CACHE"] = old
+
+
 def shared_data(name: str) -> Path:
     p = SHARED_DATA / name
     if not p.exists():

@@ -109,6 +109,7 @@ def test_the_doc_has_a_config_for_every_format():
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_own_dataset_doc_end_to_end(fmt, tmp_path, monkeypatch, capsys, stub_encoder):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "cache"))  # the encoder must see this dataset's texts
     proj = tmp_path / "project"
     seqs, field = write_dataset(fmt, proj / "my_data")
     (proj / "my.yaml").write_text(doc_configs()[fmt])

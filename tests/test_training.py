@@ -81,6 +81,50 @@ def test_tiny_sasrec_beats_popularity(tmp_path):
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
 
 
+def test_max_minutes_bounds_the_whole_command_within_one_evaluation(tmp_path, monkeypatch):
+    """``train.max_minutes`` is the whole ``train`` command's budget: set-up, training, the validation at the cap,
+    the fusion choice and the test evaluation end within one evaluation of the cap, because the training steps
+    stop early enough for what follows them (measured per user before training and at every validation)."""
+    import time as _time
+
+    from sidrec import fusion
+
+    original_loss, original_scores = SASRecTask.loss, SASRecTask.model_scores
+
+    def slow_loss(self, model, batch):
+        _time.sleep(0.02)
+        return original_loss(self, model, batch)
+
+    def slow_scores(self, model, hist):  # evaluation as costly as training, as for a beam-search model
+        _time.sleep(0.15)
+        return original_scores(self, model, hist)
+
+    monkeypatch.setattr(SASRecTask, "loss", slow_loss)
+    monkeypatch.setattr(SASRecTask, "model_scores", slow_scores)
+    passes: list[float] = []
+    real = fusion.evaluate_dense
+
+    def timed(*a, **k):
+        t = _time.time()
+        out = real(*a, **k)
+        passes.append(_time.time() - t)
+        return out
+
+    monkeypatch.setattr(fusion, "evaluate_dense", timed)
+    cap_s = 20.0  # room for training: the set-up and the four evaluation passes after it take ~10 s here
+    cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=8",
+                                    "eval.batch_size=32", "train.eval_users=64", "features.kind=attributes",
+                                    f"run_dir={tmp_path}"])
+    t0 = _time.time()
+    res = train(cfg)
+    wall = _time.time() - t0
+    one = max(passes)  # the longest single evaluation pass (a full validation or test split)
+    assert res["summary"]["epochs"] < 500 and res["summary"]["best_epoch"] >= 1 and "fusion" in res and "test" in res
+    assert wall <= cap_s + one + 1.0, (wall, cap_s, one, passes)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["stopped"] == "max_minutes"
+
+
 def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp_path, monkeypatch):
     """The wall-clock cap is checked at every step; the capped run is evaluated and checkpointed, and the
     learning-rate schedule was sized to the budget (it decays although train.epochs is far away)."""

@@ -82,8 +82,9 @@ class TrainConfig:
     patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
     eval_every: int = 1
     eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
-    # wall-clock budget of the *training steps* (0 = none), checked at every step; the validation at the cap, the
-    # fusion choice and the final test evaluation come on top (on a beam-search model they can take as long)
+    # wall-clock budget of the whole `train` command (0 = none): set-up, training, the validation at the cap, the
+    # fusion choice and the test; the training steps stop early enough for the evaluations after them (their cost
+    # per user measured before training and at every validation), so the command ends within ~one evaluation of it
     max_minutes: float = 0.0
     threads: int = 0  # torch intra-op threads, 0 = library default
     # where the run computes: auto (a GPU when one is visible, else the CPU), cpu, cuda or cuda:N; training,

@@ -95,6 +95,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         task.to(dev)  # the one placement point: model, tables, content vectors
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
         trainer = Trainer(task, cfg.train, run, cfg.seed) if task.trainable else None
+        if trainer is not None:  # train.max_minutes bounds the whole command, from its start
+            trainer.started, trainer.test = t0, cfg.eval.test
     try:
         if trainer is not None:
             try:

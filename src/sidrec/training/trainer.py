@@ -116,6 +116,11 @@ class Trainer:
         self.best_epoch = -1
         self.bad_epochs = 0
         self.tb = None
+        # train.max_minutes bounds the whole command: the pipeline sets when the command began (its set-up counts),
+        # and the training steps stop early enough for the evaluations that follow them (see _reserve_s)
+        self.started: float | None = None
+        self.test = True  # the command evaluates test after training (eval.test); the pipeline sets it
+        self.eval_s_per_user = 0.0  # measured: seconds per evaluated validation user (latest evaluation)
 
     def _lr_factor(self, step: int) -> float:
         # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
@@ -258,6 +263,10 @@ class Trainer:
         cfg = self.cfg
         self._open(resume)
         start = time.time() - self.elapsed_s  # a resumed run continues its wall-clock budget
+        if self.started is not None:  # this command's set-up (data, SIDs, model) counts against the cap too
+            start -= max(0.0, time.time() - self.started)
+        if cfg.max_minutes > 0 and D.is_main():
+            self._probe_evaluation()
         stop = self.bad_epochs >= cfg.patience or self.capped
         session = (time.time(), self.step)  # speed is measured on this process's own steps
         with make_progress(cfg.progress and D.is_main()) as prog:
@@ -356,10 +365,11 @@ class Trainer:
                     prog.update(b_task, completed=self.batch, info=f"loss {mean:.4f}")
                 if budget_s > 0:
                     now = time.time()
-                    if now - start > budget_s:
+                    if now - start + self._reserve_s() > budget_s:
                         capped = bool(D.broadcast_flags(1.0)[0])
                         break
-                    self._size_schedule_to_budget(now - session[0], self.step - session[1], budget_s - (now - start),
+                    self._size_schedule_to_budget(now - session[0], self.step - session[1],
+                                                  budget_s - (now - start) - self._reserve_s(),
                                                   len(batches))
         mean = float(total) / max(1, n)
         if n and not math.isfinite(mean):
@@ -373,13 +383,42 @@ class Trainer:
                               "the last finite epoch; lower train.lr or set train.bf16=false")
         return mean, parts, len(batches), capped
 
+    def _probe_evaluation(self, users: int = 128) -> None:
+        """Time the model's evaluation on a few validation users before training, so the cap can reserve the
+        evaluations that follow the training steps from the first step on (no estimate would mean none reserved)."""
+        if self.eval_s_per_user > 0:
+            return
+        t0 = time.time()
+        m = self.task.evaluate(self.task.model, "valid", users)
+        self.eval_s_per_user = (time.time() - t0) / max(1, m["all"]["n_users"])
+
+    def _reserve_s(self) -> float:
+        """Seconds the command still needs after the training steps: the validation at the cap (``eval_users``)
+        and the final evaluation -- with content fusion, the choice of lambda then lambda_cold on all validation
+        users (two passes; a beam model also rescores the content candidates, about one more pass per split) and
+        the test split once -- at the measured cost per user."""
+        if self.cfg.max_minutes <= 0 or self.eval_s_per_user <= 0:
+            return 0.0
+        from sidrec.fusion import has_grounding
+
+        n_valid = len(self.task.evaluator("valid").eval_set)
+        n_test = len(self.task.evaluator("test").eval_set)
+        at_cap = min(self.cfg.eval_users or n_valid, n_valid)
+        grounded = has_grounding(self.task)
+        beam = self.task.scoring == "beam"
+        valid_passes = (2 if grounded else 1) + (1 if grounded and beam else 0)
+        test_passes = (1 + (1 if grounded and beam else 0)) if self.test else 0
+        return self.eval_s_per_user * (at_cap + valid_passes * n_valid + test_passes * n_test)
+
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping
         decision shared with every rank; returns whether to stop."""
         improved = 0.0
         if D.is_main():
             self.model.eval()
+            t0 = time.time()
             m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
+            self.eval_s_per_user = (time.time() - t0) / max(1, m["all"]["n_users"])
             score = m["all"][self.select_metric]
             record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
             if score > self.best:

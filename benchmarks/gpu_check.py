@@ -10,9 +10,16 @@ at the minute cap, and the fusion choice and the test split are skipped.
 The device machine carries only the working tree and named git-ignored folders, so the data goes along:
 
     python benchmarks/gpu_check.py --prepare          # here: Beauty + its cached item vectors -> .gpu_data/
-    # on the GPU machine (the device tool: carry [".gpu_data", ".whl"]; faiss-cpu travels as a wheel in .whl/):
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:src
-    python3 benchmarks/gpu_check.py --device cuda --minutes 2.5 --data .gpu_data
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1   # the one package the GPU image lacks
+    # on the GPU machine (the device tool's run, carry [".gpu_data", ".whl"], timeout 600; ~48 MiB travel):
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && \
+        export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && \
+        python3 benchmarks/gpu_check.py --device cuda --data .gpu_data; cp benchmarks/results/gpu.json $OUT/
+    # back here: copy the returned gpu.json over benchmarks/results/gpu.json, render docs/RESULTS.md
+
+``train.max_minutes`` bounds each model's whole run (the SID stage and the evaluations included), so the check
+takes about the tests (~1-2 min) + 2 x (``--minutes`` + the timing steps, ~1 min) on one GPU: ~8 minutes at 2.
 
 ``--device cpu --minutes 0.5`` is a dry run of the same script (quick tokenizers, small evaluation subset; CI-size
 time on the synthetic data with ``--dataset synthetic``); it writes to ``runs/gpu_check/gpu_dry_run.json``.
@@ -166,7 +173,8 @@ def main() -> None:
     p.add_argument("--data", default=".gpu_data", help="folder with the copied data (git-ignored)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dataset", default="beauty", choices=["beauty", "synthetic"])
-    p.add_argument("--minutes", type=float, default=2.5, help="training minutes per model")
+    p.add_argument("--minutes", type=float, default=2.0, help="minutes per model run (train.max_minutes: set-up, "
+                                                         "training and evaluation)")
     p.add_argument("--models", nargs="+", default=["tiger", "acerec"], choices=sorted(CONFIGS))
     p.add_argument("--eval-users", type=int, default=0, help="validation users per epoch (0: 2000 on a GPU, 100 on a CPU)")
     p.add_argument("--steps", type=int, default=30, help="timed training steps on the device")

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sidrec.config import Config, load_config
 from sidrec.errors import SidrecError
 
@@ -110,19 +108,14 @@ class Recommender:
         ``exclude``: True leaves out the history's own items, False keeps them, a list of item ids leaves out
         those (and not the history). Unknown item ids are an error unless ``skip_unknown``.
         """
-        from sidrec.pipeline import item_indices, recommend_histories
+        from sidrec.pipeline import item_indices, recommend_histories, user_indices
 
         if (history is None) == (user is None):
             raise SidrecError("recommend needs history=[item ids] or user=id (one of them)")
         single = isinstance(user, str) if user is not None else (
             len(history) == 0 or isinstance(history[0], str | int))  # type: ignore[index, arg-type]
         if user is not None:
-            names = [user] if isinstance(user, str) else list(user)
-            index = {u: i for i, u in enumerate(self.dataset.user_ids)}
-            missing = [u for u in names if str(u) not in index]
-            if missing:
-                raise SidrecError(f"unknown user '{missing[0]}' in dataset '{self.dataset.name}'")
-            users = np.array([index[str(u)] for u in names], dtype=np.int64)
+            users = user_indices(self.dataset, [user] if isinstance(user, str) else list(user))
             hists = [self.dataset.sequence(int(u)) for u in users]
         else:
             raw = [history] if single else list(history)  # type: ignore[list-item, arg-type]

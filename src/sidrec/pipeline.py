@@ -264,6 +264,15 @@ def item_indices(ds: Dataset, histories: list[list[str]], skip_unknown: bool = F
     return out
 
 
+def user_indices(ds: Dataset, users: list[str]) -> np.ndarray:
+    """Dataset indices of original user ids; an unknown one is one line naming it."""
+    index = {u: i for i, u in enumerate(ds.user_ids)}
+    missing = [u for u in users if str(u) not in index]
+    if missing:
+        raise SidrecError(f"unknown user '{missing[0]}' in dataset '{ds.name}'")
+    return np.array([index[str(u)] for u in users], dtype=np.int64)
+
+
 def recommend_histories(task: Any, cfg: Config, histories: list[np.ndarray], item_ids: list[str], k: int,
                         exclude_history: bool = True, users: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
     """Top-``k`` (original item id, score) per history of item indices, batched through the task's own ranking
@@ -312,11 +321,8 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
             task.fusion = fusion.Fusion()
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     if user is not None:
-        try:
-            u = ds.user_ids.index(str(user))
-        except ValueError:
-            raise SidrecError(f"unknown user '{user}' in dataset '{ds.name}'") from None
-        return recommend_histories(task, cfg, [ds.sequence(u)], item_ids, k, exclude_history, np.array([u]))
+        u = user_indices(ds, [user])
+        return recommend_histories(task, cfg, [ds.sequence(int(u[0]))], item_ids, k, exclude_history, u)
     assert histories is not None
     idx = item_indices(ds, histories, skip_unknown, item_ids)
     return recommend_histories(task, cfg, idx, item_ids, k, exclude_history)

@@ -356,25 +356,16 @@ class Trainer:
                 for name, v in (getattr(self.task.model, "loss_parts", None) or {}).items():
                     v = torch.as_tensor(v).detach().double()
                     parts_t[name] = parts_t[name] + v.to(parts_t[name].device) if name in parts_t else v
-                last = first + i + 1 == len(batches)
-                if n % SYNC_EVERY == 0 or last or n == 1:
-                    mean = float(total) / n
-                    if not math.isfinite(mean):
-                        raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={mean}); "
-                                          "lower train.lr or set train.bf16=false")
-                    prog.update(b_task, completed=self.batch, info=f"loss {mean:.4f}")
+                if n % SYNC_EVERY == 0 or n == 1 or first + i + 1 == len(batches):
+                    prog.update(b_task, completed=self.batch, info=f"loss {self._finite_mean(total, n):.4f}")
                 if budget_s > 0:
                     now = time.time()
-                    if now - start + self._reserve_s() > budget_s:
+                    left = budget_s - (now - start) - self._reserve_s()
+                    if left < 0:
                         capped = bool(D.broadcast_flags(1.0)[0])
                         break
-                    self._size_schedule_to_budget(now - session[0], self.step - session[1],
-                                                  budget_s - (now - start) - self._reserve_s(),
-                                                  len(batches))
-        mean = float(total) / max(1, n)
-        if n and not math.isfinite(mean):
-            raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={mean}); "
-                              "lower train.lr or set train.bf16=false")
+                    self._size_schedule_to_budget(now - session[0], self.step - session[1], left, len(batches))
+        mean = self._finite_mean(total, n)
         parts = {k: float(v) / max(1, n) for k, v in parts_t.items()}
         prog.remove_task(b_task)
         bad = nonfinite_parameters(self.task.model)
@@ -382,6 +373,14 @@ class Trainer:
             raise SidrecError(f"training diverged at epoch {self.epoch + 1} ({bad}); the checkpoints keep "
                               "the last finite epoch; lower train.lr or set train.bf16=false")
         return mean, parts, len(batches), capped
+
+    def _finite_mean(self, total: torch.Tensor, n: int) -> float:
+        """The running mean loss read back from the device; a NaN or infinite one stops the run in one line."""
+        mean = float(total) / max(1, n)
+        if n and not math.isfinite(mean):
+            raise SidrecError(f"training diverged at epoch {self.epoch + 1} (loss={mean}); "
+                              "lower train.lr or set train.bf16=false")
+        return mean
 
     def _probe_evaluation(self, users: int = 128) -> None:
         """Time the model's evaluation on a few validation users before training, so the cap can reserve the
@@ -399,16 +398,18 @@ class Trainer:
         the test split once -- at the measured cost per user."""
         if self.cfg.max_minutes <= 0 or self.eval_s_per_user <= 0:
             return 0.0
-        from sidrec.fusion import has_grounding
+        if "_users_after" not in self.__dict__:  # the users evaluated after the steps: counted once per run
+            from sidrec.fusion import has_grounding
 
-        n_valid = len(self.task.evaluator("valid").eval_set)
-        n_test = len(self.task.evaluator("test").eval_set)
-        at_cap = min(self.cfg.eval_users or n_valid, n_valid)
-        grounded = has_grounding(self.task)
-        beam = self.task.scoring == "beam"
-        valid_passes = (2 if grounded else 1) + (1 if grounded and beam else 0)
-        test_passes = (1 + (1 if grounded and beam else 0)) if self.test else 0
-        return self.eval_s_per_user * (at_cap + valid_passes * n_valid + test_passes * n_test)
+            n_valid = len(self.task.evaluator("valid").eval_set)
+            n_test = len(self.task.evaluator("test").eval_set)
+            at_cap = min(self.cfg.eval_users or n_valid, n_valid)
+            grounded = has_grounding(self.task)
+            beam = self.task.scoring == "beam"
+            valid_passes = (2 if grounded else 1) + (1 if grounded and beam else 0)
+            test_passes = (1 + (1 if grounded and beam else 0)) if self.test else 0
+            self._users_after = at_cap + valid_passes * n_valid + test_passes * n_test
+        return self.eval_s_per_user * self._users_after
 
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping

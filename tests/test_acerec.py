@@ -19,7 +19,7 @@ from sidrec.pipeline import load_run, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["method=acerec", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
+TINY = ["size=none", "method=acerec", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes", "tokenizer.kind=opq", "tokenizer.subspaces=4",
         "tokenizer.subspace_codes=16", "acerec.d_model=32", "acerec.n_latents=2", "acerec.n_layers=1",
         "acerec.n_heads=2", "acerec.ffn_dim=64", "acerec.dropout=0.1", "acerec.eval_chunk=50",
@@ -220,7 +220,7 @@ def test_tiny_acerec_beats_popularity(tmp_path):
     ours, pop = res["test"]["all"]["ndcg@10"], res["popularity_test"]["all"]["ndcg@10"]
     assert ours > 1.5 * pop, (ours, pop)
     cfg, ds, split, task = load_run(run)
-    assert isinstance(task, ACERecTask) and task.model.m == 4  # raw OPQ codes, no collision column
+    assert isinstance(task, ACERecTask) and task.model.m == 5  # 4 raw OPQ codes + the modelled collision code
     assert task.evaluate(task.model, "test") == res["test"]
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(r["loss_mtp"] > 0 and r["loss_isa"] > 0 for r in log if "loss" in r)  # the terms, per epoch

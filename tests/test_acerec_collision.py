@@ -7,6 +7,7 @@ orders them; modelling the appended code as one more subspace must give every it
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from sidrec.data.protocol import EvalSet
@@ -46,3 +47,25 @@ def test_evaluator_sees_the_ties_go():
     ev = Evaluator(es, np.ones(len(TABLE)), ks=[10])
     tied = [ev.evaluate_scores(lambda rows, s=s: s[rows])[0]["all"]["tied@10"] for s in (_scores(False), _scores(True))]
     assert tied[0] >= 6 / 8 and tied[1] == 0.0
+
+
+def test_a_table_that_guarantees_ties_is_refused_in_one_line(tmp_path):
+    """Issue #27: a setting whose codes leave items the model cannot tell apart is refused before training (one
+    line naming the setting to change), not trained into a ranking with structural ties."""
+    from sidrec.config import load_config
+    from sidrec.errors import SidrecError
+    from sidrec.methods.acerec.task import refuse_structural_ties
+    from sidrec.pipeline import train
+
+    sids = SIDCodes.from_primary(TABLE, [4, 4, 4])
+    with pytest.raises(SidrecError, match=r"acerec: 6 of 8 items share all 2 codes.*acerec.collision_code=true"):
+        refuse_structural_ties(raw_codes(sids, TokenizerConfig(kind="opq", subspaces=2), False)[0], False)
+    refuse_structural_ties(raw_codes(sids, TokenizerConfig(kind="opq", subspaces=2), True)[0], True)  # no error
+    # end to end: synthetic items with identical attributes get identical OPQ codes
+    cfg = load_config(None, ["method=acerec", "size=none", "data.path=synthetic", "data.synthetic_users=200",
+                             "data.synthetic_items=80", "features.kind=attributes", "tokenizer.kind=opq",
+                             "tokenizer.subspaces=4", "tokenizer.subspace_codes=16", "acerec.collision_code=false",
+                             "train.progress=false", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(SidrecError, match="tie in every ranking"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

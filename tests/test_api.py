@@ -14,7 +14,7 @@ import sidrec
 from sidrec.errors import SidrecError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items=100", "data.max_len=10",
+TINY = ["size=none", "data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items=100", "data.max_len=10",
         "features.kind=attributes", "eval.ks=[5,10]", "train.batch_size=32", "train.progress=false",
         "train.threads=1", "tokenizer.progress=false", "train.epochs=2"]
 TIGER = ["tokenizer.kind=rqkmeans", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]",

@@ -230,3 +230,73 @@ def test_ranges_sit_beside_their_fields_and_name_known_ranges():
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(ranges) <= names, (cls.__name__, set(ranges) - names)
         assert set(ranges.values()) <= set(_RANGE_TESTS), (cls.__name__, set(ranges.values()) - set(_RANGE_TESTS))
+
+
+def test_a_method_alone_gets_the_preset_of_the_device_it_trains_on(monkeypatch):
+    """Issue #27: `method: tiger` with no other setting was the paper's encoder-decoder evaluated on every user
+    (9 minutes an epoch on a 2-core CPU); `method: acerec` was 3-code RQ-KMeans IDs with the collision code
+    ignored (63% tied top-10 slots). The unset keys now come from the measured preset of the device."""
+    import sidrec.config as C
+
+    monkeypatch.setattr(C, "gpu_visible", lambda: False)
+    tiger = load_config(None, ["method=tiger"])
+    assert tiger.size == "cpu"
+    assert (tiger.tiger.arch, tiger.tiger.head_dim, tiger.tokenizer.kind, tiger.train.eval_users) == (
+        "decoder", 32, "rqkmeans", 2000)
+    acerec = load_config(None, ["method=acerec"])
+    a, t = acerec.acerec, acerec.tokenizer
+    assert (t.kind, t.subspaces, t.subspace_codes, a.collision_code) == ("opq", 32, 256, True)
+    assert (a.merge, a.n_latents, a.intent_token, a.isa, a.d_model) == ("mean", 1, False, False, 128)
+    diger = load_config(None, ["method=diger"])
+    assert (diger.tiger.arch, diger.tokenizer.kind, diger.data.max_len) == ("decoder", "rqvae", 50)
+    # a GPU (visible, or named by train.device) gives the paper's sizes
+    assert load_config(None, ["method=tiger", "train.device=cuda"]).tiger.arch == "encdec"
+    monkeypatch.setattr(C, "gpu_visible", lambda: True)
+    paper = load_config(None, ["method=acerec"])
+    assert (paper.size, paper.acerec.d_model, paper.train.batch_size) == ("paper", 448, 256)
+    assert load_config(None, ["method=acerec", "train.device=cpu"]).acerec.d_model == 128
+    # a key a file or an override names wins over the preset; size none is the schema's defaults
+    assert load_config(None, ["method=tiger", "size=cpu", "tiger.arch=encdec"]).tiger.arch == "encdec"
+    bare = load_config(None, ["method=tiger", "size=none"])
+    assert (bare.size, bare.tiger, bare.train) == ("none", Config().tiger, Config().train)
+    # methods without a preset are the same on every device
+    assert load_config(None, ["method=sasrec"]).sasrec == Config().sasrec
+
+
+def test_a_saved_config_keeps_its_resolved_size_on_another_machine(tmp_path, monkeypatch):
+    """A run trained on a CPU and resumed on a GPU (or the reverse) must not change its model: the saved config
+    holds every key and the size it resolved to."""
+    import sidrec.config as C
+
+    monkeypatch.setattr(C, "gpu_visible", lambda: False)
+    cfg = load_config(None, ["method=tiger"])
+    save_config(cfg, tmp_path / "config.yaml")
+    monkeypatch.setattr(C, "gpu_visible", lambda: True)
+    again = load_config([tmp_path / "config.yaml"])
+    assert again == cfg and again.size == "cpu"
+
+
+def test_gpu_detection_without_torch_reads_torchs_build_and_the_driver(tmp_path, monkeypatch):
+    """A machine with an NVIDIA driver but a CPU-only torch trains on the CPU, so it must get the CPU preset."""
+    import importlib.util
+    import sys
+    from types import SimpleNamespace
+
+    import sidrec.config as C
+
+    gpus = tmp_path / "proc" / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    pkg = tmp_path / "torch"
+    pkg.mkdir()
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[str(pkg)]))
+    real_path = C.Path
+    monkeypatch.setattr(C, "Path", lambda p="", *a: real_path(str(gpus)) if p == "/proc/driver/nvidia/gpus"
+                        else real_path(p, *a))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (pkg / "version.py").write_text("__version__ = '2.13.0+cpu'\ncuda: Optional[str] = None\n")
+    assert C.gpu_visible() is False
+    (pkg / "version.py").write_text("__version__ = '2.13.0'\ncuda: Optional[str] = '12.8'\n")
+    assert C.gpu_visible() is True
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert C.gpu_visible() is False

@@ -22,7 +22,7 @@ from sidrec.methods.registry import get_builder
 from sidrec.pipeline import dataset_from_config
 
 META = torch.device("meta")
-BASE = ["data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items=100", "data.max_len=10",
+BASE = ["size=none", "data.path=synthetic", "data.synthetic_users=300", "data.synthetic_items=100", "data.max_len=10",
         "features.kind=attributes", "eval.ks=[5,10]", "train.batch_size=32", "train.progress=false",
         "train.threads=1", "tokenizer.progress=false"]
 TIGER = ["tokenizer.kind=rqkmeans", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]",

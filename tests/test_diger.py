@@ -129,7 +129,7 @@ def test_bad_settings_are_refused():
         DIGERConfig(noise="uniform").check()
 
 
-TINY = ["method=diger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
+TINY = ["size=none", "method=diger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes",
         "tokenizer.kind=rqvae", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]", "tokenizer.hidden_dims=[32]",
         "tokenizer.latent_dim=8", "tokenizer.epochs=20", "tokenizer.batch_size=64", "tokenizer.progress=false",

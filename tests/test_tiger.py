@@ -19,7 +19,7 @@ from sidrec.methods.tiger.task import TIGERTask
 from sidrec.pipeline import load_run, recommend, train
 from sidrec.sid.stage import SID_SOURCE_FILE, SID_TABLE_FILE, semantic_ids
 
-TINY = ["method=tiger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
+TINY = ["size=none", "method=tiger", "data.path=synthetic", "data.synthetic_users=400", "data.synthetic_items=120",
         "data.max_len=10", "features.kind=attributes",
         "tokenizer.kind=rqkmeans", "tokenizer.levels=2", "tokenizer.codebook_sizes=[8]",
         "tokenizer.collision_codebook=64",

@@ -297,3 +297,24 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(tmp_path
     monkeypatch.setattr(T, "save_model", real)
     res = train(load_config([run / "config.yaml"]), resume=True)
     assert res["summary"]["epochs"] == 3
+
+
+def test_plateau_schedule_cuts_the_rate_after_flat_validations_and_resumes_with_the_cut(tmp_path, monkeypatch):
+    """train.schedule=plateau (issue #27, item 7): the peak rate after the warm-up, halved after every
+    plateau_patience validations without improvement, never below min_lr_ratio; a resumed run keeps its cuts."""
+    flat = TINY + ["train.schedule=plateau", "train.plateau_patience=1", "train.lr=1e-9", "train.min_lr_ratio=0.2",
+                   "train.epochs=5", "train.patience=10"]  # at ~0 rate validation never improves after epoch 1
+    train(load_config(None, flat + [f"run_dir={tmp_path / 'full'}"]))
+    rows = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    cuts = [r.get("lr_cut_to") for r in rows]
+    assert cuts[0] is None and cuts[1:] == pytest.approx([5e-10, 2.5e-10, 2e-10, 2e-10], rel=1e-6)
+    assert [r["lr"] for r in rows[2:]] == pytest.approx([5e-10, 2.5e-10, 2e-10], rel=1e-6)  # the next epoch's rate
+    # killed after epoch 2 (one cut made), resumed: the same rates and losses as the uninterrupted run
+    original = _die_in_epoch_3(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, flat + [f"run_dir={tmp_path / 'killed'}"]))
+    monkeypatch.setattr(SASRecTask, "train_batches", original)
+    train(load_config([tmp_path / "killed" / "config.yaml"]), resume=True)
+    again = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [(r["lr"], r["loss"], r.get("lr_cut_to")) for r in again] == [
+        (r["lr"], r["loss"], r.get("lr_cut_to")) for r in rows]

@@ -241,9 +241,10 @@ def train(
     """Train a method on a dataset; writes a run directory with metrics.json.
 
     Methods (method=NAME): content (no training: cosine of item vectors to the last items), sasrec (ID-based
-    Transformer baseline), tiger (semantic IDs + encoder-decoder + beam
-    search), diger (TIGER with its RQ-VAE trained jointly), acerec (long OPQ IDs + holistic scoring). See
-    docs/own-dataset.md for your own data and 'sidrec config show' for every setting.
+    Transformer baseline), tiger (semantic IDs + Transformer + beam search), diger (TIGER with its RQ-VAE
+    trained jointly), acerec (32-code OPQ IDs + holistic scoring). Unset settings come from the method's
+    preset for this machine (size=auto: cpu, or paper on a GPU; size=none: none). See docs/own-dataset.md for
+    your own data and 'sidrec config show method=NAME' for every setting.
     """
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D

@@ -77,6 +77,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
+    # after the warm-up: cosine (decay to min_lr_ratio over train.epochs, or over the steps train.max_minutes
+    # allows) or plateau (the peak rate, cut by plateau_factor after every plateau_patience validations without
+    # improvement, never below min_lr_ratio; an early-stopped run reaches the low rates a cosine sized to 200
+    # epochs never does, issue #27)
+    schedule: typing.Literal["cosine", "plateau"] = "cosine"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
     grad_clip: float = 1.0
     bf16: typing.Literal["auto", "true", "false"] = "auto"  # auto: bf16 only where the hardware runs it natively
     patience: int = 10  # epochs of no validation NDCG@10 improvement before stopping
@@ -97,6 +104,7 @@ class TrainConfig:
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"epochs": "> 0", "batch_size": "> 0", "lr": "in (0, 10]",
         "weight_decay": "in [0, 1]", "warmup_steps": ">= 0", "min_lr_ratio": "in [0, 1]", "grad_clip": ">= 0",
+        "plateau_factor": "in [0, 1]", "plateau_patience": "> 0",
         "patience": "> 0", "eval_every": "> 0", "eval_users": ">= 0", "max_minutes": ">= 0", "threads": ">= 0"}
 
 
@@ -150,6 +158,10 @@ class Config:
     """The whole run configuration; one section per component."""
 
     method: str = "sasrec"
+    # which measured setting of the method the unset keys take (sidrec/presets/<method>-<size>.yaml): cpu (the
+    # CPU-sized backbone, evaluation subset), paper (the paper's sizes, for a GPU), auto (paper where train.device
+    # gives a CUDA GPU, else cpu; the run saves what it resolved to) or none (the schema's defaults, no preset)
+    size: typing.Literal["auto", "cpu", "paper", "none"] = "auto"
     seed: int = 42
     run_dir: str = ""  # default: runs/<dataset>-<method>-<timestamp>
     data: DataConfig = field(default_factory=DataConfig)
@@ -466,12 +478,75 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
     return layers
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def gpu_visible() -> bool:
+    """Whether this machine trains on a CUDA GPU by default, answered without importing torch (``import sidrec``
+    and the config loader stay torch-free): torch's own answer when torch is already imported; otherwise a torch
+    built with CUDA (its ``version.py`` read as text) and an NVIDIA GPU the driver lists, unless
+    ``CUDA_VISIBLE_DEVICES`` hides them all. Why both: a driver beside a CPU-only torch still trains on the CPU."""
+    import importlib.util
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if not gpus.is_dir() or not any(gpus.iterdir()):
+        return False
+    spec = importlib.util.find_spec("torch")
+    version = Path(next(iter(spec.submodule_search_locations or []), "")) / "version.py" if spec else None
+    if version is None or not version.is_file():
+        return False
+    return re.search(r"^cuda\b[^=]*=\s*['\"]", version.read_text(encoding="utf-8"), re.M) is not None
+
+
+def resolve_size(size: str, device: str) -> str:
+    """``size: auto`` -> ``paper`` when the run will train on a CUDA GPU, else ``cpu``; other sizes as given."""
+    if size != "auto":
+        return size
+    if device == "cpu":
+        return "cpu"
+    return "paper" if device.startswith("cuda") or gpu_visible() else "cpu"
+
+
+def preset_file(method: str, size: str) -> Path | None:
+    """The preset of ``method`` at ``size`` (``sidrec/presets/<method>-<size>.yaml``), or None when the method has
+    none (SASRec and the content ranker have one setting for every device) or ``size`` is ``none``."""
+    path = PRESETS / f"{method}-{size}.yaml"
+    return path if size != "none" and path.is_file() else None
+
+
 def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated :class:`Config` from YAML files and ``key=value`` overrides (applied in order)."""
+    """Build a validated :class:`Config`: the schema's defaults, then the method's preset for the resolved
+    ``size`` (:func:`preset_file`), then the YAML files, then the ``key=value`` overrides (applied in order).
+
+    Why the preset sits under the files: ``method: tiger`` alone must give the setting that works on this
+    machine (the paper's encoder-decoder evaluated on every user took 9 minutes an epoch on a 2-core CPU), while
+    every key a file or override names still wins. The method and size are read from the files and overrides
+    first, so a preset never depends on the order of the layers.
+    """
+    layers = [layer for f in files or [] for layer in _read_yaml(Path(f), set())]
+    probe = _layered(Config(), layers, overrides)
+    size = resolve_size(probe.size, probe.train.device)
     cfg = Config()
-    for f in files or []:
-        for layer in _read_yaml(Path(f), set()):
+    preset = preset_file(probe.method, size)
+    if preset is not None:
+        for layer in _read_yaml(preset, set()):
             _apply(cfg, layer)
+    cfg = _layered(cfg, layers, overrides)
+    cfg.size = size  # type: ignore[assignment]  # the run saves the size it resolved to: a resume elsewhere is the same
+    validate_config(cfg)
+    return cfg
+
+
+def _layered(cfg: Config, layers: list[dict[str, Any]], overrides: list[str] | None) -> Config:
+    """``cfg`` with the file layers and then the overrides applied (the values are checked when applied)."""
+    for layer in layers:
+        _apply(cfg, layer)
     for ov in overrides or []:
         key, value = parse_override(ov)
         try:
@@ -482,7 +557,6 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
             raw = ov.split("=", 1)[1]
             raise SidrecError(f"{exc}: write the override as '{key}=\"{raw}\"' (the outer single quotes keep the "
                               "shell from removing the inner double quotes)") from None
-    validate_config(cfg)
     return cfg
 
 

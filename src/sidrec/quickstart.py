@@ -27,7 +27,7 @@ QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
     ("sasrec", ["train.epochs=15", "train.batch_size=128", "train.lr=2e-3", "train.patience=5",
                 "sasrec.dropout=0.2", "sasrec.emb_dropout=0.2"]),
     # the generative pipeline: MiniLM item text -> RQ-KMeans SIDs (3 x 16 + collision code) -> small TIGER
-    ("tiger", ["tokenizer.kind=rqkmeans", "tokenizer.levels=3", "tokenizer.codebook_sizes=[16]",
+    ("tiger", ["size=none", "tokenizer.kind=rqkmeans", "tokenizer.levels=3", "tokenizer.codebook_sizes=[16]",
                "tokenizer.collision_codebook=64", "tiger.arch=decoder", "tiger.d_model=64", "tiger.layers=4",
                "tiger.n_heads=4", "tiger.head_dim=16", "tiger.ffn_dim=256", "tiger.dropout=0.0",
                "train.epochs=8", "train.batch_size=32", "train.lr=3e-3", "train.patience=4",

@@ -50,12 +50,15 @@ def nonfinite_parameters(model: nn.Module) -> str:
     return f"{len(bad)} weight tensors hold NaN or inf, first '{bad[0]}'" if bad else ""
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate."""
+def lr_lambda(warmup: int, total: int, min_ratio: float, cosine: bool = True) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate (``cosine``), or the peak rate
+    after the warm-up (the plateau schedule, whose cuts the trainer multiplies in)."""
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
+        if not cosine:
+            return 1.0
         p = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
@@ -99,6 +102,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
         n0 = max(1, len(task.train_batches(0)) // D.world_size())
         self.total_steps = max(1, n0 * cfg.epochs)
+        self.lr_scale = 1.0  # schedule plateau: the product of the cuts so far
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.model: nn.Module = task.model
         if self.distributed:
@@ -124,7 +128,8 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
-        return lr_lambda(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)(step)
+        cosine = self.cfg.schedule == "cosine"
+        return lr_lambda(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio, cosine)(step) * self.lr_scale
 
     def _size_schedule_to_budget(self, spent_s: float, steps_done: int, left_s: float, steps_per_epoch: int) -> None:
         """Fit the cosine horizon to the steps that ``train.max_minutes`` allows, re-estimated at every step.
@@ -158,7 +163,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "best": float(self.best), "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "batch": self.batch, "total_steps": self.total_steps,
             "elapsed_s": float(self.elapsed_s), "capped": self.capped, "budget_sized": self.budget_sized,
-            "optimizer": self.opt.state_dict(),
+            "lr_scale": float(self.lr_scale), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
@@ -195,7 +200,8 @@ class Trainer:
         total_steps = int(st.get("total_steps", self.total_steps))
         elapsed_s = float(st.get("elapsed_s", 0.0))
         budget_sized, capped = bool(st.get("budget_sized", False)), bool(st.get("capped", False))
-        if batch < 0 or total_steps < 1 or elapsed_s < 0:
+        lr_scale = float(st.get("lr_scale", 1.0))  # absent in states written before the plateau schedule
+        if batch < 0 or total_steps < 1 or elapsed_s < 0 or not 0 < lr_scale <= 1:
             raise SidrecError(f"{st_path}: inconsistent resume state (batch {batch}, total_steps {total_steps})")
         opt_state = require(st, st_path, "optimizer", dict)
         sched_state = require(st, st_path, "scheduler", dict)
@@ -232,6 +238,7 @@ class Trainer:
         self.epoch, self.step = epoch, step
         self.best, self.best_epoch, self.bad_epochs = best, best_epoch, bad_epochs
         self.batch, self.total_steps, self.budget_sized = batch, total_steps, budget_sized
+        self.lr_scale = lr_scale
         # a run that ended at its cap continues when resumed (the user asked for more): the cap restarts
         self.capped = False
         self.elapsed_s = 0.0 if capped else elapsed_s
@@ -431,7 +438,14 @@ class Trainer:
         self.bad_epochs = int(self.bad_epochs)
         if improved:
             self._save_best()
-        return self.bad_epochs >= self.cfg.patience
+        cfg = self.cfg
+        if cfg.schedule == "plateau" and self.bad_epochs and self.bad_epochs % cfg.plateau_patience == 0:
+            self.lr_scale = max(cfg.min_lr_ratio, self.lr_scale * cfg.plateau_factor)
+            factor = self._lr_factor(self.sched.last_epoch)  # the rates follow the cut now, not at the next step
+            for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
+                group["lr"] = base * factor
+            record["lr_cut_to"] = self.opt.param_groups[0]["lr"]
+        return self.bad_epochs >= cfg.patience
 
     def _epoch_line(self, record: dict[str, Any]) -> None:
         """No bar outside a terminal (nohup, CI, a pipe): one line per epoch on stderr instead of silence."""

@@ -30,7 +30,7 @@ class ACERecConfig:
     summary: typing.Literal["residual", "ln", "prenorm"] = "residual"
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
-    collision_code: bool = False  # also model the tokenizer's appended disambiguation code as one more subspace
+    collision_code: bool = True  # also model the tokenizer's appended disambiguation code as one more subspace
     eval_chunk: int = 4096  # items per holistic-scoring chunk (bounds memory: users x chunk scores)
     eval_batch_users: int = 256  # users scored together
     # value ranges, checked when a config is read (sidrec.config.validate_config)

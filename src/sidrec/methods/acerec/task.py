@@ -4,12 +4,11 @@ position of each user sequence -> holistic scoring of the full catalogue -> Eval
 SIDs come from the shared tokenizer stage (:func:`sidrec.methods.tiger.task.semantic_ids`: same run-directory
 reuse and staleness check as TIGER). The configs set ``tokenizer.kind: opq`` with ``subspaces`` x
 ``subspace_codes`` (paper 32 x 256). ACERec needs the tokenizer's *raw* m codes: when two items share all
-m codes the shared stage appends a disambiguation code (``extra_code: if_needed``), which ACERec ignores by
-default (it reads the table's first m columns); such items get equal scores and the Evaluator breaks the tie
-by index.
-With ``acerec.collision_code: true`` the appended code is modelled as one more subspace with its own codebook
-size, so items with identical content codes can still be told apart (the synthetic data needs it: groups of
-up to 25 items there have identical features, hence identical OPQ codes).
+m codes the shared stage appends a disambiguation code (``extra_code: if_needed``), which ACERec models as one
+more subspace with its own codebook size (``acerec.collision_code: true``, the default), so items with identical
+content codes can still be told apart (the synthetic data needs it: groups of up to 25 items there have identical
+features, hence identical OPQ codes). With ``collision_code: false`` the model reads the first m columns only;
+a table where that leaves items sharing every code is refused (:func:`refuse_structural_ties`).
 
 Training batches are SASRec-style: each user's most recent ``max_len + 1`` training items, left-padded and
 grouped by length (:func:`~sidrec.methods.sasrec.task.bucketed_batches`); the state after item t is trained to
@@ -49,6 +48,20 @@ def raw_codes(sids: SIDCodes, tok: TokenizerConfig, collision_code: bool = False
     return sids.primary[:, :n].clone(), [int(s) for s in sids.sizes[:n]]
 
 
+def refuse_structural_ties(codes: torch.Tensor, collision_code: bool) -> None:
+    """Stop (one line) when items share every code the model reads: holistic scoring sums per-code
+    log-probabilities, so such items get the same score for every user -- ties no training can break (63% of
+    the top-10 slots of a 2,420-item shop with 3-code IDs and the collision code ignored, issue #27)."""
+    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+    shared = int((counts[inverse] > 1).sum())
+    if shared == 0:
+        return
+    fix = ("use a tokenizer with more codes per item (tokenizer.kind=opq, tokenizer.subspaces=32)" if collision_code
+           else "set acerec.collision_code=true (the appended collision code becomes one more subspace)")
+    raise SidrecError(f"acerec: {shared} of {codes.shape[0]} items share all {codes.shape[1]} "
+                      f"codes the model reads with another item, so they would tie in every ranking; {fix}")
+
+
 class ACERecTask(Task):
     scoring = "dense"  # holistic: every item's summed code log-probabilities
     """The ACERec :class:`~sidrec.training.trainer.Task`: model, sequence batches, holistic evaluation."""
@@ -59,6 +72,7 @@ class ACERecTask(Task):
         self.split = split
         sids = semantic_ids(cfg, dataset, run_dir)
         codes, K = raw_codes(sids, cfg.tokenizer, self.acfg.collision_code)  # type: ignore[attr-defined]
+        refuse_structural_ties(codes, self.acfg.collision_code)
         self.model: nn.Module = ACERec(codes, K, cfg.data.max_len, self.acfg, split.item_freq)
         self.scorer = HolisticScorer(codes, self.acfg.eval_chunk)
         self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)

@@ -7,7 +7,7 @@ training the full ACERec (ATM k = 4, intent token, ISA; ``configs/acerec.yaml``,
 OPQ table, the configured batches; AdamW at ``train.lr`` held constant, clipping as configured), for the mean of the
 code tokens, for ``s`` and for the ATM queries built from it.
 
-Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln prenorm] [--steps 600]
+Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln] [--steps 600]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def shares(model) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="beauty")
-    ap.add_argument("--forms", nargs="+", default=["residual", "ln", "prenorm"])
+    ap.add_argument("--forms", nargs="+", default=["residual", "ln"])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)

@@ -250,3 +250,46 @@ def test_item_table_cache_follows_the_weights(tmp_path):
     t2 = task.item_table(model)
     assert t2 is not t1 and not torch.allclose(t2[0], t1[0])
     torch.testing.assert_close(t2[0], model.item_table()[0])
+
+
+def _item_specific_share(v: torch.Tensor) -> float:
+    """sum_i ||v_i - mean(v)||^2 / sum_i ||v_i||^2: 1 when items share nothing, 0 when every item has one vector."""
+    c = v - v.mean(0, keepdim=True)
+    return float((c * c).sum() / (v * v).sum())
+
+
+@pytest.mark.parametrize("summary", ["ln", "residual"])
+def test_the_item_summary_keeps_the_item_while_the_model_learns_popularity(summary):
+    """Issue 46: s_i feeds the intent token, the ATM queries and ISA's target, so it must stay item-specific.
+    What pulls it to one shared vector is what the model learns first on real data, popularity: here the
+    targets are drawn by popularity alone, independent of the history (on Beauty the same pull took the residual
+    form's share .42 -> .001 in 100 steps). The default form must keep a tenth of s item-specific after 50
+    steps; the residual form (the paper's "mean through an MLP" read literally) loses it and is asserted to."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    n, m, k = 300, 8, 32
+    codes = torch.randint(0, k, (n, m), generator=g)
+    pop = 1.0 / torch.arange(1, n + 1).float() ** 1.1
+    cfg = ACERecConfig(d_model=64, n_latents=1, merge="mean", intent_token=True, isa=False, summary=summary)
+    model = ACERec(codes, k, 10, cfg, (pop / pop.sum() * 50 * n).long().numpy())
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+
+    def share() -> float:
+        with torch.no_grad():
+            x = model.code_emb + model.sub_pos.unsqueeze(1)
+            return _item_specific_share(model.summarise(x[model.sub_idx, model.item_codes].mean(1)))
+
+    before = share()
+    for _ in range(50):
+        seq = torch.multinomial(pop, 32 * 10, replacement=True, generator=g).view(32, 10)
+        target = torch.multinomial(pop, 32 * 10, replacement=True, generator=g).view(32, 10)
+        opt.zero_grad()
+        model(seq, target).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    after = share()
+    assert before > 0.4
+    if summary == ACERecConfig().summary:
+        assert after > 0.1, (summary, before, after)
+    else:
+        assert after < 0.02, (summary, before, after)  # the collapse the default form avoids

@@ -25,9 +25,9 @@ class ACERecConfig:
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents
     # the item summary s_i (intent token input, ATM queries, ISA target) from the mean of its code tokens:
-    # residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init | ln: LN(mean) | prenorm: n = LN(mean),
-    # s = LN(n + MLP(n)) (ACERec.summarise; issue 46, docs/acerec.md)
-    summary: typing.Literal["residual", "ln", "prenorm"] = "residual"
+    # ln: LN(mean) | residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init, which collapses to a
+    # vector shared by every item (ACERec.summarise; issue 46, docs/acerec.md)
+    summary: typing.Literal["ln", "residual"] = "ln"
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
     collision_code: bool = True  # also model the tokenizer's appended disambiguation code as one more subspace

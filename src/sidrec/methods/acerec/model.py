@@ -189,8 +189,6 @@ class ACERec(nn.Module):
                 # s starts as LN(mean of the code tokens): in the code-embedding space
                 nn.init.zeros_(self.summary_mlp[2].weight)
                 nn.init.zeros_(self.summary_mlp[2].bias)
-            if cfg.summary == "prenorm":
-                self.summary_in = nn.LayerNorm(d)
         # 3. attentive token merger
         self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
         # 4. intent token, positions, backbone
@@ -234,17 +232,16 @@ class ACERec(nn.Module):
     def summarise(self, mean: torch.Tensor) -> torch.Tensor:
         """The item summary s_i from the mean of each item's code tokens (N, d), by ``acerec.summary``.
 
-        Why the forms: the mean of 32 code tokens is small (norm ~.24 at d 128), so in ``residual``
-        (``LN(mean + MLP(mean))``) the MLP's first-layer bias dominates its input and the MLP soon adds a nearly
-        item-independent vector several times the mean's norm, which the LayerNorm then leaves little of the item
-        in (issue 46). ``ln`` is ``LN(mean)``; ``prenorm`` feeds the MLP the normalised mean, ``n = LN(mean)``,
-        ``s = LN(n + MLP(n))``, so the residual it adds to is item-specific and of unit scale.
+        ``ln`` (the default) is ``LN(mean)``: only the LayerNorm's bias is shared by every item. ``residual``,
+        ``LN(mean + MLP(mean))``, reads the paper's "mean through an MLP" literally and loses the item: the mean
+        of 32 code tokens is small (norm ~.24 at d 128), the MLP's first-layer bias dominates its input, and
+        while popularity is what the model learns first the MLP adds a nearly item-independent vector several
+        times the mean's norm, which the LayerNorm leaves little of the item in (Beauty: item-specific share
+        of s .42 -> .001 in 100 steps; feeding the MLP a normalised mean collapsed the same way and was removed;
+        issue 46, docs/lab/acerec.md).
         """
-        form = self.cfg.summary
-        if form == "ln":
+        if self.cfg.summary == "ln":
             return self.summary_norm(mean)
-        if form == "prenorm":
-            mean = self.summary_in(mean)
         return self.summary_norm(mean + self.summary_mlp(mean))
 
     # ------------------------------------------------------------------ sequence

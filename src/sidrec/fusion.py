@@ -381,15 +381,16 @@ def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_user
     return evaluate_dense(task, model, ev, settings)
 
 
-def choose(task: Any, model: Any, metric: str = "ndcg@10") -> dict[str, Any]:
-    """Choose lambda, then lambda_cold, on the whole validation split; returns the record kept in ``fusion.json``.
+def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0) -> dict[str, Any]:
+    """Choose lambda, then lambda_cold, on the whole validation split (``max_users`` > 0: a fixed subset, as the
+    trainer's timing probe runs it); returns the record kept in ``fusion.json``.
 
     Ties on the metric go to the smaller lambda (the grid is visited in increasing order), so a grid on which
     fusion never helps keeps the model alone.
     """
     g: Grounding = task.grounding
     lams = sorted({float(x) for x in g.cfg.lambdas} | {0.0})
-    ev = task.eval_subset("valid")
+    ev = task.eval_subset("valid", max_users)
     grid: list[dict[str, Any]] = []
     cached: BeamCandidates | None = None
 

@@ -390,32 +390,44 @@ class Trainer:
         return mean
 
     def _probe_evaluation(self, users: int = 128) -> None:
-        """Time the model's evaluation on a few validation users before training, so the cap can reserve the
-        evaluations that follow the training steps from the first step on (no estimate would mean none reserved)."""
+        """Time, on a few validation users before training, the evaluations that follow the training steps, so
+        the cap reserves them from the first step on: a validation pass, and with content fusion the procedures
+        the command ends with -- the choice of lambda and lambda_cold (a beam model also scores the content
+        candidates: on TIGER that cost ~4 beam passes, and counting it as one overran a 10-minute cap by 2.4
+        minutes) and the test evaluation. Their costs are kept as ratios to the validation pass, whose cost per
+        user every validation re-measures (a machine that slows down mid-run)."""
         if self.eval_s_per_user > 0:
             return
+        from sidrec.fusion import Fusion, has_grounding
+        from sidrec.fusion import choose as choose_fusion
+        from sidrec.fusion import evaluate as evaluate_fused
+
         t0 = time.time()
         m = self.task.evaluate(self.task.model, "valid", users)
-        self.eval_s_per_user = (time.time() - t0) / max(1, m["all"]["n_users"])
+        n = max(1, m["all"]["n_users"])
+        self.eval_s_per_user = max(1e-9, (time.time() - t0) / n)
+        self.final_ratio = (1.0, 1.0)  # (choosing the fusion on valid, testing) per user / a validation pass
+        if has_grounding(self.task):
+            t0 = time.time()
+            choose_fusion(self.task, self.task.model, max_users=users)
+            t1 = time.time()
+            evaluate_fused(self.task, self.task.model, "valid", [Fusion(), Fusion(1.0, 1.0)], max_users=users)
+            t2 = time.time()
+            self.final_ratio = ((t1 - t0) / n / self.eval_s_per_user, (t2 - t1) / n / self.eval_s_per_user)
+        self.task.model.train()
 
     def _reserve_s(self) -> float:
         """Seconds the command still needs after the training steps: the validation at the cap (``eval_users``)
-        and the final evaluation -- with content fusion, the choice of lambda then lambda_cold on all validation
-        users (two passes; a beam model also rescores the content candidates, about one more pass per split) and
-        the test split once -- at the measured cost per user."""
+        and the final evaluation (the fusion choice on all validation users and the test split once, when
+        grounded) at the measured cost per user and the probe's ratios (:meth:`_probe_evaluation`)."""
         if self.cfg.max_minutes <= 0 or self.eval_s_per_user <= 0:
             return 0.0
-        if "_users_after" not in self.__dict__:  # the users evaluated after the steps: counted once per run
-            from sidrec.fusion import has_grounding
-
+        if "_users_after" not in self.__dict__:  # the validation-pass equivalents after the steps: once per run
             n_valid = len(self.task.evaluator("valid").eval_set)
             n_test = len(self.task.evaluator("test").eval_set)
             at_cap = min(self.cfg.eval_users or n_valid, n_valid)
-            grounded = has_grounding(self.task)
-            beam = self.task.scoring == "beam"
-            valid_passes = (2 if grounded else 1) + (1 if grounded and beam else 0)
-            test_passes = (1 + (1 if grounded and beam else 0)) if self.test else 0
-            self._users_after = at_cap + valid_passes * n_valid + test_passes * n_test
+            r_valid, r_test = getattr(self, "final_ratio", (1.0, 1.0))
+            self._users_after = at_cap + r_valid * n_valid + (r_test * n_test if self.test else 0)
         return self.eval_s_per_user * self._users_after
 
     def _validate(self, record: dict[str, Any]) -> bool:

@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("methods", nargs="*", help="methods (default tiger acerec) and key=value settings")
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes of each run (0 = no cap)")
     ap.add_argument("--threads", type=int, default=1, help="train.threads of each run")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # key=value settings may follow the options
     if args.command == "prepare":
         cmd_prepare()
     else:

@@ -213,6 +213,7 @@ def test_max_minutes_reserves_the_content_candidates_of_a_beam_model(tmp_path, m
 
     from sidrec import fusion
     from sidrec.methods.tiger.task import TIGERTask
+    from test_training import timed_calls
 
     real_candidates = TIGERTask.candidate_log_probs
 
@@ -221,16 +222,7 @@ def test_max_minutes_reserves_the_content_candidates_of_a_beam_model(tmp_path, m
         return real_candidates(self, model, es, rows, items)
 
     monkeypatch.setattr(TIGERTask, "candidate_log_probs", slow_candidates)
-    passes: list[float] = []
-    real = fusion.beam_candidates
-
-    def timed(*a, **k):
-        t = _time.time()
-        out = real(*a, **k)
-        passes.append(_time.time() - t)
-        return out
-
-    monkeypatch.setattr(fusion, "beam_candidates", timed)
+    passes = timed_calls(monkeypatch, fusion, "beam_candidates")
     cap_s = 30.0
     cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "tiger.eval_batch_users=16",
                                     "train.eval_users=32", "fusion.lambdas=[0,2]", "fusion.candidates=20",

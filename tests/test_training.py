@@ -81,6 +81,23 @@ def test_tiny_sasrec_beats_popularity(tmp_path):
     assert (tmp_path / "checkpoints" / "best.safetensors").exists()
 
 
+def timed_calls(monkeypatch, owner, name: str) -> list[float]:
+    """Patch ``owner.name`` to record the seconds of each call; returns the list it appends to."""
+    import time as _time
+
+    seconds: list[float] = []
+    real = getattr(owner, name)
+
+    def timed(*a, **k):
+        t = _time.time()
+        out = real(*a, **k)
+        seconds.append(_time.time() - t)
+        return out
+
+    monkeypatch.setattr(owner, name, timed)
+    return seconds
+
+
 def test_max_minutes_bounds_the_whole_command_within_one_evaluation(tmp_path, monkeypatch):
     """``train.max_minutes`` is the whole ``train`` command's budget: set-up, training, the validation at the cap,
     the fusion choice and the test evaluation end within one evaluation of the cap, because the training steps
@@ -101,16 +118,7 @@ def test_max_minutes_bounds_the_whole_command_within_one_evaluation(tmp_path, mo
 
     monkeypatch.setattr(SASRecTask, "loss", slow_loss)
     monkeypatch.setattr(SASRecTask, "model_scores", slow_scores)
-    passes: list[float] = []
-    real = fusion.evaluate_dense
-
-    def timed(*a, **k):
-        t = _time.time()
-        out = real(*a, **k)
-        passes.append(_time.time() - t)
-        return out
-
-    monkeypatch.setattr(fusion, "evaluate_dense", timed)
+    passes = timed_calls(monkeypatch, fusion, "evaluate_dense")
     cap_s = 20.0  # room for training: the set-up and the four evaluation passes after it take ~10 s here
     cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=8",
                                     "eval.batch_size=32", "train.eval_users=64", "features.kind=attributes",

@@ -184,7 +184,7 @@ def test_grid_choice_prefers_the_smaller_lambda_on_ties():
             hists = [rng.choice(n, 3, replace=False) for _ in range(40)]
             self.es = EvalSet("valid", np.arange(40), hists, rng.integers(0, n, 40))
 
-        def eval_subset(self, split, max_users=0):
+        def eval_subset(self, split, max_users=0, shortest=False):
             return Evaluator(self.es, np.full(20, 10), [10])
 
         def model_scores(self, model, hist):  # a model that ranks the target first: fusion cannot improve it

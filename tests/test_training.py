@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ def test_max_minutes_bounds_the_whole_command_within_one_evaluation(tmp_path, mo
     monkeypatch.setattr(SASRecTask, "loss", slow_loss)
     monkeypatch.setattr(SASRecTask, "model_scores", slow_scores)
     passes = timed_calls(monkeypatch, fusion, "evaluate_dense")
-    cap_s = 20.0  # room for training: the set-up and the four evaluation passes after it take ~10 s here
+    cap_s = 30.0  # room for training: the set-up, the probe (~6 s) and the evaluation passes after it (~7 s)
     cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=8",
                                     "eval.batch_size=32", "train.eval_users=64", "features.kind=attributes",
                                     f"run_dir={tmp_path}"])
@@ -131,6 +132,62 @@ def test_max_minutes_bounds_the_whole_command_within_one_evaluation(tmp_path, mo
     assert wall <= cap_s + one + 1.0, (wall, cap_s, one, passes)
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["stopped"] == "max_minutes"
+
+
+def test_padded_positions_counts_each_length_ordered_batch_at_its_longest_history():
+    from sidrec.data.protocol import EvalSet
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, 103)
+    es = EvalSet("valid", np.arange(103), [np.arange(n) for n in lengths], np.zeros(103, dtype=np.int64))
+    order = es.length_order()
+    for batch in (1, 7, 32, 103, 500):
+        brute = sum(len(order[s:s + batch]) * max(lengths[order[s:s + batch]])
+                    for s in range(0, 103, batch))
+        assert es.padded_positions(batch) == brute
+
+
+def test_pass_cost_fit_recovers_both_terms_and_never_predicts_below_its_sample():
+    from sidrec.training.trainer import fit_pass_cost
+
+    a, b = fit_pass_cost(128, 6400, 128 * 0.02 + 6400 * 0.001, 384, 128 * 0.02 + 384 * 0.001)
+    assert a == pytest.approx(0.02) and b == pytest.approx(0.001)
+    # noise that would make the per-user term negative: the random sample's time is still predicted in full
+    a, b = fit_pass_cost(128, 6400, 5.0, 384, 0.1)
+    assert a >= 0 and b >= 0 and a * 128 + b * 6400 >= 5.0 - 1e-9
+    assert fit_pass_cost(10, 50, 1.0, 50, 0.5) == (0.1, 0.0)  # no padding difference: all per user
+
+
+def test_max_minutes_predicts_evaluation_cost_from_padding_not_from_one_padded_sample(tmp_path, monkeypatch):
+    """An evaluation pass costs per padded history position (batches in length order, each padded to its
+    longest history). The cap's probe before training must not read the cost per user of one random sample
+    evaluated as a single batch (every user padded to the longest: here 3x the positions per user of the whole
+    split, on Amazon 6x, which reserved a 10-minute cap's whole budget for DIGER): the prediction of each
+    validation pass must match what it then takes."""
+    import time as _time
+
+    from sidrec.training.trainer import Trainer
+
+    original_scores = SASRecTask.model_scores
+
+    def position_scores(self, model, hist):  # evaluation cost proportional to the padded positions
+        _time.sleep(2e-4 * hist.numel())
+        return original_scores(self, model, hist)
+
+    speeds: list[float] = []
+    original_validate = Trainer._validate
+
+    def validate(self, record):
+        out = original_validate(self, record)
+        speeds.append(self.eval_speed)  # this pass's time over its prediction
+        return out
+
+    monkeypatch.setattr(SASRecTask, "model_scores", position_scores)
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    cfg = load_config(None, TINY + ["data.max_len=50", "train.epochs=3", "train.max_minutes=5", "eval.batch_size=128",
+                                    "features.kind=attributes", f"run_dir={tmp_path}"])
+    train(cfg)
+    assert len(speeds) == 3 and all(0.7 <= s <= 1.4 for s in speeds), speeds
 
 
 def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp_path, monkeypatch):
@@ -146,9 +203,9 @@ def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp
         return original(self, model, batch)
 
     monkeypatch.setattr(SASRecTask, "loss", slow_loss)
-    cap_s = 3.0
+    cap_s = 6.0  # the probe before training (~1.5 s) and the evaluations reserved after it (~2.5 s) leave ~2 s
     cfg = load_config(None, TINY + ["train.epochs=500", f"train.max_minutes={cap_s / 60}", "train.batch_size=4",
-                                    f"run_dir={tmp_path}"])
+                                    "features.kind=attributes", f"run_dir={tmp_path}"])  # no text encoder to load
     t0 = _time.time()
     res = train(cfg)
     assert res["summary"]["epochs"] < 500
@@ -158,7 +215,7 @@ def test_max_minutes_stops_within_one_step_and_keeps_an_evaluated_checkpoint(tmp
     # an epoch is ~100 steps (> 5 s): the cap ended the first one, within one step of cap_s / step_s steps
     assert log[-1]["partial_epoch_batches"] == log[-1]["step"] <= cap_s / step_s + 1
     # the schedule's horizon was the budget (the steps that fit), not 500 epochs: it ends where the cap did
-    assert log[-1]["schedule_total_steps"] <= log[-1]["step"] + 2
+    assert log[-1]["schedule_total_steps"] <= log[-1]["step"] + 2, (log, _time.time() - t0)
     assert _time.time() - t0 < 60
 def test_resume_state_without_optimizer_is_one_line_error(tmp_path):
     from sidrec.errors import SidrecError

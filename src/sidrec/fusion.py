@@ -372,25 +372,27 @@ def drop_beyond(metrics: dict[str, dict[str, Any]], width: int) -> dict[str, dic
     return metrics
 
 
-def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_users: int = 0
-             ) -> list[dict[str, Any]]:
-    """Metrics of ``split`` under each fusion setting, with the task's real inference procedure."""
-    ev = task.eval_subset(split, max_users)
+def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_users: int = 0,
+             shortest: bool = False) -> list[dict[str, Any]]:
+    """Metrics of ``split`` under each fusion setting, with the task's real inference procedure (on the task's
+    ``eval_subset(split, max_users, shortest)``)."""
+    ev = task.eval_subset(split, max_users, shortest)
     if task.scoring == "beam":
         return evaluate_beam(task, model, ev, settings)[0]
     return evaluate_dense(task, model, ev, settings)
 
 
-def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0) -> dict[str, Any]:
+def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, shortest: bool = False
+           ) -> dict[str, Any]:
     """Choose lambda, then lambda_cold, on the whole validation split (``max_users`` > 0: a fixed subset, as the
-    trainer's timing probe runs it); returns the record kept in ``fusion.json``.
+    trainer's timing probe runs it, see the task's ``eval_subset``); returns the record kept in ``fusion.json``.
 
     Ties on the metric go to the smaller lambda (the grid is visited in increasing order), so a grid on which
     fusion never helps keeps the model alone.
     """
     g: Grounding = task.grounding
     lams = sorted({float(x) for x in g.cfg.lambdas} | {0.0})
-    ev = task.eval_subset("valid", max_users)
+    ev = task.eval_subset("valid", max_users, shortest)
     grid: list[dict[str, Any]] = []
     cached: BeamCandidates | None = None
 

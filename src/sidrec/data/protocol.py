@@ -37,6 +37,17 @@ class EvalSet:
         only to its own longest history; Amazon histories are mostly far shorter than ``max_len``."""
         return np.argsort(np.array([len(h) for h in self.histories], dtype=np.int64), kind="stable")
 
+    def padded_positions(self, batch: int) -> int:
+        """History positions a batched evaluation computes: users in :meth:`length_order`, each batch of
+        ``batch`` padded to its longest history. With the user count it predicts what an evaluation pass costs
+        (the trainer's time cap): a random sample evaluated as one batch pads every user to the longest."""
+        lengths = np.sort(np.array([max(1, len(h)) for h in self.histories], dtype=np.int64))
+        starts = np.arange(0, len(lengths), max(1, batch))
+        if not len(starts):
+            return 0
+        sizes = np.diff(np.append(starts, len(lengths)))
+        return int((sizes * lengths[np.minimum(starts + sizes, len(lengths)) - 1]).sum())
+
     def padded_histories(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
         """Left-padded (B, L) tensor of item indices; ``pad`` marks empty slots."""
         hs = self.histories if idx is None else [self.histories[i] for i in idx]

@@ -35,7 +35,8 @@ class Task:
     cfg: Config
     split: LeaveOneOut
     model: nn.Module
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # users scored together (dense scoring)
+    eval_batch_users: int = 256  # users decoded together (beam search)
     # "dense": model_scores() gives every catalogue item a score; "beam": decode() + candidate_log_probs()
     scoring: str = "dense"
     trainable: bool = True  # False: nothing to fit (the content ranker); the run is evaluated at once
@@ -104,11 +105,17 @@ class Task:
                                      c.eval.buckets)
         return cache[split]
 
-    def eval_subset(self, split: str, max_users: int = 0) -> Evaluator:
-        """The split's evaluator, or one over a fixed (seeded) random subset of ``max_users`` users."""
+    def eval_subset(self, split: str, max_users: int = 0, shortest: bool = False) -> Evaluator:
+        """The split's evaluator, or one over a fixed (seeded) random subset of ``max_users`` users; with
+        ``shortest``, the ``max_users`` users with the shortest histories (the time cap's second probe: the
+        same number of users with the least padding separates the per-user from the per-position cost)."""
         ev = self.evaluator(split)
         if max_users and max_users < len(ev.eval_set):
-            rows = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ev.eval_set), max_users, replace=False))
+            if shortest:
+                rows = np.sort(ev.eval_set.length_order()[:max_users])
+            else:
+                rows = np.sort(np.random.default_rng(self.cfg.seed).choice(len(ev.eval_set), max_users,
+                                                                           replace=False))
             ev = Evaluator(ev.eval_set.subset(rows), self.split.item_freq, self.cfg.eval.ks,
                            self.cfg.data.cold_threshold, self.cfg.eval.buckets)
         return ev
@@ -129,10 +136,16 @@ class Task:
     def grounding(self, value: Grounding | None) -> None:
         self.__dict__["_grounding"] = value
 
-    def evaluate(self, model: Any, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
+    def evaluate(self, model: Any, split: str, max_users: int = 0, shortest: bool = False
+                 ) -> dict[str, dict[str, Any]]:
         """Metrics per subset on ``split`` ('valid' or 'test') with the real inference procedure and the run's
-        fusion."""
-        return fusion.evaluate(self, model, split, [self.fusion], max_users)[0]
+        fusion (on :meth:`eval_subset`'s users when ``max_users``)."""
+        return fusion.evaluate(self, model, split, [self.fusion], max_users, shortest)[0]
+
+    @property
+    def eval_batch(self) -> int:
+        """Users evaluated together (beam search: ``eval_batch_users``; dense scoring: ``eval_batch_size``)."""
+        return int(self.eval_batch_users if self.scoring == "beam" else self.eval_batch_size)
 
     def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,21 @@ def nonfinite_parameters(model: nn.Module) -> str:
     return f"{len(bad)} weight tensors hold NaN or inf, first '{bad[0]}'" if bad else ""
 
 
+def fit_pass_cost(users: int, positions_a: int, seconds_a: float, positions_b: int, seconds_b: float
+                  ) -> tuple[float, float]:
+    """Seconds per user and per padded history position of an evaluation procedure, from two samples of the same
+    ``users`` with different padding (a random one, and the shortest histories). Never below what sample a took:
+    noise that makes one term negative moves its share to the other."""
+    users = max(1, users)
+    if positions_a <= positions_b:  # no padding difference to read: everything per user
+        return seconds_a / users, 0.0
+    per_pos = max(0.0, (seconds_a - seconds_b) / (positions_a - positions_b))
+    per_user = max(0.0, (seconds_b - per_pos * positions_b) / users)
+    if per_user * users + per_pos * positions_a < seconds_a:
+        per_pos = (seconds_a - per_user * users) / positions_a
+    return per_user, per_pos
+
+
 def lr_lambda(warmup: int, total: int, min_ratio: float, cosine: bool = True) -> Callable[[int], float]:
     """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate (``cosine``), or the peak rate
     after the warm-up (the plateau schedule, whose cuts the trainer multiplies in)."""
@@ -124,7 +139,11 @@ class Trainer:
         # and the training steps stop early enough for the evaluations that follow them (see _reserve_s)
         self.started: float | None = None
         self.test = True  # the command evaluates test after training (eval.test); the pipeline sets it
-        self.eval_s_per_user = 0.0  # measured: seconds per evaluated validation user (latest evaluation)
+        # the cost of the evaluations after the training steps, per procedure (validation pass, fusion choice,
+        # test) as seconds per user and per padded history position, fitted by the probe before training; the
+        # latest validation's measured / predicted time scales them (a machine that slows down mid-run)
+        self.eval_cost: list[tuple[float, float]] = []
+        self.eval_speed = 1.0
 
     def _lr_factor(self, step: int) -> float:
         # reads self.total_steps at every call, so sizing the schedule to the budget takes effect at once
@@ -390,45 +409,66 @@ class Trainer:
         return mean
 
     def _probe_evaluation(self, users: int = 128) -> None:
-        """Time, on a few validation users before training, the evaluations that follow the training steps, so
-        the cap reserves them from the first step on: a validation pass, and with content fusion the procedures
-        the command ends with -- the choice of lambda and lambda_cold (a beam model also scores the content
-        candidates: on TIGER that cost ~4 beam passes, and counting it as one overran a 10-minute cap by 2.4
-        minutes) and the test evaluation. Their costs are kept as ratios to the validation pass, whose cost per
-        user every validation re-measures (a machine that slows down mid-run)."""
-        if self.eval_s_per_user > 0:
+        """Time, on validation users before training, the evaluations that follow the training steps, so the
+        cap reserves them from the first step on: a validation pass, and with content fusion the procedures the
+        command ends with -- the choice of lambda and lambda_cold (a beam model also scores the content
+        candidates: ~4 beam passes on TIGER) and the test evaluation.
+
+        A pass costs ``a * users + b * padded history positions`` (batches in length order are padded to their
+        longest history; Amazon histories are mostly short). One random sample alone cannot tell the two apart:
+        evaluated as one batch it pads every user to the longest history, 6x the positions per user of a whole
+        split, and its cost per user (DIGER, 2,000 items: 98 ms against 36 ms on the 2,000-user validation)
+        reserved a 10-minute cap's whole budget. So each procedure is timed on ``users`` random users and on
+        the ``users`` with the shortest histories, and the two costs fitted to both."""
+        if self.eval_cost:
             return
         from sidrec.fusion import Fusion, has_grounding
         from sidrec.fusion import choose as choose_fusion
         from sidrec.fusion import evaluate as evaluate_fused
 
-        t0 = time.time()
-        m = self.task.evaluate(self.task.model, "valid", users)
-        n = max(1, m["all"]["n_users"])
-        self.eval_s_per_user = max(1e-9, (time.time() - t0) / n)
-        self.final_ratio = (1.0, 1.0)  # (choosing the fusion on valid, testing) per user / a validation pass
-        if has_grounding(self.task):
+        grounded = has_grounding(self.task)
+        # one-time costs out of the timings: the content index is built on first use, a model's per-weights
+        # tables (ACERec's merged catalogue) on its first pass
+        if grounded:
+            assert self.task.grounding is not None
+        self.task.evaluate(self.task.model, "valid", 8)
+        samples = []
+        for shortest in (False, True):
             t0 = time.time()
-            choose_fusion(self.task, self.task.model, max_users=users)
-            t1 = time.time()
-            evaluate_fused(self.task, self.task.model, "valid", [Fusion(), Fusion(1.0, 1.0)], max_users=users)
-            t2 = time.time()
-            self.final_ratio = ((t1 - t0) / n / self.eval_s_per_user, (t2 - t1) / n / self.eval_s_per_user)
+            self.task.evaluate(self.task.model, "valid", users, shortest)
+            seconds = [time.time() - t0]
+            if grounded:
+                t0 = time.time()
+                choose_fusion(self.task, self.task.model, max_users=users, shortest=shortest)
+                t1 = time.time()
+                evaluate_fused(self.task, self.task.model, "valid", [Fusion(), Fusion(1.0, 1.0)],
+                               max_users=users, shortest=shortest)
+                seconds += [t1 - t0, time.time() - t1]
+            es = self.task.eval_subset("valid", users, shortest).eval_set
+            samples.append((len(es), es.padded_positions(self.task.eval_batch), seconds))
+        (n, p_a, t_a), (_, p_b, t_b) = samples
+        self.eval_cost = [fit_pass_cost(n, p_a, ta, p_b, tb) for ta, tb in zip(t_a, t_b, strict=True)]
+        if not grounded:  # the final evaluation is a validation pass on each split
+            self.eval_cost += [self.eval_cost[0], self.eval_cost[0]]
         self.task.model.train()
+
+    def _pass_s(self, procedure: int, es: Any) -> float:
+        """Predicted seconds of ``procedure`` (0 validation, 1 fusion choice, 2 test) on eval set ``es``."""
+        a, b = self.eval_cost[procedure]
+        return a * len(es) + b * es.padded_positions(self.task.eval_batch)
 
     def _reserve_s(self) -> float:
         """Seconds the command still needs after the training steps: the validation at the cap (``eval_users``)
         and the final evaluation (the fusion choice on all validation users and the test split once, when
-        grounded) at the measured cost per user and the probe's ratios (:meth:`_probe_evaluation`)."""
-        if self.cfg.max_minutes <= 0 or self.eval_s_per_user <= 0:
+        grounded) at the probe's costs (:meth:`_probe_evaluation`), scaled by the latest validation's speed."""
+        if self.cfg.max_minutes <= 0 or not self.eval_cost:
             return 0.0
-        if "_users_after" not in self.__dict__:  # the validation-pass equivalents after the steps: once per run
-            n_valid = len(self.task.evaluator("valid").eval_set)
-            n_test = len(self.task.evaluator("test").eval_set)
-            at_cap = min(self.cfg.eval_users or n_valid, n_valid)
-            r_valid, r_test = getattr(self, "final_ratio", (1.0, 1.0))
-            self._users_after = at_cap + r_valid * n_valid + (r_test * n_test if self.test else 0)
-        return self.eval_s_per_user * self._users_after
+        if "_after_s" not in self.__dict__:  # the passes after the steps: predicted once per run
+            valid = self.task.evaluator("valid").eval_set
+            self._valid_pass_s = self._pass_s(0, self.task.eval_subset("valid", self.cfg.eval_users).eval_set)
+            self._after_s = self._valid_pass_s + self._pass_s(1, valid) + (
+                self._pass_s(2, self.task.evaluator("test").eval_set) if self.test else 0.0)
+        return self.eval_speed * self._after_s
 
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping
@@ -438,7 +478,9 @@ class Trainer:
             self.model.eval()
             t0 = time.time()
             m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
-            self.eval_s_per_user = (time.time() - t0) / max(1, m["all"]["n_users"])
+            if self.eval_cost:  # the cap's prediction, corrected by what this pass really took
+                self._reserve_s()
+                self.eval_speed = (time.time() - t0) / max(1e-9, self._valid_pass_s)
             score = m["all"][self.select_metric]
             record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
             if score > self.best:

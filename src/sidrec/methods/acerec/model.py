@@ -13,10 +13,11 @@ log-probabilities (:mod:`sidrec.decoding.holistic`): no beam search, no invalid 
 ``E[j, c] + P[j]`` with a learned per-subspace position embedding ``P[j]``. ``E`` is tied with the output
 heads (step 5).
 
-**2. Item summary.** ``s_i = LN(mean + MLP(mean))`` of ``mean = mean_j (E[j, c_ij] + P[j])``, with the
-MLP's output layer 0 at init, so the intent token starts as the mean code token (the paper's plain
-``MLP(mean)`` lost on Beauty validation, docs/acerec.md): one vector per item, used to build the ATM
-queries, to initialise the intent token and as the item-level target of ISA.
+**2. Item summary.** ``s_i = LN(mean)`` of ``mean = mean_j (E[j, c_ij] + P[j])``: one vector per item, used
+to build the ATM queries, to initialise the intent token and as the item-level target of ISA. The paper passes
+the mean through an MLP; read literally (``summary: residual``, ``LN(mean + MLP(mean))``) the MLP learns one
+vector shared by every item within ~100 steps and the three parts that read ``s`` lose the item
+(:meth:`ACERec.summarise`; docs/acerec.md).
 
 **3. Attentive Token Merger (ATM).** k queries ``Q_i = Q_0 + reshape(W_q s_i)`` (learned base queries plus a
 content-dependent part; ``W_q`` starts at std 0.02 because a large initial query projection collapses the k

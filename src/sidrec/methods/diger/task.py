@@ -165,11 +165,12 @@ class DIGERTask(TIGERTask):
     def _decoder(self, model: nn.Module) -> nn.Module:
         return self._core(model).tiger
 
-    def evaluate(self, model: nn.Module, split: str, max_users: int = 0) -> dict[str, dict[str, Any]]:
+    def evaluate(self, model: nn.Module, split: str, max_users: int = 0, shortest: bool = False
+                 ) -> dict[str, dict[str, Any]]:
         table = self.refresh(model, when=f"evaluate {split}")
         table.save(self.run_dir / DIGER_TABLE_FILE)
         self.plot()
-        return super().evaluate(model, split, max_users)
+        return super().evaluate(model, split, max_users, shortest)
 
     def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:

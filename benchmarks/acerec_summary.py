@@ -5,9 +5,11 @@
 item gets the same vector. It is measured on the whole catalogue at initialisation and every ``--every`` steps of
 training the full ACERec (ATM k = 4, intent token, ISA; ``configs/acerec.yaml``, Beauty with the benchmark run's
 OPQ table, the configured batches; AdamW at ``train.lr`` held constant, clipping as configured), for the mean of the
-code tokens, for ``s`` and for the ATM queries built from it.
+code tokens, for ``s``, for the ATM queries built from it and for the k latents ATM returns (with the ratio of
+its attention read-out's norm to the query's it is added to). ``key=value`` settings after the options change
+the model (e.g. ``acerec.intent_token=false acerec.isa=false``: ATM alone) and are named in the records.
 
-Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln] [--steps 600]
+Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln] [--steps 600] [key=value ...]
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ def shares(model) -> dict[str, float]:
     if merger.merge == "atm":
         q = merger.base_queries + merger.query_proj(s).view(len(s), merger.k, merger.d)
         out["share_atm_queries"] = share(q.reshape(len(s), -1))
+        # the k latents the sequence model reads, and how large the item's attention read-out is against the
+        # (mostly shared) query it is added to before the MLP and the LayerNorm
+        xi = x[model.sub_idx, model.item_codes]
+        a = merger.attn(q, memory=merger.ln_kv(xi))
+        out["share_atm_readout"] = share(a.reshape(len(s), -1))  # the attention's read-out of the item's codes
+        if merger.form == "residual":
+            z = q + a
+            added = merger.mlp(merger.ln_mlp(z))
+            out["share_atm_before_mlp"] = share(z.reshape(len(s), -1))  # query + read-out
+            out["share_atm_mlp"] = share(added.reshape(len(s), -1))  # what the MLP adds
+            out["atm_mlp_to_before_norm"] = float(added.norm(dim=-1).mean() / z.norm(dim=-1).mean())
+        out["share_atm_latents"] = share(merger(xi, s).reshape(len(s), -1))
+        out["atm_readout_to_query_norm"] = float(a.norm(dim=-1).mean() / q.norm(dim=-1).mean())
     model.train()
     return out
 
@@ -53,7 +68,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
+    args, overrides = ap.parse_known_args()
+    tag = "".join(f", {o}" for o in overrides)
     torch.set_num_threads(args.threads)
     files = [REPO / "configs" / "data" / f"{args.dataset}.yaml", REPO / "configs" / "acerec.yaml"]
     if args.dataset == "beauty":
@@ -61,11 +77,12 @@ def main() -> None:
     src = REPO / "runs" / "bench" / f"acerec-{args.dataset}-rpg"  # the benchmark's OPQ table, when it is there
     recs = []
     for form in args.forms:
-        run = REPO / "runs" / "bench" / f"acerec-summary-{args.dataset}-{form}"
+        run = REPO / "runs" / "bench" / ("-".join([f"acerec-summary-{args.dataset}-{form}"]
+                                                 + [o.split(".")[-1].replace("=", "") for o in overrides]))
         if src.exists():
             copy_tokenizer_stage(src, run)
         cfg = load_config(files, [f"acerec.summary={form}", f"run_dir={run}", f"seed={args.seed}",
-                                  "train.progress=false", "tokenizer.progress=false"])
+                                  "train.progress=false", "tokenizer.progress=false", *overrides])
         seed_everything(cfg.seed)
         ds = dataset_from_config(cfg)
         split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
@@ -94,7 +111,7 @@ def main() -> None:
                     break
             epoch += 1
         for s, m in curve.items():
-            recs.append(record(args.dataset, "acerec", f"summary {form}, step {s}", "train", "items",
+            recs.append(record(args.dataset, "acerec", f"summary {form}{tag}, step {s}", "train", "items",
                                {**m, "step": s}, time.time() - t0, args.threads))
     save("acerec_summary", recs)
 

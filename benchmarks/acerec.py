@@ -49,7 +49,6 @@ VARIANTS = {
     "nointent": ["acerec.intent_token=false"],
     "noisa": ["acerec.isa=false"],
     "linearhead": ["acerec.head=linear"],  # the paper's read-out (LayerNorm + d x d per subspace)
-    "readout": ["acerec.atm_form=readout"],  # ATM's latents = LN(attention read-out): no query residual, no MLP
     "recon": ["acerec.recon_weight=0.03"],  # the paper's reconstruction term on (alpha .03)
     "r4": ["acerec.n_latents=8"],  # compression ratio r = 32 / k (the default k = 4 is r = 8)
     "r16": ["acerec.n_latents=2"],

@@ -48,12 +48,11 @@ def shares(model) -> dict[str, float]:
         xi = x[model.sub_idx, model.item_codes]
         a = merger.attn(q, memory=merger.ln_kv(xi))
         out["share_atm_readout"] = share(a.reshape(len(s), -1))  # the attention's read-out of the item's codes
-        if merger.form == "residual":
-            z = q + a
-            added = merger.mlp(merger.ln_mlp(z))
-            out["share_atm_before_mlp"] = share(z.reshape(len(s), -1))  # query + read-out
-            out["share_atm_mlp"] = share(added.reshape(len(s), -1))  # what the MLP adds
-            out["atm_mlp_to_before_norm"] = float(added.norm(dim=-1).mean() / z.norm(dim=-1).mean())
+        z = q + a
+        added = merger.mlp(merger.ln_mlp(z))
+        out["share_atm_before_mlp"] = share(z.reshape(len(s), -1))  # query + read-out
+        out["share_atm_mlp"] = share(added.reshape(len(s), -1))  # what the MLP adds
+        out["atm_mlp_to_before_norm"] = float(added.norm(dim=-1).mean() / z.norm(dim=-1).mean())
         out["share_atm_latents"] = share(merger(xi, s).reshape(len(s), -1))
         out["atm_readout_to_query_norm"] = float(a.norm(dim=-1).mean() / q.norm(dim=-1).mean())
     model.train()

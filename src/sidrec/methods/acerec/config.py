@@ -24,9 +24,6 @@ class ACERecConfig:
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents
-    # the ATM's output: residual: LN(z + MLP(z)) of z = query + attention read-out (the paper's block) |
-    # readout: LN(read-out) alone (the residual form's latents lose the item like the summary; issue 46)
-    atm_form: typing.Literal["residual", "readout"] = "residual"
     # the item summary s_i (intent token input, ATM queries, ISA target) from the mean of its code tokens:
     # ln: LN(mean) | residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init, which collapses to a
     # vector shared by every item (ACERec.summarise; issue 46, docs/acerec.md)

@@ -94,14 +94,13 @@ def block_causal_mask(valid: torch.Tensor, block: int) -> torch.Tensor:
 class AttentiveTokenMerger(nn.Module):
     """m code embeddings (N, m, d) + item summary (N, d) -> k latent tokens (N, k, d)."""
 
-    def __init__(self, d: int, m: int, k: int, n_heads: int, ffn_dim: int, merge: str,
-                 form: str = "residual") -> None:
+    def __init__(self, d: int, m: int, k: int, n_heads: int, ffn_dim: int, merge: str) -> None:
         super().__init__()
         if merge not in MERGES:
             raise SidrecError(f"acerec.merge must be one of {', '.join(MERGES)}, got '{merge}'")
         if k > m:
             raise SidrecError(f"acerec.n_latents={k} is larger than the number of subspaces m={m}")
-        self.merge, self.m, self.k, self.d, self.form = merge, m, k, d, form
+        self.merge, self.m, self.k, self.d = merge, m, k, d
         self.ln = nn.LayerNorm(d)
         if merge == "atm":
             self.base_queries = nn.Parameter(torch.randn(k, d) * d**-0.5)
@@ -110,9 +109,8 @@ class AttentiveTokenMerger(nn.Module):
             nn.init.zeros_(self.query_proj.bias)
             self.ln_kv = nn.LayerNorm(d)
             self.attn = MultiHeadAttention(d, n_heads)
-            if form == "residual":
-                self.ln_mlp = nn.LayerNorm(d)
-                self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
+            self.ln_mlp = nn.LayerNorm(d)
+            self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
         elif merge == "mlp":
             self.mlp = nn.Sequential(nn.Linear(m * d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, k * d))
 
@@ -139,12 +137,10 @@ class AttentiveTokenMerger(nn.Module):
         else:
             q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
             if kv is None:
-                z = self.attn(q, memory=self.ln_kv(x))
+                z = q + self.attn(q, memory=self.ln_kv(x))
             else:
-                z = self.attn.attend(q, self.attn._split(kv[0]), self.attn._split(kv[1]))
-            if self.form == "residual":
-                z = q + z
-                z = z + self.mlp(self.ln_mlp(z))
+                z = q + self.attn.attend(q, self.attn._split(kv[0]), self.attn._split(kv[1]))
+            z = z + self.mlp(self.ln_mlp(z))
         return self.ln(z)
 
 
@@ -196,7 +192,7 @@ class ACERec(nn.Module):
                 nn.init.zeros_(self.summary_mlp[2].weight)
                 nn.init.zeros_(self.summary_mlp[2].bias)
         # 3. attentive token merger
-        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge, cfg.atm_form)
+        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
         # 4. intent token, positions, backbone
         self.intent_type = nn.Parameter(torch.zeros(d)) if cfg.intent_token else None
         self.item_pos = nn.Embedding(max_len, d)

@@ -27,35 +27,28 @@ import torch
 from sidrec.fusion import Fusion, choose
 from sidrec.fusion import evaluate as evaluate_fused
 from sidrec.pipeline import load_run
-from sidrec.training.trainer import fit_pass_cost
+from sidrec.training.trainer import predict_pass_s, probe_pass_costs
 
 from _common import record, save
 
+PASSES = ("valid_at_cap", "fusion_choice", "test")
 
-def measure(run: Path, users: int) -> dict[str, float]:
+
+def measure(run: Path, users: int) -> tuple[str, str, dict[str, float]]:
+    """(method, dataset, seconds predicted by the trainer's probe and measured, per pass) of a finished run."""
     cfg, _, _, task = load_run(run)
     task.model.eval()
     assert task.grounding is not None, f"{run}: the probe times the content fusion; this run has none"
-    task.evaluate(task.model, "valid", 8)  # one-time costs (content index, per-weights tables) out of the timings
-    samples = []
-    for shortest in (False, True):
-        t0 = time.time()
-        task.evaluate(task.model, "valid", users, shortest)
-        t1 = time.time()
-        choose(task, task.model, max_users=users, shortest=shortest)
-        t2 = time.time()
-        evaluate_fused(task, task.model, "valid", [Fusion(), Fusion(1.0, 1.0)], max_users=users, shortest=shortest)
-        t3 = time.time()
-        es = task.eval_subset("valid", users, shortest).eval_set
-        samples.append((len(es), es.padded_positions(task.eval_batch), [t1 - t0, t2 - t1, t3 - t2]))
-    (n, p_a, t_a), (_, p_b, t_b) = samples
-    cost = [fit_pass_cost(n, p_a, a, p_b, b) for a, b in zip(t_a, t_b, strict=True)]
+    t0 = time.time()
+    cost = probe_pass_costs(task, users)
+    out: dict[str, float] = {"probe_s": time.time() - t0}
+    sample = task.eval_subset("valid", users).eval_set  # the first probe's one random sample
     sets = [task.eval_subset("valid", cfg.train.eval_users).eval_set, task.evaluator("valid").eval_set,
             task.evaluator("test").eval_set]
-    out: dict[str, float] = {"probe_s": sum(t_a) + sum(t_b)}
-    for name, (a, b), t, es in zip(("valid_at_cap", "fusion_choice", "test"), cost, t_a, sets, strict=True):
-        out[f"{name}_predicted_s"] = a * len(es) + b * es.padded_positions(task.eval_batch)
-        out[f"{name}_per_user_estimate_s"] = t / n * len(es)  # the first probe's rule
+    for name, c, es in zip(PASSES, cost, sets, strict=True):
+        out[f"{name}_predicted_s"] = predict_pass_s(task, c, es)
+        # the first probe's rule: the sample's time (which the fit reproduces) per user, times the users
+        out[f"{name}_per_user_estimate_s"] = predict_pass_s(task, c, sample) / len(sample) * len(es)
     t0 = time.time()
     task.evaluate(task.model, "valid", cfg.train.eval_users)
     t1 = time.time()
@@ -63,13 +56,10 @@ def measure(run: Path, users: int) -> dict[str, float]:
     t2 = time.time()
     evaluate_fused(task, task.model, "test", [Fusion(), Fusion(1.0, 1.0)])
     t3 = time.time()
-    out.update(valid_at_cap_s=t1 - t0, fusion_choice_s=t2 - t1, test_s=t3 - t2)
+    out.update(valid_at_cap_s=t1 - t0, fusion_choice_s=t2 - t1, test_s=t3 - t2, total_s=t3 - t0)
     for key in ("predicted", "per_user_estimate"):
-        out[f"total_{key}_s"] = sum(out[f"{p}_{key}_s"] for p in ("valid_at_cap", "fusion_choice", "test"))
-    out["total_s"] = t3 - t0
-    out["method"] = cfg.method  # type: ignore[assignment]
-    out["dataset"] = cfg.data.name or Path(cfg.data.path).name  # type: ignore[assignment]
-    return out
+        out[f"total_{key}_s"] = sum(out[f"{p}_{key}_s"] for p in PASSES)
+    return cfg.method, cfg.data.name or Path(cfg.data.path).name, out
 
 
 def main() -> None:
@@ -81,8 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for run in args.runs:
         t0 = time.time()
-        m = measure(run, args.users)
-        method, dataset = str(m.pop("method")), str(m.pop("dataset"))
+        method, dataset, m = measure(run, args.users)
         save("cap_probe", [record(dataset, method, f"probe on {args.users} + {args.users} users ({run.name})",
                                   "valid+test", "all", m, time.time() - t0, args.threads)])
         print(f"{run}: reserve predicted {m['total_predicted_s']:.0f} s (first probe's per-user rule "

@@ -43,10 +43,8 @@ class EvalSet:
         (the trainer's time cap): a random sample evaluated as one batch pads every user to the longest."""
         lengths = np.sort(np.array([max(1, len(h)) for h in self.histories], dtype=np.int64))
         starts = np.arange(0, len(lengths), max(1, batch))
-        if not len(starts):
-            return 0
-        sizes = np.diff(np.append(starts, len(lengths)))
-        return int((sizes * lengths[np.minimum(starts + sizes, len(lengths)) - 1]).sum())
+        ends = np.minimum(starts + max(1, batch), len(lengths))
+        return int(((ends - starts) * lengths[ends - 1]).sum())
 
     def padded_histories(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
         """Left-padded (B, L) tensor of item indices; ``pad`` marks empty slots."""

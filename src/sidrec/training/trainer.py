@@ -65,6 +65,52 @@ def fit_pass_cost(users: int, positions_a: int, seconds_a: float, positions_b: i
     return per_user, per_pos
 
 
+def probe_pass_costs(task: Task, users: int = 128) -> list[tuple[float, float]]:
+    """The cost of the evaluations a capped command ends with, fitted on validation users before training: a
+    validation pass, the choice of lambda and lambda_cold (a beam model also scores the content candidates: ~4
+    beam passes on TIGER) and the fused test, as (seconds per user, seconds per padded history position) each.
+
+    Why two terms: batches in length order are padded to their longest history, and Amazon histories are mostly
+    short. One random sample evaluated as one batch pads every user to the longest history (6x the positions per
+    user of a whole split); its cost per user (DIGER, 2,000 items: 98 ms against 36 ms on the 2,000-user
+    validation) reserved a 10-minute cap's whole budget. So each procedure is timed on ``users`` random users and
+    on the ``users`` with the shortest histories, and :func:`fit_pass_cost` reads the two terms from both. Without
+    content fusion the final evaluation is a validation pass on each split."""
+    from sidrec.fusion import Fusion, has_grounding
+    from sidrec.fusion import choose as choose_fusion
+    from sidrec.fusion import evaluate as evaluate_fused
+
+    model = task.model
+    grounded = has_grounding(task)
+    # one-time costs out of the timings: a model's per-weights tables (ACERec's merged catalogue) are built on its
+    # first pass, the content index on the first fused one
+    task.evaluate(model, "valid", 8)
+    if grounded:
+        evaluate_fused(task, model, "valid", [Fusion(1.0, 1.0)], max_users=8)
+    samples = []
+    for shortest in (False, True):
+        t0 = time.time()
+        task.evaluate(model, "valid", users, shortest)
+        seconds = [time.time() - t0]
+        if grounded:
+            t0 = time.time()
+            choose_fusion(task, model, max_users=users, shortest=shortest)
+            t1 = time.time()
+            evaluate_fused(task, model, "valid", [Fusion(), Fusion(1.0, 1.0)], max_users=users, shortest=shortest)
+            seconds += [t1 - t0, time.time() - t1]
+        es = task.eval_subset("valid", users, shortest).eval_set
+        samples.append((len(es), es.padded_positions(task.eval_batch), seconds))
+    (n, p_a, t_a), (_, p_b, t_b) = samples
+    cost = [fit_pass_cost(n, p_a, ta, p_b, tb) for ta, tb in zip(t_a, t_b, strict=True)]
+    return cost if grounded else cost * 3
+
+
+def predict_pass_s(task: Task, cost: tuple[float, float], es: Any) -> float:
+    """Predicted seconds of one evaluation procedure of ``cost`` (:func:`probe_pass_costs`) on eval set ``es``."""
+    per_user, per_position = cost
+    return per_user * len(es) + per_position * es.padded_positions(task.eval_batch)
+
+
 def lr_lambda(warmup: int, total: int, min_ratio: float, cosine: bool = True) -> Callable[[int], float]:
     """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate (``cosine``), or the peak rate
     after the warm-up (the plateau schedule, whose cuts the trainer multiplies in)."""
@@ -409,53 +455,22 @@ class Trainer:
         return mean
 
     def _probe_evaluation(self, users: int = 128) -> None:
-        """Time, on validation users before training, the evaluations that follow the training steps, so the
-        cap reserves them from the first step on: a validation pass, and with content fusion the procedures the
-        command ends with -- the choice of lambda and lambda_cold (a beam model also scores the content
-        candidates: ~4 beam passes on TIGER) and the test evaluation.
+        """The evaluations after the training steps, timed before them (:func:`probe_pass_costs`), so the cap
+        reserves them from the first step on."""
+        if not self.eval_cost:
+            self.eval_cost = probe_pass_costs(self.task, users)
+            self.task.model.train()
 
-        A pass costs ``a * users + b * padded history positions`` (batches in length order are padded to their
-        longest history; Amazon histories are mostly short). One random sample alone cannot tell the two apart:
-        evaluated as one batch it pads every user to the longest history, 6x the positions per user of a whole
-        split, and its cost per user (DIGER, 2,000 items: 98 ms against 36 ms on the 2,000-user validation)
-        reserved a 10-minute cap's whole budget. So each procedure is timed on ``users`` random users and on
-        the ``users`` with the shortest histories, and the two costs fitted to both."""
-        if self.eval_cost:
-            return
-        from sidrec.fusion import Fusion, has_grounding
-        from sidrec.fusion import choose as choose_fusion
-        from sidrec.fusion import evaluate as evaluate_fused
-
-        grounded = has_grounding(self.task)
-        # one-time costs out of the timings: the content index is built on first use, a model's per-weights
-        # tables (ACERec's merged catalogue) on its first pass
-        if grounded:
-            assert self.task.grounding is not None
-        self.task.evaluate(self.task.model, "valid", 8)
-        samples = []
-        for shortest in (False, True):
-            t0 = time.time()
-            self.task.evaluate(self.task.model, "valid", users, shortest)
-            seconds = [time.time() - t0]
-            if grounded:
-                t0 = time.time()
-                choose_fusion(self.task, self.task.model, max_users=users, shortest=shortest)
-                t1 = time.time()
-                evaluate_fused(self.task, self.task.model, "valid", [Fusion(), Fusion(1.0, 1.0)],
-                               max_users=users, shortest=shortest)
-                seconds += [t1 - t0, time.time() - t1]
-            es = self.task.eval_subset("valid", users, shortest).eval_set
-            samples.append((len(es), es.padded_positions(self.task.eval_batch), seconds))
-        (n, p_a, t_a), (_, p_b, t_b) = samples
-        self.eval_cost = [fit_pass_cost(n, p_a, ta, p_b, tb) for ta, tb in zip(t_a, t_b, strict=True)]
-        if not grounded:  # the final evaluation is a validation pass on each split
-            self.eval_cost += [self.eval_cost[0], self.eval_cost[0]]
-        self.task.model.train()
-
-    def _pass_s(self, procedure: int, es: Any) -> float:
-        """Predicted seconds of ``procedure`` (0 validation, 1 fusion choice, 2 test) on eval set ``es``."""
-        a, b = self.eval_cost[procedure]
-        return a * len(es) + b * es.padded_positions(self.task.eval_batch)
+    def _predicted_s(self) -> tuple[float, float]:
+        """(the validation pass at ``eval_users``, every pass after the training steps), predicted once per run."""
+        if "_predicted" not in self.__dict__:
+            valid_pass = predict_pass_s(self.task, self.eval_cost[0],
+                                        self.task.eval_subset("valid", self.cfg.eval_users).eval_set)
+            after = valid_pass + predict_pass_s(self.task, self.eval_cost[1], self.task.evaluator("valid").eval_set)
+            if self.test:
+                after += predict_pass_s(self.task, self.eval_cost[2], self.task.evaluator("test").eval_set)
+            self._predicted = (valid_pass, after)
+        return self._predicted
 
     def _reserve_s(self) -> float:
         """Seconds the command still needs after the training steps: the validation at the cap (``eval_users``)
@@ -463,12 +478,7 @@ class Trainer:
         grounded) at the probe's costs (:meth:`_probe_evaluation`), scaled by the latest validation's speed."""
         if self.cfg.max_minutes <= 0 or not self.eval_cost:
             return 0.0
-        if "_after_s" not in self.__dict__:  # the passes after the steps: predicted once per run
-            valid = self.task.evaluator("valid").eval_set
-            self._valid_pass_s = self._pass_s(0, self.task.eval_subset("valid", self.cfg.eval_users).eval_set)
-            self._after_s = self._valid_pass_s + self._pass_s(1, valid) + (
-                self._pass_s(2, self.task.evaluator("test").eval_set) if self.test else 0.0)
-        return self.eval_speed * self._after_s
+        return self.eval_speed * self._predicted_s()[1]
 
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping
@@ -479,8 +489,7 @@ class Trainer:
             t0 = time.time()
             m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
             if self.eval_cost:  # the cap's prediction, corrected by what this pass really took
-                self._reserve_s()
-                self.eval_speed = (time.time() - t0) / max(1e-9, self._valid_pass_s)
+                self.eval_speed = (time.time() - t0) / max(1e-9, self._predicted_s()[0])
             score = m["all"][self.select_metric]
             record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
             if score > self.best:

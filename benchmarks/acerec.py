@@ -5,6 +5,8 @@ Usage:
          [--variants atm (default) mean mlp nointent noisa linearhead recon r4 r16 short4 rpg, or joined: rpg+intent]
          [--reuse] [--tag TEXT]
          [--compare-epoch N] [--select] [key=value ...]
+  python benchmarks/acerec.py test [beauty ...] --variants V --select [key=value ...]   (test read once, alone and
+         fused, of the --select runs of the setting chosen on validation)
   python benchmarks/acerec.py speed [--acerec runs/bench/acerec-beauty-atm] [--tiger runs/bench/tiger-beauty]
          [--users 1000] [--threads 2]
   python benchmarks/acerec.py baselines [--acerec RUN]   (zero-training rankers on RUN's SIDs and features)
@@ -71,6 +73,23 @@ def variant_overrides(variant: str) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown variant part(s) {', '.join(unknown)} in '{variant}'; known: {', '.join(VARIANTS)}")
     return [o for p in parts for o in VARIANTS[p]]
+def read_test(run: Path) -> dict:
+    """Read test once for a model-selection run (trained with ``eval.test=false``): the fusion is chosen again on
+    validation (the same grid, so the same choice), then test is scored alone and fused; ``metrics.json`` keeps
+    the read, so a second call fails instead of reading test twice."""
+    from sidrec import fusion
+    from sidrec.io import write_json
+
+    old = json.loads((run / "metrics.json").read_text())
+    if "test" in old:
+        raise SystemExit(f"{run}: test was already read ({run / 'metrics.json'})")
+    cfg, ds, split, task = load_run(run)
+    out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), test=True)}
+    out["summary"] = {**out["summary"], "test_read": time.strftime("%Y-%m-%d")}
+    write_json(run / "metrics.json", out)
+    return out
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str]) -> None:
     for variant in args.variants:  # a typo fails before an hour of training, not after
         variant_overrides(variant)
@@ -91,7 +110,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                               + variant_overrides(variant) + overrides + (["eval.test=false"] if args.select else []))
             t0 = time.time()
             reused = args.reuse and (run / "metrics.json").exists()
-            if reused:
+            if args.command == "test":  # the single test read of a setting chosen on validation
+                res, reused = read_test(run), True
+                wall = float(res["summary"]["train_s"])
+            elif reused:
                 res = json.loads((run / "metrics.json").read_text())
                 wall = float(res["summary"]["train_s"])
             else:
@@ -219,7 +241,7 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["train", "speed", "baselines"])
+    ap.add_argument("command", choices=["train", "test", "speed", "baselines"])
     ap.add_argument("datasets", nargs="*", default=[])
     ap.add_argument("--variants", nargs="+", default=["atm"], help=f"one or more of {', '.join(VARIANTS)}, or "
                     "several joined by '+' (e.g. rpg+intent)")
@@ -237,7 +259,9 @@ def main() -> None:
     args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     datasets, overrides = split_positionals(args.datasets, ["beauty"])
-    if args.command == "train":
+    if args.command in ("train", "test"):
+        if args.command == "test" and not args.select:
+            raise SystemExit("test reads the runs of a --select grid: give --select and the same settings")
         cmd_train(args, overrides, datasets)
     elif args.command == "baselines":
         cmd_baselines(args)

@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/acerec.py train [beauty sports toys] [--threads 2]
-         [--variants atm (default) mean mlp nointent noisa linearhead recon r4 r16 short4 rpg, or joined: rpg+intent]
+         [--variants atm (default) mean mlp nointent noisa recon r4 r16 short4 rpg, or joined: rpg+intent]
          [--reuse] [--tag TEXT]
          [--compare-epoch N] [--select] [key=value ...]
   python benchmarks/acerec.py test [beauty ...] --variants V --select [key=value ...]   (test read once, alone and
@@ -50,7 +50,6 @@ VARIANTS = {
     "mlp": ["acerec.merge=mlp"],
     "nointent": ["acerec.intent_token=false"],
     "noisa": ["acerec.isa=false"],
-    "linearhead": ["acerec.head=linear"],  # the paper's read-out (LayerNorm + d x d per subspace)
     "recon": ["acerec.recon_weight=0.03"],  # the paper's reconstruction term on (alpha .03)
     "r4": ["acerec.n_latents=8"],  # compression ratio r = 32 / k (the default k = 4 is r = 8)
     "r16": ["acerec.n_latents=2"],

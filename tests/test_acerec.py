@@ -131,7 +131,7 @@ def test_chunked_topk_equals_brute_force_sort():
 
 
 @pytest.mark.parametrize("kw", [{}, {"merge": "mean"}, {"merge": "mlp"}, {"intent_token": False},
-                                {"isa": False}, {"recon_weight": 0.0}, {"head": "linear"},
+                                {"isa": False}, {"recon_weight": 0.0},
                                 {"merge": "mean", "n_latents": 1, "intent_token": False, "isa": False}])
 def test_variants_forward_backward(kw):
     model = small_model(**kw).train()

@@ -28,10 +28,6 @@ class ACERecConfig:
     # ln: LN(mean) | residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init, which collapses to a
     # vector shared by every item (ACERec.summarise; issue 46, docs/acerec.md)
     summary: typing.Literal["ln", "residual"] = "ln"
-    # the MTP read-out per subspace: residual: h + SiLU(W_j h + b_j), W_j = 0 at init (RPG's; the state starts in
-    # the code-embedding space the cosine reads) | linear: W_j LN(h), W_j random (the paper's "heads after a
-    # norm"); chosen on the one-token design and on the full model with the collapsing summary (docs/acerec.md)
-    head: typing.Literal["residual", "linear"] = "residual"
     intent_token: bool = True  # false: predict from the mean of the block's latent states
     isa: bool = True  # false: MTP (+ recon) only
     collision_code: bool = True  # also model the tokenizer's appended disambiguation code as one more subspace

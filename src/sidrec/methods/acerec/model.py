@@ -39,9 +39,9 @@ of the block's latent states.
 **5. Dual-granularity objective.**
 - Multi-token prediction (MTP): the prediction state goes through m per-subspace residual heads
   ``h + SiLU(W_j h + b_j)`` with W_j = 0 at init as in RPG, so the state starts in the code-embedding space the
-  cosine reads (``head: linear``, the paper's LayerNorm + d x d map per subspace, lost on Beauty validation,
-  docs/acerec.md); head j scores the K codes of subspace j by cosine against the tied code embeddings
-  ``E[j]``, divided by the temperature gamma:
+  cosine reads (the paper's LayerNorm + d x d map per subspace lost on Beauty validation, on the one-token design
+  and on the full model, and was removed: docs/acerec.md); head j scores the K codes of subspace j by cosine
+  against the tied code embeddings ``E[j]``, divided by the temperature gamma:
   ``L_MTP = -(1/m) sum_j log P(c_j = target code)``.
 - Item-level semantic alignment (ISA, switch ``isa``): in-batch InfoNCE between the projected prediction
   state and the *next* item's summary ``s_{t+1}``, cosine / tau. The candidates are the distinct target items
@@ -204,12 +204,9 @@ class ACERec(nn.Module):
                                     for _ in range(cfg.n_layers))
         self.ln = nn.LayerNorm(d)
         # 5. heads: MTP (per-subspace projections, tied code embeddings), ISA projection, reconstruction
-        if cfg.head == "residual":  # identity at init: the state is read against the code table as it is
-            self.heads = nn.Parameter(torch.zeros(m, d, d))
-            self.head_bias = nn.Parameter(torch.zeros(m, 1, d))
-        else:  # linear: a normalised state through a random d x d map per subspace
-            self.head_norm = nn.LayerNorm(d)
-            self.heads = nn.Parameter(torch.randn(m, d, d) * d**-0.5)
+        # identity at init: the state is read against the code table as it is
+        self.heads = nn.Parameter(torch.zeros(m, d, d))
+        self.head_bias = nn.Parameter(torch.zeros(m, 1, d))
         self.isa_proj = nn.Linear(d, d) if cfg.isa and cfg.isa_weight > 0 else None
         self.recon = MultiHeadAttention(d, cfg.n_heads) if cfg.recon_weight > 0 else None
 
@@ -294,10 +291,7 @@ class ACERec(nn.Module):
     def subspace_logits(self, h: torch.Tensor) -> torch.Tensor:
         """:meth:`code_logits` laid out subspace-major, (m, N, K): the layout the batched matmuls produce, so
         the training loss reads it without copying (N x m x K is the largest tensor of a step)."""
-        if self.cfg.head == "residual":
-            q = h.unsqueeze(0) + F.silu(torch.einsum("nd,mde->mne", h, self.heads) + self.head_bias)
-        else:
-            q = torch.einsum("nd,mde->mne", self.head_norm(h), self.heads)
+        q = h.unsqueeze(0) + F.silu(torch.einsum("nd,mde->mne", h, self.heads) + self.head_bias)
         q = F.normalize(q, dim=-1)
         e = F.normalize(self.code_emb, dim=-1)
         logits = torch.bmm(q, e.transpose(1, 2)) / self.cfg.gamma

@@ -22,6 +22,19 @@ def test_unknown_key_names_closest():
         load_config(None, ["nope=1"])
 
 
+def test_a_removed_setting_still_loads_runs_that_used_what_the_code_now_does(tmp_path):
+    """A run's config.yaml saves every key: runs trained while ``acerec.head`` existed name it. The value the code
+    now always uses is read as nothing; the removed value is one line naming the key, not "unknown key"."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text("method: acerec\nacerec:\n  head: residual\n  d_model: 96\n")
+    assert load_config([saved]).acerec.d_model == 96
+    saved.write_text("method: acerec\nacerec:\n  head: linear\n")
+    with pytest.raises(SidrecError, match="'acerec.head: linear' was removed.*docs/acerec.md"):
+        load_config([saved])
+    with pytest.raises(SidrecError, match="unknown config key 'acerec.heads'"):
+        load_config(None, ["acerec.heads=residual"])
+
+
 def test_wrong_type_is_an_error():
     with pytest.raises(SidrecError, match="train.epochs.*integer"):
         load_config(None, ["train.epochs=ten"])

@@ -268,6 +268,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Settings measured worse and removed (the project keeps one mechanism per variant), with the value the code now
+# always uses and where the measurement is. Why kept here: a run's config.yaml saves every key, so the runs trained
+# while such a setting existed name it; they still load when they used what the code now does, and a run that used
+# the removed value gets one line saying so instead of "unknown key".
+RETIRED: dict[str, tuple[str, str]] = {
+    "acerec.head": ("residual", "docs/acerec.md"),  # `linear` lost twice (issue 46, removed at 356e9ab)
+}
+
+
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     """Recursively set fields of dataclass ``obj`` from a nested dict, validating keys and types."""
     if not isinstance(data, dict):
@@ -275,6 +284,12 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key not in names and full in RETIRED:
+            kept, doc = RETIRED[full]
+            if str(value).lower() == kept:
+                continue
+            raise SidrecError(f"config key '{full}: {value}' was removed after it was measured worse ({doc}); this "
+                              f"version always uses '{kept}', so a run trained with '{value}' cannot be rebuilt")
         if key not in names:
             raise _unknown_key(full)
         tp = _resolve(type(obj), key)

@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             if args.select:  # one directory per setting of the grid; test is never computed
                 run = run.with_name(run.name + "-" + "-".join(
                     o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[-1] for o in overrides))
-            if first is not None and "short4" not in variant.split("+"):  # short4 fits its own 4-subspace table
+            # short4 fits its own 4-subspace table; `test` reads finished runs and never touches their stages
+            if first is not None and "short4" not in variant.split("+") and args.command == "train":
                 copy_tokenizer_stage(first, run)
             files = [REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / "acerec.yaml"]
             if name == "beauty":  # whitened PCA before OPQ: chosen on Beauty validation (configs/opq-whitened.yaml)

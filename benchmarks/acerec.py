@@ -79,6 +79,8 @@ def read_test(run: Path) -> dict:
     from sidrec import fusion
     from sidrec.io import write_json
 
+    if not (run / "metrics.json").exists():
+        raise SystemExit(f"{run}: no finished run to read test of (no metrics.json); train it with --select first")
     old = json.loads((run / "metrics.json").read_text())
     if "test" in old:
         raise SystemExit(f"{run}: test was already read ({run / 'metrics.json'})")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import load_run, train
+from sidrec.pipeline import fuse, load_run, train
 
 from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
 
@@ -73,22 +73,14 @@ def variant_overrides(variant: str) -> list[str]:
         raise SystemExit(f"unknown variant part(s) {', '.join(unknown)} in '{variant}'; known: {', '.join(VARIANTS)}")
     return [o for p in parts for o in VARIANTS[p]]
 def read_test(run: Path) -> dict:
-    """Read test once for a model-selection run (trained with ``eval.test=false``): the fusion is chosen again on
-    validation (the same grid, so the same choice), then test is scored alone and fused; ``metrics.json`` keeps
-    the read, so a second call fails instead of reading test twice."""
-    from sidrec import fusion
-    from sidrec.io import write_json
-
+    """Read test once for a model-selection run (trained with ``eval.test=false``): :func:`sidrec.pipeline.fuse`
+    chooses the fusion again on validation (the same grid, so the same choice) and scores test alone and fused
+    into the run's ``metrics.json``, so a second call fails instead of reading test twice."""
     if not (run / "metrics.json").exists():
         raise SystemExit(f"{run}: no finished run to read test of (no metrics.json); train it with --select first")
-    old = json.loads((run / "metrics.json").read_text())
-    if "test" in old:
+    if "test" in json.loads((run / "metrics.json").read_text()):
         raise SystemExit(f"{run}: test was already read ({run / 'metrics.json'})")
-    cfg, ds, split, task = load_run(run)
-    out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), test=True)}
-    out["summary"] = {**out["summary"], "test_read": time.strftime("%Y-%m-%d")}
-    write_json(run / "metrics.json", out)
-    return out
+    return fuse(run, test=True)
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str]) -> None:

@@ -212,12 +212,14 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
     return {s: task.evaluate(task.model, s) for s in splits}
 
 
-def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | None = None) -> dict[str, Any]:
     """Choose the content fusion of a finished run on validation (no retraining) and re-evaluate it.
 
     For runs trained before grounding existed, or to choose again over another grid or query
     (``overrides``: ``fusion.*`` and ``content.*`` settings only; the query is kept in ``fusion.json``):
     writes ``fusion.json`` and updates ``metrics.json`` (``valid`` / ``test`` fused, ``model_only`` alone).
+    ``test``: whether test is scored (default: the run's ``eval.test``); ``True`` is the single test read of a
+    model-selection run trained with ``eval.test=false``, once its setting was chosen on validation.
     """
     run = Path(run_dir)
     only_overrides("fuse", overrides, ("fusion.", "content."))
@@ -235,7 +237,8 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, A
     lock_run_dir(run)  # it rewrites the run's metrics: not while another process trains there
     try:
         old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-        out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}), cfg.eval.test)}
+        out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}),
+                                                cfg.eval.test if test is None else test)}
         write_json(run / "metrics.json", out)
         write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
     finally:

@@ -40,7 +40,9 @@ def shares(model) -> dict[str, float]:
     s = model.summarise(mean)
     out = {"share_mean": share(mean), "share_s": share(s)}
     merger = model.merger
-    if merger.merge == "atm":
+    if merger.merge == "atm" and merger.values == "codes":  # the latents are the normalised read-out itself
+        out["share_atm_latents"] = share(merger(x[model.sub_idx, model.item_codes], s).reshape(len(s), -1))
+    elif merger.merge == "atm":
         q = merger.base_queries + merger.query_proj(s).view(len(s), merger.k, merger.d)
         out["share_atm_queries"] = share(q.reshape(len(s), -1))
         # the k latents the sequence model reads, and how large the item's attention read-out is against the

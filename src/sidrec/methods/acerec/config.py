@@ -24,6 +24,11 @@ class ACERecConfig:
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents
+    # what the ATM's attention reads out of the item's codes: projected: the paper's block (value and output
+    # projections, query residual, MLP, LayerNorm) | codes: the code tokens themselves, so every latent is a
+    # learned convex combination of the item's codes (no projection, residual or MLP that can drop the item;
+    # AttentiveTokenMerger, issue 46)
+    atm_values: typing.Literal["projected", "codes"] = "projected"
     # the item summary s_i (intent token input, ATM queries, ISA target) from the mean of its code tokens:
     # ln: LN(mean) | residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init, which collapses to a
     # vector shared by every item (ACERec.summarise; issue 46, docs/acerec.md)

@@ -22,8 +22,13 @@ vector shared by every item within ~100 steps and the three parts that read ``s`
 **3. Attentive Token Merger (ATM).** k queries ``Q_i = Q_0 + reshape(W_q s_i)`` (learned base queries plus a
 content-dependent part; ``W_q`` starts at std 0.02 because a large initial query projection collapses the k
 latents onto one), cross-attention of ``Q_i`` over the item's m code embeddings, then residual MLP + LayerNorm
--> k latent tokens (compression r = m / k). Ablations (``merge``): ``mean`` pools m / k consecutive subspaces
-per latent (rigid aggregation), ``mlp`` maps the flattened m code embeddings to k latents with an MLP.
+-> k latent tokens (compression r = m / k). In this block the item reaches the latents only through the
+learned value and output projections, and while the model first learns popularity those keep almost none of it
+(item-specific share of the latents .001 on Beauty; docs/acerec.md). ``atm_values: codes`` reads out the code
+tokens themselves instead, per head a softmax-weighted mix of the item's code embeddings (no query residual, no
+MLP), so a latent is a learned convex combination of the item's codes. Ablations (``merge``): ``mean`` pools
+m / k consecutive subspaces per latent (rigid aggregation), ``mlp`` maps the flattened m code embeddings to k
+latents with an MLP.
 
 **4. Sequence.** Every history item becomes a block of k latents plus one intent token (initialised from
 ``s_i`` plus a learned type vector), so L items give L·(k+1) positions; each position also gets a learned
@@ -94,13 +99,15 @@ def block_causal_mask(valid: torch.Tensor, block: int) -> torch.Tensor:
 class AttentiveTokenMerger(nn.Module):
     """m code embeddings (N, m, d) + item summary (N, d) -> k latent tokens (N, k, d)."""
 
-    def __init__(self, d: int, m: int, k: int, n_heads: int, ffn_dim: int, merge: str) -> None:
+    def __init__(self, d: int, m: int, k: int, n_heads: int, ffn_dim: int, merge: str,
+                 values: str = "projected") -> None:
         super().__init__()
         if merge not in MERGES:
             raise SidrecError(f"acerec.merge must be one of {', '.join(MERGES)}, got '{merge}'")
         if k > m:
             raise SidrecError(f"acerec.n_latents={k} is larger than the number of subspaces m={m}")
         self.merge, self.m, self.k, self.d = merge, m, k, d
+        self.values = values if merge == "atm" else "projected"
         self.ln = nn.LayerNorm(d)
         if merge == "atm":
             self.base_queries = nn.Parameter(torch.randn(k, d) * d**-0.5)
@@ -109,8 +116,11 @@ class AttentiveTokenMerger(nn.Module):
             nn.init.zeros_(self.query_proj.bias)
             self.ln_kv = nn.LayerNorm(d)
             self.attn = MultiHeadAttention(d, n_heads)
-            self.ln_mlp = nn.LayerNorm(d)
-            self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
+            if self.values == "codes":  # no value / output projection and no MLP: nothing unused for DDP
+                del self.attn.v_proj, self.attn.o_proj
+            else:
+                self.ln_mlp = nn.LayerNorm(d)
+                self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
         elif merge == "mlp":
             self.mlp = nn.Sequential(nn.Linear(m * d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, k * d))
 
@@ -124,7 +134,7 @@ class AttentiveTokenMerger(nn.Module):
         if self.merge != "atm":
             return None
         h = self.ln_kv(table)
-        return self.attn.k_proj(h), self.attn.v_proj(h)
+        return self.attn.k_proj(h), (table if self.values == "codes" else self.attn.v_proj(h))
 
     def forward(self, x: torch.Tensor, summary: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -134,6 +144,12 @@ class AttentiveTokenMerger(nn.Module):
             z = torch.stack([g.mean(1) for g in x.tensor_split(self.k, dim=1)], 1)
         elif self.merge == "mlp":
             z = self.mlp(x.reshape(n, self.m * self.d)).view(n, self.k, self.d)
+        elif self.values == "codes":  # per head, softmax(q k^T / sqrt(d_h)) over the item's own code tokens
+            q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
+            a = self.attn
+            keys, vals = kv if kv is not None else (a.k_proj(self.ln_kv(x)), x)
+            out = F.scaled_dot_product_attention(a._split(a.q_proj(q)), a._split(keys), a._split(vals))
+            z = out.transpose(1, 2).reshape(n, self.k, self.d)
         else:
             q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
             if kv is None:
@@ -192,7 +208,7 @@ class ACERec(nn.Module):
                 nn.init.zeros_(self.summary_mlp[2].weight)
                 nn.init.zeros_(self.summary_mlp[2].bias)
         # 3. attentive token merger
-        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge)
+        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge, cfg.atm_values)
         # 4. intent token, positions, backbone
         self.intent_type = nn.Parameter(torch.zeros(d)) if cfg.intent_token else None
         self.item_pos = nn.Embedding(max_len, d)

@@ -51,6 +51,7 @@ VARIANTS = {
     "nointent": ["acerec.intent_token=false"],
     "noisa": ["acerec.isa=false"],
     "recon": ["acerec.recon_weight=0.03"],  # the paper's reconstruction term on (alpha .03)
+    "codes": ["acerec.atm_values=codes"],  # ATM's attention reads out the code tokens themselves (issue 46)
     "r4": ["acerec.n_latents=8"],  # compression ratio r = 32 / k (the default k = 4 is r = 8)
     "r16": ["acerec.n_latents=2"],
     "short4": ["tokenizer.subspaces=4"],  # the same model on 4-code OPQ IDs (the paper's short-ID comparison)

@@ -6,16 +6,19 @@ item gets the same vector. It is measured on the whole catalogue at initialisati
 training the full ACERec (ATM k = 4, intent token, ISA; ``configs/acerec.yaml``, Beauty with the benchmark run's
 OPQ table, the configured batches; AdamW at ``train.lr`` held constant, clipping as configured), for the mean of the
 code tokens, for ``s``, for the ATM queries built from it and for the k latents ATM returns (with the ratio of
-its attention read-out's norm to the query's it is added to). ``key=value`` settings after the options change
+its attention read-out's norm to the query's it is added to), and how ATM's attention weights spread over the
+item's subspaces (:func:`attention_spread`). ``key=value`` settings after the options change
 the model (e.g. ``acerec.intent_token=false acerec.isa=false``: ATM alone) and are named in the records.
 
-Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln] [--steps 600] [key=value ...]
+Usage: python benchmarks/acerec_summary.py [--dataset beauty] [--forms residual ln] [--steps 600] [--table RUN]
+       [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +36,28 @@ def share(v: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def attention_spread(merger, xi: torch.Tensor, s: torch.Tensor) -> dict[str, float]:
+    """Where the ATM queries look among an item's m code tokens (weights ``p`` (n, heads, k, m)).
+
+    Mean pooling reads every subspace with weight 1 / m; these numbers say how far ATM's softmax is from that:
+    ``atm_attn_entropy`` the mean entropy of one latent-head's weights / log m (1 = uniform), ``atm_attn_coverage``
+    exp(entropy) / m of the item's weights averaged over its latents and heads (the share of its subspaces its
+    latents read at all), ``atm_attn_share`` the item-specific share of the weights (0 = every item looks at
+    the same subspaces), ``atm_attn_top_subspace`` the largest mean weight any subspace receives over the catalogue.
+    """
+    a, n, m = merger.attn, len(s), xi.shape[1]
+    q = merger.base_queries + merger.query_proj(s).view(n, merger.k, merger.d)
+    qh, kh = a.split_heads(a.q_proj(q)), a.split_heads(a.k_proj(merger.ln_kv(xi)))
+    p = torch.softmax(qh @ kh.transpose(-1, -2) / kh.shape[-1] ** 0.5, -1)
+    ent = -(p * p.clamp(min=1e-12).log()).sum(-1)
+    pm = p.mean((1, 2))
+    cover = (-(pm * pm.clamp(min=1e-12).log()).sum(-1)).exp() / m
+    return {"atm_attn_entropy": float(ent.mean() / torch.log(torch.tensor(float(m)))),
+            "atm_attn_coverage": float(cover.mean()), "atm_attn_share": share(p.reshape(n, -1)),
+            "atm_attn_top_subspace": float(pm.mean(0).max())}
+
+
+@torch.no_grad()
 def shares(model) -> dict[str, float]:
     model.eval()
     x = model.code_emb + model.sub_pos.unsqueeze(1)
@@ -40,6 +65,8 @@ def shares(model) -> dict[str, float]:
     s = model.summarise(mean)
     out = {"share_mean": share(mean), "share_s": share(s)}
     merger = model.merger
+    if merger.merge == "atm":
+        out.update(attention_spread(merger, x[model.sub_idx, model.item_codes], s))
     if merger.merge == "atm" and merger.values == "codes":  # the latents are the normalised read-out itself
         out["share_atm_latents"] = share(merger(x[model.sub_idx, model.item_codes], s).reshape(len(s), -1))
     elif merger.merge == "atm":
@@ -69,13 +96,16 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--table", default=None, help="a benchmark run whose OPQ table to share (default "
+                    "runs/bench/acerec-DATASET-rpg when it is there)")
     args, overrides = ap.parse_known_args()
     tag = "".join(f", {o}" for o in overrides)
     torch.set_num_threads(args.threads)
     files = [REPO / "configs" / "data" / f"{args.dataset}.yaml", REPO / "configs" / "acerec.yaml"]
     if args.dataset == "beauty":
         files.append(REPO / "configs" / "opq-whitened.yaml")
-    src = REPO / "runs" / "bench" / f"acerec-{args.dataset}-rpg"  # the benchmark's OPQ table, when it is there
+    # the benchmark's OPQ table, when it is there
+    src = Path(args.table) if args.table else REPO / "runs" / "bench" / f"acerec-{args.dataset}-rpg"
     recs = []
     for form in args.forms:
         run = REPO / "runs" / "bench" / ("-".join([f"acerec-summary-{args.dataset}-{form}"]

@@ -12,22 +12,37 @@ from torch import nn
 
 
 class MultiHeadAttention(nn.Module):
-    """Self- or cross-attention with separate q/k/v projections (named so LoRA can target q and v)."""
+    """Self- or cross-attention with separate q/k/v projections (named so LoRA can target q and v).
 
-    def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, dropout: float = 0.0) -> None:
+    ``identity_values``: no value or output projection, so each head returns a convex combination of its own
+    slice of the value vectors. Why: ACERec's merger can then build latents that are weighted averages of an
+    item's code tokens (``acerec.atm_values: codes``), which keep the item where learned projections lose it.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, dropout: float = 0.0,
+                 identity_values: bool = False) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = head_dim or d_model // n_heads
         inner = self.n_heads * self.head_dim
+        if identity_values and inner != d_model:
+            raise ValueError(f"identity values need n_heads x head_dim = d_model, got {inner} != {d_model}")
+        self.identity_values = identity_values
         self.q_proj = nn.Linear(d_model, inner)
         self.k_proj = nn.Linear(d_model, inner)
-        self.v_proj = nn.Linear(d_model, inner)
-        self.o_proj = nn.Linear(inner, d_model)
+        if not identity_values:
+            self.v_proj = nn.Linear(d_model, inner)
+            self.o_proj = nn.Linear(inner, d_model)
         self.dropout = dropout
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, heads x head_dim) -> (B, heads, T, head_dim), the layout :meth:`attend` takes."""
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def values(self, kv: torch.Tensor) -> torch.Tensor:
+        """The value vectors of ``kv`` (B, S, d) before the head split: projected, or ``kv`` itself."""
+        return kv if self.identity_values else self.v_proj(kv)
 
     def forward(
         self,
@@ -41,12 +56,12 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, heads, S, head_dim) of ``kv``: computed once and cached by incremental decoders."""
-        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        return self.split_heads(self.k_proj(kv)), self.split_heads(self.values(kv))
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                is_causal: bool = False) -> torch.Tensor:
         """Queries from ``x`` (B, T, d) over precomputed keys / values (B, heads, S, head_dim)."""
-        q = self._split(self.q_proj(x))
+        q = self.split_heads(self.q_proj(x))
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
         out = F.scaled_dot_product_attention(
@@ -54,7 +69,8 @@ class MultiHeadAttention(nn.Module):
             is_causal=is_causal and mask is None,
         )
         b, h, t, d = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, h * d))
+        out = out.transpose(1, 2).reshape(b, t, h * d)
+        return out if self.identity_values else self.o_proj(out)
 
 
 class FeedForward(nn.Module):

@@ -115,10 +115,10 @@ class AttentiveTokenMerger(nn.Module):
             nn.init.normal_(self.query_proj.weight, std=0.02)
             nn.init.zeros_(self.query_proj.bias)
             self.ln_kv = nn.LayerNorm(d)
-            self.attn = MultiHeadAttention(d, n_heads)
-            if self.values == "codes":  # no value / output projection and no MLP: nothing unused for DDP
-                del self.attn.v_proj, self.attn.o_proj
-            else:
+            # codes: the attention averages the code tokens themselves (no value / output projection) and
+            # there is no query residual or MLP, so every latent is a weighted mean of the item's codes
+            self.attn = MultiHeadAttention(d, n_heads, identity_values=self.values == "codes")
+            if self.values != "codes":
                 self.ln_mlp = nn.LayerNorm(d)
                 self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
         elif merge == "mlp":
@@ -134,7 +134,7 @@ class AttentiveTokenMerger(nn.Module):
         if self.merge != "atm":
             return None
         h = self.ln_kv(table)
-        return self.attn.k_proj(h), (table if self.values == "codes" else self.attn.v_proj(h))
+        return self.attn.k_proj(h), (table if self.values == "codes" else self.attn.values(h))
 
     def forward(self, x: torch.Tensor, summary: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -144,19 +144,18 @@ class AttentiveTokenMerger(nn.Module):
             z = torch.stack([g.mean(1) for g in x.tensor_split(self.k, dim=1)], 1)
         elif self.merge == "mlp":
             z = self.mlp(x.reshape(n, self.m * self.d)).view(n, self.k, self.d)
-        elif self.values == "codes":  # per head, softmax(q k^T / sqrt(d_h)) over the item's own code tokens
-            q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
-            a = self.attn
-            keys, vals = kv if kv is not None else (a.k_proj(self.ln_kv(x)), x)
-            out = F.scaled_dot_product_attention(a._split(a.q_proj(q)), a._split(keys), a._split(vals))
-            z = out.transpose(1, 2).reshape(n, self.k, self.d)
         else:
             q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
-            if kv is None:
-                z = q + self.attn(q, memory=self.ln_kv(x))
+            a = self.attn
+            if kv is None:  # keys read the normalised code tokens; `codes` averages the raw ones
+                h = self.ln_kv(x)
+                kv = a.k_proj(h), (x if self.values == "codes" else a.values(h))
+            read = a.attend(q, a.split_heads(kv[0]), a.split_heads(kv[1]))
+            if self.values == "codes":  # per head, softmax(q k^T / sqrt(d_h)) over the item's own code tokens
+                z = read
             else:
-                z = q + self.attn.attend(q, self.attn._split(kv[0]), self.attn._split(kv[1]))
-            z = z + self.mlp(self.ln_mlp(z))
+                z = q + read
+                z = z + self.mlp(self.ln_mlp(z))
         return self.ln(z)
 
 

@@ -45,10 +45,8 @@ def attention_spread(merger, xi: torch.Tensor, s: torch.Tensor) -> dict[str, flo
     latents read at all), ``atm_attn_share`` the item-specific share of the weights (0 = every item looks at
     the same subspaces), ``atm_attn_top_subspace`` the largest mean weight any subspace receives over the catalogue.
     """
-    a, n, m = merger.attn, len(s), xi.shape[1]
-    q = merger.base_queries + merger.query_proj(s).view(n, merger.k, merger.d)
-    qh, kh = a.split_heads(a.q_proj(q)), a.split_heads(a.k_proj(merger.ln_kv(xi)))
-    p = torch.softmax(qh @ kh.transpose(-1, -2) / kh.shape[-1] ** 0.5, -1)
+    n, m = len(s), xi.shape[1]
+    p = merger.attention_weights(xi, s)
     ent = -(p * p.clamp(min=1e-12).log()).sum(-1)
     pm = p.mean((1, 2))
     cover = (-(pm * pm.clamp(min=1e-12).log()).sum(-1)).exp() / m
@@ -70,7 +68,7 @@ def shares(model) -> dict[str, float]:
     if merger.merge == "atm" and merger.values == "codes":  # the latents are the normalised read-out itself
         out["share_atm_latents"] = share(merger(x[model.sub_idx, model.item_codes], s).reshape(len(s), -1))
     elif merger.merge == "atm":
-        q = merger.base_queries + merger.query_proj(s).view(len(s), merger.k, merger.d)
+        q = merger.queries(s)
         out["share_atm_queries"] = share(q.reshape(len(s), -1))
         # the k latents the sequence model reads, and how large the item's attention read-out is against the
         # (mostly shared) query it is added to before the MLP and the LayerNorm

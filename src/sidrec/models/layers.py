@@ -17,10 +17,13 @@ class MultiHeadAttention(nn.Module):
     ``identity_values``: no value or output projection, so each head returns a convex combination of its own
     slice of the value vectors. Why: ACERec's merger can then build latents that are weighted averages of an
     item's code tokens (``acerec.atm_values: codes``), which keep the item where learned projections lose it.
+    ``cosine_scale`` > 0: the logits are the cosine of each head's query and key times this scale instead of
+    q.k / sqrt(head_dim). Why: bounded logits cannot grow until the softmax is one-hot (ACERec's merger otherwise
+    collapses onto a few subspaces within ~100 steps; ``acerec.atm_cosine_scale``).
     """
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, dropout: float = 0.0,
-                 identity_values: bool = False) -> None:
+                 identity_values: bool = False, cosine_scale: float = 0.0) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = head_dim or d_model // n_heads
@@ -28,6 +31,7 @@ class MultiHeadAttention(nn.Module):
         if identity_values and inner != d_model:
             raise ValueError(f"identity values need n_heads x head_dim = d_model, got {inner} != {d_model}")
         self.identity_values = identity_values
+        self.cosine_scale = cosine_scale
         self.q_proj = nn.Linear(d_model, inner)
         self.k_proj = nn.Linear(d_model, inner)
         if not identity_values:
@@ -58,15 +62,26 @@ class MultiHeadAttention(nn.Module):
         """Keys and values (B, heads, S, head_dim) of ``kv``: computed once and cached by incremental decoders."""
         return self.split_heads(self.k_proj(kv)), self.split_heads(self.values(kv))
 
+    def weights(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B, heads, T, S) of queries from ``x`` over ``kv`` (no mask): for diagnostics,
+        e.g. how peaked ACERec's merger attention has become (``benchmarks/acerec_summary.py``)."""
+        q, k = self.split_heads(self.q_proj(x)), self.split_heads(self.k_proj(kv))
+        if self.cosine_scale > 0:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return torch.softmax(q @ k.transpose(-1, -2) * (self.cosine_scale or self.head_dim**-0.5), -1)
+
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                is_causal: bool = False) -> torch.Tensor:
         """Queries from ``x`` (B, T, d) over precomputed keys / values (B, heads, S, head_dim)."""
         q = self.split_heads(self.q_proj(x))
+        scale = None
+        if self.cosine_scale > 0:
+            q, k, scale = F.normalize(q, dim=-1), F.normalize(k, dim=-1), self.cosine_scale
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None,
+            is_causal=is_causal and mask is None, scale=scale,
         )
         b, h, t, d = out.shape
         out = out.transpose(1, 2).reshape(b, t, h * d)

@@ -29,6 +29,9 @@ class ACERecConfig:
     # learned convex combination of the item's codes (no projection, residual or MLP that can drop the item;
     # AttentiveTokenMerger, issue 46)
     atm_values: typing.Literal["projected", "codes"] = "projected"
+    # 0: the paper's dot-product attention in the ATM | > 0: cosine(query, key) x this scale, so the weights over
+    # the item's subspaces cannot become one-hot (they do within ~100 steps otherwise; issue 46, docs/acerec.md)
+    atm_cosine_scale: float = 0.0
     # the item summary s_i (intent token input, ATM queries, ISA target) from the mean of its code tokens:
     # ln: LN(mean) | residual: LN(mean + MLP(mean)), the MLP's output layer 0 at init, which collapses to a
     # vector shared by every item (ACERec.summarise; issue 46, docs/acerec.md)
@@ -41,4 +44,5 @@ class ACERecConfig:
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"d_model": "> 0", "n_latents": "> 0", "n_layers": "> 0",
         "n_heads": "> 0", "ffn_dim": ">= 0", "dropout": "in [0, 1)", "gamma": "> 0", "isa_weight": ">= 0",
-        "isa_tau": "> 0", "pop_beta": ">= 0", "recon_weight": ">= 0", "eval_chunk": "> 0", "eval_batch_users": "> 0"}
+        "isa_tau": "> 0", "pop_beta": ">= 0", "recon_weight": ">= 0", "atm_cosine_scale": ">= 0", "eval_chunk": "> 0",
+        "eval_batch_users": "> 0"}

@@ -100,7 +100,7 @@ class AttentiveTokenMerger(nn.Module):
     """m code embeddings (N, m, d) + item summary (N, d) -> k latent tokens (N, k, d)."""
 
     def __init__(self, d: int, m: int, k: int, n_heads: int, ffn_dim: int, merge: str,
-                 values: str = "projected") -> None:
+                 values: str = "projected", cosine_scale: float = 0.0) -> None:
         super().__init__()
         if merge not in MERGES:
             raise SidrecError(f"acerec.merge must be one of {', '.join(MERGES)}, got '{merge}'")
@@ -117,7 +117,8 @@ class AttentiveTokenMerger(nn.Module):
             self.ln_kv = nn.LayerNorm(d)
             # codes: the attention averages the code tokens themselves (no value / output projection) and
             # there is no query residual or MLP, so every latent is a weighted mean of the item's codes
-            self.attn = MultiHeadAttention(d, n_heads, identity_values=self.values == "codes")
+            self.attn = MultiHeadAttention(d, n_heads, identity_values=self.values == "codes",
+                                           cosine_scale=cosine_scale)
             if self.values != "codes":
                 self.ln_mlp = nn.LayerNorm(d)
                 self.mlp = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
@@ -136,6 +137,18 @@ class AttentiveTokenMerger(nn.Module):
         h = self.ln_kv(table)
         return self.attn.k_proj(h), (table if self.values == "codes" else self.attn.values(h))
 
+    def queries(self, summary: torch.Tensor) -> torch.Tensor:
+        """The k content-dependent queries (N, k, d) of each item, from its summary."""
+        return self.base_queries + self.query_proj(summary).view(len(summary), self.k, self.d)
+
+    def attention_weights(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """Where each latent looks among the item's m code tokens: (N, heads, k, m), rows summing to 1.
+
+        Why: mean pooling is the special case of uniform weights; ATM trained with dot-product logits drifts to
+        one-hot weights on a few subspaces shared by every item (issue 46), which this makes measurable.
+        """
+        return self.attn.weights(self.queries(summary), self.ln_kv(x))
+
     def forward(self, x: torch.Tensor, summary: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``kv``: the items' gathered rows of :meth:`kv_table` (N, m, d) each; computed from ``x`` if absent."""
@@ -145,7 +158,7 @@ class AttentiveTokenMerger(nn.Module):
         elif self.merge == "mlp":
             z = self.mlp(x.reshape(n, self.m * self.d)).view(n, self.k, self.d)
         else:
-            q = self.base_queries + self.query_proj(summary).view(n, self.k, self.d)
+            q = self.queries(summary)
             a = self.attn
             if kv is None:  # keys read the normalised code tokens; `codes` averages the raw ones
                 h = self.ln_kv(x)
@@ -207,7 +220,8 @@ class ACERec(nn.Module):
                 nn.init.zeros_(self.summary_mlp[2].weight)
                 nn.init.zeros_(self.summary_mlp[2].bias)
         # 3. attentive token merger
-        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge, cfg.atm_values)
+        self.merger = AttentiveTokenMerger(d, m, k, cfg.n_heads, cfg.ffn_dim, cfg.merge, cfg.atm_values,
+                                           cfg.atm_cosine_scale)
         # 4. intent token, positions, backbone
         self.intent_type = nn.Parameter(torch.zeros(d)) if cfg.intent_token else None
         self.item_pos = nn.Embedding(max_len, d)

@@ -42,10 +42,10 @@ SETTINGS = {
     "acerec-full": ["method=acerec", "tokenizer.kind=opq", "tokenizer.subspaces=4", "tokenizer.subspace_codes=16",
                     "acerec.d_model=16", "acerec.n_latents=2", "acerec.n_layers=1", "acerec.n_heads=2",
                     "acerec.ffn_dim=32", "acerec.merge=atm", "acerec.intent_token=true", "acerec.isa=true"],
-    "acerec-codes-cosine": ["method=acerec", "tokenizer.kind=opq", "tokenizer.subspaces=4", "tokenizer.subspace_codes=16",
-                     "acerec.d_model=16", "acerec.n_latents=2", "acerec.n_layers=1", "acerec.n_heads=2",
-                     "acerec.ffn_dim=32", "acerec.merge=atm", "acerec.atm_values=codes",
-                     "acerec.atm_cosine_scale=4"],
+    "acerec-codes-cosine": ["method=acerec", "tokenizer.kind=opq", "tokenizer.subspaces=4",
+                            "tokenizer.subspace_codes=16", "acerec.d_model=16", "acerec.n_latents=2",
+                            "acerec.n_layers=1", "acerec.n_heads=2", "acerec.ffn_dim=32", "acerec.merge=atm",
+                            "acerec.atm_values=codes", "acerec.atm_cosine_scale=4"],
 }
 
 

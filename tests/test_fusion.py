@@ -159,8 +159,8 @@ def test_lambda_zero_gives_the_models_own_ranks_and_fusion_is_chosen_on_valid(tm
             own, _ = task.evaluator("test").evaluate_topk(items.numpy(), scores.numpy())
         else:
             es = task.split.test
-            own, _ = task.evaluator("test").evaluate_scores(
-                lambda rows, t=task, e=es: t.model.score(e.padded_histories(rows, pad=-1)))
+            own, _ = task.evaluator("test").evaluate_scores(  # the task's scoring (bf16 autocast where native)
+                lambda rows, t=task, e=es: t.model_scores(t.model, e.padded_histories(rows, pad=-1)))
         own["all"].pop("content@10", None)
         alone["all"].pop("content@10", None)
         assert own["all"] == alone["all"]

@@ -65,18 +65,19 @@ class MultiHeadAttention(nn.Module):
     def weights(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """The attention weights (B, heads, T, S) of queries from ``x`` over ``kv`` (no mask): for diagnostics,
         e.g. how peaked ACERec's merger attention has become (``benchmarks/acerec_summary.py``)."""
-        q, k = self.split_heads(self.q_proj(x)), self.split_heads(self.k_proj(kv))
+        q, k, scale = self._logit_terms(self.split_heads(self.q_proj(x)), self.split_heads(self.k_proj(kv)))
+        return torch.softmax(q @ k.transpose(-1, -2) * (scale or self.head_dim**-0.5), -1)
+
+    def _logit_terms(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Queries, keys and the logit scale (None: SDPA's 1 / sqrt(head_dim)), the one place the logits are set."""
         if self.cosine_scale > 0:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        return torch.softmax(q @ k.transpose(-1, -2) * (self.cosine_scale or self.head_dim**-0.5), -1)
+            return F.normalize(q, dim=-1), F.normalize(k, dim=-1), self.cosine_scale
+        return q, k, None
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                is_causal: bool = False) -> torch.Tensor:
         """Queries from ``x`` (B, T, d) over precomputed keys / values (B, heads, S, head_dim)."""
-        q = self.split_heads(self.q_proj(x))
-        scale = None
-        if self.cosine_scale > 0:
-            q, k, scale = F.normalize(q, dim=-1), F.normalize(k, dim=-1), self.cosine_scale
+        q, k, scale = self._logit_terms(self.split_heads(self.q_proj(x)), k)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
         out = F.scaled_dot_product_attention(

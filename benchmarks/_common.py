@@ -42,39 +42,52 @@ def command() -> str:
 
 
 def record(dataset: str, method: str, variant: str, split: str, subset: str, metrics: dict[str, Any],
-           wall_s: float, threads: int | None = None) -> dict[str, Any]:
+           wall_s: float, threads: int | None = None, protocol: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One record; ``protocol`` (``exclude`` | ``keep``: how the user's history was ranked, see
+    ``eval.protocol``) is part of every model row, so no table mixes the two; ``extra`` (e.g. ``seed``,
+    ``fusion``) is kept as is."""
     m = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    return {"dataset": dataset, "method": method, "variant": variant, "split": split, "subset": subset,
-            "metrics": m, "wall_s": round(wall_s, 2), "machine": machine(threads), "command": command(),
-            "date": _dt.date.today().isoformat()}
+    out = {"dataset": dataset, "method": method, "variant": variant, "split": split, "subset": subset,
+           "protocol": protocol, "metrics": m, "wall_s": round(wall_s, 2), "machine": machine(threads),
+           "command": command(), "date": _dt.date.today().isoformat()}
+    out.update(extra)
+    return out
 
 
 def run_records(dataset: str, method: str, variant: str, metrics: dict[str, Any], wall_s: float,
-                subsets: tuple[str, ...] = ("all", "warm", "cold")) -> list[dict[str, Any]]:
-    """Records for the valid and test splits of one run's ``metrics.json`` (per subset)."""
+                subsets: tuple[str, ...] = ("all", "warm", "cold"), **extra: Any) -> list[dict[str, Any]]:
+    """Records for the valid and test splits of one run's ``metrics.json`` (per subset), under the run's protocol
+    (``metrics["protocol"]``, written by every run since the protocol setting exists)."""
     out = []
+    extra.setdefault("protocol", metrics.get("protocol"))
     for split in ("valid", "test"):
         for sub in subsets:
             if sub in metrics.get(split, {}):
-                out.append(record(dataset, method, variant, split, sub, metrics[split][sub], wall_s))
+                out.append(record(dataset, method, variant, split, sub, metrics[split][sub], wall_s, **extra))
     return out
 
 
 def grounded_records(dataset: str, method: str, variant: str, metrics: dict[str, Any], wall_s: float,
-                     subsets: tuple[str, ...] = ("all", "warm", "cold")) -> list[dict[str, Any]]:
+                     subsets: tuple[str, ...] = ("all", "warm", "cold"), **extra: Any) -> list[dict[str, Any]]:
     """Records of one run's model alone (``method``) and, when its content fusion chose a lambda > 0, of the
-    fused ranking (``method+content``, the variant naming lambda and lambda_cold, both chosen on validation)."""
+    fused ranking (``method+content``, same variant; its ``fusion`` field names lambda and lambda_cold, both chosen
+    on validation, the query window, the grid's top and whether the choice sits at that edge)."""
     f = metrics.get("fusion") or {}
     alone = {**metrics, **metrics.get("model_only", {})}
-    out = run_records(dataset, method, variant, alone, wall_s, subsets)
+    out = run_records(dataset, method, variant, alone, wall_s, subsets, **extra)
     if f:
         q = f.get("content") or {}
-        query = (f", query last {q['query_items']} items decay {q['decay']:g}" if q.get("query_items", 1) > 1
-                 else ", query last item") if q else ""
-        fv = f"{variant}, lambda {f['lambda']:g}, cold lambda {f['lambda_cold']:g} (chosen on valid){query}"
-        out += run_records(dataset, f"{method}+content", fv, metrics, wall_s, subsets)
+        lams = [g["lambda"] for g in f.get("grid", [])]
+        fusion = {"lambda": f["lambda"], "lambda_cold": f["lambda_cold"], "query_items": q.get("query_items"),
+                  "decay": q.get("decay"), "grid_max": f.get("grid_max", max(lams, default=None)),
+                  "at_grid_edge": f.get("at_grid_edge", bool(lams) and max(f["lambda"], f["lambda_cold"]) >= max(lams))}
+        out += run_records(dataset, f"{method}+content", variant, metrics, wall_s, subsets, fusion=fusion, **extra)
     return out
 
+
+# ranking rows of these methods (alone or + content) must say their protocol (issue 56); a script that writes one
+# without it is refused before anything is saved
+PROTOCOL_METHODS = {"popularity", "content", "sasrec", "tiger", "diger", "acerec"}
 
 MAX_TIED = 0.01  # share of top-10 slots decided by the evaluator's index tie-break that a model row may have
 
@@ -92,7 +105,8 @@ def check_ties(records: list[dict[str, Any]]) -> None:
         raise SystemExit("ranking decided by ties (> 1% of top-10 slots):\n  " + "\n  ".join(bad))
 
 
-def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = ("dataset", "method", "variant"),
+def save(name: str, records: list[dict[str, Any]],
+         merge_key: tuple[str, ...] = ("dataset", "method", "variant", "protocol", "seed"),
          reused: bool = False) -> Path:
     """Write records, replacing earlier records of the same (dataset, method, variant) and keeping the rest.
 
@@ -101,19 +115,24 @@ def save(name: str, records: list[dict[str, Any]], merge_key: tuple[str, ...] = 
     a finished run, ``--reuse``): each record keeps the machine, command and date of the earlier record of the
     same row, since the run was trained then, possibly on another CPU.
     """
+    missing = [f"{r['dataset']} {r['method']} [{r['variant']}]" for r in records
+               if r["method"].split("+")[0] in PROTOCOL_METHODS and "ndcg@10" in r["metrics"]
+               and r.get("protocol") not in ("exclude", "keep")]
+    if missing:
+        raise SystemExit("records without a protocol (exclude | keep):\n  " + "\n  ".join(missing))
     path = RESULTS / f"{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else []
         if reused:
-            row = ("dataset", "method", "variant", "split", "subset")
-            earlier = {tuple(r[k] for k in row): r for r in old}
+            row = ("dataset", "method", "variant", "protocol", "seed", "split", "subset")
+            earlier = {tuple(r.get(k) for k in row): r for r in old}
             for r in records:
-                prev = earlier.get(tuple(r[k] for k in row), {})
+                prev = earlier.get(tuple(r.get(k) for k in row), {})
                 r.update({k: prev[k] for k in ("machine", "command", "date") if k in prev})
-        new_keys = {tuple(r[k] for k in merge_key) for r in records}
-        kept = [r for r in old if tuple(r[k] for k in merge_key) not in new_keys]
+        new_keys = {tuple(r.get(k) for k in merge_key) for r in records}
+        kept = [r for r in old if tuple(r.get(k) for k in merge_key) not in new_keys]
         write_json(path, kept + records)
     check_ties(records)
     return path

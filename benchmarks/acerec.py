@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from sidrec.config import load_config
+from sidrec.eval.evaluator import excludes
 from sidrec.pipeline import fuse, load_run, train
 
 from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
@@ -90,7 +91,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
     for name in datasets:
         first: Path | None = None
         for variant in args.variants:
-            run = Path("runs/bench") / f"acerec-{name}-{variant}"
+            run = Path("runs/bench") / f"acerec-{name}-{variant}-{args.protocol}"
             if args.select:  # one directory per setting of the grid; test is never computed
                 run = run.with_name(run.name + "-" + "-".join(
                     o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[-1] for o in overrides))
@@ -101,7 +102,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             if name == "beauty":  # whitened PCA before OPQ: chosen on Beauty validation (configs/opq-whitened.yaml)
                 files.append(REPO / "configs" / "opq-whitened.yaml")
             cfg = load_config(files,
-                              [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
+                              [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false",
+                               f"eval.protocol={args.protocol}"]
                               + variant_overrides(variant) + overrides + (["eval.test=false"] if args.select else []))
             t0 = time.time()
             reused = args.reuse and (run / "metrics.json").exists()
@@ -117,7 +119,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             first = first or run
             label = (variant if reused else f"{variant}{args.tag}") + (
                 ", selection " + " ".join(overrides) if args.select else "")
-            recs = grounded_records(name, "acerec", label, res, wall)
+            res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)  # runs from before the field
+            recs = grounded_records(name, "acerec", label, res, wall, seed=cfg.seed)
             rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
             curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}
             for r in recs:
@@ -225,11 +228,11 @@ def cmd_baselines(args: argparse.Namespace) -> None:
                 last = es.padded_histories(rows, pad=-1)[:, -1].clamp(min=0)
                 return fn(last) + pop
 
-            m, _ = ev.evaluate_scores(score, 256, cfg.eval.exclude_history)
+            m, _ = ev.evaluate_scores(score, 256, excludes(cfg))
             for sub in ("all", "warm", "cold"):
                 if sub in m:
                     recs.append(record(ds.name, "zero-training", variant + args.tag, split_name, sub, m[sub],
-                                       time.time() - t0, args.threads))
+                                       time.time() - t0, args.threads, protocol=cfg.eval.protocol))
             print(f"{variant} {split_name}: R@10 {m['all']['recall@10']:.4f} N@10 {m['all']['ndcg@10']:.4f}", flush=True)
     print(f"wrote {save('acerec', recs)}")
 
@@ -242,6 +245,8 @@ def main() -> None:
                     "several joined by '+' (e.g. rpg+intent)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude",
+                    help="eval.protocol of train / test runs: early stopping and lambda are chosen on its validation")
     ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs (train) or of the "
                     "zero-training rankers (baselines, e.g. to name the run's text encoder)")
     ap.add_argument("--compare-epoch", type=int, default=4,

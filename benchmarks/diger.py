@@ -13,25 +13,23 @@ docs/RESULTS.md. Every run of a seed starts from the
 same SID table: the tokenizer stage's files are copied from the seed's first run, so the variants differ only
 in training.
 With --reuse a finished run directory (metrics.json present) is read instead of retrained.
-Writes runs/bench/diger-<dataset>-<variant>-s<seed> and benchmarks/results/diger.json (one record per run and
-split/subset, with utilisation per level and SID drift, and a mean/std record per variant over the seeds).
+Writes runs/bench/diger-<dataset>-<variant>-s<seed>-<protocol> and benchmarks/results/diger.json (one record per run and
+split/subset, with utilisation per level and SID drift; docs/RESULTS.md renders the mean / sd over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sidrec.config import load_config
 from sidrec.pipeline import train
 
-from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
+from _common import REPO, copy_tokenizer_stage, grounded_records, save, split_positionals
 
 VARIANTS = {
     # the two-stage TIGER with DIGER's backbone and budget (configs/diger.yaml = tiger-cpu.yaml's decoder and
@@ -75,6 +73,8 @@ def main() -> None:
     ap.add_argument("datasets", nargs="*", default=["beauty"])
     ap.add_argument("--variants", nargs="+", default=["tiger", "frqud"], choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude",
+                    help="eval.protocol of the runs: early stopping and lambda are chosen on its validation metric")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the run directories and variant names (other budgets)")
@@ -88,12 +88,13 @@ def main() -> None:
             first: Path | None = None
             for variant in args.variants:
                 conf, extra = VARIANTS[variant]
-                run = Path("runs/bench") / (f"diger-{name}-{variant}-s{seed}" + (f"-{args.tag}" if args.tag else ""))
+                run = Path("runs/bench") / (f"diger-{name}-{variant}-s{seed}" + (f"-{args.tag}" if args.tag else "")
+                                            + f"-{args.protocol}")
                 if first is not None:
                     copy_tokenizer_stage(first, run)
                 cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{conf}.yaml"],
                                   [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
-                                   "train.progress=false"] + extra + overrides)
+                                   "train.progress=false", f"eval.protocol={args.protocol}"] + extra + overrides)
                 t0 = time.time()
                 reused = args.reuse and (run / "metrics.json").exists()
                 if reused:
@@ -110,8 +111,9 @@ def main() -> None:
                     wall = time.time() - t0
                 first = first or run
                 method = "tiger" if variant == "tiger" else "diger"
-                label = f"{variant}, seed {seed}" + (f", {args.tag}" if args.tag else "")
-                recs = grounded_records(name, method, label, res, wall)
+                label = variant + (f", {args.tag}" if args.tag else "")
+                res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)  # runs from before it
+                recs = grounded_records(name, method, label, res, wall, seed=seed)
                 stats = sid_stats(run)
                 for r in recs:
                     r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
@@ -119,23 +121,6 @@ def main() -> None:
                 t = res.get("model_only", res)["test"]["all"]  # the model alone (the +content record beside it)
                 print(f"{name} {variant} seed {seed}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} "
                       f"drift {stats.get('sid_drift', 0):.3f} in {wall / 60:.1f} min", flush=True)
-        # mean and spread over seeds, per variant (test, all users)
-        all_recs = json.loads((REPO / "benchmarks" / "results" / "diger.json").read_text())
-        summary = []
-        for variant in args.variants:
-            rows = [r for r in all_recs if r["dataset"] == name and r["split"] == "test" and r["subset"] == "all"
-                    and re.fullmatch(rf"{re.escape(variant)}, seed \d+", r["variant"])]  # not relabelled older runs
-            if not rows:
-                continue
-            m: dict[str, float] = {"seeds": float(len(rows))}
-            for k in ("recall@10", "ndcg@10", "utilization_l1", "sid_drift"):
-                vals = np.array([r["metrics"][k] for r in rows if k in r["metrics"]], dtype=float)
-                if len(vals):
-                    m[f"{k}_mean"], m[f"{k}_std"] = float(vals.mean()), float(vals.std())
-            summary.append(record(name, rows[0]["method"], f"{variant}, mean over seeds", "test", "all", m,
-                                  sum(r["wall_s"] for r in rows)))
-        if summary:
-            save("diger", summary)
 
 
 if __name__ == "__main__":

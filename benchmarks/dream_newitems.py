@@ -44,7 +44,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.dream.newitems import add_items
 from sidrec.dream.refine import refine_items
-from sidrec.eval.evaluator import Evaluator
+from sidrec.eval.evaluator import Evaluator, excludes
 from sidrec.pipeline import dataset_from_config, load_run, train
 from sidrec.sid.table import SIDTable
 
@@ -119,7 +119,7 @@ def evaluate_table(task, cfg, table: SIDTable, split: LeaveOneOut, new_mask: np.
     """Test metrics of the run's model decoding over ``table``: all / warm / cold users and those with new targets."""
     task.use_sids(table, source="catalogue table")
     es = split.split("test")
-    items, scores = task.decode(task.model, es, max(cfg.eval.ks), cfg.eval.exclude_history, keep_targets=True)
+    items, scores = task.decode(task.model, es, max(cfg.eval.ks), excludes(cfg))
     items, scores = items.numpy(), scores.numpy()
     out, _ = Evaluator(es, split.item_freq, cfg.eval.ks, cfg.data.cold_threshold).evaluate_topk(items, scores)
     rows = np.flatnonzero(new_mask[es.targets])

@@ -2,9 +2,11 @@
 and grounded in content (``tiger+content``: the beam's items and the content top-N rescored by the model,
 plus lambda x similarity; lambda chosen on validation, src/sidrec/fusion.py).
 
-Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--threads 2] [--tag T]
-       [--sids-from RUN] [key=value ...]
-Writes runs/bench/tiger-<dataset>[-<tag>] (reused by benchmarks/tiger_decode.py) and benchmarks/results/tiger.json.
+Usage: python benchmarks/tiger.py [beauty sports toys] [--config tiger-cpu] [--protocol exclude|keep] [--seed 42]
+       [--threads 2] [--tag T] [--sids-from RUN] [key=value ...]
+Writes runs/bench/tiger-<dataset>[-<tag>]-<protocol>-seed<seed> (reused by benchmarks/tiger_decode.py) and
+benchmarks/results/tiger.json. One protocol per run (``eval.protocol``): early stopping and lambda are chosen on its
+validation metric; under ``exclude`` the beam search masks the user's history inside the search.
 ``--sids-from`` copies another run's SID table and tokenizer, so variants (e.g. ``tiger.arch=encdec`` vs
 ``decoder``) are compared on the very same SIDs.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import fuse, load_run, train
+from sidrec.pipeline import fuse, train
 
 from _common import REPO, copy_tokenizer_stage, grounded_records, run_records, save, split_positionals
 
@@ -30,8 +32,8 @@ def main() -> None:
     ap.add_argument("--config", default="tiger-cpu", help="configs/<CONFIG>.yaml (after configs/data/<dataset>.yaml)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="read a finished runs/bench run instead of training")
-    ap.add_argument("--seen-excluded", action="store_true",
-                    help="also evaluate the test split with the user's history items removed from the list")
+    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude")
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--variant", default="", help="label of the records (default: derived from the config)")
     ap.add_argument("--tag", default="", help="suffix of the run directory (variants side by side)")
     ap.add_argument("--sids-from", default="", help="run directory whose SID table / tokenizer this run reuses")
@@ -39,11 +41,13 @@ def main() -> None:
     args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
     torch.set_num_threads(args.threads)
     for name in args.datasets:
-        run = Path("runs/bench") / (f"tiger-{name}" + (f"-{args.tag}" if args.tag else ""))
+        run = Path("runs/bench") / (f"tiger-{name}" + (f"-{args.tag}" if args.tag else "")
+                                    + f"-{args.protocol}-seed{args.seed}")
         if args.sids_from:
             copy_tokenizer_stage(Path(args.sids_from), run)
         cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{args.config}.yaml"],
-                          [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"] + args.overrides)
+                          [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false",
+                           f"eval.protocol={args.protocol}", f"seed={args.seed}"] + args.overrides)
         t0 = time.time()
         reused = args.reuse and (run / "metrics.json").exists()
         if reused:
@@ -59,15 +63,11 @@ def main() -> None:
                  else f"{tc.encoder_layers}+{tc.decoder_layers}L")
         variant = args.variant or (f"{args.config}: {tok.kind} {tok.levels}x{tok.codebook_sizes[0]}+1, "
                                    f"{depth} d{tc.d_model}, beam {tc.beam}" + "".join(f", {o}" for o in args.overrides))
-        recs = grounded_records(name, "tiger", variant, res, wall)
-        if args.seen_excluded:  # the same checkpoint, the user's own history items dropped from the beam's list
-            _, _, _, task = load_run(run)
-            task.cfg.eval.exclude_history = True
-            task.fusion = type(task.fusion)()  # the model alone
-            seen = {"test": task.evaluate(task.model, "test")}
-            recs += run_records(name, "tiger", variant + ", seen items excluded", seen, wall)
+        res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)  # runs from before the field
+        recs = grounded_records(name, "tiger", variant, res, wall, seed=args.seed)
         if "popularity_test" in res:
-            recs += run_records(name, "popularity", "train frequency", {"test": res["popularity_test"]}, 0.0)
+            recs += run_records(name, "popularity", "train frequency", {"test": res["popularity_test"]}, 0.0,
+                                protocol=res["protocol"], seed=None)
         rep = json.loads((run / "tokenizer_report.json").read_text()) if (run / "tokenizer_report.json").exists() else {}
         for r in recs:
             r["metrics"]["epochs"] = res["summary"]["epochs"]

@@ -57,7 +57,11 @@ def test_score_path_matches_topk_path_and_excludes_history():
     assert m_scores["all"] == pytest.approx(m_topk["all"])
     assert m_scores["all"]["tied@10"] == 0.0  # continuous random scores never tie
     m_ex, ranks_ex = ev.evaluate_scores(lambda rows: scores[rows].clone(), batch_size=7, exclude_history=True)
-    assert (ranks_ex <= ranks).all()  # masking history can only move the target up
+    repeat = np.array([t in h for t, h in zip(targets, hists, strict=True)])
+    assert repeat.any() and not repeat.all()
+    assert (ranks_ex[~repeat] <= ranks[~repeat]).all()  # masking history can only move a new target up
+    assert (ranks_ex[repeat] == NOT_FOUND).all()  # a repeat target is masked too: a miss, never an answer
+    assert m_ex["all"]["n_repeat"] == m_scores["all"]["n_repeat"] == repeat.sum()
 
 
 def test_tied_share_counts_only_tie_broken_slots():

@@ -13,7 +13,7 @@ from sidrec.data.protocol import EvalSet
 from sidrec.decoding.beam import beam_search, sequence_log_probs
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator
+from sidrec.eval.evaluator import Evaluator, excludes
 from sidrec.fusion import BeamCandidates, ContentIndex, Fusion, Grounding, rank_candidates
 from sidrec.methods.tiger.model import TIGER, TIGERConfig
 from sidrec.pipeline import load_run, train
@@ -30,17 +30,25 @@ def _index(n: int = 12, d: int = 6, seed: int = 0, freq: np.ndarray | None = Non
     return ContentIndex(v, np.ones(n, dtype=np.int64) if freq is None else freq, ContentConfig(**kw))
 
 
-def test_content_ranker_never_returns_a_query_item():
+def test_content_ranker_has_no_history_rule_of_its_own():
+    """Every item, a query item included, scores its cosine (+ tie key); only ``exclude`` (the protocol's one
+    rule, applied by the caller) removes history items, and then all of them, not just the query items."""
     idx = _index(query_items=3)
     hist = torch.tensor([[-1, 4, 7, 2], [1, 3, 5, 9], [-1, -1, -1, 0]])
     s = idx.scores(hist)
-    assert torch.isinf(s[0, [4, 7, 2]]).all() and torch.isinf(s[1, [3, 5, 9]]).all() and torch.isinf(s[2, 0])
-    assert torch.isfinite(s[1, 1])  # older than the last 3 items: not a query item
-    items, _ = idx.search(hist, 12 - 3)
-    for row, q in zip(items, ([4, 7, 2], [3, 5, 9], [0]), strict=True):
-        assert not set(row.tolist()) & set(q)
-    # the faiss search and the dense ranking agree (exact inner-product index)
-    assert (items[:, :5] == s.topk(5, dim=1).indices.numpy()).all()
+    assert torch.isfinite(s).all()
+    assert torch.allclose(s, idx.similarity(hist).double() + idx.tie)
+    one = _index(query_items=1)
+    assert (one.scores(hist).argmax(1) == torch.tensor([2, 9, 0])).all()  # the last item is its own best match
+    items, _ = idx.search(hist, 12 - 4, exclude=hist)
+    for row, h in zip(items, ([4, 7, 2], [1, 3, 5, 9], [0]), strict=True):
+        assert not set(row.tolist()) & set(h) and (row >= 0).all()
+    # the faiss search and the dense ranking agree (exact inner-product index), with and without the exclusion
+    kept, _ = idx.search(hist, 5)
+    assert (kept == s.topk(5, dim=1).indices.numpy()).all()
+    masked = s.clone()
+    masked[torch.arange(3).view(-1, 1).expand_as(hist)[hist >= 0], hist[hist >= 0]] = float("-inf")
+    assert (items[:, :5] == masked.topk(5, dim=1).indices.numpy()).all()
 
 
 def test_identical_text_ties_go_to_the_more_popular_item():
@@ -49,14 +57,15 @@ def test_identical_text_ties_go_to_the_more_popular_item():
     s = idx.scores(torch.tensor([[0]]))
     assert s[0, 2] > s[0, 1]  # same vector, item 2 has 9 training interactions vs 1
     assert s[0, 1] > s[0, 3]  # the tie key never reorders distinct similarities
-    assert idx.search(torch.tensor([[0]]), 2)[0].tolist() == [[2, 1]]
+    h = torch.tensor([[0]])
+    assert idx.search(h, 2, exclude=h)[0].tolist() == [[2, 1]]
 
 
 def test_recency_weighted_query():
     idx = _index(query_items=2, decay=0.5)
-    q, qi = idx.query(torch.tensor([[3, 5]]))
+    q = idx.query(torch.tensor([[3, 5]]))
     expect = idx.vectors[5] + 0.5 * idx.vectors[3]
-    assert torch.allclose(q[0], expect / expect.norm(), atol=1e-6) and qi.tolist() == [[3, 5]]
+    assert torch.allclose(q[0], expect / expect.norm(), atol=1e-6)
 
 
 def test_fusion_weights_cold_items_separately():
@@ -154,13 +163,16 @@ def test_lambda_zero_gives_the_models_own_ranks_and_fusion_is_chosen_on_valid(tm
         assert alone["all"] == res["model_only"]["test"]["all"] and fused["all"] == res["test"]["all"]
         # the model alone through fusion's path is the model's own path, to the last digit
         task.fusion = Fusion()
+        exclude = excludes(task.cfg)  # the run's protocol (the default: exclude)
+        assert exclude
         if method == "tiger":
-            items, scores = task.decode(task.model, task.split.test, 10, False, keep_targets=True)
+            items, scores = task.decode(task.model, task.split.test, 10, exclude)
             own, _ = task.evaluator("test").evaluate_topk(items.numpy(), scores.numpy())
         else:
             es = task.split.test
             own, _ = task.evaluator("test").evaluate_scores(  # the task's scoring (bf16 autocast where native)
-                lambda rows, t=task, e=es: t.model_scores(t.model, e.padded_histories(rows, pad=-1)))
+                lambda rows, t=task, e=es: t.model_scores(t.model, e.padded_histories(rows, pad=-1)),
+                exclude_history=exclude)
         own["all"].pop("content@10", None)
         alone["all"].pop("content@10", None)
         assert own["all"] == alone["all"]
@@ -266,3 +278,47 @@ def test_sasrec_content_embeddings_place_a_never_seen_item_by_its_content(tmp_pa
     res = train(cfg)
     _, _, _, task = load_run(run)
     assert task.evaluate(task.model, "test")["all"] == res["test"]["all"]
+
+
+def test_a_best_lambda_at_the_grid_edge_extends_the_grid():
+    """The content ranks every target first and the model ranks it below a rival by a margin that lambda 2 cannot
+    overcome: the grid [0, 1, 2] goes on (4, 8, ...) until the best lambda is inside it, and says where it ended."""
+    from sidrec import fusion
+
+    n, users = 20, 30
+    idx = _index(n=n, d=8)
+    rng = np.random.default_rng(0)
+    hists = [rng.choice(n, 3, replace=False) for _ in range(users)]
+    hist = torch.from_numpy(np.stack(hists))
+    sim = idx.similarity(hist)
+    sim[torch.arange(users).view(-1, 1).expand(-1, 3), hist] = -2.0  # history items: never the best match
+    targets = sim.argmax(1).numpy()  # the content's first item is every user's target
+    top2 = sim.topk(2, dim=1).values
+    # the model puts the target a margin below every rival: lambda = c_u is what user u needs (c_u in [.5, 6])
+    margin = (top2[:, 0] - top2[:, 1]) * torch.linspace(0.5, 6.0, users)
+
+    class Edge:
+        scoring = "dense"
+        eval_batch_size = 64
+        logits_unnormalised = False
+        device = torch.device("cpu")
+
+        def __init__(self, lambdas, extend):
+            self.cfg = load_config(None, ["eval.ks=[10]"])
+            self.grounding = Grounding(idx, np.full(n, 10), 5, FusionConfig(lambdas=lambdas, extend=extend, cold=False))
+            self.es = EvalSet("valid", np.arange(users), hists, targets)
+
+        def eval_subset(self, split, max_users=0, shortest=False):
+            return Evaluator(self.es, np.full(n, 10), [10])
+
+        def model_scores(self, model, hist):  # every other item a margin above the target, more for later users
+            s = margin[: len(hist)].view(-1, 1).repeat(1, n)
+            s[torch.arange(len(hist)), torch.from_numpy(targets[: len(hist)])] = 0.0
+            return s
+
+    rec = fusion.choose(Edge([0, 1, 2], 4), None)
+    lams = [g["lambda"] for g in rec["grid"]]
+    assert lams == [0, 1, 2, 4, 8, 16] and rec["lambda"] == 8 and not rec["at_grid_edge"], rec["grid"]
+    assert rec["valid"]["all"]["ndcg@10"] > rec["valid_model"]["all"]["ndcg@10"]
+    stuck = fusion.choose(Edge([0, 1, 2], 0), None)  # no extension allowed: the record says it is at the edge
+    assert stuck["lambda"] == 2.0 and stuck["at_grid_edge"] and stuck["grid_max"] == 2.0

@@ -253,7 +253,9 @@ def train(
     res = run_train(cfg, resume=resume, overwrite=overwrite)
     if D.is_main():
         split = "test" if "test" in res else "valid"  # eval.test=false: a model-selection run
-        _print_wide(_metrics_table(f"{cfg.method} - {split}", _result_rows(cfg.method, res, split), [10, 50]))
+        hist = "excluded" if cfg.eval.protocol == "exclude" else "kept"
+        _print_wide(_metrics_table(f"{cfg.method} - {split} (history {hist})", _result_rows(cfg.method, res, split),
+                                   [10, 50]))
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
 
 

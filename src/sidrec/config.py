@@ -113,7 +113,12 @@ class EvalConfig:
     """Full-catalogue ranking metrics."""
 
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
-    exclude_history: bool = False  # mask items already in the history (off: pure full-catalogue ranking)
+    # how the user's own history is ranked, for every method and every fused ranking alike (one rule, applied by
+    # the evaluator, the beam search and `recommend`): `exclude` removes every history item from the ranking (the
+    # headline: 5-core Amazon sequences never repeat an item, and it is how RecBole, cornac and the strongest ID
+    # models evaluate); `keep` ranks history items like any other item (the protocol of the TIGER / ACERec papers).
+    # Early stopping and the fusion's lambda are chosen on this protocol's validation metric.
+    protocol: typing.Literal["exclude", "keep"] = "exclude"
     batch_size: int = 1024
     buckets: list[int] = field(default_factory=lambda: [5, 10, 15, 20])  # upper bounds; last bucket is >20
     # false: a model-selection run stops at validation (no test metrics are computed), so settings are chosen
@@ -149,8 +154,11 @@ class FusionConfig:
     lambdas: list[float] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 50, 75, 100, 200])
     cold: bool = True  # choose a separate lambda for cold items (<= data.cold_threshold training interactions)
     candidates: int = 100  # beam-search models: the content top-N scored beside the beam's items
+    # when the best lambda is the grid's largest, the grid goes on (x2 each time, at most this many times): a best
+    # at the edge means the optimum may lie beyond it (three runs chose 200, the top of the grid, issue 56)
+    extend: int = 4
     # value ranges, checked when a config is read (sidrec.config.validate_config)
-    RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0"}
+    RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0", "extend": ">= 0"}
 
 
 @dataclass
@@ -276,6 +284,12 @@ RETIRED: dict[str, tuple[str, str]] = {
     "acerec.head": ("residual", "docs/acerec.md"),  # `linear` lost twice (issue 46, removed at 356e9ab)
 }
 
+# Settings renamed: old key -> (new key's name in the same section, how the old value maps to the new one). A run
+# trained before the rename names the old key in its config.yaml and still loads.
+RENAMED: dict[str, tuple[str, dict[str, str]]] = {
+    "eval.exclude_history": ("protocol", {"true": "exclude", "false": "keep"}),
+}
+
 
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     """Recursively set fields of dataclass ``obj`` from a nested dict, validating keys and types."""
@@ -290,6 +304,12 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
                 continue
             raise SidrecError(f"config key '{full}: {value}' was removed after it was measured worse ({doc}); this "
                               f"version always uses '{kept}', so a run trained with '{value}' cannot be rebuilt")
+        if key not in names and full in RENAMED:
+            new, values = RENAMED[full]
+            if str(value).lower() not in values:
+                raise SidrecError(f"config key '{full}' (now '{prefix}{new}'): expected one of {sorted(values)}, "
+                                  f"got {value!r}")
+            key, full, value = new, f"{prefix}{new}", values[str(value).lower()]
         if key not in names:
             raise _unknown_key(full)
         tp = _resolve(type(obj), key)

@@ -24,8 +24,11 @@ Two kinds of model plug in (a task's ``scoring`` attribute):
   score (the same quantity); items outside the candidates rank below them. ``content@10`` reports the share of
   the final top-10 slots filled by content candidates the beam did not find.
 
-The query items themselves get similarity 0 in the fusion (an item is not evidence for itself; the model
-alone decides about them) and are never returned by the content ranker.
+The fusion and the content ranker have no rule of their own for the user's history: every item, a history
+item included, is scored by the formula above. What happens to history items is the run's protocol
+(``eval.protocol``), applied by the evaluator, the beam search and ``recommend`` alike: ``exclude`` removes
+them from every ranking; ``keep`` ranks them like any item (a history item then gets ``lambda * sim`` like any
+other, its own cosine to the query included).
 """
 
 from __future__ import annotations
@@ -43,18 +46,10 @@ from sidrec.data.protocol import EvalSet
 from sidrec.decoding.beam import repeated
 from sidrec.device import to_device
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import TIE_K, Evaluator, finite_scores, mask_history
+from sidrec.eval.evaluator import TIE_K, Evaluator, excludes, finite_scores, mask_history
 from sidrec.io import write_json
 
 FUSION_FILE = "fusion.json"
-
-
-def _fill(scores: torch.Tensor, items: torch.Tensor, value: float) -> torch.Tensor:
-    """Set ``scores[b, items[b, j]] = value`` for every valid (>= 0) entry of ``items`` (B, n), in place."""
-    valid = items >= 0
-    rows = torch.arange(len(items), device=items.device).view(-1, 1).expand_as(items)
-    scores[rows[valid], items[valid]] = value
-    return scores
 
 
 class ContentIndex:
@@ -81,8 +76,8 @@ class ContentIndex:
         self.vectors, self.tie = self.vectors.to(device), self.tie.to(device)
         return self
 
-    def query(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query vectors (B, d) and the query items (B, n; -1 = none) of left-padded histories (B, T).
+    def query(self, hist: torch.Tensor) -> torch.Tensor:
+        """Query vectors (B, d) of left-padded histories (B, T).
 
         The last ``content.query_items`` items, the item k steps back weighted ``content.decay ** k``; an empty
         history gives a zero query (every similarity 0).
@@ -93,23 +88,19 @@ class ContentIndex:
         w = self.cfg.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float32, device=hist.device)
         w = w.view(1, -1) * valid
         q = (w.unsqueeze(-1) * self.vectors[items.clamp(min=0)]).sum(1)
-        return F.normalize(q, dim=1), items.masked_fill(~valid, -1)
+        return F.normalize(q, dim=1)
 
     def similarity(self, hist: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) fp32 cosine of every item to each row's query; the query items get 0."""
-        return self.similarity_and_scores(hist, scores=False)[0]
+        """(B, n_items) fp32 cosine of every item to each row's query."""
+        return self.query(hist) @ self.vectors.t()
 
     def scores(self, hist: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) the content ranker's float64 scores: cosine + tie key; the query items ``-inf``."""
-        return self.similarity_and_scores(hist, similarity=False)[1]
+        """(B, n_items) the content ranker's float64 scores: cosine + tie key."""
+        return self.ranker_scores(self.similarity(hist))
 
-    def similarity_and_scores(self, hist: torch.Tensor, similarity: bool = True, scores: bool = True
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both of the above from one (B, n_items) product (a beam model's fusion needs both per batch)."""
-        q, qi = self.query(hist)
-        cos = q @ self.vectors.t()
-        s = _fill(cos.double() + self.tie, qi, float("-inf")) if scores else cos
-        return (_fill(cos, qi, 0.0) if similarity else cos), s
+    def ranker_scores(self, sim: torch.Tensor) -> torch.Tensor:
+        """The content ranker's float64 scores from similarities (a beam model's fusion needs both per batch)."""
+        return sim.double() + self.tie
 
     # ------------------------------------------------------------------ top-K search (recommend)
     def _index(self) -> Any:
@@ -133,11 +124,10 @@ class ContentIndex:
 
     def search(self, hist: torch.Tensor, k: int, exclude: torch.Tensor | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items (B, k; -1 padded) and their scores by faiss, query items (and ``exclude`` items,
-        e.g. the whole history) left out; ties broken as in :meth:`scores`."""
-        q, qi = self.query(hist)
-        q, qi = q.cpu(), qi.cpu()  # faiss searches on the host
-        drop = qi if exclude is None else torch.cat([qi, exclude.cpu()], 1)
+        """Top-``k`` items (B, k; -1 padded) and their scores by faiss, ``exclude`` items (B, T; -1 pad: the
+        history under ``eval.protocol: exclude``) left out; ties broken as in :meth:`scores`."""
+        q = self.query(hist).cpu()  # faiss searches on the host
+        drop = torch.full((len(q), 0), -1, dtype=torch.long) if exclude is None else exclude.cpu()
         # room for the dropped items and for exact ties at the edge of the list
         kk = min(self.n_items, k + drop.shape[1] + 16)
         sims, idx = self._index().search(q.numpy(), kk)
@@ -267,8 +257,7 @@ def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion])
         assert g is not None
         return lambda p: g.dense(p[1], p[2], f)
 
-    res = ev.evaluate_scores_many(parts, [variant(f) for f in settings], task.eval_batch_size,
-                                  task.cfg.eval.exclude_history)
+    res = ev.evaluate_scores_many(parts, [variant(f) for f in settings], task.eval_batch_size, excludes(task.cfg))
     return [m for m, _ in res]
 
 
@@ -284,13 +273,13 @@ class BeamCandidates:
     from_content: torch.Tensor  # (n, C) bool: a content candidate the beam did not return
 
 
-def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, content: bool,
+def beam_candidates(task: Any, model: Any, es: EvalSet, content: bool,
                     exclude_history: bool | None = None) -> BeamCandidates:
     """The beam's lists, and with ``content`` the content top-N scored exactly by the model (batched); the
-    user's history is left out when ``exclude_history`` (default: the run's ``eval.exclude_history``)."""
+    user's history is left out of both when ``exclude_history`` (default: the run's ``eval.protocol``)."""
     beam = task.beam_width
-    exclude = task.cfg.eval.exclude_history if exclude_history is None else exclude_history
-    b_items, b_scores = task.decode(model, es, beam, exclude, beam=beam, keep_targets=keep_targets)
+    exclude = excludes(task.cfg) if exclude_history is None else exclude_history
+    b_items, b_scores = task.decode(model, es, beam, exclude, beam=beam)
     n = len(es)
     if not content:
         empty = torch.zeros(n, 0)
@@ -308,12 +297,10 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, keep_targets: bool, cont
     for s in range(0, n, bs):  # computed on the model's device, kept on the host (one copy per batch of users)
         rows = order[s:s + bs]
         hist = to_device(es.padded_histories(rows, pad=-1), dev)
-        sim_all, cs = g.index.similarity_and_scores(hist)
+        sim_all = g.index.similarity(hist)
+        cs = g.index.ranker_scores(sim_all)
         if exclude:
-            h = hist
-            if keep_targets:
-                h = hist.masked_fill(hist == to_device(torch.from_numpy(es.targets[rows]), dev).view(-1, 1), -1)
-            mask_history(cs, h)
+            mask_history(cs, hist)
         cv, ci = cs.topk(top_n, dim=1)
         ci = ci.masked_fill(~torch.isfinite(cv), -1)
         bi, bs_ = to_device(b_items[rows], dev), to_device(b_scores[rows], dev)
@@ -352,7 +339,7 @@ def evaluate_beam(task: Any, model: Any, ev: Evaluator, settings: list[Fusion],
         raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
     bc = cached
     if bc is None or (need and bc.sim.shape[1] == 0):  # reuse a grid's candidates; fetch content ones if missing
-        bc = beam_candidates(task, model, ev.eval_set, keep_targets=True, content=need)
+        bc = beam_candidates(task, model, ev.eval_set, content=need)
     k = max(task.cfg.eval.ks)
     out = []
     for f in settings:
@@ -405,12 +392,20 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
 
     first = [Fusion(x, x) for x in lams]
     ms = run(first)
+    # a best lambda at the grid's top edge: the grid goes on (x2) until the best is inside it or the extensions end
+    for _ in range(g.cfg.extend):
+        best_i = max(range(len(first)), key=lambda i: (ms[i]["all"][metric], -i))
+        if best_i != len(first) - 1 or first[-1].lam <= 0:
+            break
+        more = [Fusion(2 * first[-1].lam, 2 * first[-1].lam)]
+        first, ms = first + more, ms + run(more)
     for f, m in zip(first, ms, strict=True):
         grid.append({"lambda": f.lam, "lambda_cold": f.lam_cold, "valid": m["all"][metric],
                      "valid_cold": m["cold"][metric]})
     best_i = max(range(len(first)), key=lambda i: (ms[i]["all"][metric], -i))
     best, best_m = first[best_i], ms[best_i]
     model_alone = ms[0]
+    lams = [f.lam for f in first]
     if g.cfg.cold and best.lam > 0:
         second = [Fusion(best.lam, x) for x in lams if x != best.lam]
         ms2 = run(second)
@@ -419,7 +414,11 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
                          "valid_cold": m["cold"][metric]})
             if m["all"][metric] > best_m["all"][metric]:
                 best, best_m = f, m
+    top = max(lams)
     return {"lambda": best.lam, "lambda_cold": best.lam_cold, "metric": f"valid {metric}", "grid": grid,
+            "protocol": task.cfg.eval.protocol, "grid_max": top,
+            # still at the edge after the extensions: said in the report and the records, not hidden
+            "at_grid_edge": top > 0 and (best.lam == top or best.lam_cold == top),
             "valid": best_m, "valid_model": model_alone,
             "content": {"query_items": g.index.cfg.query_items, "decay": g.index.cfg.decay},
             "candidates": g.cfg.candidates if task.scoring == "beam" else None}
@@ -427,15 +426,15 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
 
 def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
-    out when ``exclude_history``; default: the run's ``eval.exclude_history``, as in evaluation)."""
-    exclude = task.cfg.eval.exclude_history if exclude_history is None else exclude_history
+    out when ``exclude_history``; default: the run's ``eval.protocol``, as in evaluation)."""
+    exclude = excludes(task.cfg) if exclude_history is None else exclude_history
     f: Fusion = task.fusion
     model = task.model
     if task.scoring == "beam":
         old = task.beam_width
         task.beam_width = max(k, old)
         try:
-            bc = beam_candidates(task, model, es, keep_targets=False, content=not f.off, exclude_history=exclude)
+            bc = beam_candidates(task, model, es, content=not f.off, exclude_history=exclude)
         finally:
             task.beam_width = old
         it, sc, _ = rank_candidates(None if f.off else task.grounding, bc, f, k)

@@ -25,7 +25,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.formats import load_dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.errors import SidrecError
-from sidrec.eval.evaluator import Evaluator, popularity_scores
+from sidrec.eval.evaluator import Evaluator, excludes, popularity_scores
 from sidrec.io import write_json, write_text
 from sidrec.methods.registry import get_builder
 from sidrec.runs import check_run_dir, claim_run_dir, lock_run_dir, release_run_dir
@@ -54,7 +54,7 @@ def dataset_from_config(cfg: Config) -> Dataset:
 
 def popularity_metrics(cfg: Config, split: LeaveOneOut, which: str = "test") -> dict[str, dict[str, Any]]:
     ev = Evaluator(split.split(which), split.item_freq, cfg.eval.ks, cfg.data.cold_threshold, cfg.eval.buckets)
-    m, _ = ev.evaluate_scores(popularity_scores(split.item_freq), cfg.eval.batch_size, cfg.eval.exclude_history)
+    m, _ = ev.evaluate_scores(popularity_scores(split.item_freq), cfg.eval.batch_size, excludes(cfg))
     return m
 
 
@@ -119,6 +119,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
             if cfg.eval.test:  # a model-selection run (eval.test=false) reads no test metric at all
                 out["popularity_test"] = popularity_metrics(cfg, split)
             out["dataset"] = ds.stats()
+            out["protocol"] = cfg.eval.protocol
             out["wall_s"] = time.time() - t0
             write_json(run / "metrics.json", out)
             write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
@@ -238,7 +239,7 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | N
     try:
         old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
         out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}),
-                                                cfg.eval.test if test is None else test)}
+                                                cfg.eval.test if test is None else test), "protocol": cfg.eval.protocol}
         write_json(run / "metrics.json", out)
         write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
     finally:
@@ -304,7 +305,7 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
     of ``histories`` (lists of original item ids, e.g. live sessions in no dataset); one list per history.
 
     Items of the history are left out unless ``exclude_history`` is False (a recommendation of what one owns is
-    rarely wanted); evaluation is not affected (``eval.exclude_history`` of the run decides there).
+    rarely wanted); evaluation is not affected (``eval.protocol`` of the run decides there).
 
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
@@ -340,12 +341,18 @@ def _cell(r: dict[str, Any], name: str, k: int) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+PROTOCOL_LINE = {"exclude": "the user's history items are removed from every ranking",
+                 "keep": "the user's history items are ranked like any other item"}
+
+
 def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = None) -> str:
     """A short human-readable summary of a run (also printed by the CLI); ``plots`` are PNG names in the run
     directory, linked so the report shows the run's diagnostics (tokenizer usage, DIGER's SID dynamics)."""
     ks = cfg.eval.ks
     lines = [f"# {cfg.method} on {out.get('dataset', {}).get('name', cfg.data.path)}", ""]
     s = out.get("summary", {})
+    lines.append(f"Protocol: {PROTOCOL_LINE[cfg.eval.protocol]} (eval.protocol: {cfg.eval.protocol}); early "
+                 "stopping and the fusion were chosen on it.")
     lines.append(f"Epochs {s.get('epochs')}, best epoch {s.get('best_epoch')}, "
                  f"train {s.get('train_s', 0):.0f}s, total {out.get('wall_s', 0):.0f}s.")
     from sidrec.io import cache_root, features_cache
@@ -357,7 +364,12 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
         mo = out.get("model_only", {}).get("valid", {}).get("all", {})
         lines.append(f"Content fusion (chosen on validation NDCG@10): lambda {f['lambda']:g}, cold items "
                      f"{f['lambda_cold']:g}; validation NDCG@10 {mo.get('ndcg@10', float('nan')):.4f} for the model "
-                     f"alone, {out.get('valid', {}).get('all', {}).get('ndcg@10', float('nan')):.4f} fused.")
+                     f"alone, {out.get('valid', {}).get('all', {}).get('ndcg@10', float('nan')):.4f} fused; query: the "
+                     f"last {f.get('content', {}).get('query_items', '?')} items, decay "
+                     f"{f.get('content', {}).get('decay', '?')}.")
+        if f.get("at_grid_edge"):
+            lines.append(f"Warning: the chosen lambda is the largest of the grid ({f.get('grid_max'):g}) after "
+                         "extending it; the best may lie beyond (fusion.extend, fusion.lambdas).")
     lines += ["", "| split | subset | users | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |",
               "|---|---|---|" + "---|---|" * len(ks)]
     rows = [("valid", out.get("valid", {})), ("test", out.get("test", {}))]

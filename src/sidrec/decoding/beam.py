@@ -15,6 +15,11 @@ Scores are the sum of the per-level log-softmax (over the level's whole codebook
 normalisation, like Hugging Face's ``prefix_allowed_tokens_fn``), i.e. the model's log-probability of the
 SID. If fewer than W valid continuations exist, the surplus beams carry -inf and are dropped at the end.
 
+``banned`` (B, T) items per user (the history under ``eval.protocol: exclude``; -1 = none) are removed *inside*
+the search: at the last level a code whose leaf is a banned item gets -inf before the top-W, so the W surviving
+hypotheses are all allowed items and the list is not shortened by the removal (filtering a finished list would
+return fewer than W items to a user with a long history).
+
 Complete SIDs are mapped to items through the trie's leaves. Because an item may own several SIDs, two
 beams can name the same item: :func:`distinct_items` keeps each item's best-scoring beam (the first one,
 beams being sorted) with a (B, W, W) comparison, so the returned list has up to W *distinct* items.
@@ -87,10 +92,25 @@ def distinct_items(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[t
     return compact(items, scores, (items >= 0) & ~repeated(items), k)
 
 
+def banned_leaves(trie: SIDTrie, child: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """(B, W, K) True where the last-level ``child`` node (B, W, K; -1 none) is the leaf of an item in the row's
+    ``banned`` (B, T; -1 pad). One (B, n_items) membership table per batch, then a gather: no (B, W, K, T) product."""
+    b = len(banned)
+    n_items = int(trie.leaf_item.max()) + 1 if trie.leaf_item.numel() else 0
+    table = torch.zeros(b, n_items + 1, dtype=torch.bool, device=child.device)
+    rows = torch.arange(b, device=child.device).view(-1, 1).expand_as(banned)
+    valid = (banned >= 0) & (banned < n_items)
+    table[rows[valid], banned[valid]] = True
+    leaf = trie.leaf_item.to(child.device)[child.clamp(min=0)]
+    leaf = torch.where((child >= 0) & (leaf >= 0), leaf, torch.full_like(leaf, n_items))  # the last column: never
+    return table.gather(1, leaf.view(b, -1)).view_as(child)
+
+
 @torch.no_grad()
 def beam_search(model: StepDecoder, inputs: tuple[Any, ...], trie: SIDTrie, beam: int = 20,
-                k: int | None = None) -> BeamResult:
-    """Constrained beam search for a batch of users; returns up to ``k`` (default ``beam``) distinct items."""
+                k: int | None = None, banned: torch.Tensor | None = None) -> BeamResult:
+    """Constrained beam search for a batch of users; returns up to ``k`` (default ``beam``) distinct items, none
+    of them in the row's ``banned`` items (see the module docstring)."""
     state = model.start_decoding(*inputs)
     prefix: torch.Tensor | None = None
     parent: torch.Tensor | None = None
@@ -108,8 +128,11 @@ def beam_search(model: StepDecoder, inputs: tuple[Any, ...], trie: SIDTrie, beam
         assert score is not None and node is not None
         b, w, kt = lp.shape
         child = trie.children(t, node)  # (B, w, K_t)
-        cand = torch.where(child >= 0, score.unsqueeze(2) + lp.float(), torch.full_like(lp, float("-inf"),
-                                                                                         dtype=torch.float32))
+        allowed = child >= 0
+        if banned is not None and t == trie.depth - 1:
+            allowed = allowed & ~banned_leaves(trie, child, banned)
+        cand = torch.where(allowed, score.unsqueeze(2) + lp.float(), torch.full_like(lp, float("-inf"),
+                                                                                     dtype=torch.float32))
         width = min(beam, w * kt)
         score, flat = cand.view(b, w * kt).topk(width, dim=1)
         parent = torch.div(flat, kt, rounding_mode="floor")

@@ -63,7 +63,9 @@ def ranks_from_topk(topk: torch.Tensor | np.ndarray, targets: torch.Tensor | np.
 
 def mask_history(scores: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
     """Set each row's history items (left-padded ``hist`` (B, T), -1 = pad) to ``-inf`` in ``scores`` (B, N),
-    in place; the one rule for "seen items excluded" in evaluation and in ``sidrec recommend``."""
+    in place; the one rule for "seen items excluded" (``eval.protocol: exclude``) in evaluation, fusion and
+    ``sidrec recommend``. Every history item goes, the target included when the user bought it before: a target
+    left unmasked would be the one history item still in the list, an answer read from the mask."""
     valid = hist >= 0
     rows = torch.arange(len(hist), device=hist.device).view(-1, 1).expand_as(hist)
     scores[rows[valid], hist[valid]] = float("-inf")
@@ -123,6 +125,9 @@ class Evaluator:
         self.cold = self.freq <= cold_threshold
         self.bucket_edges = list(bucket_edges or [5, 10, 15, 20])
         self.buckets = bucket_of(self.freq, self.bucket_edges)
+        # users whose target is already in their history (a repeat purchase): under `exclude` they are misses,
+        # counted in every subset's `n_repeat` so a reader sees how many (0 on 5-core Amazon data)
+        self.repeat = repeat_targets(eval_set)
 
     def metrics(self, ranks: np.ndarray, tied: np.ndarray | None = None,
                 extra: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
@@ -147,6 +152,7 @@ class Evaluator:
             for key, values in (extra or {}).items():
                 m[key] = float(values[mask].mean()) if mask.any() else 0.0
             m["n_users"] = int(mask.sum())
+            m["n_repeat"] = int(self.repeat[mask].sum())
             out[name] = m
         return out
 
@@ -187,7 +193,6 @@ class Evaluator:
             hist = None
             if exclude_history:
                 hist = self.eval_set.padded_histories(rows, pad=-1)
-                hist = torch.where(hist != targets.view(-1, 1), hist, torch.full_like(hist, -1))  # keep the target
             with torch.no_grad():
                 parts = parts_fn(rows)
                 for j, variant in enumerate(variants):
@@ -214,6 +219,19 @@ class Evaluator:
         ranks = ranks_from_topk(topk, self.eval_set.targets)
         tied = None if scores is None else tied_share(torch.as_tensor(scores)).numpy()
         return self.metrics(ranks, tied, extra), ranks
+
+
+def repeat_targets(es: EvalSet) -> np.ndarray:
+    """(n,) bool: the user's target item occurs in their (evaluated) history."""
+    if len(es) == 0:
+        return np.zeros(0, dtype=bool)
+    hist = es.padded_histories(pad=-1)
+    return (hist == torch.from_numpy(es.targets).view(-1, 1)).any(1).numpy()
+
+
+def excludes(cfg: Any) -> bool:
+    """Whether a config's protocol removes the user's history from the ranking (``eval.protocol: exclude``)."""
+    return cfg.eval.protocol == "exclude"
 
 
 def popularity_scores(item_freq: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:

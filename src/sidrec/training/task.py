@@ -150,5 +150,5 @@ class Task:
     def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per user of ``eval_set`` (-1 padded) and their scores, under the run's fusion; the history
-        is left out when ``exclude_history`` (default: the run's ``eval.exclude_history``)."""
+        is left out when ``exclude_history`` (default: the run's ``eval.protocol``)."""
         return fusion.recommend(self, eval_set, k, exclude_history)

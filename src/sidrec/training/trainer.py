@@ -491,7 +491,7 @@ class Trainer:
             if self.eval_cost:  # the cap's prediction, corrected by what this pass really took
                 self.eval_speed = (time.time() - t0) / max(1e-9, self._predicted_s()[0])
             score = m["all"][self.select_metric]
-            record.update({f"valid_{k}": v for k, v in m["all"].items() if k != "n_users"})
+            record.update({f"valid_{k}": v for k, v in m["all"].items() if k not in ("n_users", "n_repeat")})
             if score > self.best:
                 self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
                 improved = 1.0

@@ -23,6 +23,7 @@ from torch import nn
 from sidrec.config import Config
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import EvalSet, LeaveOneOut
+from sidrec.eval.evaluator import excludes
 from sidrec.features import item_features
 from sidrec.fusion import ContentIndex
 from sidrec.training.task import Task
@@ -49,9 +50,9 @@ class ContentTask(Task):
     def recommend(self, eval_set: EvalSet, k: int, exclude_history: bool | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by the faiss index (the history left out when ``exclude_history``; default: the run's
-        ``eval.exclude_history``)."""
+        ``eval.protocol``)."""
         hist = eval_set.padded_histories(pad=-1)
-        exclude = self.cfg.eval.exclude_history if exclude_history is None else exclude_history
+        exclude = excludes(self.cfg) if exclude_history is None else exclude_history
         return self.index.search(hist, k, hist if exclude else None)
 
 

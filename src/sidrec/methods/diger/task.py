@@ -159,8 +159,8 @@ class DIGERTask(TIGERTask):
 
     # -------------------------------------------------------------------------------- inference
     def decode(self, model: nn.Module, es: EvalSet, k: int, exclude_history: bool = False,
-               beam: int | None = None, keep_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().decode(self._core(model).tiger, es, k, exclude_history, beam, keep_targets)
+               beam: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().decode(self._core(model).tiger, es, k, exclude_history, beam)
 
     def _decoder(self, model: nn.Module) -> nn.Module:
         return self._core(model).tiger

@@ -113,12 +113,11 @@ class TIGERTask(Task):
 
     # -------------------------------------------------------------------------------- inference
     def decode(self, model: nn.Module, es: EvalSet, k: int, exclude_history: bool = False,
-               beam: int | None = None, keep_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               beam: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` distinct items (n, k) and their SID log-probabilities by constrained beam search.
 
-        ``exclude_history`` drops items of the user's history from the beam's list (the list gets shorter;
-        the search itself is not changed). With ``keep_targets`` the evaluation target is never dropped, as
-        in :meth:`sidrec.eval.evaluator.Evaluator.evaluate_scores`.
+        ``exclude_history`` (``eval.protocol: exclude``) removes every item of the user's history inside the
+        search (:func:`sidrec.decoding.beam.beam_search`'s ``banned``), so the list keeps its width.
         """
         core = model.module if hasattr(model, "module") else model
         core.eval()
@@ -134,15 +133,9 @@ class TIGERTask(Task):
             hist = to_device(es.padded_histories(rows, pad=-1), dev)
             users = to_device(torch.from_numpy(es.users[rows]).long(), dev)
             with self.autocast():
-                res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam)
-            it, sc = res.items, res.scores
-            if exclude_history:
-                if keep_targets:
-                    tgt = to_device(torch.from_numpy(es.targets[rows]), dev).view(-1, 1)
-                    hist = hist.masked_fill(hist == tgt, -1)
-                seen = ((it.unsqueeze(2) == hist.unsqueeze(1)) & (hist >= 0).unsqueeze(1)).any(2)
-                it, sc = compact(it, sc, (it >= 0) & ~seen, beam)
-            it, sc = compact(it, sc, it >= 0, k)
+                res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam,
+                                  banned=hist if exclude_history else None)
+            it, sc = compact(res.items, res.scores, res.items >= 0, k)
             idx = torch.from_numpy(rows)
             items[idx], scores[idx] = it.cpu(), sc.cpu()
         return items, scores

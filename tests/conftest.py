@@ -48,3 +48,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class FakeClock:
+    """A clock that moves only when the test moves it (:meth:`advance`), for everything that reads
+    :func:`sidrec.clock.now` (the ``train.max_minutes`` budget: the command's start, the steps, the probe, the
+    validations). A monkeypatched training step or evaluation advances it by the seconds it stands for instead of
+    sleeping, so a wall-clock test gets the same numbers on an idle laptop and on a loaded CI runner, and the
+    real work in between costs no budget at all.
+
+    It starts far from the real clock (1000 s): code that mixed it with ``time.time()`` would read a gap of
+    decades and fail loudly instead of drifting by a few seconds."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a clock never goes back ({seconds} s)")
+        self.t += seconds
+
+
+@pytest.fixture
+def fake_clock():
+    """:class:`FakeClock` installed as sidrec's clock for the test (the real clock is back after it)."""
+    from sidrec import clock
+
+    fake = FakeClock()
+    with clock.using(fake):
+        yield fake

@@ -1,8 +1,11 @@
 """Hostile and broken input, every sub-command: exit code 2, one line naming the culprit, no traceback, and
-nothing that existed before is changed (issue #21).
+nothing that existed before is changed (issues #21, #44, #59).
 
 The command line runs in-process (``sidrec.cli.main``), with the working directory set to a fresh folder, so a
 stray write (a run folder, a feature cache) shows up as a changed file tree. Only Ctrl-C needs a subprocess.
+
+The Python API has its own table (``API_CASES``): a wrong argument is a ``SidrecError`` (a ``ValueError``) whose
+message names the argument; a property test feeds random JSON-like values to ``Recommender.recommend``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from sidrec.cli import main
 DATA = ["data.path=synthetic", "data.synthetic_users=60", "data.synthetic_items=40"]  # what embed / tokenize read
 TINY = ["data.path=synthetic", "data.synthetic_users=60", "data.synthetic_items=40", "train.epochs=1",
         "sasrec.d_model=8", "sasrec.ffn_dim=16", "sasrec.n_layers=1", "train.progress=false"]
+# a tiny TIGER (a SID table, a tokenizer, a catalogue that add-items can extend) for add-items / refine-items cases
+TIGER = ["size=none", "method=tiger", *DATA, "features.kind=attributes", "tokenizer.kind=rqkmeans", "tokenizer.levels=2",
+         "tokenizer.codebook_sizes=[4]", "tokenizer.collision_codebook=16", "tokenizer.progress=false",
+         "tiger.d_model=8", "tiger.encoder_layers=1", "tiger.decoder_layers=1", "tiger.n_heads=1", "tiger.head_dim=8",
+         "tiger.ffn_dim=16", "tiger.beam=10", "train.epochs=1", "train.progress=false", "fusion.lambdas=[0]"]
 
 
 def cli(*argv: str) -> int:
@@ -53,10 +61,27 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         assert cli("train", *TINY, "--run-dir", str(root / "run")) == 0
         assert cli("data", "prepare", "synthetic", "--out", str(root / "prep")) == 0
+        assert cli("train", *TIGER, "--run-dir", str(root / "tiger")) == 0
+        _added_items(root)
     finally:
         os.chdir(cwd)
     (root / "file.txt").write_text("a file, not a folder\n")
     return root
+
+
+def _added_items(root: Path) -> None:
+    """Two items added to the TIGER run's catalogue (refine-items reads their first interactions)."""
+    import numpy as np
+
+    from sidrec.config import load_config
+    from sidrec.features import item_features
+    from sidrec.pipeline import dataset_from_config
+
+    cfg = load_config([root / "tiger" / "config.yaml"])
+    emb = item_features(cfg.features, dataset_from_config(cfg))
+    np.save(root / "new.npy", emb[:2] + 0.01)
+    (root / "new.jsonl").write_text('{"item_id": "N1", "title": "one"}\n{"item_id": "N2", "title": "two"}\n')
+    assert cli("add-items", str(root / "tiger"), str(root / "new.jsonl"), "--embeddings", str(root / "new.npy")) == 0
 
 
 # ------------------------------------------------------------------------------------------------ case setups
@@ -159,7 +184,8 @@ def _deep_config(base: Path, tmp: Path) -> list[str]:
 def _dream_config_command(base: Path, tmp: Path) -> list[str]:
     shutil.copytree(base / "run", tmp / "run")
     cfg = tmp / "run" / "config.yaml"
-    cfg.write_text(cfg.read_text() + f"dream:\n  rewrite_command: touch {tmp / 'pwned'}\n")
+    # the run's own dream section, edited (a second 'dream:' block is refused as a duplicate key)
+    cfg.write_text(cfg.read_text().replace("  rewrite_command: ''", f"  rewrite_command: touch {tmp / 'pwned'}"))
     return ["dream", str(tmp / "run")]
 
 
@@ -204,6 +230,61 @@ def _add_items_to_a_fixed_catalogue(base: Path, tmp: Path) -> list[str]:
     (run / "sid_table.parquet").write_bytes(b"not needed: the method is refused first")
     (tmp / "new.jsonl").write_text('{"item_id": "N1", "title": "a new thing"}\n')
     return ["add-items", str(run), str(tmp / "new.jsonl")]
+
+
+# ---------------------------------------------------------------------------------- round three (issue 59)
+class Env(list):
+    """The arguments of a case that also sets environment variables (``env``) while the command runs."""
+
+    env: dict[str, str]
+
+
+def _env(env: dict[str, str], *argv: str) -> Callable[[Path, Path], list[str]]:
+    """A case run with ``env`` set (WORLD_SIZE=abc, ...): the variables are parsed with a one-line error."""
+    def setup(base: Path, tmp: Path) -> list[str]:
+        out = Env(_args(*argv)(base, tmp))
+        out.env = {k: v.replace("{base}", str(base)) for k, v in env.items()}
+        return out
+    return setup
+
+
+def _files(files: dict[str, str | bytes], *argv: str) -> Callable[[Path, Path], list[str]]:
+    """A case that first writes ``files`` (name -> text or bytes) into its folder."""
+    def setup(base: Path, tmp: Path) -> list[str]:
+        for name, content in files.items():
+            p = tmp / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return _args(*argv)(base, tmp)
+    return setup
+
+
+def _edited(name: str, file: str, content: str | bytes | Callable[[str], str], *argv: str
+            ) -> Callable[[Path, Path], list[str]]:
+    """A case on a private copy of the base's ``name`` whose ``file`` was replaced (or edited by a function)."""
+    def setup(base: Path, tmp: Path) -> list[str]:
+        p = _copy(base, tmp, name) / file
+        if callable(content):
+            p.write_text(content(p.read_text()))
+        else:
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return _args(*[a.replace("{copy}", str(tmp / f"{name}-copy")) for a in argv])(base, tmp)
+    return setup
+
+
+# small raw datasets in each format, to be broken one way at a time
+_CSV = "user,item,timestamp\n" + "".join(f"u{u},i{(u * 7 + t) % 30},{t}\n" for u in range(40) for t in range(6))
+_S3 = "".join(f"{u} " + " ".join(str((u * 7 + t) % 30 + 1) for t in range(6)) + "\n" for u in range(1, 40))
+_LC = "{" + ",".join(f'"{u}": [' + ",".join(str((u * 7 + t) % 30) for t in range(6)) + "]" for u in range(40)) + "}"
+_INTER = "user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+    f"u{u}\ti{(u * 7 + t) % 30}\t{t}\n" for u in range(40) for t in range(6))
+_BIG = "x" * (50 << 20)  # a 50 MB field
+
+
+def _dup_section(base: Path, tmp: Path) -> list[str]:
+    """The issue's example: the first block's ``epochs: 1`` silently became the default 200."""
+    (tmp / "c.yaml").write_text("train:\n  epochs: 1\ndata:\n  path: synthetic\ntrain:\n  lr: 0.01\n")
+    return ["train", "-c", str(tmp / "c.yaml"), *TINY[1:3], "--run-dir", str(tmp / "r")]
 
 
 R = "{tmp}/r"  # a run directory that must never be created by a failing command
@@ -334,6 +415,110 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("recommend k negative", _args("recommend", "{base}/run", "-u", "U000001", "-k", "-1"), "-k"),
     ("embed with a training setting", _args("embed", *DATA, "train.lr=1"), "reads only"),
     ("tokenize with a model setting", _args("tokenize", *DATA, "tiger.d_model=8", "--run-dir", R), "reads only"),
+    # round three (issue 59): values numpy / torch refuse with a traceback
+    ("seed negative", _args("train", *TINY, "seed=-1", "--run-dir", R), "'seed'"),
+    ("seed beyond 2^32", _args("train", *TINY, "seed=4294967296", "--run-dir", R), "'seed'"),
+    ("synthetic seed negative", _args("train", *TINY, "data.synthetic_seed=-1", "--run-dir", R), "data.synthetic_seed"),
+    ("tokenize seed negative", _args("tokenize", *DATA, "seed=-5", "--run-dir", R), "'seed'"),
+    ("tokenizer seed negative", _args("tokenize", *DATA, "features.kind=attributes", "tokenizer.levels=2",
+                                      "tokenizer.codebook_sizes=[4]", "tokenizer.seed=-1", "--run-dir", R),
+     "tokenizer.seed"),
+    ("config show seed beyond 2^32", _args("config", "show", "seed=99999999999"), "'seed'"),
+    ("threads beyond 64 bits", _args("train", *TINY, "train.threads=99999999999999999999", "--run-dir", R),
+     "train.threads"),
+    ("threads beyond a C int", _args("train", *TINY, "train.threads=1099511627776", "--run-dir", R), "train.threads"),
+    ("model width beyond 64 bits", _args("train", *TINY, "sasrec.d_model=99999999999999999999", "--run-dir", R),
+     "sasrec.d_model"),
+    ("synthetic catalogue of 2 items", _args("train", *TINY, "data.synthetic_items=2", "--run-dir", R),
+     "data.synthetic_items"),
+    # fuse reads metrics.json to merge into it
+    ("fuse a metrics.json cut short", _edited("run", "metrics.json", lambda t: t[:100], "fuse", "{copy}"),
+     "metrics.json:"),
+    ("fuse a metrics.json that is a list", _edited("run", "metrics.json", "[1, 2]", "fuse", "{copy}"), "metrics.json"),
+    ("fuse a metrics.json not UTF-8", _edited("run", "metrics.json", b"\xff\xfe{}", "fuse", "{copy}"), "metrics.json"),
+    # add-items / refine-items readers
+    ("add-items CSV not UTF-8", _files({"n.csv": b"item_id,title\nN9,caf\xe9\n"}, "add-items", "{base}/tiger",
+                                       "{tmp}/n.csv"), "byte 20 (line 2)"),
+    ("add-items JSONL not UTF-8", _files({"n.jsonl": b'{"item_id": "N9", "title": "caf\xe9"}\n'}, "add-items",
+                                         "{base}/tiger", "{tmp}/n.jsonl"), "n.jsonl: not UTF-8 text at byte"),
+    ("add-items CSV field over the csv limit", _files({"n.csv": "item_id,title\nN9," + "y" * 200_000 + "\n"},
+                                                     "add-items", "{base}/tiger", "{tmp}/n.csv"), "line 2"),
+    ("add-items CSV row wider than its header", _files({"n.csv": "item_id,title\nN9,a,b\n"}, "add-items",
+                                                       "{base}/tiger", "{tmp}/n.csv"), "header"),
+    ("add-items embeddings that are text", _files({"n.jsonl": '{"item_id": "N9", "title": "t"}\n', "e.npy": "1,2\n"},
+                                                  "add-items", "{base}/tiger", "{tmp}/n.jsonl", "--embeddings",
+                                                  "{tmp}/e.npy"), "--embeddings"),
+    ("add-items embeddings empty file", _files({"n.jsonl": '{"item_id": "N9", "title": "t"}\n', "e.npy": b""},
+                                               "add-items", "{base}/tiger", "{tmp}/n.jsonl", "--embeddings",
+                                               "{tmp}/e.npy"), "e.npy"),
+    ("refine-items CSV not UTF-8", _files({"i.csv": b"user_id,item_id\nU\xe9,N1\n"}, "refine-items", "{base}/tiger",
+                                          "{tmp}/i.csv"), "i.csv: not UTF-8 text at byte 17"),
+    ("refine-items JSONL not UTF-8", _files({"i.jsonl": b'{"user_id": "\xe9", "item_id": "N1"}\n'}, "refine-items",
+                                            "{base}/tiger", "{tmp}/i.jsonl"), "i.jsonl: not UTF-8"),
+    ("refine-items CSV field over the csv limit", _files({"i.csv": "user_id,item_id\n" + "u" * 200_000 + ",N1\n"},
+                                                         "refine-items", "{base}/tiger", "{tmp}/i.csv"), "limit"),
+    ("refine-items CSV row wider than its header", _files({"i.csv": "user_id,item_id\nu1,N1,zz\n"}, "refine-items",
+                                                          "{base}/tiger", "{tmp}/i.csv"), "line 2"),
+    # the environment the project reads
+    ("WORLD_SIZE not a number", _env({"WORLD_SIZE": "abc"}, "train", *TINY, "--run-dir", R), "WORLD_SIZE"),
+    ("WORLD_SIZE 0", _env({"WORLD_SIZE": "0"}, "train", *TINY, "--run-dir", R), "WORLD_SIZE"),
+    ("WORLD_SIZE 2 without torchrun", _env({"WORLD_SIZE": "2"}, "train", *TINY, "--run-dir", R), "torchrun"),
+    ("RANK not a number", _env({"RANK": "abc"}, "train", *TINY, "--run-dir", R), "RANK"),
+    ("RANK 3 without torchrun", _env({"RANK": "3"}, "train", *TINY, "--run-dir", R), "RANK"),
+    ("RANK negative", _env({"RANK": "-1"}, "train", *TINY, "--run-dir", R), "RANK"),
+    ("LOCAL_RANK not a number", _env({"LOCAL_RANK": "abc"}, "train", *TINY, "--run-dir", R), "LOCAL_RANK"),
+    ("LOCAL_RANK not a number, evaluate", _env({"LOCAL_RANK": "x1"}, "evaluate", "{base}/run"), "LOCAL_RANK"),
+    ("OMP_NUM_THREADS not a number, quickstart", _env({"OMP_NUM_THREADS": "abc"}, "quickstart", "--run-dir", R),
+     "OMP_NUM_THREADS"),
+    ("OMP_NUM_THREADS not a number, train", _env({"OMP_NUM_THREADS": "abc"}, "train", *TINY, "--run-dir", R),
+     "OMP_NUM_THREADS"),
+    ("SIDREC_CACHE a file", _env({"SIDREC_CACHE": "{base}/file.txt"}, "train", *TINY, "--run-dir", R), "SIDREC_CACHE"),
+    # dataset readers
+    ("S3-Rec datamaps.json a list", _files({"s/sequential_data.txt": _S3, "s/datamaps.json": "[1, 2]"}, "data", "stats",
+                                           "{tmp}/s"), "datamaps.json"),
+    ("S3-Rec datamaps id2item a list", _files({"s/sequential_data.txt": _S3, "s/datamaps.json": '{"id2item": [1]}'},
+                                              "data", "stats", "{tmp}/s"), "id2item"),
+    ("S3-Rec id that int() half-accepts", _files({"s.txt": _S3 + "77 1 2 \u00b2\n"}, "data", "prepare",
+                                                 "{tmp}/s.txt", "--format", "s3rec", "--out", R), "s.txt:40"),
+    ("S3-Rec items.jsonl not UTF-8", _files({"s/sequential_data.txt": _S3, "s/items.jsonl": b'{"item_id": "1", '
+                                             b'"title": "\xe9"}\n'}, "data", "stats", "{tmp}/s"), "items.jsonl"),
+    ("S3-Rec datamaps.json not UTF-8", _files({"s/sequential_data.txt": _S3, "s/datamaps.json": b'{"id2item": '
+                                               b'{"1": "\xe9"}}'}, "data", "stats", "{tmp}/s"), "datamaps.json"),
+    ("LC-Rec items missing from item.json, strict", _files({"d.inter.json": _LC, "d.item.json": '{"0": {"title": "a"}}'},
+                                                           "data", "prepare", "{tmp}/d.inter.json", "--strict-items",
+                                                           "--out", R), "29 of the 30 items"),
+    ("LC-Rec interactions not UTF-8", _files({"d.inter.json": b'{"1": ["\xe9"]}'}, "data", "stats",
+                                             "{tmp}/d.inter.json"), "byte 8 (line 1)"),
+    ("LC-Rec item.json not UTF-8", _files({"d.inter.json": _LC, "d.item.json": b'{"0": {"title": "\xe9"}}'}, "data",
+                                          "stats", "{tmp}/d.inter.json"), "byte 17"),
+    ("CSV with a 50 MB field", _files({"x.csv": "user,item,title\nu1,i1," + _BIG + "\n"}, "data", "stats",
+                                      "{tmp}/x.csv"), "x.csv:2: a row of"),
+    ("items CSV with a 50 MB field", _files({"d/interactions.csv": _CSV, "d/items.csv": "item,title\ni1," + _BIG + "\n"},
+                                            "data", "stats", "{tmp}/d"), "16 MiB"),
+    ("CSV not UTF-8", _files({"x.csv": _CSV.encode() + b"u\xe9,i1,9\n"}, "data", "stats", "{tmp}/x.csv"),
+     "line 242"),
+    ("items CSV not UTF-8", _files({"d/interactions.csv": _CSV, "d/items.csv": b"item,title\ni1,caf\xe9\n"}, "data",
+                                   "prepare", "{tmp}/d", "--out", R), "items.csv: not UTF-8"),
+    ("RecBole .inter not UTF-8", _files({"d/d.inter": _INTER.encode() + b"u\xe9\ti1\t9\n"}, "data", "stats", "{tmp}/d"),
+     "d.inter: not UTF-8 text at byte"),
+    ("sessions file not UTF-8", _files({"s.txt": b"I00001,\xe9\n"}, "recommend", "{base}/run", "--sessions",
+                                       "{tmp}/s.txt"), "byte 7"),
+    ("embed npy empty", _files({"e.npy": b""}, "embed", *DATA, "features.kind=npy", "features.npy_path={tmp}/e.npy"),
+     "features.npy_path"),
+    ("evaluate a SID source record cut short", _edited("tiger", "sid_table.source.json", "{", "evaluate", "{copy}"),
+     "sid_table.source.json"),
+    # quickstart: a catalogue its TIGER cannot split
+    ("quickstart one item", _args("quickstart", "--items", "1", "--run-dir", R), "--items"),
+    ("quickstart fewer items than codes", _args("quickstart", "--items", "15", "--users", "50", "--run-dir", R),
+     "--items"),
+    # YAML keys given twice: the first block used to be dropped silently
+    ("config section given twice", _dup_section, "line 1"),
+    ("config key given twice", _files({"c.yaml": "train:\n  epochs: 1\n  epochs: 2\n"}, "config", "show", "-c",
+                                      "{tmp}/c.yaml"), "c.yaml:3: duplicate key 'train.epochs'"),
+    ("config base with a key given twice", _files({"b.yaml": "seed: 1\nseed: 2\n", "c.yaml": "base: b.yaml\n"},
+                                                  "config", "show", "-c", "{tmp}/c.yaml"), "b.yaml:2"),
+    ("run config.yaml with a key given twice", _edited("run", "config.yaml", lambda t: t + "seed: 3\n", "evaluate",
+                                                       "{copy}"), "duplicate key 'seed'"),
 ]
 
 
@@ -342,6 +527,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(base, tmp_path, monkey
     case = tmp_path / "case"
     case.mkdir()
     argv = setup(base, case)
+    for key, value in getattr(argv, "env", {}).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.chdir(case)
     before = tree(base, case)
     capsys.readouterr()
@@ -365,7 +552,7 @@ def test_case_table_is_large_and_covers_every_subcommand(base, tmp_path):
         (tmp_path / str(i)).mkdir()
         argvs.append(setup(base, tmp_path / str(i)))
     used = {a[0] for a in argvs} | {a[1] for a in argvs if a[0] == "data"}
-    assert len(CASES) >= 100
+    assert len(CASES) >= 150
     assert commands <= used, commands - used
 
 
@@ -494,3 +681,182 @@ def test_a_csv_with_a_byte_order_mark_is_recognised(tmp_path):
     rows = "".join(f"u{u},i{(u * 7 + t) % 30},{t}\n" for u in range(40) for t in range(6))
     (tmp_path / "x.csv").write_bytes(b"\xef\xbb\xbf" + ("user,item,timestamp\n" + rows).encode())
     assert cli("data", "stats", str(tmp_path / "x.csv")) == 0
+
+
+# ---------------------------------------------------------------------------------------------- the Python API
+@pytest.fixture(scope="module")
+def rec(base):
+    """The shared tiny SASRec run, loaded through the API."""
+    import sidrec
+
+    return sidrec.load(base / "run")
+
+
+def _recommend(**kwargs):
+    """A case that calls ``rec.recommend`` with a real history unless the case gives its own."""
+    def call(rec, base, tmp):
+        args = {"history": rec.items[:2], **kwargs}
+        if "user" in kwargs:
+            args.pop("history")
+        return rec.recommend(**args)
+    return call
+
+
+def _train(*args, **kwargs):
+    """A case that calls ``sidrec.train``; settings that would train anything point at a dataset that is not there."""
+    def call(rec, base, tmp):
+        import sidrec
+
+        return sidrec.train(*args, **kwargs)
+    return call
+
+
+_NO_DATA = ["data.path=/nonexistent/sidrec-data"]
+API_CASES: list[tuple[str, Callable, str]] = [
+    ("k a float", _recommend(k=2.5), "k"),
+    ("k a string", _recommend(k="5"), "k"),
+    ("k a boolean", _recommend(k=True), "k"),
+    ("k None", _recommend(k=None), "k"),
+    ("k NaN", _recommend(k=float("nan")), "k"),
+    ("user an empty list", _recommend(user=[]), "user"),
+    ("user a number not in the dataset", _recommend(user=123), "user"),
+    ("user a boolean", _recommend(user=True), "user"),
+    ("user a mapping", _recommend(user={}), "user"),
+    ("user a float", _recommend(user=1.5), "user"),
+    ("user [None]", _recommend(user=[None]), "user"),
+    ("user a list of lists", lambda rec, b, t: rec.recommend(user=[[rec.users[0]]]), "user"),
+    ("history [None]", _recommend(history=[None]), "history"),
+    ("history a mapping", _recommend(history={"I00001": 1}), "history"),
+    ("history a number", _recommend(history=5), "history"),
+    ("history [1.5]", _recommend(history=[1.5]), "history"),
+    ("history a set", _recommend(history={"I00001"}), "history"),
+    ("history [[None]]", _recommend(history=[[None]]), "history"),
+    ("history of bytes", _recommend(history=[b"I00001"]), "history"),
+    ("history nested three deep", lambda rec, b, t: rec.recommend(history=[[[rec.items[0]]]]), "history"),
+    ("history mixing ids and lists", lambda rec, b, t: rec.recommend(history=[rec.items[0], [rec.items[1]]]),
+     "history"),
+    ("exclude None", _recommend(exclude=None), "exclude"),
+    ("exclude [None]", _recommend(exclude=[None]), "exclude"),
+    ("exclude a mapping", lambda rec, b, t: rec.recommend(history=rec.items[:2], exclude={rec.items[0]: 1}),
+     "exclude"),
+    ("skip_unknown a string", _recommend(skip_unknown="yes"), "skip_unknown"),
+    ("train config a number", _train(5), "config"),
+    ("train config a mapping", _train({"train": {"epochs": 1}}), "config"),
+    ("train config a list holding a number", _train([5]), "config"),
+    ("train overrides one string", _train(None, "train.lr=1"), "overrides"),
+    ("train overrides holding a number", _train(None, [5]), "overrides"),
+    ("train overrides without '='", _train(None, _NO_DATA + ["train.lr"]), "overrides"),
+    ("train resume a string", _train(None, _NO_DATA, resume="no"), "resume"),
+    ("train overwrite a string", _train(None, _NO_DATA, overwrite="yes"), "overwrite"),
+    ("load a number", lambda rec, b, t: __import__("sidrec").load(5), "run_dir"),
+    ("load None", lambda rec, b, t: __import__("sidrec").load(None), "run_dir"),
+    ("load weights a number", lambda rec, b, t: __import__("sidrec").load(b / "run", 5), "weights"),
+    ("Recommender of a number", lambda rec, b, t: __import__("sidrec").Recommender(5), "run_dir"),
+]
+
+
+@pytest.mark.parametrize(("call", "argument"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_bad_api_argument_is_a_sidrec_error_naming_it(base, rec, tmp_path, monkeypatch, call, argument):
+    from sidrec.errors import SidrecError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SidrecError) as info:
+        call(rec, base, tmp_path)
+    assert isinstance(info.value, ValueError)
+    assert f"argument '{argument}'" in str(info.value), str(info.value)
+    assert not list(tmp_path.iterdir()), "a refused call wrote files"
+
+
+def test_api_table_is_large():
+    assert len(API_CASES) >= 25
+
+
+def test_one_id_is_one_id_never_its_characters(rec):
+    """``exclude="I00009"`` used to be read as the set of characters {'I', '0', '9'} and I00009 came first."""
+    history = rec.items[:2]
+    top = rec.recommend(history=history, k=5)
+    first = top[0][0]
+    without = rec.recommend(history=history, k=5, exclude=first)
+    assert first not in [i for i, _ in without] and len(without) == 5
+    assert without == rec.recommend(history=history, k=5, exclude=[first])
+    # one item id as the history is a history of that item
+    assert rec.recommend(history=rec.items[3], k=3) == rec.recommend(history=[rec.items[3]], k=3)
+
+
+def test_unknown_ids_name_the_argument(rec):
+    from sidrec.errors import SidrecError
+
+    with pytest.raises(SidrecError, match="argument 'history': unknown item id 'nope'"):
+        rec.recommend(history=["nope"])
+    with pytest.raises(SidrecError, match="argument 'user': unknown user 'nobody'"):
+        rec.recommend(user="nobody")
+
+
+def test_recommend_answers_or_refuses_any_json_like_value(rec):
+    """Random JSON-like values (and real ids) for every argument of ``recommend``: a list of (id, score), a list of
+    such lists, or a SidrecError; never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from sidrec.errors import SidrecError
+
+    ids = st.sampled_from(rec.items[:8] + rec.users[:4])
+    scalars = st.none() | st.booleans() | st.integers(-3, 2**70) | st.floats(allow_nan=True) | st.text(max_size=6) | ids
+    json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3),
+                                                                                                  inner, max_size=3),
+                             max_leaves=10)
+    absent = st.just(Ellipsis)
+    arguments = st.fixed_dictionaries({
+        "history": absent | json_like | st.lists(ids, max_size=5) | st.lists(st.lists(ids, max_size=4), max_size=3),
+        "user": absent | json_like | st.sampled_from(rec.users[:4]) | st.lists(st.sampled_from(rec.users[:4]),
+                                                                               max_size=3),
+        "k": absent | json_like | st.integers(-2, 60),
+        "exclude": absent | json_like | st.lists(ids, max_size=3),
+        "skip_unknown": absent | json_like,
+    })
+
+    def is_row(row):
+        return isinstance(row, list) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                             and isinstance(p[1], float) for p in row)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(arguments)
+    def check(args):
+        kwargs = {k: v for k, v in args.items() if v is not Ellipsis}
+        try:
+            out = rec.recommend(**kwargs)
+        except SidrecError:
+            return
+        assert is_row(out) or (isinstance(out, list) and all(is_row(r) for r in out)), out
+
+    check()
+
+
+# --------------------------------------------------------------------------------------- readers, said not refused
+def test_ids_that_int_half_accepts_are_read_as_strings(tmp_path, capsys):
+    """A superscript digit passes ``str.isdigit`` but not ``int``: such ids crashed the readers' sorting."""
+    (tmp_path / "x.csv").write_text(_CSV + "\u00b2,i1,9\n\u00b2,i2,10\n\u00b2,i3,11\n")
+    assert cli("data", "prepare", str(tmp_path / "x.csv"), "--out", str(tmp_path / "p")) == 0
+    from sidrec.data.dataset import Dataset
+
+    assert "\u00b2" in Dataset.load(tmp_path / "p").user_ids
+    (tmp_path / "d.inter.json").write_text(_LC[:-1] + ', "99": [1, 2, "\u00b3"]}')
+    assert cli("data", "stats", str(tmp_path / "d.inter.json")) == 0
+
+
+def test_items_missing_from_item_json_are_counted_and_reported(tmp_path, capsys):
+    (tmp_path / "d.inter.json").write_text(_LC)
+    (tmp_path / "d.item.json").write_text('{"0": {"title": "a"}, "1": {"title": "b"}}')
+    capsys.readouterr()
+    assert cli("data", "stats", str(tmp_path / "d.inter.json")) == 0
+    err = capsys.readouterr().err
+    assert "sidrec: warning:" in err and "28 of the 30 items" in err and "d.item.json" in err, err
+    assert cli("data", "stats", str(tmp_path / "d.inter.json"), "--strict-items") == 2
+
+
+def test_a_short_synthetic_catalogue_is_generated():
+    """Fewer items than the generator's 24 topics used to crash with numpy's 'high <= 0'."""
+    from sidrec.data.synthetic import generate
+
+    ds = generate(n_users=40, n_items=5)
+    assert ds.n_items == 5 and ds.n_users > 0

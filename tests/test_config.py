@@ -1,9 +1,12 @@
 import re
+from pathlib import Path
 
 import pytest
 
 from sidrec.config import Config, load_config, save_config
 from sidrec.errors import SidrecError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_and_overrides():
@@ -313,3 +316,50 @@ def test_gpu_detection_without_torch_reads_torchs_build_and_the_driver(tmp_path,
     assert C.gpu_visible() is True
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert C.gpu_visible() is False
+
+
+# ------------------------------------------------------------------------------- round three (issue 59)
+@pytest.mark.parametrize(("text", "key", "lines"), [
+    ("train:\n  epochs: 1\ndata:\n  path: synthetic\ntrain:\n  lr: 0.01\n", "train", (1, 5)),
+    ("train:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n", "train.epochs", (2, 4)),
+    ("seed: 1\nseed: 1\n", "seed", (1, 2)),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, key, lines):
+    """YAML keeps the last of two equal keys: a section written twice lost the first block (epochs 1 -> 200)."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(SidrecError, match=rf"c\.yaml:{lines[1]}: duplicate key '{key}' \(first at line {lines[0]}\)"):
+        load_config([tmp_path / "c.yaml"])
+    (tmp_path / "top.yaml").write_text("base: c.yaml\n")  # in a base file too
+    with pytest.raises(SidrecError, match=rf"c\.yaml:{lines[1]}: duplicate key"):
+        load_config([tmp_path / "top.yaml"])
+
+
+def test_the_same_key_in_two_files_or_two_sections_is_no_duplicate(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  epochs: 1\n")
+    (tmp_path / "b.yaml").write_text("train:\n  epochs: 2\ntokenizer:\n  epochs: 3\n")
+    cfg = load_config([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert (cfg.train.epochs, cfg.tokenizer.epochs) == (2, 3)
+
+
+def test_every_config_of_the_repository_loads_without_duplicate_keys():
+    from sidrec.config import PRESETS, _read_yaml
+
+    files = sorted((REPO / "configs").rglob("*.yaml")) + sorted(PRESETS.glob("*.yaml"))
+    assert files
+    for f in files:
+        _read_yaml(f, set())
+
+
+@pytest.mark.parametrize("override", ["seed=-1", "seed=4294967296", "data.synthetic_seed=-3", "tokenizer.seed=-1"])
+def test_seeds_outside_numpy_range_are_refused(override):
+    """np.random.seed takes 0 .. 2^32-1; a seed outside it was a traceback once training started."""
+    with pytest.raises(SidrecError, match=rf"'{override.split('=')[0]}': must be in \[0, 4294967295\]"):
+        load_config(None, [override])
+    assert load_config(None, ["seed=4294967295"]).seed == 4294967295
+
+
+@pytest.mark.parametrize("override", ["train.threads=99999999999999999999", "sasrec.d_model=1e30",
+                                      "eval.ks=[10, 99999999999999999999]"])
+def test_integers_beyond_64_bits_are_refused(override):
+    with pytest.raises(SidrecError, match=rf"'{override.split('=')[0]}': expected an integer of at most 64 bits"):
+        load_config(None, [override])

@@ -17,7 +17,7 @@ from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.dream.cart import CART, CARTConfig, candidate_sids, family_negatives
 from sidrec.dream.config import DREAMConfig
 from sidrec.dream.cpde import add_lora, update_weights
-from sidrec.dream.newitems import add_items, read_new_items
+from sidrec.dream.newitems import add_items, read_new_items, read_records
 from sidrec.dream.sids import complete_candidates, place_sids, table_with
 from sidrec.dream.uc3 import sid_nll, uc3_decide
 from sidrec.errors import SidrecError
@@ -294,6 +294,26 @@ def test_new_items_file_errors_name_file_and_line(tmp_path):
         read_new_items(p)
     p.write_text('{"item_id": "a"}\n{"item_id": "a"}\n')
     with pytest.raises(SidrecError, match="more than once"):
+        read_new_items(p)
+
+
+def test_new_items_files_read_as_spreadsheets_and_editors_write_them(tmp_path):
+    """A CSV with a byte-order mark, a quoted field holding a newline, a JSON string holding U+2028: read as meant;
+    a byte that is not UTF-8, a field over the csv module's limit and a row wider than the header are named."""
+    p = tmp_path / "n.csv"
+    p.write_bytes("\ufeffitem_id,title\nN1,\"two\nlines\"\nN2,x\n".encode())
+    assert read_records(p, "") == [(2, {"item_id": "N1", "title": "two\nlines"}), (4, {"item_id": "N2", "title": "x"})]
+    j = tmp_path / "n.jsonl"
+    j.write_text('{"item_id": "N1", "title": "a\u2028b"}\n', encoding="utf-8")
+    assert read_new_items(j) == [{"item_id": "N1", "title": "a\u2028b"}]
+    p.write_bytes(b"item_id,title\nN1,ok\nN2,caf\xe9\n")
+    with pytest.raises(SidrecError, match=r"n\.csv: not UTF-8 text at byte 26 \(line 3\)"):
+        read_new_items(p)
+    p.write_text("item_id,title\nN1," + "y" * 200_000 + "\n")
+    with pytest.raises(SidrecError, match=r"n\.csv, line 2: a field longer than the CSV reader's limit of 131,072"):
+        read_new_items(p)
+    p.write_text("item_id,title\nN1,a,b\n")
+    with pytest.raises(SidrecError, match=r"line 2: 3 fields, but the header names 2"):
         read_new_items(p)
 
 

@@ -407,3 +407,64 @@ def test_real_s3rec_folders_are_not_claimed_by_other_readers() -> None:
     for folder in sorted(p for p in REAL.iterdir() if p.is_dir()):
         claims = [f for f in FORMATS[1:] if f != "s3rec" and _module(f).detect(folder)]
         assert claims == [], f"{folder} is claimed by {claims}"
+
+
+# ------------------------------------------------------------------------------- round three (issue 59)
+_CSV = "user,item,timestamp\n" + "".join(f"u{u},i{(u * 3 + t) % 7},{t}\n" for u in range(5) for t in range(4))
+
+
+@pytest.mark.parametrize(("files", "culprit", "where"), [
+    ({"x.csv": _CSV.encode() + b"u\xe9,i1,9\n"}, "x.csv", "line 22"),
+    ({"interactions.csv": _CSV.encode(), "items.csv": b"item,title\ni1,caf\xe9\n"}, "items.csv", "line 2"),
+    ({"X.inter.json": b'{"1": ["a", "\xe9"]}'}, "X.inter.json", "line 1"),
+    ({"X.inter": b"user_id:token\titem_id:token\nu1\ti\xe9\n"}, "X.inter", "line 2"),
+    ({"seq.txt": b"1 2 3\n", "items.jsonl": b'{"item_id": "2"}\n{"item_id": "3", "title": "\xe9"}\n'},
+     "items.jsonl", "line 2"),
+])
+def test_text_that_is_not_utf8_names_file_byte_and_line(tmp_path: Path, files, culprit, where) -> None:
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    path = tmp_path / next(iter(files)) if len(files) == 1 else tmp_path
+    with pytest.raises(SidrecError, match=rf"{culprit}: not UTF-8 text at byte \d+ \({where}\)"):
+        load_dataset(path)
+
+
+def test_a_csv_row_over_the_limit_names_its_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tabular, "CSV_ROW_LIMIT", 4096)  # the 16 MiB limit, scaled down
+    rows = _CSV.splitlines(keepends=True)
+    (tmp_path / "x.csv").write_text("".join(rows[:2]) + "u9,i9," + "9" * 20_000 + "\n" + "".join(rows[2:]))
+    with pytest.raises(SidrecError, match=r"x\.csv:3: a row of 20,007 bytes; a CSV row may hold at most 4,096 bytes"):
+        load_dataset(tmp_path / "x.csv")
+
+
+def test_items_missing_from_the_item_file_are_counted_or_refused(tmp_path: Path) -> None:
+    (tmp_path / "X.inter.json").write_text(json.dumps({"u1": [0, 1, 2], "u2": [1, 2, 3]}))
+    (tmp_path / "X.item.json").write_text(json.dumps({"0": {"title": "a"}, "1": {"title": "b"}}))
+    ds = load_dataset(tmp_path / "X.inter.json")
+    assert ds.unmatched_items == ["2", "3"] and ds.item_file.endswith("X.item.json")
+    with pytest.raises(SidrecError, match=r"X\.item\.json: 2 of the 4 items .*--strict-items"):
+        load_dataset(tmp_path / "X.inter.json", strict_items=True)
+    assert load_dataset(FIX / "lcrec").unmatched_items == []  # every item of the fixture has a record
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "interactions.csv").write_text(_CSV)
+    (tmp_path / "t" / "items.csv").write_text("item,title\ni1,one\n")
+    assert len(load_dataset(tmp_path / "t").unmatched_items) == 6
+    with pytest.raises(SidrecError, match="--strict-items"):
+        load_dataset(tmp_path / "t", strict_items=True)
+
+
+def test_ids_of_digits_int_refuses_are_strings_or_named(tmp_path: Path) -> None:
+    """'²' passes str.isdigit but not int(): it sorted as a number and crashed the readers."""
+    (tmp_path / "x.csv").write_text(_CSV + "\u00b2,i1,1\n")
+    assert "\u00b2" in load_dataset(tmp_path / "x.csv").user_ids
+    (tmp_path / "seq.txt").write_text("1 2 3\n2 3 \u00b9\n")
+    with pytest.raises(SidrecError, match=r"seq\.txt:2: expected integer ids"):
+        load_dataset(tmp_path / "seq.txt", "s3rec")
+
+
+@pytest.mark.parametrize(("datamaps", "message"), [("[1, 2]", "got a list"), ('{"id2item": [1]}', "id2item")])
+def test_s3rec_datamaps_of_another_shape_is_named(tmp_path: Path, datamaps: str, message: str) -> None:
+    (tmp_path / "seq.txt").write_text("1 2 3\n2 3 4\n")
+    (tmp_path / "datamaps.json").write_text(datamaps)
+    with pytest.raises(SidrecError, match=rf"datamaps\.json: .*{message}"):
+        load_dataset(tmp_path)

@@ -14,6 +14,8 @@ as the command line, so a run trained from Python is a normal run folder, and ``
 
 from __future__ import annotations
 
+import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,151 @@ from typing import Any
 from sidrec.config import Config, load_config
 from sidrec.errors import SidrecError
 
+# ------------------------------------------------------------------------------------------------ argument checks
+# Why at the boundary: a wrong argument used to travel into numpy or torch and come back as a bare TypeError or
+# KeyError naming neither the argument nor the call (``k="5"``: "can only concatenate str (not "int") to str"), or,
+# worse, be read some other way (``exclude="I00009"`` iterated as the characters 'I', '0', ...). Every public entry
+# point checks its arguments here first; a bad one is a SidrecError (a ValueError) that reads
+# "recommend(): argument 'k' must be a positive integer, got '5' (str)".
+
+
+def _show(value: Any) -> str:
+    """A value as an error message shows it: a short repr and its type."""
+    text = repr(value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({type(value).__name__})"
+
+
+def _bad_argument(func: str, name: str, expected: str, value: Any) -> SidrecError:
+    return SidrecError(f"{func}(): argument '{name}' must be {expected}, got {_show(value)}")
+
+
+def _is_id(x: Any) -> bool:
+    """An item or user id: a string, or a whole number (ids such as LC-Rec's are numbers written as strings)."""
+    return isinstance(x, str) or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
+
+
+def _is_list(x: Any) -> bool:
+    """An ordered sequence of values (list, tuple, 1-d array, ...), not a string, a mapping or a set."""
+    if isinstance(x, str | bytes | bytearray | dict | set | frozenset) or not hasattr(x, "__len__"):
+        return False
+    return isinstance(x, Sequence) or (hasattr(x, "ndim") and getattr(x, "ndim", 0) == 1)
+
+
+def _ids(func: str, name: str, value: Any, what: str) -> list[str]:
+    """A list of ids, as strings; any element that is not an id names its position."""
+    out = []
+    for n, x in enumerate(value):
+        if not _is_id(x):
+            raise SidrecError(f"{func}(): argument '{name}': element {n} must be {what} (a string), got {_show(x)}")
+        out.append(str(x))
+    return out
+
+
+def _check_bool(func: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool is accepted too
+        raise _bad_argument(func, name, "True or False", value)
+    return bool(value)
+
+
+def _check_k(func: str, k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise _bad_argument(func, "k", "a positive integer (the number of items)", k)
+    return int(k)
+
+
+def _check_path(func: str, name: str, value: Any, optional: bool = False) -> Path | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str | os.PathLike) or not str(os.fspath(value)).strip():
+        expected = "a path (str or pathlib.Path)" + (" or None" if optional else "")
+        raise _bad_argument(func, name, expected, value)
+    return Path(os.fspath(value))
+
+
+def _histories(history: Any) -> tuple[list[list[str]], bool]:
+    """``history=`` as lists of item ids and whether one history was given (else a list of them).
+
+    One id (a string) is a history of that one item, never its characters; a list of ids is one history; a list of
+    lists is several. Anything else (a mapping, a set, None, a number inside) is refused, naming what it is.
+    """
+    func, what = "recommend", "a list of item ids (oldest first) or a list of such lists"
+    if _is_id(history):
+        return [[str(history)]], True
+    if not _is_list(history):
+        raise _bad_argument(func, "history", what, history)
+    if all(_is_id(x) for x in history):
+        return [[str(x) for x in history]], True
+    for n, x in enumerate(history):
+        if not (_is_id(x) or _is_list(x)):
+            raise SidrecError(f"{func}(): argument 'history': element {n} must be an item id (a string) or a list of "
+                              f"them, got {_show(x)}")
+    if not all(_is_list(h) for h in history):
+        n = next(i for i, x in enumerate(history) if _is_list(x))
+        raise SidrecError(f"{func}(): argument 'history' mixes item ids and lists (element {n} is a list); expected "
+                          f"{what}")
+    out = []
+    for n, h in enumerate(history):
+        for m, x in enumerate(h):
+            if not _is_id(x):
+                raise SidrecError(f"{func}(): argument 'history': history {n}, element {m} must be an item id (a "
+                                  f"string), got {_show(x)}")
+        out.append([str(x) for x in h])
+    return out, False
+
+
+def _users(user: Any) -> tuple[list[str], bool]:
+    """``user=`` as a list of user ids and whether one user was given."""
+    if _is_id(user):
+        return [str(user)], True
+    if not _is_list(user):
+        raise _bad_argument("recommend", "user", "a user id (a string) or a list of them", user)
+    if len(user) == 0:
+        raise _bad_argument("recommend", "user", "a user id or a non-empty list of them", user)
+    return _ids("recommend", "user", user, "a user id"), False
+
+
+def _exclusions(exclude: Any) -> bool | set[str]:
+    """``exclude=``: True / False, or the item ids to leave out (one id alone is that id, not its characters)."""
+    if isinstance(exclude, bool) or type(exclude).__name__ == "bool_":
+        return bool(exclude)
+    if _is_id(exclude):
+        return {str(exclude)}
+    if not (_is_list(exclude) or isinstance(exclude, set | frozenset)):
+        raise _bad_argument("recommend", "exclude", "True, False or a list of item ids", exclude)
+    return set(_ids("recommend", "exclude", exclude, "an item id"))
+
+
+def _config_files(config: Any) -> list[Path]:
+    """``config=`` of :func:`train` as a list of YAML paths (a mapping or a number is refused, naming it)."""
+    what = "a YAML path, a list of them or a sidrec.config.Config (settings go in overrides= or as keywords)"
+    if config is None:
+        return []
+    if isinstance(config, str | os.PathLike):
+        return [_check_path("train", "config", config)]  # type: ignore[list-item]
+    if not _is_list(config):
+        raise _bad_argument("train", "config", what, config)
+    out = []
+    for n, f in enumerate(config):
+        if not isinstance(f, str | os.PathLike) or not str(os.fspath(f)).strip():
+            raise SidrecError(f"train(): argument 'config': element {n} must be a YAML path, got {_show(f)}")
+        out.append(Path(os.fspath(f)))
+    return out
+
+
+def _override_list(overrides: Any) -> list[str]:
+    """``overrides=`` of :func:`train`: a list of ``key.sub=value`` strings (one string alone is refused: it used to
+    be read one character at a time)."""
+    what = "a list of 'key.sub=value' strings"
+    if isinstance(overrides, str):
+        raise SidrecError(f"train(): argument 'overrides' must be {what}, got one string {overrides[:60]!r}; "
+                          f"write overrides=[{overrides[:60]!r}]")
+    if not _is_list(overrides):
+        raise _bad_argument("train", "overrides", what, overrides)
+    for n, o in enumerate(overrides):
+        if not isinstance(o, str) or "=" not in o or not o.split("=", 1)[0].strip():
+            raise SidrecError(f"train(): argument 'overrides': element {n} must be a 'key.sub=value' string, got {_show(o)}")
+    return list(overrides)
+
 
 def _overrides(settings: dict[str, Any]) -> list[str]:
     """``train__lr=3e-4`` (or ``**{"train.lr": 3e-4}``) as the override ``train.lr=0.0003``."""
@@ -29,6 +176,10 @@ def _overrides(settings: dict[str, Any]) -> list[str]:
 
     out = []
     for key, value in settings.items():
+        if not key.strip() or key.startswith(("_", ".")):
+            raise SidrecError(f"train(): keyword argument {key!r} is not a setting (write train__lr=3e-4 for train.lr)")
+        if isinstance(value, tuple):
+            value = list(value)
         text = json.dumps(value) if isinstance(value, list | dict | bool) or value is None else str(value)
         out.append(f"{key.replace('__', '.')}={text}")
     return out
@@ -52,16 +203,25 @@ def train(config: str | Path | Sequence[str | Path] | Config | None = None, over
     ``config``: YAML file(s) applied in order (or a :class:`~sidrec.config.Config`); ``overrides``: dotted
     settings as on the command line (``"train.lr=3e-4"``); ``settings``: the same as keyword arguments, ``__`` for
     the dot (``train__lr=3e-4``). Without ``run_dir`` the run goes to ``runs/<dataset>-<method>-<time>``.
+
+    Raises :class:`~sidrec.errors.SidrecError` (a ``ValueError``) naming the argument for a wrong one (a number as
+    ``config``, one string as ``overrides``), and naming the file or key for a bad config.
     """
+    from sidrec.env import check_environment
     from sidrec.pipeline import train as run_train
 
+    resume = _check_bool("train", "resume", resume)
+    overwrite = _check_bool("train", "overwrite", overwrite)
+    ovs = _override_list(overrides)
+    check_environment()
     if isinstance(config, Config):
-        if overrides or settings:
-            raise SidrecError("give overrides with a config file, or change the Config object itself")
+        if ovs or settings:
+            raise SidrecError("train(): arguments 'overrides' and keyword settings go with a config file; with a "
+                              "sidrec.config.Config, change the object itself")
         cfg = config
     else:
-        files = [config] if isinstance(config, str | Path) else list(config or [])
-        cfg = load_config([Path(f) for f in files] or None, list(overrides) + _overrides(settings))
+        files = _config_files(config)
+        cfg = load_config(files or None, ovs + _overrides(settings))  # type: ignore[arg-type]
     if not cfg.run_dir:
         from sidrec.runs import default_run_dir
 
@@ -72,18 +232,28 @@ def train(config: str | Path | Sequence[str | Path] | Config | None = None, over
 
 
 def load(run_dir: str | Path, weights: str | Path | None = None) -> Recommender:
-    """A finished run, ready to recommend (its best weights, or ``weights``)."""
+    """A finished run, ready to recommend (its best weights, or ``weights``); a wrong argument or a folder that is
+    not a finished run is a :class:`~sidrec.errors.SidrecError`."""
     return Recommender(run_dir, weights)
 
 
 class Recommender:
-    """A loaded run: recommendations for users of its dataset or for any history, evaluation, item SIDs."""
+    """A loaded run: recommendations for users of its dataset or for any history, evaluation, item SIDs.
+
+    Every method checks its arguments first: a wrong one is a :class:`~sidrec.errors.SidrecError` (a ``ValueError``)
+    whose message names the argument and what it must be, never an error from deep inside numpy or torch.
+    """
 
     def __init__(self, run_dir: str | Path, weights: str | Path | None = None) -> None:
+        from sidrec.env import check_environment
         from sidrec.pipeline import load_run
 
-        self.path = Path(run_dir)
-        self.cfg, self.dataset, self.split, self.task = load_run(run_dir, weights)
+        path = _check_path("load", "run_dir", run_dir)
+        weights_path = _check_path("load", "weights", weights, optional=True)
+        check_environment()
+        assert path is not None
+        self.path = path
+        self.cfg, self.dataset, self.split, self.task = load_run(path, weights_path)
 
     @property
     def method(self) -> str:
@@ -99,53 +269,70 @@ class Recommender:
         """The dataset's original user ids."""
         return list(self.dataset.user_ids)
 
-    def recommend(self, history: Sequence[str] | Sequence[Sequence[str]] | None = None,
-                  user: str | Sequence[str] | None = None, k: int = 10, exclude: bool | Sequence[str] = True,
+    def recommend(self, history: Sequence[str] | Sequence[Sequence[str]] | str | None = None,
+                  user: str | Sequence[str] | None = None, k: int = 10, exclude: bool | str | Sequence[str] = True,
                   skip_unknown: bool = False) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Top-``k`` (item id, score) after a history (a list of item ids, oldest first) or for a user of the
         dataset (their whole history); a list of histories or users gives one list each, in one batched pass.
 
-        ``exclude``: True leaves out the history's own items, False keeps them, a list of item ids leaves out
-        those (and not the history). Unknown item ids are an error unless ``skip_unknown``.
+        ``exclude``: True leaves out the history's own items, False keeps them, item ids (a list, or one id) leave
+        out those (and not the history). Unknown item ids are an error unless ``skip_unknown``. One id where a list
+        is expected (``history="I1"``, ``exclude="I9"``) is that one id, never its characters.
         """
         from sidrec.pipeline import item_indices, recommend_histories, user_indices
 
         if (history is None) == (user is None):
-            raise SidrecError("recommend needs history=[item ids] or user=id (one of them)")
-        single = isinstance(user, str) if user is not None else (
-            len(history) == 0 or isinstance(history[0], str | int))  # type: ignore[index, arg-type]
+            raise SidrecError("recommend(): give argument 'history' (item ids) or argument 'user' (a user id), "
+                              "exactly one of them")
+        k = _check_k("recommend", k)
+        drop = _exclusions(exclude)
+        skip_unknown = _check_bool("recommend", "skip_unknown", skip_unknown)
+        users = None
         if user is not None:
-            users = user_indices(self.dataset, [user] if isinstance(user, str) else list(user))
+            ids, single = _users(user)
+            try:
+                users = user_indices(self.dataset, ids)
+            except SidrecError as exc:
+                raise SidrecError(f"recommend(): argument 'user': {exc}") from None
             hists = [self.dataset.sequence(int(u)) for u in users]
         else:
-            raw = [history] if single else list(history)  # type: ignore[list-item, arg-type]
-            hists = item_indices(self.dataset, [[str(x) for x in h] for h in raw], skip_unknown)
-            users = None
-        drop: set[str] = set()
-        if not isinstance(exclude, bool):
-            drop = {str(x) for x in exclude}
-        extra = len(drop)
-        lists = recommend_histories(self.task, self.cfg, hists, self.dataset.item_ids, k + extra,
-                                    exclude is True, users)
-        lists = [[(i, s) for i, s in row if i not in drop][:k] for row in lists]
+            raw, single = _histories(history)
+            try:
+                hists = item_indices(self.dataset, raw, skip_unknown)
+            except SidrecError as exc:
+                raise SidrecError(f"recommend(): argument 'history': {exc}") from None
+        extra = len(drop) if isinstance(drop, set) else 0
+        lists = recommend_histories(self.task, self.cfg, hists, self.dataset.item_ids, k + extra, drop is True, users)
+        if isinstance(drop, set):
+            lists = [[(i, s) for i, s in row if i not in drop][:k] for row in lists]
         return lists[0] if single else lists
 
     def evaluate(self, split: str = "test") -> dict[str, dict[str, Any]]:
         """Metrics of ``split`` ('valid' or 'test') per subset (all / warm / cold / buckets), as ``sidrec evaluate``."""
-        if split not in ("valid", "test"):
-            raise SidrecError(f"split must be 'valid' or 'test', got '{split}'")
+        if not isinstance(split, str) or split not in ("valid", "test"):
+            raise _bad_argument("evaluate", "split", "'valid' or 'test'", split)
         return self.task.evaluate(self.task.model, split)
 
-    def item_sids(self, item_ids: Sequence[str]) -> dict[str, list[int]]:
-        """The semantic ID each item is read as (SID-based runs: TIGER, DIGER, ACERec, DREAM's stages)."""
+    def item_sids(self, item_ids: str | Sequence[str]) -> dict[str, list[int]]:
+        """The semantic ID each item is read as (SID-based runs: TIGER, DIGER, ACERec, DREAM's stages); one id
+        alone is that item."""
         from sidrec.pipeline import item_indices
 
+        if _is_id(item_ids):
+            ids = [str(item_ids)]
+        elif _is_list(item_ids):
+            ids = _ids("item_sids", "item_ids", item_ids, "an item id")
+        else:
+            raise _bad_argument("item_sids", "item_ids", "an item id or a list of them", item_ids)
         table = self.task.item_codes()
         if table is None:
             raise SidrecError(f"method '{self.method}' has no semantic IDs")
-        idx = item_indices(self.dataset, [[str(i) for i in item_ids]])[0]
+        try:
+            idx = item_indices(self.dataset, [ids])[0]
+        except SidrecError as exc:
+            raise SidrecError(f"item_sids(): argument 'item_ids': {exc}") from None
         codes = table[idx].cpu().tolist()
-        return {str(i): c for i, c in zip(item_ids, codes, strict=True)}
+        return dict(zip(ids, codes, strict=True))
 
 
 __all__ = ["Recommender", "Run", "load", "train"]

@@ -51,6 +51,19 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[
     return t
 
 
+StrictItems = Annotated[bool, typer.Option(
+    "--strict-items", help="refuse interactions that name items the item file (LC-Rec item.json, a tabular items "
+    "table) has no record of; by default they are kept, counted and reported")]
+
+
+def _warn_unmatched(ds: Any) -> None:
+    """Say how many items the interactions name that the item file lacks (they have no text to embed)."""
+    if ds.unmatched_items:
+        from sidrec.data.formats import unmatched_message
+
+        print(f"sidrec: warning: {unmatched_message(ds)}; --strict-items refuses such data", file=sys.stderr)
+
+
 @data_app.command("prepare")
 def data_prepare(
     input: Annotated[str, typer.Argument(help="raw dataset path (file or folder), or 'synthetic'")],
@@ -62,6 +75,7 @@ def data_prepare(
     name: Annotated[str, typer.Option(help="dataset name (default: folder name)")] = "",
     cold_threshold: Annotated[int, typer.Option(min=0, help="cold = target with <= this many training "
                                                 "interactions")] = 5,
+    strict_items: StrictItems = False,
 ) -> None:
     """Read a dataset in any supported format, report its statistics, and save it as Parquet."""
     from sidrec.data.dataset import check_prepared_destination
@@ -69,7 +83,8 @@ def data_prepare(
 
     if output is not None:
         check_prepared_destination(output)
-    ds = load_dataset(input, fmt, name, kcore)
+    ds = load_dataset(input, fmt, name, kcore, strict_items=strict_items)
+    _warn_unmatched(ds)
     dest = output or Path("data_prepared") / ds.name
     check_prepared_destination(dest)
     _print_stats(ds, cold_threshold)
@@ -122,11 +137,13 @@ def data_stats(
     cold_threshold: Annotated[int, typer.Option(min=0, help="cold = target with <= this many training "
                                                 "interactions")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    strict_items: StrictItems = False,
 ) -> None:
     """Print users, items, interactions, sequence lengths and cold/warm test-user counts."""
     from sidrec.data.formats import load_dataset
 
-    ds = load_dataset(input, fmt, "", kcore)
+    ds = load_dataset(input, fmt, "", kcore, strict_items=strict_items)
+    _warn_unmatched(ds)
     if as_json:
         from sidrec.data.protocol import LeaveOneOut
 
@@ -380,13 +397,14 @@ def _ids(text: str, where: str) -> list[str]:
 def _read_sessions(path: Path) -> tuple[list[list[str]], list[str]]:
     """Histories from a text file, one per non-empty line (item ids comma-separated)."""
     from sidrec.config import describe_path
+    from sidrec.errors import read_utf8
 
     if not path.is_file():
         raise SidrecError(f"--sessions {describe_path(str(path))}: not a file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise SidrecError(f"--sessions {path}: not UTF-8 text") from None
+        lines = read_utf8(path).splitlines()
+    except SidrecError as exc:
+        raise SidrecError(f"--sessions {exc}") from None
     hs, names = [], []
     for n, line in enumerate(lines, 1):
         if line.strip():
@@ -466,10 +484,13 @@ def quickstart(
 ) -> None:
     """Run the main job end to end on the embedded synthetic dataset (no files, no network)."""
     from sidrec.io import check_writable
-    from sidrec.quickstart import run_quickstart
+    from sidrec.quickstart import MIN_ITEMS, run_quickstart
 
     if users < 1 or items < 1:
         raise SidrecError(f"--users and --items must be positive, got {users} and {items}")
+    if items < MIN_ITEMS:
+        raise SidrecError(f"--items must be at least {MIN_ITEMS} (the demo's TIGER splits the catalogue into "
+                          f"{MIN_ITEMS} codes per level), got {items}")
     check_writable(run_dir, "run directory")
     run_quickstart(run_dir, users, items, console=out)
 
@@ -522,6 +543,9 @@ def main(argv: list[str] | None = None) -> None:
                            ("TQDM_DISABLE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
             os.environ.setdefault(var, value)
     try:
+        from sidrec.env import check_environment
+
+        check_environment()  # WORLD_SIZE=abc, RANK without torchrun, ...: one line before any work
         rv = app(args=argv, standalone_mode=False, prog_name="sidrec")
     except SidrecError as exc:
         if os.environ.get("SIDREC_DEBUG"):

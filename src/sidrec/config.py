@@ -208,6 +208,9 @@ def _unknown_key(key: str) -> SidrecError:
     return SidrecError(f"unknown config key '{key}'{hint}")
 
 
+_INT_LIMIT = 2**63
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert one value against its declared type; raise a SidrecError naming the key."""
     origin = typing.get_origin(tp)
@@ -247,8 +250,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise SidrecError(f"config key '{key}': expected an integer, got {value!r}")
+                value = int(value)
+            else:
+                raise SidrecError(f"config key '{key}': expected an integer, got {value!r}")
+        if not -_INT_LIMIT <= value < _INT_LIMIT:  # numpy and torch take 64-bit integers; beyond, a traceback
+            raise SidrecError(f"config key '{key}': expected an integer of at most 64 bits (|value| < 2^63), "
+                              f"got {value}")
         return value
     if tp is float:
         if isinstance(value, bool):
@@ -329,16 +336,22 @@ _POS, _NONNEG, _UNIT, _UNIT_OPEN, _AT_LEAST_1 = "> 0", ">= 0", "in [0, 1]", "in 
 # a learning rate above 10 is never meant (AdamW's useful range is ~1e-5..1e-1) and 1e308 overflows in the optimizer;
 # the embedded synthetic data is generated user by user: beyond a million users or items it would run for hours
 _RATE, _RATE0, _SYNTH = "in (0, 10]", "in [0, 10]", "in [1, 1000000]"
+# seeds go to numpy's legacy seeding (np.random.seed), which takes 0 .. 2^32-1 and raises on anything else
+_SEED = "in [0, 4294967295]"
 _RANGE_TESTS = {_POS: lambda v: v > 0, _NONNEG: lambda v: v >= 0, _UNIT: lambda v: 0 <= v <= 1,
                 _UNIT_OPEN: lambda v: 0 <= v < 1, _AT_LEAST_1: lambda v: v >= 1, _RATE: lambda v: 0 < v <= 10,
-                _RATE0: lambda v: 0 <= v <= 10, _SYNTH: lambda v: 1 <= v <= 1_000_000}
-# numeric keys any value of which is meaningful (seeds; a negative lambda_kd means "derive it"; the CPDE gate's
-# offset delta is in nats and may be negative)
-_UNCHECKED = {"seed", "data.synthetic_seed", "tokenizer.seed", "dream.lambda_kd", "dream.update_delta"}
+                _RATE0: lambda v: 0 <= v <= 10, _SYNTH: lambda v: 1 <= v <= 1_000_000,
+                _SEED: lambda v: 0 <= v <= 2**32 - 1}
+_SEEDS = {"seed", "data.synthetic_seed", "tokenizer.seed"}
+# numeric keys any value of which is meaningful (a negative lambda_kd means "derive it"; the CPDE gate's offset delta
+# is in nats and may be negative)
+_UNCHECKED = {"dream.lambda_kd", "dream.update_delta"}
 
 
 def _rule_for(key: str) -> str | None:
     """The range of dotted setting ``key``, from the ``RANGES`` of the section that declares it."""
+    if key in _SEEDS:
+        return _SEED
     if key in _UNCHECKED:
         return None
     cls: Any = Config
@@ -470,9 +483,21 @@ def describe_path(value: str) -> str:
     return f"'{value}'"
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one mapping of a config file (raised while composing, reported by :func:`_read_yaml`)."""
+
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: ``*name`` lets a 1 kB file expand to gigabytes (a "billion laughs"
-    config hung ``sidrec train``), and no setting needs one."""
+    """PyYAML's safe loader without aliases and without duplicate keys.
+
+    Aliases: ``*name`` lets a 1 kB file expand to gigabytes (a "billion laughs" config hung ``sidrec train``), and no
+    setting needs one. Duplicate keys: YAML keeps the last, so a section written twice (``train:`` ... ``train:``)
+    silently dropped the first block's settings (``epochs: 1`` became the default 200).
+    """
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.events.AliasEvent):
@@ -480,6 +505,28 @@ class _ConfigLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in config files",
                                               event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_document(self, node: Any) -> Any:  # type: ignore[override]
+        _refuse_duplicates(node, "")
+        return super().construct_document(node)
+
+
+def _refuse_duplicates(node: Any, prefix: str) -> None:
+    """Raise :class:`_DuplicateKey` for the first key that a mapping under ``node`` names twice (dotted path)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+                _refuse_duplicates(value_node, key + ".")
+            else:
+                _refuse_duplicates(value_node, prefix)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(item, prefix)
 
 
 def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
@@ -495,6 +542,9 @@ def _read_yaml(path: Path, seen: set[Path]) -> list[dict[str, Any]]:
         raise SidrecError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     except RecursionError:
         raise SidrecError(f"{path}: nested too deeply to be a config file") from None
+    except _DuplicateKey as dup:
+        raise SidrecError(f"{path}:{dup.second}: duplicate key '{dup.key}' (first at line {dup.first}); YAML would keep "
+                          "only the last one and silently drop the other: merge them into one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -14,12 +14,12 @@ without torch's CUDA state.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from sidrec import env
 from sidrec.config import DEVICE_SETTING
 from sidrec.errors import SidrecError
 
@@ -37,7 +37,7 @@ def resolve(setting: str = "auto", name: str = "train.device") -> torch.device:
     a run that asked for a GPU and trained for hours on a CPU is worse than one that stops at once.
     """
     check_setting(setting, name)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env.local_rank()
     if setting == "cpu":
         return torch.device("cpu")
     if setting == "auto":

@@ -27,11 +27,10 @@ def cache_root() -> Path:
     Why one place: item vectors (``features/``) and the machine's precision timing (``precision.json``) are reused
     by every run of every project, so they belong to the user, not to whatever folder a command ran in.
     """
-    root = os.environ.get("SIDREC_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "sidrec" if xdg else Path(os.path.expanduser("~")) / ".cache" / "sidrec"
+    from sidrec.env import cache_setting
+
+    setting = cache_setting()  # '~' expanded: SIDREC_CACHE=~/x must not create a folder named '~' here
+    return setting[1] if setting is not None else Path(os.path.expanduser("~")) / ".cache" / "sidrec"
 
 
 def features_cache(cache_dir: str = "") -> Path:

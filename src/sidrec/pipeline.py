@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +84,16 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     devices.prepare(dev)
     seed_everything(cfg.seed)
     if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+        try:
+            torch.set_num_threads(cfg.train.threads)
+        except (ValueError, RuntimeError, OverflowError):  # beyond a C int: torch's "Overflow when unpacking long"
+            raise SidrecError(f"config key 'train.threads': torch cannot run {cfg.train.threads} threads (this machine "
+                              f"has {os.cpu_count()} cores)") from None
     ds = dataset_from_config(cfg)
+    if ds.unmatched_items and D.is_main():
+        from sidrec.data.formats import unmatched_message
+
+        print(f"sidrec: warning: {unmatched_message(ds)}", file=sys.stderr)
     split = LeaveOneOut.from_dataset(ds, cfg.data.max_len, cfg.data.cold_threshold)
     check_trainable(ds, split)
     fresh = not (cfg.run_dir and Path(cfg.run_dir).exists())  # this call creates the folder
@@ -223,6 +233,7 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | N
     """
     run = Path(run_dir)
     only_overrides("fuse", overrides, ("fusion.", "content."))
+    _run_metrics(run)  # a damaged metrics.json fails now, before the fusion is chosen
     cfg, ds, split, task = load_run(run)
     if overrides:
         new = load_config([run / "config.yaml"], list(overrides))
@@ -236,7 +247,7 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | N
     task.fusion = fusion.Fusion()
     lock_run_dir(run)  # it rewrites the run's metrics: not while another process trains there
     try:
-        old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        old = _run_metrics(run)
         out = {**old, **fusion.final_evaluation(task, run, old.get("summary", {}),
                                                 cfg.eval.test if test is None else test), "protocol": cfg.eval.protocol}
         write_json(run / "metrics.json", out)
@@ -244,6 +255,25 @@ def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | N
     finally:
         release_run_dir(run)
     return out
+
+
+def _run_metrics(run: Path) -> dict[str, Any]:
+    """A run's ``metrics.json`` (``{}`` when it has none); one cut short, edited into something else or not UTF-8
+    is one line naming it: fuse merges its new metrics into it, so it must be read whole."""
+    path = run / "metrics.json"
+    if not path.exists():
+        return {}
+    hint = "restore it, or delete it to have fuse write a new one"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SidrecError(f"{path}:{exc.lineno}: not complete JSON ({exc.msg}; the file was cut short or edited); "
+                          f"{hint}") from None
+    except UnicodeDecodeError as exc:
+        raise SidrecError(f"{path}: not UTF-8 text at byte {exc.start}; {hint}") from None
+    if not isinstance(data, dict):
+        raise SidrecError(f"{path}: expected the JSON object 'sidrec train' writes, got a {type(data).__name__}; {hint}")
+    return data
 
 
 def item_indices(ds: Dataset, histories: list[list[str]], skip_unknown: bool = False,

@@ -35,6 +35,11 @@ QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
 ]
 
 
+# the smallest catalogue the demo runs on: its TIGER's codebooks have 16 codes, and a codebook cannot have more
+# codes than there are items (sidrec.sid.pipeline.preflight)
+MIN_ITEMS = 16
+
+
 def _label(method: str, res: dict[str, Any]) -> str:
     """The method's name, with '+content' when its ranking is fused with the content similarity."""
     f = res.get("fusion") or {}
@@ -48,10 +53,12 @@ def free_threads() -> tuple[int, str]:
     Why: two threads on a 2-core machine with another job running stall each other (measured: 264 s with two,
     118 s with one; docs/RESULTS.md), and a first command must not take minutes longer than it says.
     """
+    from sidrec.env import omp_threads
+
     cores = os.cpu_count() or 1
-    if os.environ.get("OMP_NUM_THREADS"):
-        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
-        return n, f"{n} thread(s) (OMP_NUM_THREADS)"
+    n_env = omp_threads()  # a value that is not a thread count is a one-line error, not a traceback
+    if n_env is not None:
+        return n_env, f"{n_env} thread(s) (OMP_NUM_THREADS)"
     try:
         load = os.getloadavg()[0]
     except OSError:

@@ -53,6 +53,10 @@ class Dataset:
     items: dict[str, list[Any]] = field(default_factory=dict)
     filter_report: FilterReport | None = None
     source: str = ""
+    # items the interactions name that the dataset's item file (LC-Rec item.json, a tabular items table) has no
+    # record of: they have no text. Set by the reader, reported by the command line, never saved.
+    unmatched_items: list[str] = field(default_factory=list)
+    item_file: str = ""  # the item file unmatched_items refers to
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -294,8 +298,12 @@ def check_prepared_destination(path: str | Path) -> None:
 
 
 def _natural_key(s: str) -> tuple[int, int | str]:
-    """Numeric ids sort numerically (1, 2, 10), others lexicographically: stable, human-expected order."""
-    return (0, int(s)) if s.isdigit() else (1, s)
+    """Numeric ids sort numerically (1, 2, 10), others lexicographically: stable, human-expected order.
+
+    Only ASCII digits count as a number: ``str.isdigit`` also accepts characters ``int`` refuses (a superscript
+    '²'), and such an id in a user's file must sort as the string it is, not crash the reader.
+    """
+    return (0, int(s)) if s.isascii() and s.isdigit() else (1, s)
 
 
 def _items_from_mapping(item_list: list[str], table: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:

@@ -40,7 +40,16 @@ _BRAND_SYL = "ka lo mi ra ve zu to ne sa fi qu bo da re li".split()
 
 def generate(n_users: int = 3000, n_items: int = 600, seed: int = 7, n_topics: int = 24,
              mean_len: float = 8.0, complement_prob: float = 0.45) -> Dataset:
-    """Generate the synthetic dataset (see module docstring)."""
+    """Generate the synthetic dataset (see module docstring).
+
+    A catalogue smaller than ``n_topics`` gets one topic per item (each topic needs a member to draw from; the
+    default 24 topics made 5 items crash with numpy's "high <= 0"); the topic graph needs at least 3 items.
+    """
+    if n_items < 3:
+        from sidrec.errors import SidrecError
+
+        raise SidrecError(f"data.synthetic_items: the synthetic generator needs at least 3 items, got {n_items}")
+    n_topics = min(n_topics, n_items)
     rng = np.random.default_rng(seed)
     n_tops = len(_TOPS)
     leaves = [f"{_NOUNS[t % len(_NOUNS)].title()}s {t}" for t in range(n_topics)]

@@ -13,6 +13,7 @@ it. The new items' content vectors are kept beside the table (``<table>.embeddin
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ import numpy as np
 
 from sidrec.config import load_config
 from sidrec.dream.sids import place_sids
-from sidrec.errors import SidrecError
+from sidrec.errors import SidrecError, read_utf8
 from sidrec.sid.table import SIDTable
 
 CATALOGUE_TABLE = "sid_table.catalogue.parquet"
@@ -37,16 +38,20 @@ def embeddings_path(table_path: str | Path) -> Path:
 def read_records(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs of a CSV (header row) or JSON Lines file, so errors can name the line.
 
-    ``what`` names the expected fields in the error for a JSON line that is not an object.
+    ``what`` names the expected fields in the error for a JSON line that is not an object. The file must be UTF-8
+    (a byte that is not is named with its offset and line); a CSV field longer than the csv module's limit and a row
+    with more fields than the header are named with their line.
     """
     p = Path(path)
     if not p.exists():
         raise SidrecError(f"{p}: file not found")
+    if not p.is_file():
+        raise SidrecError(f"{p}: not a file (expected a CSV or JSON Lines file)")
+    text = read_utf8(p)
     if p.suffix.lower() == ".csv":
-        with open(p, newline="") as fh:
-            return [(n, dict(r)) for n, r in enumerate(csv.DictReader(fh), 2)]
+        return _csv_records(p, text)
     out: list[tuple[int, dict[str, Any]]] = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: a JSON string may hold U+2028
         if not line.strip():
             continue
         try:
@@ -57,6 +62,29 @@ def read_records(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]
             raise SidrecError(f"{p}, line {n}: expected a JSON object with {what}")
         out.append((n, obj))
     return out
+
+
+def _csv_records(p: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV with a header, keyed by the header's names; the line a row starts on comes with it."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    try:
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for row in reader:
+            if row:
+                if len(row) > len(header):
+                    raise SidrecError(f"{p}, line {start}: {len(row)} fields, but the header names {len(header)} "
+                                      f"({', '.join(header)}); quote fields that hold commas")
+                rows.append((start, dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        limit = csv.field_size_limit()
+        if "field limit" in str(exc):
+            raise SidrecError(f"{p}, line {reader.line_num}: a field longer than the CSV reader's limit of {limit:,} "
+                              "characters; shorten it (item text that long is not read by the encoder anyway)") from None
+        raise SidrecError(f"{p}, line {reader.line_num}: not valid CSV ({exc})") from None
+    return rows
 
 
 def read_new_items(path: str | Path) -> list[dict[str, Any]]:
@@ -81,7 +109,9 @@ def new_item_embeddings(cfg: Any, rows: list[dict[str, Any]], embeddings: str | 
     from sidrec.features.core import encode_texts, item_texts
 
     if embeddings:
-        emb = np.load(embeddings).astype(np.float32)
+        from sidrec.features.core import load_npy
+
+        emb = load_npy(embeddings, "--embeddings")
         if emb.ndim != 2 or len(emb) != len(rows):
             raise SidrecError(f"{embeddings}: expected ({len(rows)}, d) embeddings, got {emb.shape}")
         return emb

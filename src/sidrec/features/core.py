@@ -202,6 +202,29 @@ def attribute_features(ds: Dataset, dim: int = 128, seed: int = 0) -> np.ndarray
     return z
 
 
+def load_npy(path: str | Path, what: str) -> np.ndarray:
+    """A float32 array from a user's ``.npy`` file; anything else (empty, cut short, text, pickled objects, a folder)
+    is one line naming the file and the setting that gave it.
+
+    Why every failure: ``np.load`` says ``EOFError`` for an empty file (which the command line's framework took for
+    Ctrl-D and reported as "aborted") and ``ValueError`` about pickles for a text file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SidrecError(f"{what} {p}: {'not found' if not p.exists() else 'not a file'}")
+    try:
+        arr = np.load(p, allow_pickle=False)
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+            raise ValueError(f"holds {type(arr).__name__} of dtype {getattr(arr, 'dtype', '?')}, not numbers")
+        return arr.astype(np.float32)
+    except (ValueError, EOFError, OSError) as exc:
+        raise SidrecError(f"{what} {p}: not a readable .npy array of numbers ({_first_line(exc) or 'empty file'})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+
+
 def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np.ndarray:
     """Vectors for every item of ``ds`` according to ``cfg`` (cached by content hash)."""
     kind = cfg.kind
@@ -211,10 +234,7 @@ def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np
             from sidrec.config import describe_path
 
             raise SidrecError(f"features.npy_path {describe_path(cfg.npy_path)}: embeddings file not found")
-        try:
-            emb = np.load(p).astype(np.float32)
-        except ValueError as exc:
-            raise SidrecError(f"{p}: not a readable .npy array ({exc})") from None
+        emb = load_npy(p, "features.npy_path")
         check_embeddings(emb, ds.n_items, str(p))
         return emb
     if kind == "auto":  # text whenever any item has a text field; never a silent fallback from text

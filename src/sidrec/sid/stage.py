@@ -73,6 +73,20 @@ def _comparable(source: dict[str, Any], cfg: Config) -> dict[str, Any]:
     return out
 
 
+def _read_stamp(stamp: Path) -> dict[str, Any]:
+    """The record of what a run's SID table was fitted from; one cut short or edited is one line naming it."""
+    try:
+        data = json.loads(stamp.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise SidrecError(f"{stamp}{line}: not the record of the SID table's source that sidrec writes (cut short or "
+                          "edited?); restore it, or delete it to trust the table as it is") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, {}), dict) for k in ("tokenizer", "features")):
+        raise SidrecError(f"{stamp}: not the record of the SID table's source that sidrec writes (a JSON object with "
+                          "'tokenizer' and 'features' sections); restore it, or delete it to trust the table as it is")
+    return data
+
+
 def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
     """The run's SIDs: reuse the run directory's table when present, else fit the configured tokenizer.
 
@@ -87,7 +101,7 @@ def semantic_ids(cfg: Config, dataset: Dataset, run_dir: Path) -> SIDCodes:
     path, stamp = run / SID_TABLE_FILE, run / SID_SOURCE_FILE
     source = json.loads(json.dumps(sid_source(cfg, dataset)))  # normalised like the stored copy
     if path.exists():
-        if stamp.exists() and _comparable(json.loads(stamp.read_text()), cfg) != _comparable(source, cfg):
+        if stamp.exists() and _comparable(_read_stamp(stamp), cfg) != _comparable(source, cfg):
             raise SidrecError(f"{path} was fitted with other data / features / tokenizer settings than this config "
                               f"(see {stamp}); use a new run_dir or delete the SID table to refit it")
         table = SIDTable.load(path)

@@ -7,18 +7,20 @@ epoch's batches, and let rank 0 alone evaluate, checkpoint and log.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
+from sidrec import env
+
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes of this launch (``WORLD_SIZE``, parsed with a one-line error by :mod:`sidrec.env`)."""
+    return env.world_size()
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank (``RANK``, parsed by :mod:`sidrec.env`)."""
+    return env.rank()
 
 
 def is_main() -> bool:

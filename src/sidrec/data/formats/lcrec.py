@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sidrec.data.dataset import Dataset, _items_from_mapping, _natural_key
-from sidrec.errors import SidrecError, input_error
+from sidrec.errors import SidrecError, input_error, read_utf8
 
 INTER_SUFFIX = ".inter.json"
 ITEM_SUFFIX = ".item.json"
@@ -44,13 +44,11 @@ def detect(path: Path) -> bool:
 
 
 def _load_json(path: Path) -> Any:
+    text = read_utf8(path)  # a byte that is not UTF-8 is named with its offset and line
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise input_error(path, f"invalid JSON ({exc.msg}, column {exc.colno})", exc.lineno) from None
-    except UnicodeDecodeError:
-        raise input_error(path, "expected UTF-8 JSON text") from None
 
 
 def read(path: Path, name: str, kcore: int = 0) -> Dataset:
@@ -82,12 +80,19 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
         u_all = [u for u, s in zip(users, raw_seqs, strict=True) for _ in s]
         i_all = [i for s in raw_seqs for i in s]
         pos = [float(k) for s in raw_seqs for k in range(len(s))]
-        return Dataset.from_interactions(name, u_all, i_all, pos, table, kcore=kcore, source=str(inter))
-    item_list = sorted({i for s in raw_seqs for i in s}, key=_natural_key)
-    index = {iid: k for k, iid in enumerate(item_list)}
-    sequences = [[index[i] for i in s] for s in raw_seqs]
-    items = _items_from_mapping(item_list, table)
-    return Dataset.from_sequences(name, sequences, item_list, users, items, source=str(inter))
+        ds = Dataset.from_interactions(name, u_all, i_all, pos, table, kcore=kcore, source=str(inter))
+    else:
+        item_list = sorted({i for s in raw_seqs for i in s}, key=_natural_key)
+        index = {iid: k for k, iid in enumerate(item_list)}
+        sequences = [[index[i] for i in s] for s in raw_seqs]
+        items = _items_from_mapping(item_list, table)
+        ds = Dataset.from_sequences(name, sequences, item_list, users, items, source=str(inter))
+    if item_file.exists():
+        # items the interactions name and item.json lacks have no text: counted (the command line reports them,
+        # 'data prepare --strict-items' refuses them) instead of accepted without a word
+        ds.unmatched_items = [i for i in ds.item_ids if i not in table]
+        ds.item_file = str(item_file)
+    return ds
 
 
 def _read_items(path: Path) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sidrec.data.dataset import Dataset
-from sidrec.errors import SidrecError, input_error
+from sidrec.errors import SidrecError, check_utf8, input_error
 
 TYPES = {"token", "token_seq", "float", "float_seq"}
 SPLITS = ("train", "valid", "test")
@@ -46,9 +46,10 @@ def _typed_header(line: str) -> list[str] | None:
 
 
 def _first_line(path: Path) -> str:
+    """The header line, decoded alone: a bad byte further down is the reader's to report (with its offset)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.readline(65536)
+        with open(path, "rb") as fh:
+            return fh.readline(65536).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
 
@@ -128,6 +129,7 @@ def _open_table(path: Path) -> _Table:
         with open(path, encoding="utf-8") as fh:
             head = fh.readline()
     except UnicodeDecodeError:
+        check_utf8(path)  # names the byte and the line
         raise input_error(path, "expected UTF-8 text") from None
     names = _typed_header(head)
     if names is None:
@@ -144,6 +146,9 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
             return _read_split(folder, stem, name, kcore)
         return _read_atomic(folder / f"{stem}.inter", name, kcore)
     except UnicodeDecodeError as exc:
+        for f in sorted(folder.glob(f"{stem}.*")):  # which file, at which byte and line
+            if f.is_file():
+                check_utf8(f)
         raise SidrecError(f"{folder / stem}.*: a file is not UTF-8 text ({exc.reason})") from None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sidrec.data.dataset import Dataset, _natural_key
-from sidrec.errors import SidrecError, input_error
+from sidrec.errors import SidrecError, input_error, read_utf8
 
 SEQ_NAMES = ("sequential_data.txt", "sequential.txt")
 
@@ -30,13 +30,18 @@ def _sequence_file(path: Path) -> Path | None:
     return None
 
 
+def _integer_id(tok: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts a superscript '²', which ``int`` refuses."""
+    return tok.isascii() and tok.isdigit()
+
+
 def _looks_like_sequences(path: Path) -> bool:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             first = fh.readline().split()
     except (OSError, UnicodeDecodeError):
         return False
-    return len(first) >= 2 and all(tok.isdigit() for tok in first)
+    return len(first) >= 2 and all(_integer_id(tok) for tok in first)
 
 
 def detect(path: Path) -> bool:
@@ -52,7 +57,7 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
     users: list[str] = []
     raw_seqs: list[list[str]] = []
     seen: set[str] = set()
-    with open(seq_file) as fh:
+    with open(seq_file, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             toks = line.split()
             if not toks:
@@ -63,7 +68,7 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
             if len(toks) < 2:
                 raise input_error(seq_file, f"expected 'user_id item_id [item_id ...]', got {line.strip()!r}",
                                   lineno)
-            bad = next((t for t in toks if not t.isdigit()), None)
+            bad = next((t for t in toks if not _integer_id(t)), None)
             if bad is not None:
                 raise input_error(seq_file, f"expected integer ids 'user_id item_id ...', got {bad!r}", lineno)
             if toks[0] in seen:
@@ -93,8 +98,9 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
 
 
 def _load_json(path: Path) -> Any:
+    text = read_utf8(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise input_error(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
 
@@ -102,25 +108,29 @@ def _load_json(path: Path) -> Any:
 def _read_items_jsonl(path: Path, table: dict[str, dict[str, Any]]) -> None:
     if not path.exists():
         return
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise input_error(path, f"expected one JSON object per line ({exc.msg})", lineno) from None
-            if not isinstance(rec, dict) or "item_id" not in rec:
-                raise input_error(path, "expected a JSON object with an 'item_id' field", lineno)
-            iid = str(rec.pop("item_id"))
-            table.setdefault(iid, {}).update(rec)
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise input_error(path, f"expected one JSON object per line ({exc.msg})", lineno) from None
+        if not isinstance(rec, dict) or "item_id" not in rec:
+            raise input_error(path, "expected a JSON object with an 'item_id' field", lineno)
+        iid = str(rec.pop("item_id"))
+        table.setdefault(iid, {}).update(rec)
 
 
 def _read_datamaps(path: Path, table: dict[str, dict[str, Any]]) -> None:
     if not path.exists():
         return
     data = _load_json(path)
-    for iid, asin in (data.get("id2item") or {}).items():
+    if not isinstance(data, dict):
+        raise input_error(path, f'expected a JSON object with an "id2item" mapping, got a {type(data).__name__}')
+    id2item = data.get("id2item") or {}
+    if not isinstance(id2item, dict):
+        raise input_error(path, f'"id2item" must map item ids to ASINs, got a {type(id2item).__name__}')
+    for iid, asin in id2item.items():
         table.setdefault(str(iid), {}).setdefault("asin", asin)
 
 

@@ -25,13 +25,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sidrec.data.dataset import Dataset
-from sidrec.errors import SidrecError, input_error
+from sidrec.errors import SidrecError, check_utf8, input_error
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 USER_COLS = ("user", "user_id")
 ITEM_COLS = ("item", "item_id")
 TIME_COLS = ("timestamp",)
+# the longest CSV row read: pyarrow parses in blocks and a row longer than one fails with "straddling object
+# straddles two block boundaries"; 16 MiB holds any product description, and the error names the row and the limit
+CSV_ROW_LIMIT = 16 << 20
 
 
 def _is_csv(path: Path) -> bool:
@@ -56,9 +59,11 @@ def _columns(path: Path) -> list[str]:
         if _is_parquet(path):
             return list(pq.read_schema(path).names)
         opener = gzip.open if path.name.lower().endswith(".gz") else open
+        # the header line alone is decoded: a bad byte further down is the reader's to report, with its offset
+        with opener(path, "rb") as fh:
+            raw = fh.readline(65536)
         # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which must not join the first name
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-            header = fh.readline(65536)
+        header = raw.decode("utf-8-sig")
         return [c.strip() for c in next(csv.reader([header]), [])]
     except (OSError, EOFError, UnicodeDecodeError, pa.ArrowException, StopIteration):
         return []
@@ -89,8 +94,15 @@ def _read_table(path: Path, id_cols: tuple[str, ...]) -> pa.Table:
         if _is_parquet(path):
             return pq.read_table(path)
         opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in id_cols})
-        return pacsv.read_csv(path, convert_options=opts)
+        table = pacsv.read_csv(path, convert_options=opts, read_options=pacsv.ReadOptions(block_size=CSV_ROW_LIMIT))
+        if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
+            check_utf8(path)  # pyarrow reads a text column with a non-UTF-8 byte as binary, silently: name the byte
+        return table
     except pa.ArrowInvalid as exc:
+        if _is_csv(path) and "utf8" in str(exc).lower().replace("-", ""):
+            check_utf8(path)
+        if _is_csv(path) and "straddl" in str(exc):
+            _refuse_long_row(path)
         if _is_csv(path):
             lineno = _bad_csv_line(path)
             if lineno is not None:
@@ -99,6 +111,17 @@ def _read_table(path: Path, id_cols: tuple[str, ...]) -> pa.Table:
         raise input_error(path, f"cannot parse the table ({exc})") from None
     except (OSError, pa.ArrowException) as exc:
         raise input_error(path, f"cannot read the table ({exc})") from None
+
+
+def _refuse_long_row(path: Path) -> None:
+    """Name the first line longer than :data:`CSV_ROW_LIMIT` (pyarrow says only that an object straddles blocks)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if len(line) > CSV_ROW_LIMIT:
+                raise input_error(path, f"a row of {len(line):,} bytes; a CSV row may hold at most {CSV_ROW_LIMIT:,} "
+                                  "bytes (16 MiB): shorten its longest field, or save the table as Parquet, which has "
+                                  "no such limit", lineno)
 
 
 def _bad_csv_line(path: Path) -> int | None:
@@ -226,7 +249,11 @@ def read(path: Path, name: str, kcore: int = 0) -> Dataset:
     times = _timestamps(inter, table, tcol) if tcol else np.arange(table.num_rows, dtype=np.float64)
     items_file = _find(inter.parent, "items")
     item_table = _read_items(items_file) if items_file is not None and items_file != inter else {}
-    return Dataset.from_interactions(name, users, items, times, item_table, kcore=kcore, source=str(inter))
+    ds = Dataset.from_interactions(name, users, items, times, item_table, kcore=kcore, source=str(inter))
+    if item_table:  # interactions naming items the items table lacks: counted, reported by the command line
+        ds.unmatched_items = [i for i in ds.item_ids if i not in item_table]
+        ds.item_file = str(items_file)
+    return ds
 
 
 _BLANK = re.compile(r"^\s*$")

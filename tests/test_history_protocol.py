@@ -129,3 +129,23 @@ def test_old_runs_name_the_renamed_setting():
 
     with pytest.raises(SidrecError, match="eval.protocol"):
         load_config(None, ["eval.protocol=maybe"])
+
+
+def test_exclude_removes_history_items_older_than_the_models_window():
+    """A user with more items than ``data.max_len`` has seen more than the model reads: `exclude` removes the whole
+    history (TV-Rec and RecBole mask it all; 144 Beauty users have more than 50 items), in the evaluator and in
+    `recommend`, and the leave-one-out split keeps it."""
+    from sidrec.data.dataset import Dataset
+    from sidrec.data.protocol import LeaveOneOut
+
+    ds = Dataset.from_sequences("t", [list(range(8)), [3, 1, 2]], [f"i{i}" for i in range(10)], ["a", "b"])
+    split = LeaveOneOut.from_dataset(ds, max_len=3)
+    assert split.test.histories[0].tolist() == [4, 5, 6] and split.test.seen[0].tolist() == list(range(7))
+    es = split.test.subset(np.array([0]))
+    assert es.seen[0].tolist() == list(range(7))
+    ev = Evaluator(es, np.ones(10, dtype=np.int64), ks=[10])
+    scores = torch.tensor([[9.0, 8.0, 0, 0, 0, 0, 0, 5.0, 0, 0]])  # items 0 and 1: seen, older than the window
+    _, ranks = ev.evaluate_scores(lambda rows: scores[rows].clone(), exclude_history=True)
+    assert ranks.tolist() == [1]  # target 7 first once every seen item is gone
+    _, kept = ev.evaluate_scores(lambda rows: scores[rows].clone(), exclude_history=False)
+    assert kept.tolist() == [3]

@@ -300,7 +300,7 @@ def beam_candidates(task: Any, model: Any, es: EvalSet, content: bool,
         sim_all = g.index.similarity(hist)
         cs = g.index.ranker_scores(sim_all)
         if exclude:
-            mask_history(cs, hist)
+            mask_history(cs, to_device(es.padded_seen(rows, pad=-1), dev))
         cv, ci = cs.topk(top_n, dim=1)
         ci = ci.masked_fill(~torch.isfinite(cv), -1)
         bi, bs_ = to_device(b_items[rows], dev), to_device(b_scores[rows], dev)
@@ -443,14 +443,15 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
     items, scores = [], []
     order = es.length_order()
     for s in range(0, len(es), task.eval_batch_size):
-        hist = to_device(es.padded_histories(order[s:s + task.eval_batch_size], pad=-1), task.device)
+        rows = order[s:s + task.eval_batch_size]
+        hist = to_device(es.padded_histories(rows, pad=-1), task.device)
         with torch.no_grad():
             sc = task.model_scores(model, hist)
             if not f.off:
                 sc = g.dense(_log_probs(task, sc), g.index.similarity(hist), f)
             sc = finite_scores(sc)
         if exclude:
-            mask_history(sc, hist)
+            mask_history(sc, to_device(es.padded_seen(rows, pad=-1), task.device))
         v, i = sc.sort(dim=1, descending=True, stable=True)  # equal scores: the lower index first, as in evaluation
         v, i = v[:, :k], i[:, :k]
         items.append(i.masked_fill(~torch.isfinite(v), -1).cpu())

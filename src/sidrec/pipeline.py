@@ -320,7 +320,7 @@ def recommend_histories(task: Any, cfg: Config, histories: list[np.ndarray], ite
         raise SidrecError(f"k must be positive, got {k}")
     hs = [h[-cfg.data.max_len:] for h in histories]
     us = np.full(len(hs), -1, dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
-    es = EvalSet("recommend", us, hs, np.zeros(len(hs), dtype=np.int64))
+    es = EvalSet("recommend", us, hs, np.zeros(len(hs), dtype=np.int64), [np.asarray(h) for h in histories])
     items, scores = task.recommend(es, k, exclude_history)
     return [[(item_ids[i], float(s)) for i, s in zip(row_i, row_s, strict=True) if i >= 0 and np.isfinite(s)]
             for row_i, row_s in zip(items, scores, strict=True)]

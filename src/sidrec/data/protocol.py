@@ -23,14 +23,19 @@ class EvalSet:
 
     split: str
     users: np.ndarray  # user indices
-    histories: list[np.ndarray]  # most recent ``max_len`` items, time order
+    histories: list[np.ndarray]  # most recent ``max_len`` items, time order: what a model reads
     targets: np.ndarray  # item indices
+    # per user, the whole history before the target (not truncated): what ``eval.protocol: exclude`` removes. A
+    # user with more than ``max_len`` items has seen more than the model reads (144 Beauty users); None: the same
+    # as ``histories``
+    seen: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.users)
 
     def subset(self, idx: np.ndarray) -> EvalSet:
-        return EvalSet(self.split, self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
+        seen = None if self.seen is None else [self.seen[i] for i in idx]
+        return EvalSet(self.split, self.users[idx], [self.histories[i] for i in idx], self.targets[idx], seen)
 
     def length_order(self) -> np.ndarray:
         """Row indices ordered by history length (stable). Batching users in this order pads each batch
@@ -45,6 +50,11 @@ class EvalSet:
         starts = np.arange(0, len(lengths), max(1, batch))
         ends = np.minimum(starts + max(1, batch), len(lengths))
         return int(((ends - starts) * lengths[ends - 1]).sum())
+
+    def padded_seen(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
+        """Left-padded (B, S) whole histories (:attr:`seen`): the items the ``exclude`` protocol removes."""
+        src = self.histories if self.seen is None else self.seen
+        return left_pad(src if idx is None else [src[i] for i in idx], pad)
 
     def padded_histories(self, idx: np.ndarray | None = None, pad: int = -1) -> torch.Tensor:
         """Left-padded (B, L) tensor of item indices; ``pad`` marks empty slots."""
@@ -83,9 +93,9 @@ class LeaveOneOut:
         ok = np.flatnonzero(lens >= 3)
         train = [s[:-2] if lens[u] >= 3 else s for u, s in enumerate(seqs)]
         valid = EvalSet("valid", ok, [seqs[u][:-2][-max_len:] for u in ok],
-                        np.array([seqs[u][-2] for u in ok], dtype=np.int64))
+                        np.array([seqs[u][-2] for u in ok], dtype=np.int64), [seqs[u][:-2] for u in ok])
         test = EvalSet("test", ok, [seqs[u][:-1][-max_len:] for u in ok],
-                       np.array([seqs[u][-1] for u in ok], dtype=np.int64))
+                       np.array([seqs[u][-1] for u in ok], dtype=np.int64), [seqs[u][:-1] for u in ok])
         flat_train = np.concatenate(train) if train else np.zeros(0, dtype=np.int64)
         freq = np.bincount(flat_train, minlength=ds.n_items).astype(np.int64)
         return cls(ds.n_items, max_len, train, valid, test, freq, cold_threshold, int((lens < 3).sum()))

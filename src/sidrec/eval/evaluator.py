@@ -191,8 +191,8 @@ class Evaluator:
             rows = order[s:s + batch_size]
             targets = torch.from_numpy(self.eval_set.targets[rows])
             hist = None
-            if exclude_history:
-                hist = self.eval_set.padded_histories(rows, pad=-1)
+            if exclude_history:  # the whole history, not only the max_len items the model reads
+                hist = self.eval_set.padded_seen(rows, pad=-1)
             with torch.no_grad():
                 parts = parts_fn(rows)
                 for j, variant in enumerate(variants):
@@ -225,7 +225,7 @@ def repeat_targets(es: EvalSet) -> np.ndarray:
     """(n,) bool: the user's target item occurs in their (evaluated) history."""
     if len(es) == 0:
         return np.zeros(0, dtype=bool)
-    hist = es.padded_histories(pad=-1)
+    hist = es.padded_seen(pad=-1)
     return (hist == torch.from_numpy(es.targets).view(-1, 1)).any(1).numpy()
 
 

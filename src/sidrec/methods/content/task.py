@@ -53,7 +53,7 @@ class ContentTask(Task):
         ``eval.protocol``)."""
         hist = eval_set.padded_histories(pad=-1)
         exclude = excludes(self.cfg) if exclude_history is None else exclude_history
-        return self.index.search(hist, k, hist if exclude else None)
+        return self.index.search(hist, k, eval_set.padded_seen(pad=-1) if exclude else None)
 
 
 def build(cfg: Config, dataset: Dataset, split: LeaveOneOut, run_dir: Path) -> ContentTask:

@@ -133,8 +133,8 @@ class TIGERTask(Task):
             hist = to_device(es.padded_histories(rows, pad=-1), dev)
             users = to_device(torch.from_numpy(es.users[rows]).long(), dev)
             with self.autocast():
-                res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam,
-                                  banned=hist if exclude_history else None)
+                banned = to_device(es.padded_seen(rows, pad=-1), dev) if exclude_history else None
+                res = beam_search(core, (self.codes_of(hist), self._users(users)), self.trie, beam, beam, banned=banned)
             it, sc = compact(res.items, res.scores, res.items >= 0, k)
             idx = torch.from_numpy(rows)
             items[idx], scores[idx] = it.cpu(), sc.cpu()

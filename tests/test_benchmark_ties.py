@@ -14,7 +14,20 @@ from _common import check_ties  # noqa: E402
 
 def _rec(method: str, tied: float) -> dict:
     return {"dataset": "toys", "method": method, "variant": "v", "split": "test", "subset": "all",
-            "metrics": {"ndcg@10": 0.01, "tied@10": tied}}
+            "protocol": "exclude", "metrics": {"ndcg@10": 0.01, "tied@10": tied}}
+
+
+def test_a_ranking_row_without_its_protocol_is_refused(tmp_path, monkeypatch):
+    """Issue 56: no record of a method's ranking is saved without saying how history items were ranked."""
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    bare = {k: v for k, v in _rec("sasrec", 0.0).items() if k != "protocol"}
+    with pytest.raises(SystemExit, match=r"(?s)without a protocol.*toys sasrec \[v\]"):
+        _common.save("sasrec", [bare])
+    assert not (tmp_path / "sasrec.json").exists()
+    _common.save("sasrec", [{**bare, "protocol": "keep"}, _rec("sasrec", 0.0)])  # both protocols, two rows
+    assert len(__import__("json").loads((tmp_path / "sasrec.json").read_text())) == 2
 
 
 def test_rows_above_one_percent_fail_and_are_named():

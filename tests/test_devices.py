@@ -147,7 +147,8 @@ def test_content_grounding_on_the_meta_device(tmp_path):
     task, split = _task("sasrec", tmp_path)
     g = fusion.grounding_for(task.cfg, dataset_from_config(task.cfg), split).to(META)
     hist = to_device(split.valid.padded_histories(np.arange(4), pad=-1), META)
-    sim, sc = g.index.similarity_and_scores(hist)
+    sim = g.index.similarity(hist)
+    sc = g.index.ranker_scores(sim)
     assert sim.device == META and sc.device == META and sc.shape == (4, split.n_items)
     fused = g.dense(torch.zeros(4, split.n_items, device=META), sim, Fusion(2.0, 3.0))
     assert fused.device == META

@@ -245,7 +245,7 @@ def test_fuse_chooses_again_with_another_query_and_keeps_it(tmp_path):
     run = tmp_path / "s"
     train(load_config(None, TINY + ["method=sasrec", "sasrec.d_model=16", "sasrec.ffn_dim=32", "sasrec.n_layers=1",
                                     "train.epochs=1", f"run_dir={run}", "fusion.lambdas=[0,2]"]))
-    out = fuse(run, ["content.query_items=2", "content.decay=0.3", "fusion.lambdas=[0,4]"])
+    out = fuse(run, ["content.query_items=2", "content.decay=0.3", "fusion.lambdas=[0,4]", "fusion.extend=0"])
     rec = json.loads((run / "fusion.json").read_text())
     assert rec["content"] == {"query_items": 2, "decay": 0.3} and {g["lambda"] for g in rec["grid"]} <= {0.0, 4.0}
     _, _, _, task = load_run(run)

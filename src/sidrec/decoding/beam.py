@@ -96,7 +96,7 @@ def banned_leaves(trie: SIDTrie, child: torch.Tensor, banned: torch.Tensor) -> t
     """(B, W, K) True where the last-level ``child`` node (B, W, K; -1 none) is the leaf of an item in the row's
     ``banned`` (B, T; -1 pad). One (B, n_items) membership table per batch, then a gather: no (B, W, K, T) product."""
     b = len(banned)
-    n_items = int(trie.leaf_item.max()) + 1 if trie.leaf_item.numel() else 0
+    n_items = trie.n_items  # computed once with the trie, not per batch (a device sync on a GPU)
     table = torch.zeros(b, n_items + 1, dtype=torch.bool, device=child.device)
     rows = torch.arange(b, device=child.device).view(-1, 1).expand_as(banned)
     valid = (banned >= 0) & (banned < n_items)

@@ -126,6 +126,8 @@ class SIDTrie:
             raise SidrecError(f"SID {codes[bad].tolist()} is listed for two different items; a SID must "
                               "decode to one item")
         self.leaf_item = leaf_item
+        # item indices run 0..n_items-1 (the beam search's membership table of banned items is this wide)
+        self.n_items = int(sid_item.max()) + 1 if len(sid_item) else 0
         self.leaf_codes = torch.zeros(n_nodes, depth, dtype=torch.long)
         self.leaf_codes[node] = codes
 

@@ -3,11 +3,14 @@ configs/sasrec.yaml (or ``--config sasrec-content.yaml``), trained to convergenc
 and grounded in content (``sasrec+content``: late fusion with the content similarity, lambda chosen on validation;
 see src/sidrec/fusion.py).
 
-One protocol per run (``--protocol``, ``eval.protocol``): early stopping and lambda are chosen on that protocol's
-validation metric, and its records say so (``protocol``); the two protocols are never mixed in one row. Several
-``--seeds`` give the seeds' spread (docs/RESULTS.md renders mean +/- sd per protocol).
+One protocol per row (``--protocol``, ``eval.protocol``): early stopping and lambda are chosen on that protocol's
+validation metric, and its records say so (``protocol``); the two protocols are never mixed in one row.
+``--protocol exclude keep`` trains once and selects twice (``eval.also_protocol``: the second protocol's early
+stopping, fusion and test from the same training, in RUN/keep/; equal to a run of its own with the same seed,
+tests/test_history_protocol.py). Several ``--seeds`` give the seeds' spread (docs/RESULTS.md renders mean +/- sd
+per protocol).
 
-Usage: python benchmarks/sasrec.py [beauty sports toys] [--config sasrec.yaml] [--protocol exclude|keep]
+Usage: python benchmarks/sasrec.py [beauty sports toys] [--config sasrec.yaml] [--protocol exclude [keep]]
        [--seeds 42 43 44] [--threads 1] [--tag NAME] [--reuse] [key=value ...]
 """
 
@@ -31,12 +34,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="sasrec.yaml", help="the method setting in configs/ (sasrec-content.yaml: "
                                                              "content-initialised item table)")
-    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude")
+    ap.add_argument("--protocol", choices=["exclude", "keep"], nargs="+", default=["exclude"],
+                    help="the run's protocol, and optionally the other one, selected from the same training")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--tag", default="", help="suffix of the run directory and the variant name (A/B settings)")
     ap.add_argument("--reuse", action="store_true", help="record an existing runs/bench run instead of training")
     args = ap.parse_intermixed_args()
     args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
+    if len(args.protocol) > 2 or len(set(args.protocol)) != len(args.protocol):
+        ap.error("--protocol: one protocol, or the two protocols once each")
     torch.set_num_threads(args.threads)
     tag = args.tag or ("content-init" if args.config == "sasrec-content.yaml" else "")
     for name in args.datasets:
@@ -45,12 +51,26 @@ def main() -> None:
 
 
 def run_one(name: str, seed: int, tag: str, args: argparse.Namespace) -> None:
-    run_dir = f"runs/bench/sasrec-{name}" + (f"-{tag}" if tag else "") + f"-{args.protocol}-seed{seed}"
+    first, *other = args.protocol
+    run_dir = f"runs/bench/sasrec-{name}" + (f"-{tag}" if tag else "") + f"-{first}-seed{seed}"
     cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / args.config],
                       [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false",
-                       f"eval.protocol={args.protocol}", f"seed={seed}"] + args.overrides)
+                       f"eval.protocol={first}", f"seed={seed}"] + [f"eval.also_protocol={p}" for p in other]
+                      + args.overrides)
     run = REPO / cfg.run_dir
     t0 = time.time()
+    res, wall = _result(run, cfg, args, t0)
+    rows = [(first, res)]
+    if other:
+        if "also" not in res:
+            raise SystemExit(f"{run}: has no selection for protocol '{other[0]}' (trained without eval.also_protocol)")
+        rows.append((other[0], res["also"]))
+    for protocol, r in rows:
+        _record(name, seed, tag, cfg, protocol, r, wall, args)
+
+
+def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]:
+    """The run's metrics (trained now, or read back with ``--reuse``); a second protocol's under ``also``."""
     if args.reuse and (run / "metrics.json").exists():
         res = json.loads((run / "metrics.json").read_text())
         wall = res["wall_s"]
@@ -58,19 +78,27 @@ def run_one(name: str, seed: int, tag: str, args: argparse.Namespace) -> None:
             res = fuse(run)
         # runs trained before metrics.json named its protocol: the run's own config says which it was
         res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)
+        also = run / cfg.eval.also_protocol / "metrics.json"
+        if cfg.eval.also_protocol != "none" and also.exists():
+            res["also"] = json.loads(also.read_text())
     else:
         res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
         wall = time.time() - t0
-    if res["protocol"] != args.protocol:
-        raise SystemExit(f"{run}: trained under protocol '{res['protocol']}', asked for '{args.protocol}'")
+    return res, wall
+
+
+def _record(name: str, seed: int, tag: str, cfg, protocol: str, res: dict, wall: float,
+            args: argparse.Namespace) -> None:
+    if res["protocol"] != protocol:
+        raise SystemExit(f"{cfg.run_dir}: selected under protocol '{res['protocol']}', asked for '{protocol}'")
     variant = f"d{cfg.sasrec.d_model} L{cfg.sasrec.n_layers} len{cfg.data.max_len} CE" + (f", {tag}" if tag else "")
     extra = {"seed": seed, "epochs": res["summary"]["epochs"], "best_epoch": res["summary"]["best_epoch"]}
     recs = grounded_records(name, "sasrec", variant, res, wall, **extra)
     recs += run_records(name, "popularity", "train frequency", {"test": res["popularity_test"]}, 0.0,
-                        protocol=args.protocol, seed=None)
+                        protocol=protocol, seed=None)
     save("sasrec", recs, reused=args.reuse)
     t, g, f = res["model_only"]["test"]["all"], res["test"]["all"], res["fusion"]
-    print(f"{name} [{args.protocol}, seed {seed}]: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f}; + content "
+    print(f"{name} [{protocol}, seed {seed}]: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f}; + content "
           f"(lambda {f['lambda']:g}/{f['lambda_cold']:g}) {g['recall@10']:.4f} / {g['ndcg@10']:.4f}; "
           f"{res['summary']['epochs']} epochs (best {res['summary']['best_epoch']}) in {wall / 60:.1f} min", flush=True)
 

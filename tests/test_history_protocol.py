@@ -149,3 +149,45 @@ def test_exclude_removes_history_items_older_than_the_models_window():
     assert ranks.tolist() == [1]  # target 7 first once every seen item is gone
     _, kept = ev.evaluate_scores(lambda rows: scores[rows].clone(), exclude_history=False)
     assert kept.tolist() == [3]
+
+
+def _metrics(run) -> dict:
+    import json
+
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_the_other_protocols_selection_equals_a_run_of_its_own(tmp_path):
+    """``eval.also_protocol``: one training, two selections. The second protocol's folder must hold exactly what a
+    separate run of that protocol (same seed) gives: its early stopping, its fusion and its test numbers. It would
+    differ if validating under the second protocol drew random numbers, or if its selection went on after its own
+    patience was spent (the run trains on while the first protocol's patience lasts)."""
+    # lr .02, patience 2: the exclude selection spends its patience at epoch 19 while keep trains on to epoch 20
+    base = TINY + METHODS["sasrec"] + ["train.epochs=20", "train.patience=2", "train.lr=0.02", "fusion.lambdas=[0,1,4]"]
+    both, alone = tmp_path / "both", tmp_path / "keep-alone"
+    train(load_config(None, base + ["eval.protocol=exclude", "eval.also_protocol=keep", f"run_dir={both}"]))
+    train(load_config(None, base + ["eval.protocol=keep", f"run_dir={alone}"]))
+    sub, ref = _metrics(both / "keep"), _metrics(alone)
+    assert sub["protocol"] == ref["protocol"] == "keep"
+    assert sub["summary"]["best_epoch"] == ref["summary"]["best_epoch"]
+    assert sub["fusion"]["lambda"] == ref["fusion"]["lambda"]
+    for part in ("test", "valid"):
+        assert sub[part]["all"] == ref[part]["all"]
+    assert sub["model_only"]["test"]["all"] == ref["model_only"]["test"]["all"]
+    # the run's own protocol is untouched by the second selection
+    first = tmp_path / "exclude-alone"
+    train(load_config(None, base + ["eval.protocol=exclude", f"run_dir={first}"]))
+    assert _metrics(both)["test"]["all"] == _metrics(first)["test"]["all"]
+    assert _metrics(both)["summary"]["best_epoch"] == _metrics(first)["summary"]["best_epoch"]
+    _, _, _, task = load_run(both / "keep")  # a complete run folder of its own protocol
+    assert task.cfg.eval.protocol == "keep"
+
+
+@pytest.mark.parametrize("extra, word", [(["eval.also_protocol=exclude"], "own protocol"),
+                                         (["eval.also_protocol=keep", "train.schedule=plateau"], "train.schedule"),
+                                         (["eval.also_protocol=keep", "train.max_minutes=5"], "train.max_minutes")])
+def test_also_protocol_refuses_what_would_make_the_two_trainings_differ(extra, word):
+    from sidrec.errors import SidrecError
+
+    with pytest.raises(SidrecError, match=word):
+        load_config(None, TINY + METHODS["sasrec"] + ["eval.protocol=exclude"] + extra)

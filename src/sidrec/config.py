@@ -119,6 +119,12 @@ class EvalConfig:
     # models evaluate); `keep` ranks history items like any other item (the protocol of the TIGER / ACERec papers).
     # Early stopping and the fusion's lambda are chosen on this protocol's validation metric.
     protocol: typing.Literal["exclude", "keep"] = "exclude"
+    # the other protocol, selected from the same training: its own early stopping (patience counted on its own
+    # validation metric, frozen once spent, as a separate run's would be), its own fusion and test, written to
+    # RUN/<protocol>/ as a complete run folder. Training never reads the protocol (the cosine schedule does not
+    # depend on validation; validation draws no random numbers), so the result equals a second run with the same
+    # seed at half the cost (tests/test_history_protocol.py checks it). `none`: one protocol per run.
+    also_protocol: typing.Literal["none", "exclude", "keep"] = "none"
     batch_size: int = 1024
     buckets: list[int] = field(default_factory=lambda: [5, 10, 15, 20])  # upper bounds; last bucket is >20
     # false: a model-selection run stops at validation (no test metrics are computed), so settings are chosen
@@ -401,6 +407,16 @@ def validate_config(cfg: Config) -> None:
     if cfg.method in ("tiger", "diger") and cfg.tiger.beam < 10:
         raise SidrecError(f"config key 'tiger.beam': at least 10 (checkpoints are chosen on NDCG@10 of the beam's "
                           f"item list, which holds at most tiger.beam items), got {cfg.tiger.beam}")
+    if cfg.eval.also_protocol != "none":
+        if cfg.eval.also_protocol == cfg.eval.protocol:
+            raise SidrecError(f"config key 'eval.also_protocol': '{cfg.eval.also_protocol}' is the run's own protocol; "
+                              "name the other one or 'none'")
+        for key, bad, why in (("train.schedule", cfg.train.schedule == "plateau", "the plateau schedule's cuts follow "
+                               "the run's own validation, so the other protocol's training would differ"),
+                              ("train.max_minutes", cfg.train.max_minutes > 0, "a minute cap's stop depends on the "
+                               "day's CPU, not on either protocol's validation")):
+            if bad:
+                raise SidrecError(f"config key 'eval.also_protocol': cannot be used with '{key}' ({why})")
     for key, value in (("train.device", cfg.train.device), ("tokenizer.device", cfg.tokenizer.device)):
         if not DEVICE_SETTING.match(str(value)):
             raise SidrecError(f"config key '{key}': expected auto, cpu, cuda or cuda:N, got '{value}'")

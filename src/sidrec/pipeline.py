@@ -103,7 +103,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         attach_grounding(task, cfg, ds, split)
         task.to(dev)  # the one placement point: model, tables, content vectors
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
-        trainer = Trainer(task, cfg.train, run, cfg.seed) if task.trainable else None
+        trainer = Trainer(task, cfg.train, run, cfg.seed, also_protocol=cfg.eval.also_protocol) if task.trainable else None
         if trainer is not None:  # train.max_minutes bounds the whole command, from its start
             trainer.started, trainer.test = t0, cfg.eval.test
     try:
@@ -132,9 +132,52 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
             out["wall_s"] = clock.now() - t0
             write_json(run / "metrics.json", out)
             write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
+            if trainer is not None and trainer.shadow is not None:
+                out["also"] = _also_protocol(cfg, task, trainer, run, summary, ds, split, t0)
     finally:
         release_run_dir(run)
     D.shutdown()
+    return out
+
+
+def _also_protocol(cfg: Config, task: Any, trainer: Trainer, run: Path, summary: dict[str, Any], ds: Dataset,
+                   split: LeaveOneOut, t0: float) -> dict[str, Any]:
+    """``eval.also_protocol``: the other protocol's row from the same training, as a complete run folder
+    ``RUN/<protocol>/`` (its config says that protocol; ``sidrec evaluate``, ``fuse`` and ``recommend`` read it like
+    any run). Its checkpoint is the one its own validation chose, its fusion is chosen on its own validation, and
+    its test is read once -- nothing of the run's own protocol enters it."""
+    import copy
+
+    from sidrec.config import save_config
+    from sidrec.eval.evaluator import protocol_of
+    from sidrec.runs import copy_tokenizer_stage
+
+    proto = cfg.eval.also_protocol
+    sub = run / proto
+    sub_cfg = copy.deepcopy(cfg)
+    sub_cfg.eval.protocol, sub_cfg.eval.also_protocol, sub_cfg.run_dir = proto, "none", str(sub)
+    if sub.exists():  # an earlier, interrupted final evaluation: this one replaces it whole
+        shutil.rmtree(sub)
+    copy_tokenizer_stage(run, sub)  # a SID model's table travels with it (load_run reads it from the folder)
+    (sub / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(trainer.ckpt_dir / trainer.best_file(proto), sub / "checkpoints" / "best.safetensors")
+    if (run / "log.jsonl").exists():
+        shutil.copyfile(run / "log.jsonl", sub / "log.jsonl")
+    trainer.load_best(proto)
+    task.fusion = fusion.Fusion()  # the run's own choice is not this protocol's
+    also = summary["also"]
+    sub_summary = {**{k: v for k, v in summary.items() if k != "also"}, "best_epoch": also["best_epoch"],
+                   "best_valid": also["best_valid"], "trained_with": cfg.eval.protocol}
+    with protocol_of(task.cfg, proto):
+        out = fusion.final_evaluation(task, sub, sub_summary, cfg.eval.test)
+        if cfg.eval.test:
+            out["popularity_test"] = popularity_metrics(sub_cfg, split)
+    out["dataset"] = ds.stats()
+    out["protocol"] = proto
+    out["wall_s"] = clock.now() - t0
+    write_json(sub / "metrics.json", out)
+    save_config(sub_cfg, sub / "config.yaml")  # last: a folder without it is not a run (an interrupted copy)
+    write_text(sub / "report.md", render_report(sub_cfg, out, plots=[]))
     return out
 
 

@@ -15,7 +15,8 @@ benchmarks refuse rows above 1% (``benchmarks/_common.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -232,6 +233,19 @@ def repeat_targets(es: EvalSet) -> np.ndarray:
 def excludes(cfg: Any) -> bool:
     """Whether a config's protocol removes the user's history from the ranking (``eval.protocol: exclude``)."""
     return cfg.eval.protocol == "exclude"
+
+
+@contextlib.contextmanager
+def protocol_of(cfg: Any, protocol: str) -> Iterator[None]:
+    """Evaluate under ``protocol`` for the duration of the block (``eval.also_protocol``): every ranking reads the
+    protocol from the config (:func:`excludes`), so switching it here switches the evaluator, the fusion's choice
+    and the beam search's mask together, and nothing else changes."""
+    saved = cfg.eval.protocol
+    cfg.eval.protocol = protocol
+    try:
+        yield
+    finally:
+        cfg.eval.protocol = saved
 
 
 def popularity_scores(item_freq: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:

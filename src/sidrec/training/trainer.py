@@ -35,6 +35,7 @@ from sidrec import clock, precision
 from sidrec.config import TrainConfig
 from sidrec.device import tf32, to_device
 from sidrec.errors import SidrecError
+from sidrec.eval.evaluator import protocol_of
 from sidrec.io import append_line, atomic_path, write_text
 from sidrec.progress import make_progress
 from sidrec.training.state import LEGACY_STATE_FILE, STATE_FILE, load_state, require, save_state
@@ -147,7 +148,7 @@ def _restore_groups(saved: dict[str, Any], current: dict[str, Any]) -> None:
 
 class Trainer:
     def __init__(self, task: Task, cfg: TrainConfig, run_dir: str | Path, seed: int = 0,
-                 select_metric: str = "ndcg@10") -> None:
+                 select_metric: str = "ndcg@10", also_protocol: str = "none") -> None:
         self.task = task
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -183,6 +184,12 @@ class Trainer:
         self.best = -math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
+        # eval.also_protocol: the other protocol's own early stopping from the same training (its best checkpoint is
+        # checkpoints/best.<protocol>.safetensors); each selection freezes when its own patience is spent, so each
+        # equals what a run of its protocol alone would have chosen
+        self.shadow: dict[str, Any] | None = None
+        if also_protocol != "none":
+            self.shadow = {"protocol": also_protocol, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
         self.tb = None
         # train.max_minutes bounds the whole command: the pipeline sets when the command began (its set-up counts),
         # and the training steps stop early enough for the evaluations that follow them (see _reserve_s)
@@ -236,14 +243,23 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
         }
+        if self.shadow is not None:
+            state["shadow"] = {**self.shadow, "best": float(self.shadow["best"])}
         if cuda_rng is not None:
             state["cuda_rng"] = cuda_rng
         save_state(self.ckpt_dir / STATE_FILE, state)
 
-    def _save_best(self) -> None:
+    def _save_best(self, protocol: str | None = None) -> None:
+        """The best weights so far: ``best.safetensors`` for the run's protocol, ``best.<protocol>.safetensors`` for
+        ``eval.also_protocol``'s selection."""
         if D.is_main():
-            with atomic_path(self.ckpt_dir / "best.safetensors") as tmp:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.ckpt_dir / self.best_file(protocol)) as tmp:
                 save_model(self.task.model, str(tmp))
+
+    @staticmethod
+    def best_file(protocol: str | None = None) -> str:
+        return "best.safetensors" if protocol is None else f"best.{protocol}.safetensors"
 
     def resume(self) -> bool:
         """Restore the last end-of-epoch checkpoint; returns False when there is none.
@@ -270,6 +286,7 @@ class Trainer:
         elapsed_s = float(st.get("elapsed_s", 0.0))
         budget_sized, capped = bool(st.get("budget_sized", False)), bool(st.get("capped", False))
         lr_scale = float(st.get("lr_scale", 1.0))  # absent in states written before the plateau schedule
+        shadow = self._shadow_from(st.get("shadow"), st_path)
         if batch < 0 or total_steps < 1 or elapsed_s < 0 or not 0 < lr_scale <= 1:
             raise SidrecError(f"{st_path}: inconsistent resume state (batch {batch}, total_steps {total_steps})")
         opt_state = require(st, st_path, "optimizer", dict)
@@ -308,6 +325,7 @@ class Trainer:
         self.best, self.best_epoch, self.bad_epochs = best, best_epoch, bad_epochs
         self.batch, self.total_steps, self.budget_sized = batch, total_steps, budget_sized
         self.lr_scale = lr_scale
+        self.shadow = shadow
         # a run that ended at its cap continues when resumed (the user asked for more): the cap restarts
         self.capped = False
         self.elapsed_s = 0.0 if capped else elapsed_s
@@ -323,6 +341,28 @@ class Trainer:
             with atomic_path(log) as tmp:
                 tmp.write_text("".join(k + "\n" for k in keep))
         return True
+
+    def _shadow_from(self, saved: Any, st_path: Path) -> dict[str, Any] | None:
+        """The other protocol's selection from a resume state, checked against the run's ``eval.also_protocol``."""
+        if self.shadow is None:
+            if saved is not None:
+                raise SidrecError(f"{st_path}: the state selects a second protocol ('{saved.get('protocol')}'), this "
+                                  "run does not (eval.also_protocol: none); resume with the same settings")
+            return None
+        if not isinstance(saved, dict) or saved.get("protocol") != self.shadow["protocol"]:
+            raise SidrecError(f"{st_path}: the state has no selection for eval.also_protocol "
+                              f"'{self.shadow['protocol']}'; resume with the settings the run was trained with")
+        try:
+            out = {"protocol": saved["protocol"], "best": float(saved["best"]), "best_epoch": int(saved["best_epoch"]),
+                   "bad_epochs": int(saved["bad_epochs"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SidrecError(f"{st_path}: resume state field 'shadow' is damaged ({exc})") from None
+        return out
+
+    def _spent(self) -> bool:
+        """Whether every selection (the run's protocol, and ``eval.also_protocol``'s) has spent its patience."""
+        p = self.cfg.patience
+        return self.bad_epochs >= p and (self.shadow is None or self.shadow["bad_epochs"] >= p)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not D.is_main():
@@ -343,7 +383,7 @@ class Trainer:
             start -= max(0.0, clock.now() - self.started)
         if cfg.max_minutes > 0 and D.is_main():
             self._probe_evaluation()
-        stop = self.bad_epochs >= cfg.patience or self.capped
+        stop = self._spent() or self.capped
         session = (clock.now(), self.step)  # speed is measured on this process's own steps
         with make_progress(cfg.progress and D.is_main()) as prog:
             ep_task = prog.add_task("epochs", total=cfg.epochs, completed=self.epoch, info="")
@@ -376,8 +416,12 @@ class Trainer:
                             info=f"loss {record['loss']:.4f} best {self.select_metric} {self.best:.4f}")
         if self.tb is not None:
             self.tb.close()
-        return {"epochs": self.epoch, "best_epoch": self.best_epoch, "best_valid": self.best,
-                "train_s": clock.now() - start}
+        out = {"epochs": self.epoch, "best_epoch": self.best_epoch, "best_valid": self.best,
+               "train_s": clock.now() - start}
+        if self.shadow is not None:
+            out["also"] = {"protocol": self.shadow["protocol"], "best_epoch": self.shadow["best_epoch"],
+                           "best_valid": self.shadow["best"]}
+        return out
 
     def _open(self, resume: bool) -> None:
         """Restore the last checkpoint (``resume``) or start a fresh log; open TensorBoard when asked."""
@@ -487,32 +531,50 @@ class Trainer:
     def _validate(self, record: dict[str, Any]) -> bool:
         """Validation on rank 0 (its metrics into ``record``), the best checkpoint kept, the early-stopping
         decision shared with every rank; returns whether to stop."""
-        improved = 0.0
+        improved = s_improved = 0.0
+        cfg = self.cfg
+        sh = self.shadow
+        live = self.bad_epochs < cfg.patience  # a selection whose patience is spent is frozen (eval.also_protocol)
         if D.is_main():
             self.model.eval()
-            t0 = clock.now()
-            m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
-            if self.eval_cost:  # the cap's prediction, corrected by what this pass really took
-                self.eval_speed = (clock.now() - t0) / max(1e-9, self._predicted_s()[0])
-            score = m["all"][self.select_metric]
-            record.update({f"valid_{k}": v for k, v in m["all"].items() if k not in ("n_users", "n_repeat")})
-            if score > self.best:
-                self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
-                improved = 1.0
-            else:
-                self.bad_epochs += 1
-        improved, self.bad_epochs = D.broadcast_flags(improved, self.bad_epochs)
-        self.bad_epochs = int(self.bad_epochs)
+            if live:
+                t0 = clock.now()
+                m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
+                if self.eval_cost:  # the cap's prediction, corrected by what this pass really took
+                    self.eval_speed = (clock.now() - t0) / max(1e-9, self._predicted_s()[0])
+                score = m["all"][self.select_metric]
+                record.update({f"valid_{k}": v for k, v in m["all"].items() if k not in ("n_users", "n_repeat")})
+                if score > self.best:
+                    self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                    improved = 1.0
+                else:
+                    self.bad_epochs += 1
+            if sh is not None and sh["bad_epochs"] < cfg.patience:
+                with protocol_of(self.task.cfg, sh["protocol"]):
+                    m = self.task.evaluate(self.task.model, "valid", self.cfg.eval_users)
+                score = m["all"][self.select_metric]
+                record.update({f"valid_{sh['protocol']}_{k}": v for k, v in m["all"].items()
+                               if k not in ("n_users", "n_repeat")})
+                if score > sh["best"]:
+                    sh["best"], sh["best_epoch"], sh["bad_epochs"] = score, self.epoch, 0
+                    s_improved = 1.0
+                else:
+                    sh["bad_epochs"] += 1
+        flags = D.broadcast_flags(improved, self.bad_epochs, s_improved, sh["bad_epochs"] if sh is not None else 0)
+        improved, self.bad_epochs = flags[0], int(flags[1])
         if improved:
             self._save_best()
-        cfg = self.cfg
+        if sh is not None:
+            sh["bad_epochs"] = int(flags[3])
+            if flags[2]:
+                self._save_best(sh["protocol"])
         if cfg.schedule == "plateau" and self.bad_epochs and self.bad_epochs % cfg.plateau_patience == 0:
             self.lr_scale = max(cfg.min_lr_ratio, self.lr_scale * cfg.plateau_factor)
             factor = self._lr_factor(self.sched.last_epoch)  # the rates follow the cut now, not at the next step
             for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
                 group["lr"] = base * factor
             record["lr_cut_to"] = self.opt.param_groups[0]["lr"]
-        return self.bad_epochs >= cfg.patience
+        return self._spent()
 
     def _epoch_line(self, record: dict[str, Any]) -> None:
         """No bar outside a terminal (nohup, CI, a pipe): one line per epoch on stderr instead of silence."""
@@ -520,10 +582,18 @@ class Trainer:
             v = record.get(f"valid_{self.select_metric}")
             print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {record['loss']:.4f}"
                   + (f", valid {self.select_metric} {v:.4f}" if v is not None else "")
-                  + f", best {self.best:.4f} (epoch {self.best_epoch}), {self.elapsed_s / 60:.1f} min",
-                  file=sys.stderr, flush=True)
+                  + f", best {self.best:.4f} (epoch {self.best_epoch})" + self._shadow_note(record)
+                  + f", {self.elapsed_s / 60:.1f} min", file=sys.stderr, flush=True)
 
-    def load_best(self) -> None:
-        best = self.ckpt_dir / "best.safetensors"
+    def _shadow_note(self, record: dict[str, Any]) -> str:
+        if self.shadow is None:
+            return ""
+        sh = self.shadow
+        v = record.get(f"valid_{sh['protocol']}_{self.select_metric}")
+        return (f"; {sh['protocol']}: " + (f"{v:.4f}, " if v is not None else "")
+                + f"best {sh['best']:.4f} (epoch {sh['best_epoch']})")
+
+    def load_best(self, protocol: str | None = None) -> None:
+        best = self.ckpt_dir / self.best_file(protocol)
         if best.exists():
             load_model(self.task.model, str(best))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sidrec.config import load_config
+from sidrec.errors import SidrecError
 from sidrec.methods.sasrec.task import SASRecTask
 from sidrec.models.losses import full_softmax_ce
 from sidrec.pipeline import train
@@ -61,6 +62,24 @@ def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
     losses = [json.loads(x)["loss"] for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
     ref_losses = [json.loads(x)["loss"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert losses == ref_losses
+
+
+def test_a_run_selecting_both_protocols_resumes_to_the_same_two_selections(tmp_path, monkeypatch):
+    """``eval.also_protocol``: the second selection (its best, best epoch, patience) is part of the resume state, so
+    a run killed mid-way ends with the same keep-protocol folder as one that never stopped."""
+    both = TINY + ["train.epochs=4", "eval.protocol=exclude", "eval.also_protocol=keep"]
+    ref = train(load_config(None, both + [f"run_dir={tmp_path / 'full'}"]))
+    original = _die_in_epoch_3(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, both + [f"run_dir={tmp_path / 'killed'}"]))
+    monkeypatch.setattr(SASRecTask, "train_batches", original)
+    resumed = train(load_config([tmp_path / "killed" / "config.yaml"]), resume=True)
+    assert resumed["also"]["summary"]["best_epoch"] == ref["also"]["summary"]["best_epoch"]
+    assert resumed["also"]["test"]["all"] == ref["also"]["test"]["all"]
+    assert json.loads((tmp_path / "killed" / "keep" / "metrics.json").read_text())["protocol"] == "keep"
+    # a state that selects a second protocol does not resume as a run that selects one
+    with pytest.raises(SidrecError, match="also_protocol"):
+        train(load_config([tmp_path / "killed" / "config.yaml"], ["eval.also_protocol=none"]), resume=True)
 
 
 def test_same_seed_same_numbers_and_early_stopping(tmp_path):

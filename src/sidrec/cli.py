@@ -273,6 +273,12 @@ def train(
         hist = "excluded" if cfg.eval.protocol == "exclude" else "kept"
         _print_wide(_metrics_table(f"{cfg.method} - {split} (history {hist})", _result_rows(cfg.method, res, split),
                                    [10, 50]))
+        also = res.get("also")
+        if also:  # eval.also_protocol: the second selection of the same training, a run folder of its own
+            hist2 = "excluded" if also["protocol"] == "exclude" else "kept"
+            _print_wide(_metrics_table(f"{cfg.method} - {split} (history {hist2}; selected on its own validation)",
+                                       _result_rows(cfg.method, also, split), [10, 50]))
+            out.print(f"run directory ({also['protocol']}): [bold]{Path(str(cfg.run_dir)) / also['protocol']}[/]")
         out.print(f"run directory: [bold]{cfg.run_dir}[/]")
 
 

@@ -92,6 +92,39 @@ def data_prepare(
     out.print(f"saved prepared dataset to [bold]{dest}[/]")
 
 
+def _fetch_help() -> str:
+    from sidrec.data.fetch import DATASETS
+
+    return "dataset to download: " + ", ".join(DATASETS)
+
+
+@data_app.command("fetch", epilog="Datasets: beauty (Amazon 2014 Beauty), sports (Amazon 2014 Sports and Outdoors), "
+                  "toys (Amazon 2014 Toys and Games); 5-core reviews + metadata of the McAuley lab's 2014 release. "
+                  "Sources, terms and processing: docs/datasets.md.")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help=_fetch_help(), show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="dataset folder to write (default: data/amazon14_NAME, in the working directory)")] = None,
+    mirror: Annotated[str | None, typer.Option(
+        "--mirror", help="base URL holding the files (default: $SIDREC_AMAZON14_MIRROR, else the lab's server)")] = None,
+    keep_downloads: Annotated[bool, typer.Option(
+        "--keep-downloads/--delete-downloads", help="keep the downloaded .json.gz files in the cache "
+        "($SIDREC_CACHE/downloads) so a second fetch needs no network")] = True,
+) -> None:
+    """Download a public benchmark and convert it into the folder configs/data/NAME.yaml reads.
+
+    The 5-core reviews and the item metadata are downloaded with resume, checked (size, gzip, and the user / item /
+    interaction counts the papers report) and written as S3-Rec/P5 files with item text; then
+    'sidrec train -c configs/data/NAME.yaml data.path=FOLDER ...' or 'sidrec data prepare FOLDER'.
+    """
+    from sidrec.data.fetch import fetch
+
+    ds, dest = fetch(name, output, mirror, keep_downloads)
+    _print_stats(ds)
+    out.print(f"saved {ds.name} to [bold]{dest}[/]; train on it: sidrec train -c configs/data/{ds.name}.yaml "
+              f"data.path={dest} method=sasrec", soft_wrap=True)
+
+
 def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
     from sidrec.data.protocol import LeaveOneOut
 

@@ -240,3 +240,25 @@ def test_the_registry_matches_the_benchmark_copies():
         ds = load_dataset(shared_data(src.folder), "s3rec", name)
         assert (ds.n_users, ds.n_items, ds.n_interactions) == (src.users, src.items, src.interactions), name
         assert src.files[0] == f"reviews_{src.category}_5.json.gz"
+
+
+def test_the_conversion_reproduces_the_beauty_copy(tmp_path):
+    """Reviews rebuilt from the Beauty copy (sorted by item, as the 2014 files are) convert into its exact
+    ``Beauty.txt`` and ids: the S3-Rec numbering rule the fetch follows is the one the copy was made with."""
+    from conftest import shared_data
+
+    folder = shared_data("amazon14_beauty")
+    maps = json.loads((folder / "datamaps.json").read_text())
+    seqs = [line.split() for line in (folder / "Beauty.txt").read_text().splitlines()]
+    rows = sorted((maps["id2item"][i], int(s[0]), t) for s in seqs for t, i in enumerate(s[1:]))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with gzip.open(raw / "reviews_Beauty_5.json.gz", "wt", compresslevel=1) as fh:
+        fh.writelines(f'{{"reviewerID": "{maps["id2user"][str(u)]}", "asin": "{a}", "unixReviewTime": {t}}}\n'
+                      for a, u, t in rows)
+    with gzip.open(raw / "meta_Beauty.json.gz", "wt", compresslevel=1) as fh:
+        fh.writelines(str({"asin": a, "title": f"item {a}"}) + "\n" for a in maps["item2id"])
+    F.convert(F.DATASETS["beauty"], raw, tmp_path / "out")
+    assert (tmp_path / "out" / "Beauty.txt").read_bytes() == (folder / "Beauty.txt").read_bytes()
+    got = json.loads((tmp_path / "out" / "datamaps.json").read_text())
+    assert got["id2item"] == maps["id2item"] and got["id2user"] == maps["id2user"]

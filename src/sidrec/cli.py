@@ -393,10 +393,15 @@ def recommend(
                                                  "(e.g. RUN/dream/model.safetensors)")] = None,
     include_history: Annotated[bool, typer.Option("--include-history", help="also list items the history already "
                                                   "holds (left out by default)")] = False,
+    show: Annotated[str | None, typer.Option("--show", help="the item field printed beside each id (default: title, "
+                                             "else the first text field the dataset has)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: per history its items and the recommendations "
+                                          "with ids, scores, the score's kind and the shown field")] = False,
 ) -> None:
     """Recommend the next items for a user of the dataset, or for any history of item ids (original ids in and
     out; every method)."""
-    from sidrec.pipeline import recommend as run_rec
+    from sidrec import show as S
+    from sidrec.pipeline import recommend_in_context as run_rec
 
     if k <= 0:
         raise SidrecError("-k must be positive")
@@ -409,15 +414,18 @@ def recommend(
         names = ["the history"]
     elif sessions is not None:
         histories, names = _read_sessions(sessions)
-    lists = run_rec(run, user, k, sid_table, weights, not include_history, histories, skip_unknown)
-    for name, recs in zip(names, lists, strict=True):
-        t = Table(title=f"top-{k} for {name}")
-        t.add_column("rank", justify="right")
-        t.add_column("item")
-        t.add_column("score", justify="right")
-        for r, (item, score) in enumerate(recs, 1):
-            t.add_row(str(r), item, f"{score:.4f}")
-        out.print(t)
+    lists, hists, ds, task = run_rec(run, user, k, sid_table, weights, not include_history, histories, skip_unknown)
+    field = S.label_field(ds, show)
+    labels, score = S.item_labels(ds, field), S.score_name(task)
+    if as_json:
+        print(json.dumps([{"for": name, "score": score, "field": field,
+                           "history": S.records([(i, None) for i in h], labels, field),
+                           "recommendations": S.records(recs, labels, field)}
+                          for name, h, recs in zip(names, hists, lists, strict=True)], indent=2, ensure_ascii=False))
+        return
+    for name, h, recs in zip(names, hists, lists, strict=True):
+        out.print(S.history_table(name, h, labels, field))
+        out.print(S.recommendation_table(name, recs, labels, field, score))
 
 
 def _ids(text: str, where: str) -> list[str]:

@@ -339,6 +339,15 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
+    return recommend_in_context(run_dir, user, k, sid_table, weights, exclude_history, histories, skip_unknown)[0]
+
+
+def recommend_in_context(run_dir: str | Path, user: str | None = None, k: int = 10,
+                         sid_table: str | Path | None = None, weights: str | Path | None = None,
+                         exclude_history: bool = True, histories: list[list[str]] | None = None,
+                         skip_unknown: bool = False) -> tuple[list[list[tuple[str, float]]], list[list[str]], Any, Any]:
+    """:func:`recommend`, plus what a reader of the lists needs: the histories read (original ids, unknown ones
+    left out), the dataset (item text) and the task (what the scores are; :func:`sidrec.show.score_name`)."""
     if (user is None) == (histories is None):
         raise SidrecError("recommend needs a user (--user) or histories (--history / --sessions), not both")
     cfg, ds, split, task = load_run(run_dir, weights)
@@ -355,10 +364,13 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     if user is not None:
         u = user_indices(ds, [user])
-        return recommend_histories(task, cfg, [ds.sequence(int(u[0]))], item_ids, k, exclude_history, u)
+        seq = ds.sequence(int(u[0]))
+        lists = recommend_histories(task, cfg, [seq], item_ids, k, exclude_history, u)
+        return lists, [[ds.item_ids[int(i)] for i in seq]], ds, task
     assert histories is not None
     idx = item_indices(ds, histories, skip_unknown, item_ids)
-    return recommend_histories(task, cfg, idx, item_ids, k, exclude_history)
+    lists = recommend_histories(task, cfg, idx, item_ids, k, exclude_history)
+    return lists, [[item_ids[int(i)] for i in h] for h in idx], ds, task
 
 
 TIED_WARN = 0.01  # a run whose top-10 has more tied slots than this says so in its report

@@ -76,3 +76,75 @@ def test_the_api_shows_titles_and_names_the_score(run):
     assert [r["item"] for r in records] == [i for i, _ in rec.recommend(history=history, k=4)]
     assert all(titles[i] in text for i in history) and all(r["title"] in text for r in records)
     assert all(set(r) == {"rank", "item", "score", "title"} for r in records)
+
+
+# ---------------------------------------------------------------------------------------------- output that fits
+@pytest.fixture
+def terminal80(monkeypatch):
+    """The command line's console as an 80-column terminal (rich squeezes tables to fit one)."""
+    from rich.console import Console
+
+    import sidrec.cli as C
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(C, "out", Console(force_terminal=True, color_system=None, width=80))
+
+
+def _cells(m: dict, ks: list[int]) -> list[str]:
+    """Every metric cell a table of ``m`` (subset -> metrics) shows."""
+    from sidrec.cli import _metric
+
+    return [_metric(r[f"{x}@{k}"]) for sub, r in m.items() if sub in ("all", "warm", "cold")
+            for k in ks for x in ("recall", "ndcg") if f"{x}@{k}" in r]
+
+
+def _fits(text: str, cells: list[str]) -> None:
+    lines = text.splitlines()
+    assert all(len(ln) <= 80 for ln in lines), max(lines, key=len)
+    assert "…" not in text, text
+    words = set(text.split())
+    assert all(c in words for c in cells), [c for c in cells if c not in words]
+
+
+def test_metric_tables_fit_80_columns(tmp_path, monkeypatch, capsys, terminal80):
+    import numpy as np
+
+    def encode(texts, model="", batch_size=0, progress=True):
+        v = np.random.default_rng(len(texts)).standard_normal((len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    monkeypatch.setattr("sidrec.features.core.encode_texts", encode)
+    run = tmp_path / "run"
+    # fused: three models in the final table (the run's ranking, the model alone, popularity)
+    assert cli("train", *TINY[:-1], "fusion.lambdas=[0,1]", "--run-dir", str(run)) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    m = json.loads((run / "metrics.json").read_text())
+    _fits(text, _cells(m["test"], [10, 50]) + _cells(m["popularity_test"], [10, 50]))
+    assert cli("evaluate", str(run), "--split", "both") == 0
+    text = capsys.readouterr().out
+    again = json.loads((run / "metrics.json").read_text())
+    _fits(text, _cells(again["valid"], [5, 10, 20, 50]) + _cells(again["test"], [5, 10, 20, 50]))
+
+
+def test_report_is_markdown_with_a_training_curve(run):
+    from markdown_it import MarkdownIt
+
+    from sidrec.config import load_config
+    from sidrec.pipeline import render_report
+
+    text = (run / "report.md").read_text()
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tables = [t for t in tokens if t.type == "table_open"]
+    rows = [t for t in tokens if t.type == "tr_open"]
+    assert len(tables) == 1 and len(rows) == text.count("\n| "), text
+    images = [c.attrs["src"] for t in tokens if t.type == "inline" for c in t.children or [] if c.type == "image"]
+    assert "training_curve.png" in images and all((run / src).is_file() for src in images), images
+    assert (run / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a tie warning goes after the table, which stays one table with all its rows
+    m = json.loads((run / "metrics.json").read_text())
+    m["test"]["all"]["tied@10"] = 0.5
+    tied = render_report(load_config(None, TINY), m, ["training_curve.png"])
+    tokens = MarkdownIt("commonmark").enable("table").parse(tied)
+    assert sum(t.type == "table_open" for t in tokens) == 1
+    assert sum(t.type == "tr_open" for t in tokens) == len(rows)
+    assert tied.index("Warning: test / all") > tied.index("| test (popularity) |")

@@ -31,23 +31,44 @@ ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", "-c", help="YA
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.lr=3e-4 method=tiger")]
 
 
+def _metric(v: float, digits: int = 4) -> str:
+    """A metric in 0..1 without its leading zero ('.0632', as the papers and the README write them): one character
+    less per cell is what lets eight metric columns fit an 80-column terminal."""
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("0.") else text
+
+
 def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[int]) -> Table:
-    """Recall / NDCG at ``ks`` per model and subset; cut-offs the run did not compute are left out."""
+    """Recall / NDCG at ``ks`` per model and subset; cut-offs the run did not compute are left out.
+
+    Sized for 80 columns: no vertical rules, metric cells that never wrap or shrink (a cut number is worse than no
+    number), and the model column, when there is more than one model, the one that folds."""
+    from rich import box
+
     present = {k for _, m in rows for r in m.values() if isinstance(r, dict) for k in r}
     ks = [k for k in ks if f"recall@{k}" in present] or sorted(
         {int(k.split("@")[1]) for k in present if k.startswith("recall@")})
-    t = Table(title=title)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
     tied = any("tied@10" in r for _, m in rows for r in m.values() if isinstance(r, dict))
-    for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")] + (["tied@10"] * tied):
-        t.add_column(col, justify="right" if col not in ("model", "subset") else "left",
-                     no_wrap=col == "model", min_width=max(len(n) for n, _ in rows) if col == "model" and rows else None)
-    for name, m in rows:
-        for sub in ("all", "warm", "cold"):
-            if sub in m:
-                r = m[sub]
-                t.add_row(name, sub, str(r["n_users"]),
-                          *[f"{r[f'{x}@{k}']:.4f}" if f"{x}@{k}" in r else "n/a" for k in ks for x in ("recall", "ndcg")],
-                          *([f"{r['tied@10']:.3f}" if "tied@10" in r else ""] * tied))
+    many = len(rows) > 1
+    cols = (["model"] * many + ["subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")]
+            + (["tied@10"] * tied))
+    cells = [[name] * many + [sub, str(m[sub]["n_users"]),
+                              *[_metric(m[sub][f"{x}@{k}"]) if f"{x}@{k}" in m[sub] else "n/a"
+                                for k in ks for x in ("recall", "ndcg")],
+                              *([_metric(m[sub]["tied@10"], 3) if "tied@10" in m[sub] else ""] * tied)]
+             for name, m in rows for sub in ("all", "warm", "cold") if sub in m]
+    widths = [max([len(col)] + [len(c[j]) for c in cells]) for j, col in enumerate(cols)]
+    # columns are set apart by the box's blank rule plus this right padding: two spaces, or one where two do not fit
+    natural = sum(min(w, 12) if col == "model" else w for w, col in zip(widths, cols, strict=True))
+    t.padding = (0, 1, 0, 0) if natural + 2 * (len(cols) - 1) <= 80 else (0, 0, 0, 0)
+    for col, width in zip(cols, widths, strict=True):
+        if col == "model":
+            t.add_column(col, overflow="fold", min_width=min(width, 12))
+        else:
+            t.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True, min_width=width)
+    for c in cells:
+        t.add_row(*c)
     return t
 
 

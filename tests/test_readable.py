@@ -148,3 +148,29 @@ def test_report_is_markdown_with_a_training_curve(run):
     assert sum(t.type == "table_open" for t in tokens) == 1
     assert sum(t.type == "tr_open" for t in tokens) == len(rows)
     assert tied.index("Warning: test / all") > tied.index("| test (popularity) |")
+
+
+# ---------------------------------------------------------------------------------------------- progress notes
+def test_long_steps_say_so_on_stderr_when_it_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.setattr("sidrec.progress.NOTE_MIN_ROWS", 0)  # the tiny data stands for a large one
+
+    def encode(texts, model="", batch_size=0, progress=True):
+        v = np.random.default_rng(len(texts)).standard_normal((len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    monkeypatch.setattr("sidrec.features.core.encode_texts", encode)
+    monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert cli("train", *TINY[:-1], "fusion.lambdas=[0,1]", "--run-dir", str(run)) == 0
+    err = capsys.readouterr().err.splitlines()
+    for needle in ("embedding 60 item texts", "choosing the content fusion on valid (200 users",
+                   "evaluating test (200 users"):
+        assert sum(needle in ln for ln in err) == 1, (needle, err)
+    assert cli("evaluate", str(run), "--split", "both") == 0
+    err = capsys.readouterr().err
+    assert "sidrec: evaluating valid (200 users" in err and "sidrec: evaluating test (200 users" in err, err
+    assert cli("tokenize", "data.path=synthetic", "data.synthetic_users=200", "data.synthetic_items=60",
+               "tokenizer.levels=2", "tokenizer.codebook_sizes=[4,4]", "--run-dir", str(tmp_path / "tok")) == 0
+    assert "sidrec: fitting the rqkmeans tokenizer on 60 items" in capsys.readouterr().err

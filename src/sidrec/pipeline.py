@@ -220,7 +220,14 @@ def _placed(task: Any, cfg: Config) -> Any:
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of a finished run's ranking (fused with content when its ``fusion.json`` chose a lambda > 0)."""
     cfg, ds, split, task = load_run(run_dir)
-    return {s: task.evaluate(task.model, s) for s in splits}
+    from sidrec.progress import note
+
+    out = {}
+    for s in splits:
+        n = fusion.split_users(task, s)
+        note(f"evaluating {s} ({n:,} users, full catalogue)", n)
+        out[s] = task.evaluate(task.model, s)
+    return out
 
 
 def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | None = None) -> dict[str, Any]:

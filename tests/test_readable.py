@@ -174,3 +174,19 @@ def test_long_steps_say_so_on_stderr_when_it_is_not_a_terminal(tmp_path, monkeyp
     assert cli("tokenize", "data.path=synthetic", "data.synthetic_users=200", "data.synthetic_items=60",
                "tokenizer.levels=2", "tokenizer.codebook_sizes=[4,4]", "--run-dir", str(tmp_path / "tok")) == 0
     assert "sidrec: fitting the rqkmeans tokenizer on 60 items" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- help text
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["recommend"], ["data", "fetch"], ["data", "stats"],
+                                     ["tokenize"], ["fuse"]])
+def test_help_has_no_template_artefacts(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert cli(*command, "--help") == 0
+    text = capsys.readouterr().out
+    for artefact in ("<bool>", "<str>", "<path>", "<int>", "{run}", "{name}", "{input}"):
+        assert artefact not in text, (artefact, text)
+    for line in text.splitlines():
+        if "--json" in line:
+            assert len(line.split("--json", 1)[1].strip(" │")) > 10, line  # the flag says what it does
+    if command == ["train"]:
+        assert "train.max_minutes" in text and "train.device" in text

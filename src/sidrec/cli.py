@@ -19,6 +19,37 @@ from rich.table import Table
 
 from sidrec.errors import SidrecError
 
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "list[str]": "TEXT",
+               "list[path]": "PATH"}
+
+
+def _plain_help() -> None:
+    """Help in the usual command-line style: typer >= 0.2x prints Python types ('<bool>' beside every flag, '<str>')
+    and required arguments as '{run}', which read as template artefacts. Flags get no type, other values click's
+    names (TEXT, INTEGER, PATH), arguments their upper-case name; a typer without these hooks is left as it is."""
+    from typer import core as tc
+
+    opt, arg = getattr(tc, "TyperOption", None), getattr(tc, "TyperArgument", None)
+    if opt is None or arg is None or not hasattr(opt, "display_type_rich") or not hasattr(arg, "_usage_display_name"):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) or getattr(self, "is_bool_flag", False):
+            return None
+        raw = str(self.display_type(ctx))
+        name = raw[1:-1] if raw.startswith("<") and raw.endswith(">") else raw
+        return _TYPE_NAMES.get(name.lower(), name.upper())
+
+    def usage_name(self: Any) -> str:
+        name = str(self.display_name_raw).upper()
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+    for cls in (opt, arg):
+        cls.display_type_rich = display_type_rich
+    arg._usage_display_name = usage_name
+
+
+_plain_help()
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generative recommendation with semantic IDs (TIGER, DIGER, ACERec, DREAM, SASRec).")
 data_app = typer.Typer(no_args_is_help=True, help="Read, convert and inspect datasets.")
@@ -316,6 +347,9 @@ def train(
     trained jointly), acerec (32-code OPQ IDs + holistic scoring). Unset settings come from the method's
     preset for this machine (size=auto: cpu, or paper on a GPU; size=none: none). See docs/own-dataset.md for
     your own data and 'sidrec config show method=NAME' for every setting.
+
+    Time and place: train.max_minutes=M stops training so that the whole command ends within M minutes (the final
+    evaluation included); train.device=auto|cpu|cuda|cuda:N picks the device (auto: a GPU when there is one).
     """
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D
@@ -383,7 +417,8 @@ def _parse_splits(split: str) -> tuple[str, ...]:
 def evaluate(
     run: Annotated[Path, typer.Argument(help="a run directory written by 'sidrec train'")],
     split: Annotated[str, typer.Option(help="valid | test | both")] = "test",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON (per split and subset) "
+                                          "instead of tables")] = False,
 ) -> None:
     """Re-evaluate a trained run's best checkpoint (full-catalogue ranking)."""
     from sidrec.pipeline import evaluate as run_eval

@@ -307,6 +307,64 @@ class Recommender:
             lists = [[(i, s) for i, s in row if i not in drop][:k] for row in lists]
         return lists[0] if single else lists
 
+    @property
+    def score_name(self) -> str:
+        """What :meth:`recommend`'s scores are: 'cosine' (content), 'logit' (SASRec alone), 'log-probability'
+        (TIGER, DIGER, ACERec alone) or 'log-probability + L x cosine' (with the content fusion the run chose)."""
+        from sidrec.show import score_name
+
+        return score_name(self.task)
+
+    def item_text(self, item_ids: str | Sequence[str], field: str | None = None) -> dict[str, str]:
+        """Item id -> its text in ``field`` (default: title, else the first text field the dataset has); '' for an
+        item without one or an id the dataset does not know. One id alone is that item."""
+        from sidrec.show import item_labels, label_field
+
+        if _is_id(item_ids):
+            ids = [str(item_ids)]
+        elif _is_list(item_ids):
+            ids = _ids("item_text", "item_ids", item_ids, "an item id")
+        else:
+            raise _bad_argument("item_text", "item_ids", "an item id or a list of them", item_ids)
+        if field is not None and not isinstance(field, str):
+            raise _bad_argument("item_text", "field", "an item field name (a string)", field)
+        try:
+            labels = item_labels(self.dataset, label_field(self.dataset, field))
+        except SidrecError as exc:
+            raise SidrecError(f"item_text(): argument 'field': {exc}") from None
+        return {i: labels.get(i, "") for i in ids}
+
+    def show(self, history: Sequence[str] | str | None = None, user: str | None = None, k: int = 10,
+             field: str | None = None, console: Any = None) -> list[dict[str, Any]]:
+        """Print one history (or a user's) and its top-``k``, each item with its title (or ``field``) and the score
+        under its name, as ``sidrec recommend`` does; returns the recommendations as records
+        ``{"rank", "item", "score", FIELD}`` (ids and scores as :meth:`recommend` gives them)."""
+        from rich.console import Console
+
+        from sidrec import show as S
+
+        if user is not None and not _is_id(user):
+            raise _bad_argument("show", "user", "one user id", user)
+        if history is not None and _is_list(history) and any(_is_list(h) for h in history):
+            raise _bad_argument("show", "history", "one history (a list of item ids)", history)
+        recs = self.recommend(history=history, user=user, k=k)
+        if user is not None:
+            from sidrec.pipeline import user_indices
+
+            seq = self.dataset.sequence(int(user_indices(self.dataset, [str(user)])[0]))
+            hist, name = [self.dataset.item_ids[int(i)] for i in seq], f"user {user}"
+        else:
+            hist, name = ([str(history)] if _is_id(history) else [str(x) for x in history or []]), "the history"
+        try:
+            f = S.label_field(self.dataset, field)
+        except SidrecError as exc:
+            raise SidrecError(f"show(): argument 'field': {exc}") from None
+        labels = S.item_labels(self.dataset, f)
+        con = console or Console()
+        con.print(S.history_table(name, hist, labels, f))
+        con.print(S.recommendation_table(name, recs, labels, f, self.score_name))  # type: ignore[arg-type]
+        return S.records(recs, labels, f)  # type: ignore[arg-type]
+
     def evaluate(self, split: str = "test") -> dict[str, dict[str, Any]]:
         """Metrics of ``split`` ('valid' or 'test') per subset (all / warm / cold / buckets), as ``sidrec evaluate``."""
         if not isinstance(split, str) or split not in ("valid", "test"):

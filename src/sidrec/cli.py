@@ -19,6 +19,37 @@ from rich.table import Table
 
 from sidrec.errors import SidrecError
 
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "list[str]": "TEXT",
+               "list[path]": "PATH"}
+
+
+def _plain_help() -> None:
+    """Help in the usual command-line style: typer >= 0.2x prints Python types ('<bool>' beside every flag, '<str>')
+    and required arguments as '{run}', which read as template artefacts. Flags get no type, other values click's
+    names (TEXT, INTEGER, PATH), arguments their upper-case name; a typer without these hooks is left as it is."""
+    from typer import core as tc
+
+    opt, arg = getattr(tc, "TyperOption", None), getattr(tc, "TyperArgument", None)
+    if opt is None or arg is None or not hasattr(opt, "display_type_rich") or not hasattr(arg, "_usage_display_name"):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) or getattr(self, "is_bool_flag", False):
+            return None
+        raw = str(self.display_type(ctx))
+        name = raw[1:-1] if raw.startswith("<") and raw.endswith(">") else raw
+        return _TYPE_NAMES.get(name.lower(), name.upper())
+
+    def usage_name(self: Any) -> str:
+        name = str(self.display_name_raw).upper()
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+    for cls in (opt, arg):
+        cls.display_type_rich = display_type_rich
+    arg._usage_display_name = usage_name
+
+
+_plain_help()
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Generative recommendation with semantic IDs (TIGER, DIGER, ACERec, DREAM, SASRec).")
 data_app = typer.Typer(no_args_is_help=True, help="Read, convert and inspect datasets.")
@@ -31,23 +62,44 @@ ConfigOpt = Annotated[list[Path] | None, typer.Option("--config", "-c", help="YA
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.lr=3e-4 method=tiger")]
 
 
+def _metric(v: float, digits: int = 4) -> str:
+    """A metric in 0..1 without its leading zero ('.0632', as the papers and the README write them): one character
+    less per cell is what lets eight metric columns fit an 80-column terminal."""
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("0.") else text
+
+
 def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]], ks: list[int]) -> Table:
-    """Recall / NDCG at ``ks`` per model and subset; cut-offs the run did not compute are left out."""
+    """Recall / NDCG at ``ks`` per model and subset; cut-offs the run did not compute are left out.
+
+    Sized for 80 columns: no vertical rules, metric cells that never wrap or shrink (a cut number is worse than no
+    number), and the model column, when there is more than one model, the one that folds."""
+    from rich import box
+
     present = {k for _, m in rows for r in m.values() if isinstance(r, dict) for k in r}
     ks = [k for k in ks if f"recall@{k}" in present] or sorted(
         {int(k.split("@")[1]) for k in present if k.startswith("recall@")})
-    t = Table(title=title)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
     tied = any("tied@10" in r for _, m in rows for r in m.values() if isinstance(r, dict))
-    for col in ["model", "subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")] + (["tied@10"] * tied):
-        t.add_column(col, justify="right" if col not in ("model", "subset") else "left",
-                     no_wrap=col == "model", min_width=max(len(n) for n, _ in rows) if col == "model" and rows else None)
-    for name, m in rows:
-        for sub in ("all", "warm", "cold"):
-            if sub in m:
-                r = m[sub]
-                t.add_row(name, sub, str(r["n_users"]),
-                          *[f"{r[f'{x}@{k}']:.4f}" if f"{x}@{k}" in r else "n/a" for k in ks for x in ("recall", "ndcg")],
-                          *([f"{r['tied@10']:.3f}" if "tied@10" in r else ""] * tied))
+    many = len(rows) > 1
+    cols = (["model"] * many + ["subset", "users"] + [f"{m}@{k}" for k in ks for m in ("R", "N")]
+            + (["tied@10"] * tied))
+    cells = [[name] * many + [sub, str(m[sub]["n_users"]),
+                              *[_metric(m[sub][f"{x}@{k}"]) if f"{x}@{k}" in m[sub] else "n/a"
+                                for k in ks for x in ("recall", "ndcg")],
+                              *([_metric(m[sub]["tied@10"], 3) if "tied@10" in m[sub] else ""] * tied)]
+             for name, m in rows for sub in ("all", "warm", "cold") if sub in m]
+    widths = [max([len(col)] + [len(c[j]) for c in cells]) for j, col in enumerate(cols)]
+    # columns are set apart by the box's blank rule plus this right padding: two spaces, or one where two do not fit
+    natural = sum(min(w, 12) if col == "model" else w for w, col in zip(widths, cols, strict=True))
+    t.padding = (0, 1, 0, 0) if natural + 2 * (len(cols) - 1) <= 80 else (0, 0, 0, 0)
+    for col, width in zip(cols, widths, strict=True):
+        if col == "model":
+            t.add_column(col, overflow="fold", min_width=min(width, 12))
+        else:
+            t.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True, min_width=width)
+    for c in cells:
+        t.add_row(*c)
     return t
 
 
@@ -90,6 +142,39 @@ def data_prepare(
     _print_stats(ds, cold_threshold)
     ds.save(dest)
     out.print(f"saved prepared dataset to [bold]{dest}[/]")
+
+
+def _fetch_help() -> str:
+    from sidrec.data.fetch import DATASETS
+
+    return "dataset to download: " + ", ".join(DATASETS)
+
+
+@data_app.command("fetch", epilog="Datasets: beauty (Amazon 2014 Beauty), sports (Amazon 2014 Sports and Outdoors), "
+                  "toys (Amazon 2014 Toys and Games); 5-core reviews + metadata of the McAuley lab's 2014 release. "
+                  "Sources, terms and processing: docs/datasets.md.")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help=_fetch_help(), show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="dataset folder to write (default: data/amazon14_NAME, in the working directory)")] = None,
+    mirror: Annotated[str | None, typer.Option(
+        "--mirror", help="base URL holding the files (default: $SIDREC_AMAZON14_MIRROR, else the lab's server)")] = None,
+    keep_downloads: Annotated[bool, typer.Option(
+        "--keep-downloads/--delete-downloads", help="keep the downloaded .json.gz files in the cache "
+        "($SIDREC_CACHE/downloads) so a second fetch needs no network")] = True,
+) -> None:
+    """Download a public benchmark and convert it into the folder configs/data/NAME.yaml reads.
+
+    The 5-core reviews and the item metadata are downloaded with resume, checked (size, gzip, and the user / item /
+    interaction counts the papers report) and written as S3-Rec/P5 files with item text; then
+    'sidrec train -c configs/data/NAME.yaml data.path=FOLDER ...' or 'sidrec data prepare FOLDER'.
+    """
+    from sidrec.data.fetch import fetch
+
+    ds, dest = fetch(name, output, mirror, keep_downloads)
+    _print_stats(ds)
+    out.print(f"saved {ds.name} to [bold]{dest}[/]; train on it: sidrec train -c configs/data/{ds.name}.yaml "
+              f"data.path={dest} method=sasrec", soft_wrap=True)
 
 
 def _print_stats(ds: Any, cold_threshold: int = 5) -> dict[str, Any]:
@@ -262,6 +347,9 @@ def train(
     trained jointly), acerec (32-code OPQ IDs + holistic scoring). Unset settings come from the method's
     preset for this machine (size=auto: cpu, or paper on a GPU; size=none: none). See docs/own-dataset.md for
     your own data and 'sidrec config show method=NAME' for every setting.
+
+    Time and place: train.max_minutes=M stops training so that the whole command ends within M minutes (the final
+    evaluation included); train.device=auto|cpu|cuda|cuda:N picks the device (auto: a GPU when there is one).
     """
     from sidrec.pipeline import train as run_train
     from sidrec.training import distributed as D
@@ -335,7 +423,8 @@ def _parse_splits(split: str) -> tuple[str, ...]:
 def evaluate(
     run: Annotated[Path, typer.Argument(help="a run directory written by 'sidrec train'")],
     split: Annotated[str, typer.Option(help="valid | test | both")] = "test",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON (per split and subset) "
+                                          "instead of tables")] = False,
 ) -> None:
     """Re-evaluate a trained run's best checkpoint (full-catalogue ranking)."""
     from sidrec.pipeline import evaluate as run_eval
@@ -366,10 +455,15 @@ def recommend(
                                                  "(e.g. RUN/dream/model.safetensors)")] = None,
     include_history: Annotated[bool, typer.Option("--include-history", help="also list items the history already "
                                                   "holds (left out by default)")] = False,
+    show: Annotated[str | None, typer.Option("--show", help="the item field printed beside each id (default: title, "
+                                             "else the first text field the dataset has)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: per history its items and the recommendations "
+                                          "with ids, scores, the score's kind and the shown field")] = False,
 ) -> None:
     """Recommend the next items for a user of the dataset, or for any history of item ids (original ids in and
     out; every method)."""
-    from sidrec.pipeline import recommend as run_rec
+    from sidrec import show as S
+    from sidrec.pipeline import recommend_in_context as run_rec
 
     if k <= 0:
         raise SidrecError("-k must be positive")
@@ -382,15 +476,18 @@ def recommend(
         names = ["the history"]
     elif sessions is not None:
         histories, names = _read_sessions(sessions)
-    lists = run_rec(run, user, k, sid_table, weights, not include_history, histories, skip_unknown)
-    for name, recs in zip(names, lists, strict=True):
-        t = Table(title=f"top-{k} for {name}")
-        t.add_column("rank", justify="right")
-        t.add_column("item")
-        t.add_column("score", justify="right")
-        for r, (item, score) in enumerate(recs, 1):
-            t.add_row(str(r), item, f"{score:.4f}")
-        out.print(t)
+    lists, hists, ds, task = run_rec(run, user, k, sid_table, weights, not include_history, histories, skip_unknown)
+    field = S.label_field(ds, show)
+    labels, score = S.item_labels(ds, field), S.score_name(task)
+    if as_json:
+        print(json.dumps([{"for": name, "score": score, "field": field,
+                           "history": S.records([(i, None) for i in h], labels, field),
+                           "recommendations": S.records(recs, labels, field)}
+                          for name, h, recs in zip(names, hists, lists, strict=True)], indent=2, ensure_ascii=False))
+        return
+    for name, h, recs in zip(names, hists, lists, strict=True):
+        out.print(S.history_table(name, h, labels, field))
+        out.print(S.recommendation_table(name, recs, labels, field, score))
 
 
 def _ids(text: str, where: str) -> list[str]:

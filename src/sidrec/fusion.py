@@ -471,25 +471,38 @@ def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = 
     """
     from pathlib import Path
 
+    from sidrec.progress import note
+
     model = task.model
     model.eval()
     out: dict[str, Any] = {"summary": summary}
+    n_valid, n_test = split_users(task, "valid"), split_users(task, "test")
     if task.grounding is None:
+        note(f"evaluating valid ({n_valid:,} users, full catalogue)", n_valid)
         out["valid"] = task.evaluate(model, "valid")
         if test:
+            note(f"evaluating test ({n_test:,} users, full catalogue)", n_test)
             out["test"] = task.evaluate(model, "test")
         return out
+    note(f"choosing the content fusion on valid ({n_valid:,} users; one evaluation per lambda of fusion.lambdas)",
+         n_valid)
     rec = choose(task, model)
     task.fusion = Fusion(rec["lambda"], rec["lambda_cold"])
     out["valid"], out["model_only"] = rec.pop("valid"), {"valid": rec.pop("valid_model")}
     out["fusion"] = rec
     write_json(Path(run) / FUSION_FILE, rec)
     if test:
+        note(f"evaluating test ({n_test:,} users, full catalogue)", n_test)
         if task.fusion.off:
             out["test"] = out["model_only"]["test"] = evaluate(task, model, "test", [Fusion()])[0]
         else:
             out["model_only"]["test"], out["test"] = evaluate(task, model, "test", [Fusion(), task.fusion])
     return out
+
+
+def split_users(task: Any, split: str) -> int:
+    """How many users ``split`` evaluates (the size of a progress note)."""
+    return len(task.split.split(split))
 
 
 def load_fusion(task: Any, run: Any) -> None:

@@ -131,6 +131,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
             out["protocol"] = cfg.eval.protocol
             out["wall_s"] = clock.now() - t0
             write_json(run / "metrics.json", out)
+            plot_training_curve(run)
             write_text(run / "report.md", render_report(cfg, out, plots=sorted(p.name for p in run.glob("*.png"))))
             if trainer is not None and trainer.shadow is not None:
                 out["also"] = _also_protocol(cfg, task, trainer, run, summary, ds, split, t0)
@@ -262,7 +263,14 @@ def _placed(task: Any, cfg: Config) -> Any:
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of a finished run's ranking (fused with content when its ``fusion.json`` chose a lambda > 0)."""
     cfg, ds, split, task = load_run(run_dir)
-    return {s: task.evaluate(task.model, s) for s in splits}
+    from sidrec.progress import note
+
+    out = {}
+    for s in splits:
+        n = fusion.split_users(task, s)
+        note(f"evaluating {s} ({n:,} users, full catalogue)", n)
+        out[s] = task.evaluate(task.model, s)
+    return out
 
 
 def fuse(run_dir: str | Path, overrides: list[str] | None = None, test: bool | None = None) -> dict[str, Any]:
@@ -382,6 +390,15 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
     ``sid_table`` (SID-based runs) decodes over another table of the same codebooks, e.g. one extended with
     new items by ``sidrec add-items`` or a DREAM stage table; item ids then come from that table.
     """
+    return recommend_in_context(run_dir, user, k, sid_table, weights, exclude_history, histories, skip_unknown)[0]
+
+
+def recommend_in_context(run_dir: str | Path, user: str | None = None, k: int = 10,
+                         sid_table: str | Path | None = None, weights: str | Path | None = None,
+                         exclude_history: bool = True, histories: list[list[str]] | None = None,
+                         skip_unknown: bool = False) -> tuple[list[list[tuple[str, float]]], list[list[str]], Any, Any]:
+    """:func:`recommend`, plus what a reader of the lists needs: the histories read (original ids, unknown ones
+    left out), the dataset (item text) and the task (what the scores are; :func:`sidrec.show.score_name`)."""
     if (user is None) == (histories is None):
         raise SidrecError("recommend needs a user (--user) or histories (--history / --sessions), not both")
     cfg, ds, split, task = load_run(run_dir, weights)
@@ -398,10 +415,13 @@ def recommend(run_dir: str | Path, user: str | None = None, k: int = 10, sid_tab
         item_ids = table.item_ids or [str(i) for i in range(table.n_items)]
     if user is not None:
         u = user_indices(ds, [user])
-        return recommend_histories(task, cfg, [ds.sequence(int(u[0]))], item_ids, k, exclude_history, u)
+        seq = ds.sequence(int(u[0]))
+        lists = recommend_histories(task, cfg, [seq], item_ids, k, exclude_history, u)
+        return lists, [[ds.item_ids[int(i)] for i in seq]], ds, task
     assert histories is not None
     idx = item_indices(ds, histories, skip_unknown, item_ids)
-    return recommend_histories(task, cfg, idx, item_ids, k, exclude_history)
+    lists = recommend_histories(task, cfg, idx, item_ids, k, exclude_history)
+    return lists, [[item_ids[int(i)] for i in h] for h in idx], ds, task
 
 
 TIED_WARN = 0.01  # a run whose top-10 has more tied slots than this says so in its report
@@ -450,16 +470,66 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
     rows.append(("test (popularity)", out.get("popularity_test", {})))
     tied = [(name, sub, r["tied@10"]) for name, m in rows[:-1] for sub, r in m.items()
             if isinstance(r, dict) and r.get("tied@10", 0.0) > TIED_WARN]
-    if tied:
-        lines.append("")
-        lines += [f"Warning: {name} / {sub}: {share:.1%} of the top-10 slots are ties (> {TIED_WARN:.0%}); their "
-                  "order is the item index, not the model" for name, sub, share in tied]
     for name, m in rows:
         for sub in ("all", "warm", "cold"):
             if sub in m:
                 r = m[sub]
                 vals = " | ".join(f"{_cell(r, 'recall', k)} | {_cell(r, 'ndcg', k)}" for k in ks)
                 lines.append(f"| {name} | {sub} | {r['n_users']} | {vals} |")
+    if tied:  # after the table: a line between its header and its rows would end it (Markdown)
+        lines.append("")
+        lines += [f"Warning: {name} / {sub}: {share:.1%} of the top-10 slots are ties (> {TIED_WARN:.0%}); their "
+                  "order is the item index, not the model." for name, sub, share in tied]
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+        lines += ["", "## Plots", ""]
+        for p in plots:  # a paragraph each: one line per image would run them together into one paragraph
+            lines += [f"![{Path(p).stem}]({p})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+CURVE_FILE = "training_curve.png"
+
+
+def plot_training_curve(run: Path) -> Path | None:
+    """Loss and validation NDCG@10 per epoch, from ``log.jsonl``, as ``training_curve.png`` (linked by report.md).
+
+    Why: whether a run stopped too early, too late or diverged is read off a curve at a glance, not off a JSON log.
+    None when the run has no epochs (the content ranker) or its log holds none of these numbers.
+    """
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return None
+    per_epoch: dict[int, dict[str, Any]] = {}
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+            per_epoch[rec["epoch"]] = rec  # a resumed run logs an epoch again: the last record counts
+    epochs = sorted(per_epoch)
+    loss = [per_epoch[e].get("loss") for e in epochs]
+    ndcg = [per_epoch[e].get("valid_ndcg@10") for e in epochs]
+    if not epochs or all(v is None for v in loss + ndcg):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sidrec.io import atomic_path
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for a, ys, name in ((ax[0], loss, "training loss"), (ax[1], ndcg, "validation NDCG@10")):
+        pts = [(e, y) for e, y in zip(epochs, ys, strict=True) if isinstance(y, int | float)]
+        if pts:
+            a.plot([e for e, _ in pts], [y for _, y in pts], marker="o", ms=3)
+        a.set_title(name)
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    dest = run / CURVE_FILE
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return dest

@@ -37,3 +37,16 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         for x in items:
             yield x
             prog.advance(task)
+
+
+# Steps over fewer rows (items embedded or tokenized, users evaluated) finish in seconds and get no note.
+NOTE_MIN_ROWS = 5000
+
+
+def note(message: str, rows: int | None = None) -> None:
+    """One line on stderr (``sidrec: message``) before a step that can run for minutes without other output, when
+    stderr is not a terminal (a log, a pipe, a batch job): there no progress bar is drawn, and a long silence reads
+    as a hang. ``rows``: the step's size; below :data:`NOTE_MIN_ROWS` it is quick and says nothing."""
+    if (rows is not None and rows < NOTE_MIN_ROWS) or console.is_terminal:
+        return
+    print(f"sidrec: {message}", file=sys.stderr, flush=True)

@@ -253,6 +253,9 @@ def item_features(cfg: FeaturesConfig, ds: Dataset, progress: bool = True) -> np
         f = cache / f"{ds.name}-text-{key}.npy"
         if f.exists():
             return np.load(f)
+        from sidrec.progress import note
+
+        note(f"embedding {len(texts):,} item texts with {cfg.model} (cached for later runs)", len(texts))
         emb = encode_texts(texts, cfg.model, cfg.batch_size, progress)
     elif kind == "attributes":
         field = next((fl for fl in ATTRIBUTE_FIELDS if fl in ds.items), None)

@@ -85,6 +85,9 @@ def run_tokenize(cfg: Config, dataset: Dataset, features: np.ndarray, run_dir: s
     if tcfg.device == "auto":  # the run's device (train.device), unless the tokenizer names its own
         tcfg = dataclasses.replace(tcfg, device=cfg.train.device)
     run = Path(run_dir)
+    from sidrec.progress import note
+
+    note(f"fitting the {tcfg.kind} tokenizer on {len(features):,} items", len(features))
     res = tokenize(tcfg, features, dataset.item_ids)
     res.report["dataset"] = dataset.name
     res.tokenizer.save(run / TOKENIZER_DIR)

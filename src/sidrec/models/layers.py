@@ -1,6 +1,7 @@
 """Shared Transformer building blocks on top of ``torch.nn.functional.scaled_dot_product_attention``.
 
-Pre-LayerNorm blocks (more stable for the small, shallow models used here). The attention mask follows
+Pre-LayerNorm blocks (more stable for the small, shallow models used here; ``Block(post_norm=True)`` is the
+post-LN layout, for SASRec's ``sasrec.norm: post``). The attention mask follows
 SDPA's boolean convention: ``True`` = may attend.
 """
 

@@ -83,9 +83,11 @@ class PrefixBatches:
     ``RecDataset``: ``seq[-(max_len + 3):-2]``, one sample per prefix, cross-entropy at the last position only,
     ``RandomSampler``). The targets are exactly :class:`NextItemBatches`' (the window's items after its first), so the
     two differ only in how the targets are grouped: one row per user with every position trained, users of similar
-    length together, against independent samples in random batches (each with its own dropout mask, ~max_len / 2
-    times the positions computed per epoch and ~batch_size / mean history length times the steps). A prefix's history
-    is the window's items before its target, never older ones, as theirs.
+    length together, against independent samples in random batches, each with its own dropout mask. The cost: a
+    random batch is padded to its longest history, usually near ``max_len`` (their rows are always ``max_len``
+    wide), so a Beauty epoch computes 6.0M positions against 131k in 2.9x the steps (501 batches of 256 against
+    175 of 128 users) for the same 128,031 targets. A prefix's history is the window's items before its target,
+    never older ones, as theirs.
 
     Batches have the keys of :class:`NextItemBatches`' (``seq`` (B, t) left-padded with -1 to the batch's longest
     history, ``target`` (B, t) -1 but in the last column, ``user``, ``scale``).

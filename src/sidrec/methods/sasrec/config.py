@@ -26,7 +26,7 @@ class SASRecConfig:
     # training rows: users (each user's most recent max_len + 1 training items as one row, every position a
     # target, users of similar length batched together) or prefixes (every prefix of that window its own sample,
     # only its last position a target, samples shuffled uniformly into batches of train.batch_size: the peers'
-    # RecDataset; the same targets, ~max_len / 2 times the sequence positions computed per epoch)
+    # RecDataset; the same targets, on Beauty 46x the padded positions computed per epoch and 2.9x the steps)
     train_rows: typing.Literal["users", "prefixes"] = "users"
     # weight initialisation: scaled (embeddings N(0, 1/d), torch's default for the linear layers; a unit-variance
     # start trained markedly worse) or normal (every linear and embedding weight N(0, 0.02), biases 0: BERT's, the

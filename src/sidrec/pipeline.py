@@ -103,7 +103,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         attach_grounding(task, cfg, ds, split)
         task.to(dev)  # the one placement point: model, tables, content vectors
         seed_everything(cfg.seed)  # model init above may consume randomness differently per recipe
-        trainer = Trainer(task, cfg.train, run, cfg.seed, also_protocol=cfg.eval.also_protocol) if task.trainable else None
+        trainer = (Trainer(task, cfg.train, run, cfg.seed, select_metric=cfg.train.select_metric,
+                           also_protocol=cfg.eval.also_protocol) if task.trainable else None)
         if trainer is not None:  # train.max_minutes bounds the whole command, from its start
             trainer.started, trainer.test = t0, cfg.eval.test
     try:

@@ -1,6 +1,7 @@
 """Shared Transformer building blocks on top of ``torch.nn.functional.scaled_dot_product_attention``.
 
-Pre-LayerNorm blocks (more stable for the small, shallow models used here). The attention mask follows
+Pre-LayerNorm blocks (more stable for the small, shallow models used here; ``Block(post_norm=True)`` is the
+post-LN layout, for SASRec's ``sasrec.norm: post``). The attention mask follows
 SDPA's boolean convention: ``True`` = may attend.
 """
 
@@ -100,21 +101,35 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN Transformer block: self-attention, optional cross-attention, feed-forward."""
+    """Transformer block: self-attention, optional cross-attention, feed-forward.
+
+    Pre-LN by default (``x + f(LN(x))``). ``post_norm``: ``LN(x + f(x))`` after each sublayer, the original
+    Transformer's and the SASRec-line peers' layout (``sasrec.norm: post``), for measuring what the layout is worth.
+    ``attn_dropout`` / ``ffn_dropout`` (None: ``dropout``) set the dropout on the attention weights and after the
+    feed-forward's activation apart from the one on the residual branches (``sasrec.inner_dropout``).
+    """
 
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, head_dim: int | None = None,
-                 cross: bool = False) -> None:
+                 cross: bool = False, post_norm: bool = False, attn_dropout: float | None = None,
+                 ffn_dropout: float | None = None) -> None:
         super().__init__()
+        attn_p = dropout if attn_dropout is None else attn_dropout
+        self.post_norm = post_norm
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, n_heads, head_dim, dropout)
-        self.cross = MultiHeadAttention(d_model, n_heads, head_dim, dropout) if cross else None
+        self.attn = MultiHeadAttention(d_model, n_heads, head_dim, attn_p)
+        self.cross = MultiHeadAttention(d_model, n_heads, head_dim, attn_p) if cross else None
         self.ln_cross = nn.LayerNorm(d_model) if cross else None
         self.ln2 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout if ffn_dropout is None else ffn_dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if self.post_norm:
+            x = self.ln1(x + self.drop(self.attn(x, mask=mask, is_causal=is_causal)))
+            if self.cross is not None and self.ln_cross is not None and memory is not None:
+                x = self.ln_cross(x + self.drop(self.cross(x, memory=memory, mask=memory_mask)))
+            return self.ln2(x + self.drop(self.ffn(x)))
         x = x + self.drop(self.attn(self.ln1(x), mask=mask, is_causal=is_causal))
         if self.cross is not None and memory is not None:
             x = x + self.drop(self.cross(self.ln_cross(x), memory=memory, mask=memory_mask))
@@ -134,6 +149,8 @@ class Block(nn.Module):
         self-attention keys / values including the new positions (the cache for the next step).
         """
         b, g, t, d = x.shape
+        if self.post_norm:
+            raise ValueError("Block.step decodes pre-LN blocks only (post_norm is a SASRec training setting)")
         if cache is not None and t != 1:
             raise ValueError("Block.step with a cache decodes one new position at a time")
         h = self.ln1(x).reshape(b * g, t, d)

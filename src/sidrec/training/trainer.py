@@ -4,8 +4,8 @@ exact resume, progress bars, ``log.jsonl``, optional TensorBoard, and DDP under 
 A model plugs in through a :class:`Task`: it produces the epoch's batches (deterministically from the
 epoch number), computes the loss of one batch by calling the model's ``forward`` (so DDP can hook the
 gradients), and evaluates a split with the model's *real* inference procedure (beam search, holistic
-scoring, full softmax...). Early stopping watches validation NDCG@10; the best checkpoint is the one
-tested.
+scoring, full softmax...). Early stopping watches a validation metric (``train.select_metric``, NDCG@10 by
+default); the best checkpoint is the one tested.
 
 Exact resume: batch order depends only on (seed, epoch); the torch RNG state (dropout) is saved with each
 end-of-epoch checkpoint together with optimizer and scheduler state, so a run killed mid-way and resumed

@@ -1,4 +1,5 @@
-"""SASRec task: length-bucketed batches of users, every position predicts its next item."""
+"""SASRec task: length-bucketed batches of users, every position predicts its next item (or, with
+``sasrec.train_rows: prefixes``, random batches of prefixes, each predicting the item after it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from sidrec.config import Config
-from sidrec.data.batches import NextItemBatches
+from sidrec.data.batches import NextItemBatches, PrefixBatches
 from sidrec.data.dataset import Dataset
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.device import to_device
@@ -24,7 +25,8 @@ class SASRecTask(Task):
         self.cfg = cfg
         self.split = split
         self.model: nn.Module = SASRec(split.n_items, cfg.data.max_len, cfg.sasrec, content)
-        self.batches = NextItemBatches(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)
+        rows = PrefixBatches if cfg.sasrec.train_rows == "prefixes" else NextItemBatches
+        self.batches = rows(split.train, cfg.data.max_len, cfg.train.batch_size, cfg.seed)
         self.eval_batch_size = cfg.eval.batch_size
 
     def train_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:

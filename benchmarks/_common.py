@@ -143,6 +143,38 @@ def split_positionals(words: list[str], default: list[str]) -> tuple[list[str], 
     return [w for w in words if "=" not in w] or list(default), [w for w in words if "=" in w]
 
 
+def add_protocol_option(ap: Any) -> None:
+    """``--protocol exclude [keep]``: the run's protocol, and optionally the other one selected from the same
+    training (``eval.also_protocol``: its own early stopping, fusion and test in RUN/<protocol>/)."""
+    ap.add_argument("--protocol", choices=["exclude", "keep"], nargs="+", default=["exclude"],
+                    help="the run's protocol, and optionally the other one, selected from the same training")
+
+
+def protocol_overrides(protocols: list[str]) -> list[str]:
+    """The config overrides of ``--protocol``; two protocols must differ."""
+    if len(protocols) > 2 or len(set(protocols)) != len(protocols):
+        raise SystemExit("--protocol: one protocol, or the two protocols once each")
+    return [f"eval.protocol={protocols[0]}"] + [f"eval.also_protocol={p}" for p in protocols[1:]]
+
+
+def protocol_results(run: Path, res: dict[str, Any], protocols: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(protocol, metrics) per protocol asked for: the run's own, and the second selection's (``res['also']``, or
+    RUN/<protocol>/metrics.json when the run is re-read with ``--reuse``)."""
+    rows = [(protocols[0], res)]
+    for other in protocols[1:]:
+        also = res.get("also")
+        if also is None and (run / other / "metrics.json").exists():
+            also = json.loads((run / other / "metrics.json").read_text())
+        if also is None:
+            raise SystemExit(f"{run}: has no selection for protocol '{other}' (trained without eval.also_protocol)")
+        rows.append((other, also))
+    for protocol, r in rows:
+        r.setdefault("protocol", protocol)  # runs from before metrics.json named it
+        if r["protocol"] != protocol:
+            raise SystemExit(f"{run}: selected under protocol '{r['protocol']}', asked for '{protocol}'")
+    return rows
+
+
 def copy_tokenizer_stage(src: Path, dst: Path) -> None:
     """Give run ``dst`` the SID table and tokenizer state of run ``src`` (so variants share one table)."""
     from sidrec.runs import copy_tokenizer_stage as copy_stage

@@ -43,7 +43,17 @@ from sidrec.config import load_config
 from sidrec.eval.evaluator import excludes
 from sidrec.pipeline import fuse, load_run, train
 
-from _common import REPO, copy_tokenizer_stage, grounded_records, record, save, split_positionals
+from _common import (
+    REPO,
+    add_protocol_option,
+    copy_tokenizer_stage,
+    grounded_records,
+    protocol_overrides,
+    protocol_results,
+    record,
+    save,
+    split_positionals,
+)
 
 VARIANTS = {
     "atm": [],
@@ -91,7 +101,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
     for name in datasets:
         first: Path | None = None
         for variant in args.variants:
-            run = Path("runs/bench") / f"acerec-{name}-{variant}-{args.protocol}"
+            run = Path("runs/bench") / f"acerec-{name}-{variant}-{args.protocol[0]}"
             if args.select:  # one directory per setting of the grid; test is never computed
                 run = run.with_name(run.name + "-" + "-".join(
                     o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[-1] for o in overrides))
@@ -102,8 +112,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             if name == "beauty":  # whitened PCA before OPQ: chosen on Beauty validation (configs/opq-whitened.yaml)
                 files.append(REPO / "configs" / "opq-whitened.yaml")
             cfg = load_config(files,
-                              [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false",
-                               f"eval.protocol={args.protocol}"]
+                              [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
+                              + protocol_overrides(args.protocol)
                               + variant_overrides(variant) + overrides + (["eval.test=false"] if args.select else []))
             t0 = time.time()
             reused = args.reuse and (run / "metrics.json").exists()
@@ -120,18 +130,20 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
             label = (variant if reused else f"{variant}{args.tag}") + (
                 ", selection " + " ".join(overrides) if args.select else "")
             res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)  # runs from before the field
-            recs = grounded_records(name, "acerec", label, res, wall, seed=cfg.seed)
             rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
-            curve = {int(r["epoch"]): r["valid_ndcg@10"] for r in rows if r.get("valid_ndcg@10") is not None}
-            for r in recs:
-                r["metrics"].update(epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
-                if args.compare_epoch in curve:  # equal-budget comparison of variants stopped at different epochs
-                    r["metrics"][f"valid_subset_ndcg@10_epoch{args.compare_epoch}"] = curve[args.compare_epoch]
-            save("acerec", recs, reused=reused)
-            split = "test" if "test" in res else "valid"
-            t = res[split]["all"]
-            print(f"{name} {variant}: {split} R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in {wall / 60:.1f} min",
-                  flush=True)
+            for protocol, res_ in protocol_results(run, res, args.protocol):
+                key = "valid_ndcg@10" if protocol == args.protocol[0] else f"valid_{protocol}_ndcg@10"
+                curve = {int(r["epoch"]): r[key] for r in rows if r.get(key) is not None}
+                recs = grounded_records(name, "acerec", label, res_, wall, seed=cfg.seed)
+                for r in recs:
+                    r["metrics"].update(epochs=res_["summary"]["epochs"], best_epoch=res_["summary"]["best_epoch"])
+                    if args.compare_epoch in curve:  # equal-budget comparison of variants stopped at different epochs
+                        r["metrics"][f"valid_subset_ndcg@10_epoch{args.compare_epoch}"] = curve[args.compare_epoch]
+                save("acerec", recs, reused=reused)
+                split = "test" if "test" in res_ else "valid"
+                t = res_[split]["all"]
+                print(f"{name} {variant} [{protocol}]: {split} R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} in "
+                      f"{wall / 60:.1f} min", flush=True)
 
 
 def _measure(kind: str, run: str, users: int, threads: int, seed: int, out: mp.Queue) -> None:
@@ -245,8 +257,7 @@ def main() -> None:
                     "several joined by '+' (e.g. rpg+intent)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude",
-                    help="eval.protocol of train / test runs: early stopping and lambda are chosen on its validation")
+    add_protocol_option(ap)
     ap.add_argument("--tag", default="", help="appended to the variant name of newly trained runs (train) or of the "
                     "zero-training rankers (baselines, e.g. to name the run's text encoder)")
     ap.add_argument("--compare-epoch", type=int, default=4,

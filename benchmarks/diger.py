@@ -29,7 +29,16 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import train
 
-from _common import REPO, copy_tokenizer_stage, grounded_records, save, split_positionals
+from _common import (
+    REPO,
+    add_protocol_option,
+    copy_tokenizer_stage,
+    grounded_records,
+    protocol_overrides,
+    protocol_results,
+    save,
+    split_positionals,
+)
 
 VARIANTS = {
     # the two-stage TIGER with DIGER's backbone and budget (configs/diger.yaml = tiger-cpu.yaml's decoder and
@@ -73,8 +82,7 @@ def main() -> None:
     ap.add_argument("datasets", nargs="*", default=["beauty"])
     ap.add_argument("--variants", nargs="+", default=["tiger", "frqud"], choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
-    ap.add_argument("--protocol", choices=["exclude", "keep"], default="exclude",
-                    help="eval.protocol of the runs: early stopping and lambda are chosen on its validation metric")
+    add_protocol_option(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the run directories and variant names (other budgets)")
@@ -89,12 +97,12 @@ def main() -> None:
             for variant in args.variants:
                 conf, extra = VARIANTS[variant]
                 run = Path("runs/bench") / (f"diger-{name}-{variant}-s{seed}" + (f"-{args.tag}" if args.tag else "")
-                                            + f"-{args.protocol}")
+                                            + f"-{args.protocol[0]}")
                 if first is not None:
                     copy_tokenizer_stage(first, run)
                 cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{conf}.yaml"],
                                   [f"run_dir={run}", f"seed={seed}", f"train.threads={args.threads}",
-                                   "train.progress=false", f"eval.protocol={args.protocol}"] + extra + overrides)
+                                   "train.progress=false"] + protocol_overrides(args.protocol) + extra + overrides)
                 t0 = time.time()
                 reused = args.reuse and (run / "metrics.json").exists()
                 if reused:
@@ -113,14 +121,15 @@ def main() -> None:
                 method = "tiger" if variant == "tiger" else "diger"
                 label = variant + (f", {args.tag}" if args.tag else "")
                 res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)  # runs from before it
-                recs = grounded_records(name, method, label, res, wall, seed=seed)
                 stats = sid_stats(run)
-                for r in recs:
-                    r["metrics"].update(stats, epochs=res["summary"]["epochs"], best_epoch=res["summary"]["best_epoch"])
-                save("diger", recs, reused=reused)
-                t = res.get("model_only", res)["test"]["all"]  # the model alone (the +content record beside it)
-                print(f"{name} {variant} seed {seed}: test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} "
-                      f"drift {stats.get('sid_drift', 0):.3f} in {wall / 60:.1f} min", flush=True)
+                for protocol, r_ in protocol_results(run, res, args.protocol):
+                    recs = grounded_records(name, method, label, r_, wall, seed=seed)
+                    for r in recs:
+                        r["metrics"].update(stats, epochs=r_["summary"]["epochs"], best_epoch=r_["summary"]["best_epoch"])
+                    save("diger", recs, reused=reused)
+                    t = r_.get("model_only", r_)["test"]["all"]  # the model alone (the +content record beside it)
+                    print(f"{name} {variant} seed {seed} [{protocol}]: test R@10 {t['recall@10']:.4f} N@10 "
+                          f"{t['ndcg@10']:.4f} drift {stats.get('sid_drift', 0):.3f} in {wall / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,16 @@ import torch
 from sidrec.config import load_config
 from sidrec.pipeline import fuse, train
 
-from _common import REPO, grounded_records, run_records, save, split_positionals
+from _common import (
+    REPO,
+    add_protocol_option,
+    grounded_records,
+    protocol_overrides,
+    protocol_results,
+    run_records,
+    save,
+    split_positionals,
+)
 
 
 def main() -> None:
@@ -34,15 +43,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="sasrec.yaml", help="the method setting in configs/ (sasrec-content.yaml: "
                                                              "content-initialised item table)")
-    ap.add_argument("--protocol", choices=["exclude", "keep"], nargs="+", default=["exclude"],
-                    help="the run's protocol, and optionally the other one, selected from the same training")
+    add_protocol_option(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--tag", default="", help="suffix of the run directory and the variant name (A/B settings)")
     ap.add_argument("--reuse", action="store_true", help="record an existing runs/bench run instead of training")
     args = ap.parse_intermixed_args()
     args.datasets, args.overrides = split_positionals(args.datasets, ["beauty", "sports", "toys"])
-    if len(args.protocol) > 2 or len(set(args.protocol)) != len(args.protocol):
-        ap.error("--protocol: one protocol, or the two protocols once each")
     torch.set_num_threads(args.threads)
     tag = args.tag or ("content-init" if args.config == "sasrec-content.yaml" else "")
     for name in args.datasets:
@@ -51,26 +57,18 @@ def main() -> None:
 
 
 def run_one(name: str, seed: int, tag: str, args: argparse.Namespace) -> None:
-    first, *other = args.protocol
-    run_dir = f"runs/bench/sasrec-{name}" + (f"-{tag}" if tag else "") + f"-{first}-seed{seed}"
+    run_dir = f"runs/bench/sasrec-{name}" + (f"-{tag}" if tag else "") + f"-{args.protocol[0]}-seed{seed}"
     cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / args.config],
-                      [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false",
-                       f"eval.protocol={first}", f"seed={seed}"] + [f"eval.also_protocol={p}" for p in other]
-                      + args.overrides)
+                      [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false", f"seed={seed}"]
+                      + protocol_overrides(args.protocol) + args.overrides)
     run = REPO / cfg.run_dir
-    t0 = time.time()
-    res, wall = _result(run, cfg, args, t0)
-    rows = [(first, res)]
-    if other:
-        if "also" not in res:
-            raise SystemExit(f"{run}: has no selection for protocol '{other[0]}' (trained without eval.also_protocol)")
-        rows.append((other[0], res["also"]))
-    for protocol, r in rows:
+    res, wall = _result(run, cfg, args, time.time())
+    for protocol, r in protocol_results(run, res, args.protocol):
         _record(name, seed, tag, cfg, protocol, r, wall, args)
 
 
 def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]:
-    """The run's metrics (trained now, or read back with ``--reuse``); a second protocol's under ``also``."""
+    """The run's metrics (trained now, or read back with ``--reuse``)."""
     if args.reuse and (run / "metrics.json").exists():
         res = json.loads((run / "metrics.json").read_text())
         wall = res["wall_s"]
@@ -78,9 +76,6 @@ def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]
             res = fuse(run)
         # runs trained before metrics.json named its protocol: the run's own config says which it was
         res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)
-        also = run / cfg.eval.also_protocol / "metrics.json"
-        if cfg.eval.also_protocol != "none" and also.exists():
-            res["also"] = json.loads(also.read_text())
     else:
         res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
         wall = time.time() - t0
@@ -89,8 +84,6 @@ def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]
 
 def _record(name: str, seed: int, tag: str, cfg, protocol: str, res: dict, wall: float,
             args: argparse.Namespace) -> None:
-    if res["protocol"] != protocol:
-        raise SystemExit(f"{cfg.run_dir}: selected under protocol '{res['protocol']}', asked for '{protocol}'")
     variant = f"d{cfg.sasrec.d_model} L{cfg.sasrec.n_layers} len{cfg.data.max_len} CE" + (f", {tag}" if tag else "")
     extra = {"seed": seed, "epochs": res["summary"]["epochs"], "best_epoch": res["summary"]["best_epoch"]}
     recs = grounded_records(name, "sasrec", variant, res, wall, **extra)

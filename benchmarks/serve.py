@@ -149,15 +149,15 @@ def main() -> None:
                     ms = np.array(lat) * 1000
                     m = {"requests": len(lat), "concurrency": c, "max_batch": mb, "errors": errors,
                          "req_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
-                         "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "model_ms": alone_ms}
+                         "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "model_ms": alone_ms,
+                         "loadavg": round(os.getloadavg()[0], 2)}
                     variant = f"c{c} max_batch {mb}" + (f" {args.note}" if args.note else "")
                     r = record(args.dataset, name, variant, "serve", "single-history", m, wall, threads=args.threads,
-                               protocol=rec.cfg.eval.protocol, run=str(run), items=len(rec.items),
-                               loadavg=round(os.getloadavg()[0], 2))
+                               protocol=rec.cfg.eval.protocol, run=str(run), items=len(rec.items))
                     records.append(r)
                     print(f"{name:16s} c={c:<3d} max_batch={mb}: {m['req_per_s']:7.1f} req/s  p50 {m['p50_ms']:7.1f} ms  "
                           f"p99 {m['p99_ms']:7.1f} ms  (model alone {alone_ms:.1f} ms; errors {errors}; load "
-                          f"{r['loadavg']})", flush=True)
+                          f"{m['loadavg']})", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(60)

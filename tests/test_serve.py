@@ -180,9 +180,11 @@ def test_other_bad_requests(rec, served):
         ("/recommend/batch", {"histories": []}, 422, "histories"),
         ("/recommend/batch", {"histories": [[rec.items[0]], 3]}, 422, "histories[1]"),
         ("/recommend/batch", {"histories": [[rec.items[0]]] * 257}, 422, "histories"),
+        ("/recommend/batch", {"histories": [[rec.items[0]], ["no-such-item"]]}, 422, "histories"),
     ]:
         r = c.post(path, json=body)
         assert (r.status_code, r.json().get("field")) == (status, field), r.text
+        assert f"'{field}'" in r.json()["error"]
     r = c.get("/items/no-such-item")
     assert r.status_code == 404 and r.json()["field"] == "item_id"
     assert c.get("/no-such-endpoint").status_code == 404
@@ -197,6 +199,16 @@ def test_other_bad_requests(rec, served):
         head = head.decode()
     assert head.startswith("HTTP/1.1 413") and '"field": "body"' in head
     assert c.post("/recommend", json={"history": [rec.items[1]]}).status_code == 200
+
+
+def test_unknown_items_skipped_when_the_server_says_so(rec):
+    s = Served(rec, ServeSettings(skip_unknown=True))
+    try:
+        got = s.client.post("/recommend", json={"history": ["no-such-item", rec.items[4]], "k": 3}).json()
+        assert pairs(got) == rec.recommend(history=[rec.items[4]], k=3)
+        assert s.client.get("/health").json()["unknown_items"] == "skip"
+    finally:
+        s.stop()
 
 
 def test_settings_are_checked(rec):

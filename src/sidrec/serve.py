@@ -278,7 +278,9 @@ def create_app(rec: Any, settings: ServeSettings | None = None) -> Any:
                     bad = f if f != "history" or field == "history" else field
                     break
             status = 404 if bad == "user" and "unknown user" in text else 422
-            raise RequestError(status, bad, text.replace("recommend(): ", "").replace("argument ", "field ")) from None
+            text = text.replace("recommend(): ", "").replace(f"argument '{bad if bad != 'histories' else 'history'}'",
+                                                             f"field '{bad}'")
+            raise RequestError(status, bad, text) from None
 
     def listing(rows: list[tuple[str, float]]) -> list[dict[str, Any]]:
         out = []

@@ -76,7 +76,18 @@ class ModelWorker:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidrec-model")
         self.queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.pool.submit(torch.set_num_threads, settings.threads).result()
+        self.pool.submit(self._bound_threads, settings.threads).result()
+
+    @staticmethod
+    def _bound_threads(n: int) -> None:
+        """torch's and faiss's (the content ranker's search) CPU threads: ``n`` each, whatever the machine has."""
+        torch.set_num_threads(n)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(n)
+        except (ImportError, AttributeError):
+            pass
 
     def warm_up(self) -> None:
         """One call before the first request: lazy parts (the content grounding, a faiss index) are built now,

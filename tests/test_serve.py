@@ -201,6 +201,17 @@ def test_other_bad_requests(rec, served):
     assert c.post("/recommend", json={"history": [rec.items[1]]}).status_code == 200
 
 
+def test_an_internal_failure_is_a_one_line_500_and_the_server_goes_on(rec, served, monkeypatch):
+    def broken(queries):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(rec, "rank", broken)
+    r = served.client.post("/recommend", json={"history": [rec.items[1]]})
+    assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError); the server goes on serving"}
+    monkeypatch.undo()
+    assert served.client.post("/recommend", json={"history": [rec.items[1]]}).status_code == 200
+
+
 def test_unknown_items_skipped_when_the_server_says_so(rec):
     s = Served(rec, ServeSettings(skip_unknown=True))
     try:

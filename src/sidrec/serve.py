@@ -92,9 +92,7 @@ class ModelWorker:
     def warm_up(self) -> None:
         """One call before the first request: lazy parts (the content grounding, a faiss index) are built now,
         in the model thread, not by two racing requests."""
-        rec = self.rec
-        hist = [rec.dataset.item_ids[int(rec.dataset.sequence(0)[0])]] if rec.dataset.n_users else [rec.items[0]]
-        self.pool.submit(self._rank, [rec.query(history=hist, k=1)]).result()
+        self.pool.submit(self._rank, [self.rec.query(history=[self.rec.dataset.item_ids[0]], k=1)]).result()
 
     def _rank(self, queries: list[Any]) -> list[Any]:
         with torch.inference_mode():
@@ -126,11 +124,18 @@ class ModelWorker:
                 continue
             try:
                 results = await loop.run_in_executor(self.pool, self._rank, [q for q, _ in jobs])
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
-                for _, f in jobs:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
+            except Exception as exc:  # noqa: BLE001 - the loop goes on whatever one call raised
+                if len(jobs) == 1:
+                    if not jobs[0][1].done():
+                        jobs[0][1].set_exception(exc)
+                    continue
+                results = [None] * len(jobs)  # ranked alone: only the request that fails gets the error
+                for n, (q, f) in enumerate(jobs):
+                    try:
+                        results[n] = (await loop.run_in_executor(self.pool, self._rank, [q]))[0]
+                    except Exception as one:  # noqa: BLE001
+                        if not f.done():
+                            f.set_exception(one)
             for (_, f), r in zip(jobs, results, strict=True):
                 if not f.done():
                     f.set_result(r)
@@ -293,6 +298,15 @@ def create_app(rec: Any, settings: ServeSettings | None = None) -> Any:
                                                              f"field '{bad}'")
             raise RequestError(status, bad, text) from None
 
+    async def ranked(q: Any) -> list[list[tuple[str, float]]]:
+        """The model thread's answer; a failure there is a one-line 500 answered here (an exception left to
+        Starlette's last-resort handler is answered too, but then re-raised, and uvicorn drops the connection)."""
+        try:
+            return await worker.rank(q)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("sidrec serve: the model call failed")  # the traceback goes to the log only
+            raise RequestError(500, None, f"internal error ({type(exc).__name__}); the server goes on serving") from None
+
     def listing(rows: list[tuple[str, float]]) -> list[dict[str, Any]]:
         out = []
         for item, score in rows:
@@ -335,7 +349,7 @@ def create_app(rec: Any, settings: ServeSettings | None = None) -> Any:
             q = query("history", history=[str(x) for x in b.history], k=b.k, exclude=exclusion(b.exclude))
         else:
             q = query("user", user=str(b.user), k=b.k, exclude=exclusion(b.exclude))
-        rows = await worker.rank(q)
+        rows = await ranked(q)
         return answer({"items": listing(rows[0])})
 
     @app.post("/recommend/batch")
@@ -348,7 +362,7 @@ def create_app(rec: Any, settings: ServeSettings | None = None) -> Any:
             check_history(h, f"histories[{n}]")
         hists = [[str(x) for x in h] for h in b.histories]
         q = query("histories", history=hists, k=b.k, exclude=exclusion(b.exclude))
-        rows = await worker.rank(q)
+        rows = await ranked(q)
         return answer({"results": [{"items": listing(r)} for r in rows]})
 
     @app.get("/items/{item_id}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sidrec.config import Config, load_config
 from sidrec.errors import SidrecError
 
@@ -186,6 +188,24 @@ def _overrides(settings: dict[str, Any]) -> list[str]:
 
 
 @dataclass
+class Query:
+    """One checked request of :meth:`Recommender.recommend`: histories as item indices, the users they belong to
+    (None: histories of no known user), ``k``, the exclusion rule (True / False / item ids) and whether one
+    history was asked for (the answer is then one list, not a list of lists)."""
+
+    histories: list[np.ndarray]
+    users: np.ndarray | None
+    k: int
+    exclude: bool | set[str]
+    single: bool
+
+    @property
+    def depth(self) -> int:
+        """How many items to rank so that ``k`` remain after the excluded ids are dropped."""
+        return self.k + (len(self.exclude) if isinstance(self.exclude, set) else 0)
+
+
+@dataclass
 class Run:
     """A finished training run: its folder and its metrics (``metrics.json``)."""
 
@@ -254,6 +274,11 @@ class Recommender:
         assert path is not None
         self.path = path
         self.cfg, self.dataset, self.split, self.task = load_run(path, weights_path)
+        from sidrec.pipeline import id_index
+
+        # built once: a dict of the catalogue per call cost more than SASRec's forward pass (5 ms on 12k items)
+        self._item_index = id_index(self.dataset.item_ids)
+        self._user_index = id_index(self.dataset.user_ids)
 
     @property
     def method(self) -> str:
@@ -279,7 +304,18 @@ class Recommender:
         out those (and not the history). Unknown item ids are an error unless ``skip_unknown``. One id where a list
         is expected (``history="I1"``, ``exclude="I9"``) is that one id, never its characters.
         """
-        from sidrec.pipeline import item_indices, recommend_histories, user_indices
+        q = self.query(history, user, k, exclude, skip_unknown)
+        lists = self.rank([q])[0]
+        return lists[0] if q.single else lists
+
+    def query(self, history: Any = None, user: Any = None, k: Any = 10, exclude: Any = True,
+              skip_unknown: Any = False) -> Query:
+        """The arguments of :meth:`recommend`, checked and read as item / user indices (no model call).
+
+        Why apart from :meth:`rank`: the server (``sidrec serve``) checks a request where it arrives and ranks
+        in its one model thread, with the very same two steps as this API.
+        """
+        from sidrec.pipeline import item_indices, user_indices
 
         if (history is None) == (user is None):
             raise SidrecError("recommend(): give argument 'history' (item ids) or argument 'user' (a user id), "
@@ -291,21 +327,49 @@ class Recommender:
         if user is not None:
             ids, single = _users(user)
             try:
-                users = user_indices(self.dataset, ids)
+                users = user_indices(self.dataset, ids, self._user_index)
             except SidrecError as exc:
                 raise SidrecError(f"recommend(): argument 'user': {exc}") from None
             hists = [self.dataset.sequence(int(u)) for u in users]
         else:
             raw, single = _histories(history)
             try:
-                hists = item_indices(self.dataset, raw, skip_unknown)
+                hists = item_indices(self.dataset, raw, skip_unknown, index=self._item_index)
             except SidrecError as exc:
                 raise SidrecError(f"recommend(): argument 'history': {exc}") from None
-        extra = len(drop) if isinstance(drop, set) else 0
-        lists = recommend_histories(self.task, self.cfg, hists, self.dataset.item_ids, k + extra, drop is True, users)
-        if isinstance(drop, set):
-            lists = [[(i, s) for i, s in row if i not in drop][:k] for row in lists]
-        return lists[0] if single else lists
+        return Query(hists, users, k, drop, single)
+
+    def rank(self, queries: Sequence[Query]) -> list[list[list[tuple[str, float]]]]:
+        """Each query's top-k lists (one per history), queries of the same history rule and depth in one batched
+        model call.
+
+        Why the depth too: a beam-search model's beam widens to k, so a query ranked at a larger k could differ
+        from the same query alone; queries that differ there are ranked apart. Item ids to exclude (a set) are
+        filtered out of k + (their number) items, as one query alone would.
+        """
+        from sidrec.pipeline import recommend_histories
+
+        out: list[list[list[tuple[str, float]]]] = [[] for _ in queries]
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for n, q in enumerate(queries):
+            groups.setdefault((q.exclude is True, q.depth), []).append(n)
+        for (exclude_history, depth), members in groups.items():
+            hists = [h for n in members for h in queries[n].histories]
+            known = [queries[n].users is not None for n in members]
+            users = None
+            if any(known):  # histories of no user (live sessions) read as user -1, as recommend_histories does
+                users = np.concatenate([queries[n].users if queries[n].users is not None
+                                        else np.full(len(queries[n].histories), -1, dtype=np.int64) for n in members])
+            lists = recommend_histories(self.task, self.cfg, hists, self.dataset.item_ids, depth, exclude_history,
+                                        users)
+            start = 0
+            for n in members:
+                q = queries[n]
+                rows, start = lists[start:start + len(q.histories)], start + len(q.histories)
+                if isinstance(q.exclude, set):
+                    rows = [[(i, s) for i, s in row if i not in q.exclude][:q.k] for row in rows]
+                out[n] = rows
+        return out
 
     @property
     def score_name(self) -> str:
@@ -386,11 +450,11 @@ class Recommender:
         if table is None:
             raise SidrecError(f"method '{self.method}' has no semantic IDs")
         try:
-            idx = item_indices(self.dataset, [ids])[0]
+            idx = item_indices(self.dataset, [ids], index=self._item_index)[0]
         except SidrecError as exc:
             raise SidrecError(f"item_sids(): argument 'item_ids': {exc}") from None
         codes = table[idx].cpu().tolist()
         return dict(zip(ids, codes, strict=True))
 
 
-__all__ = ["Recommender", "Run", "load", "train"]
+__all__ = ["Query", "Recommender", "Run", "load", "train"]

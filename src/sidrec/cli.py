@@ -580,6 +580,36 @@ def refine_items(
 
 
 @app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="a finished run directory")],
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: a free one, printed at start)")] = 8000,
+    max_k: Annotated[int, typer.Option("--max-k", help="largest k a request may ask for")] = 100,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="requests ranked together while the model is busy "
+                                           "(1: each alone, bit-exact; see docs/serve.md)")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads of the one model thread")] = 1,
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="leave out unknown item ids of a history "
+                                               "(by default a request naming one is refused, 422)")] = False,
+    weights: Annotated[Path | None, typer.Option(help="other weights for the run's model")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="log every request")] = False,
+) -> None:
+    """Serve a run over HTTP (FastAPI): recommendations for histories or users, item lookup, health (docs/serve.md)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SidrecError(f"sidrec serve needs FastAPI and uvicorn ({exc.name} is missing): "
+                          'pip install -e ".[serve]"') from None
+    from sidrec.serve import ServeSettings
+    from sidrec.serve import serve as run_serve
+
+    if not 0 <= port <= 65535:
+        raise SidrecError(f"--port must be between 0 and 65535, got {port}")
+    settings = ServeSettings(max_k=max_k, max_batch=max_batch, threads=threads, skip_unknown=skip_unknown)
+    run_serve(run, host, port, settings, weights, access_log, announce=lambda line: print(line, flush=True))
+
+
+@app.command()
 def quickstart(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="where the runs go")] = Path("runs/quickstart"),
     users: Annotated[int, typer.Option(help="synthetic users")] = 3000,

@@ -424,6 +424,26 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
             "candidates": g.cfg.candidates if task.scoring == "beam" else None}
 
 
+def stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of each row's stable descending sort (equal scores: the lower index first), without
+    sorting whole rows.
+
+    Why: on a 12k-item catalogue the full sort was the largest per-history cost of a served request after the
+    item tables' products (1.2 ms of ~7). ``topk`` alone orders ties arbitrarily; so it takes every item scoring
+    at least the row's k-th score (all tied ones included), and only those are put in the sort's order.
+    """
+    n = scores.shape[1]
+    if k >= n:
+        v, i = scores.sort(dim=1, descending=True, stable=True)
+        return v[:, :k], i[:, :k]
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    m = int((scores >= kth).sum(1).max())  # the most items at or above a row's k-th score (ties make it > k)
+    v, i = scores.topk(m, dim=1)
+    i, by_index = i.sort(dim=1)
+    v, by_score = v.gather(1, by_index).sort(dim=1, descending=True, stable=True)
+    return v[:, :k], i.gather(1, by_score)[:, :k]
+
+
 def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
     out when ``exclude_history``; default: the run's ``eval.protocol``, as in evaluation)."""
@@ -452,8 +472,7 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
             sc = finite_scores(sc)
         if exclude:
             mask_history(sc, to_device(es.padded_seen(rows, pad=-1), task.device))
-        v, i = sc.sort(dim=1, descending=True, stable=True)  # equal scores: the lower index first, as in evaluation
-        v, i = v[:, :k], i[:, :k]
+        v, i = stable_top_k(sc, k)  # equal scores: the lower index first, as in evaluation
         items.append(i.masked_fill(~torch.isfinite(v), -1).cpu())
         scores.append(v.cpu())
     it, sc = torch.cat(items).numpy(), torch.cat(scores).numpy()

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,14 +330,17 @@ def _run_metrics(run: Path) -> dict[str, Any]:
 
 
 def item_indices(ds: Dataset, histories: list[list[str]], skip_unknown: bool = False,
-                 item_ids: list[str] | None = None) -> list[np.ndarray]:
+                 item_ids: list[str] | None = None, index: Mapping[str, int] | None = None) -> list[np.ndarray]:
     """Item indices of histories given as original item ids (in time order).
 
     An id the run does not know is one line naming it (and how many others), unless ``skip_unknown`` drops it: a
     recommendation silently made from part of what was asked for looks like an answer to the whole question.
+    ``index`` (original id -> index, as :func:`id_index` builds it) is for callers that ask many times (a loaded
+    :class:`sidrec.api.Recommender`, the server): building it costs 5 ms per call on a 12k-item catalogue, more
+    than the model's own forward pass.
     """
-    ids = item_ids if item_ids is not None else ds.item_ids
-    index = {str(x): i for i, x in enumerate(ids)}
+    if index is None:
+        index = id_index(item_ids if item_ids is not None else ds.item_ids)
     out = []
     for n, h in enumerate(histories):
         unknown = [str(x) for x in h if str(x) not in index]
@@ -349,9 +353,16 @@ def item_indices(ds: Dataset, histories: list[list[str]], skip_unknown: bool = F
     return out
 
 
-def user_indices(ds: Dataset, users: list[str]) -> np.ndarray:
-    """Dataset indices of original user ids; an unknown one is one line naming it."""
-    index = {u: i for i, u in enumerate(ds.user_ids)}
+def id_index(ids: Sequence[Any]) -> dict[str, int]:
+    """Original id (as a string) -> its index, for :func:`item_indices` / :func:`user_indices`."""
+    return {str(x): i for i, x in enumerate(ids)}
+
+
+def user_indices(ds: Dataset, users: list[str], index: Mapping[str, int] | None = None) -> np.ndarray:
+    """Dataset indices of original user ids; an unknown one is one line naming it (``index``: see
+    :func:`item_indices`)."""
+    if index is None:
+        index = id_index(ds.user_ids)
     missing = [u for u in users if str(u) not in index]
     if missing:
         raise SidrecError(f"unknown user '{missing[0]}' in dataset '{ds.name}'")

@@ -403,11 +403,20 @@ def _print_wide(table: Table) -> None:
 
 
 @config_app.command("show")
-def config_show(config: ConfigOpt = None, overrides: Overrides = None) -> None:
-    """Print the resolved config: every key of every section, its value, and the default where it differs."""
-    from sidrec.config import load_config, render_config
+def config_show(
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="also describe every key (comment lines above it) and give its default beside it")] = False,
+) -> None:
+    """Print the resolved config: every key of every section, its value, and the default where it differs.
 
-    print(render_config(load_config(config, overrides)), end="")
+    With --explain every key also says what it does and its default (the same text as docs/config.md); the
+    output stays a config file that loads to the same settings."""
+    from sidrec.config import load_config, render_config
+    from sidrec.config_docs import descriptions
+
+    print(render_config(load_config(config, overrides), descriptions() if explain else None), end="")
 
 
 def _parse_splits(split: str) -> tuple[str, ...]:

@@ -35,14 +35,15 @@ class DataConfig:
     """Where the interactions come from and how they are split."""
 
     path: str = "synthetic"  # a raw dataset path, a prepared directory, or "synthetic"
+    # the reader of data.path (docs/formats.md); auto: detected from the files present
     format: typing.Literal["auto", "prepared", "s3rec", "lcrec", "recbole", "amazon", "tabular"] = "auto"
     name: str = ""  # display name; defaults to the folder name
     max_len: int = 50  # history truncation (most recent items kept)
     cold_threshold: int = 5  # a target is cold when it has <= this many training interactions
     kcore: int = 0  # k-core filtering for raw review dumps (0 = as given)
-    synthetic_users: int = 3000
-    synthetic_items: int = 600
-    synthetic_seed: int = 7
+    synthetic_users: int = 3000  # data.path=synthetic: users generated (sidrec.data.synthetic)
+    synthetic_items: int = 600  # data.path=synthetic: items generated, each with a title and text
+    synthetic_seed: int = 7  # data.path=synthetic: the generator's seed (fixed apart from seed: one dataset, many runs)
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"max_len": "> 0", "cold_threshold": ">= 0", "kcore": ">= 0",
         "synthetic_users": "in [1, 1000000]", "synthetic_items": "in [1, 1000000]"}
@@ -52,6 +53,8 @@ class DataConfig:
 class FeaturesConfig:
     """Item content -> dense vectors."""
 
+    # text (sentence embedding of the item text), attributes (TF-IDF + SVD of the item fields), npy (features.npy_path);
+    # auto: npy when features.npy_path is set, text when any item has a text field, else attributes
     kind: typing.Literal["auto", "text", "attributes", "npy"] = "auto"
     model: str = "all-MiniLM-L6-v2"  # sentence-transformers name or path; the default loads offline
     # auto: every text field the reader provides (title, text, description, brand, categories, keywords,
@@ -60,7 +63,7 @@ class FeaturesConfig:
     min_text_coverage: float = 0.95  # text embeddings stop with an error when more items than this lack text
     npy_path: str = ""  # precomputed (n_items, d) array when kind == npy
     svd_dim: int = 128  # attribute features: TF-IDF -> truncated SVD dimension
-    batch_size: int = 128
+    batch_size: int = 128  # texts embedded together (memory of the sentence encoder, not a result)
     cache_dir: str = ""  # "" = $SIDREC_CACHE/features (default ~/.cache/sidrec/features; sidrec.io.cache_root)
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"min_text_coverage": "in [0, 1]", "svd_dim": "> 0",
@@ -71,28 +74,28 @@ class FeaturesConfig:
 class TrainConfig:
     """The shared trainer (all models)."""
 
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
+    epochs: int = 200  # most passes over the training rows; early stopping (train.patience) usually ends sooner
+    batch_size: int = 256  # training rows per optimiser step
+    lr: float = 1e-3  # the peak learning rate of AdamW, reached after the warm-up
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup_steps: int = 100  # steps of linear warm-up from 0 to train.lr (a stable start for the Transformers)
+    min_lr_ratio: float = 0.05  # the floor of the schedule, as a fraction of train.lr
     # after the warm-up: cosine (decay to min_lr_ratio over train.epochs, or over the steps train.max_minutes
     # allows) or plateau (the peak rate, cut by plateau_factor after every plateau_patience validations without
     # improvement, never below min_lr_ratio; an early-stopped run reaches the low rates a cosine sized to 200
     # epochs never does, issue #27) or constant (the peak rate throughout: the SASRec-line peers' plain Adam at one
     # rate, issue 57; with warmup_steps 0 it has no warm-up either)
     schedule: typing.Literal["cosine", "plateau", "constant"] = "cosine"
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    grad_clip: float = 1.0
+    plateau_factor: float = 0.5  # schedule=plateau: the rate is multiplied by this at every plateau
+    plateau_patience: int = 3  # schedule=plateau: validations without improvement that make a plateau
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off): guards against loss spikes
     bf16: typing.Literal["auto", "true", "false"] = "auto"  # auto: bf16 only where the hardware runs it natively
     patience: int = 10  # epochs of no validation improvement (of select_metric) before stopping
     # the validation metric that picks the best epoch and drives early stopping: ndcg@K, recall@K (K one of
     # eval.ks) or mrr. The fusion's lambda is still chosen on NDCG@10. Why a setting: the SASRec-line peers select
     # on validation NDCG@20 (issue 57); sidrec's numbers are selected on ndcg@10
     select_metric: str = "ndcg@10"
-    eval_every: int = 1
+    eval_every: int = 1  # validate every this many epochs (the last epoch is always validated)
     eval_users: int = 0  # 0 = all validation users; else a fixed random subset (faster early stopping)
     # wall-clock budget of the whole `train` command (0 = none): set-up, training, the validation at the cap, the
     # fusion choice and the test; the training steps stop early enough for the evaluations after them (their cost
@@ -104,8 +107,8 @@ class TrainConfig:
     device: str = "auto"
     # torch.compile the model for training (off: no measured gain on the CPU; docs/gpu.md)
     compile: bool = False
-    tensorboard: bool = False
-    progress: bool = True
+    tensorboard: bool = False  # also log loss and metrics to RUN/tensorboard (needs the tensorboard package)
+    progress: bool = True  # progress bars in a terminal (a redirected run prints one line per epoch instead)
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"epochs": "> 0", "batch_size": "> 0", "lr": "in (0, 10]",
         "weight_decay": "in [0, 1]", "warmup_steps": ">= 0", "min_lr_ratio": "in [0, 1]", "grad_clip": ">= 0",
@@ -117,7 +120,7 @@ class TrainConfig:
 class EvalConfig:
     """Full-catalogue ranking metrics."""
 
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])  # the cut-offs K of Recall@K and NDCG@K; must hold 10
     # how the user's own history is ranked, for every method and every fused ranking alike (one rule, applied by
     # the evaluator, the beam search and `recommend`): `exclude` removes every history item from the ranking (the
     # headline: 5-core Amazon sequences never repeat an item, and it is how RecBole, cornac and the strongest ID
@@ -130,7 +133,7 @@ class EvalConfig:
     # depend on validation; validation draws no random numbers), so the result equals a second run with the same
     # seed at half the cost (tests/test_history_protocol.py checks it). `none`: one protocol per run.
     also_protocol: typing.Literal["none", "exclude", "keep"] = "none"
-    batch_size: int = 1024
+    batch_size: int = 1024  # users scored together against the full catalogue (memory: users x items scores)
     buckets: list[int] = field(default_factory=lambda: [5, 10, 15, 20])  # upper bounds; last bucket is >20
     # false: a model-selection run stops at validation (no test metrics are computed), so settings are chosen
     # without reading test; the chosen setting is then trained again with test on
@@ -147,7 +150,7 @@ class ContentConfig:
     # the query: the last n history items, the item k steps back weighing decay**k (last 3 / decay .3 chosen on
     # validation for the content ranker on Beauty, Sports and Toys and for SASRec's fusion on Beauty; docs/content.md)
     query_items: int = 3
-    decay: float = 0.3
+    decay: float = 0.3  # the weight of the item k steps back is decay**k (see content.query_items)
     index: typing.Literal["flat", "ivf"] = "flat"  # top-K search of `sidrec recommend`: exact, or IVF (~1M+ items)
     nlist: int = 0  # ivf: inverted lists (0 = 4 x sqrt(n_items))
     nprobe: int = 16  # ivf: lists visited per query
@@ -176,13 +179,13 @@ class FusionConfig:
 class Config:
     """The whole run configuration; one section per component."""
 
-    method: str = "sasrec"
+    method: str = "sasrec"  # the model: sasrec, tiger, diger, acerec or content (sidrec.methods.registry)
     # which measured setting of the method the unset keys take (sidrec/presets/<method>-<size>.yaml): cpu (the
     # CPU-sized backbone, evaluation subset), paper (the paper's sizes, for a GPU), auto (paper where train.device
     # gives a CUDA GPU, else cpu; the run saves what it resolved to) or none (the schema's defaults, no preset)
     size: typing.Literal["auto", "cpu", "paper", "none"] = "auto"
-    seed: int = 42
-    run_dir: str = ""  # default: runs/<dataset>-<method>-<timestamp>
+    seed: int = 42  # seeds Python, numpy and torch (and the tokenizer unless tokenizer.seed): a run repeats exactly
+    run_dir: str = ""  # the run folder the results are written to; "" = runs/<dataset>-<method>-<timestamp>
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -675,28 +678,40 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def render_config(cfg: Config) -> str:
+def render_config(cfg: Config, descriptions: dict[str, str] | None = None) -> str:
     """The resolved config as YAML with every key of every section; a value that differs from the schema
-    default says the default in a comment (``sidrec config show``). Loading the output gives the same config."""
+    default says the default in a comment (``sidrec config show``). Loading the output gives the same config.
+
+    ``descriptions`` (dotted key -> text): every key also gets its description as comment lines above it and its
+    default beside it (``sidrec config show --explain`` passes :func:`sidrec.config_docs.descriptions`, the comments
+    of the dataclasses; a parameter, not an import, so that the two modules do not import each other); the output
+    is still a loadable config file."""
     import json
+    import textwrap
 
     def scalar(v: Any) -> str:
         return json.dumps(v)  # JSON scalars and lists are YAML; strings come out quoted, so '{title}' stays one
 
     lines: list[str] = []
+    explain = descriptions is not None
+    about = descriptions or {}
 
-    def emit(obj: Any, default: Any, depth: int) -> None:
+    def emit(obj: Any, default: Any, depth: int, prefix: str) -> None:
         pad = "  " * depth
         for f in dataclasses.fields(obj):
             v, dv = getattr(obj, f.name), getattr(default, f.name)
+            key = prefix + f.name
+            if explain:
+                lines.extend(textwrap.wrap(about.get(key, ""), 118 - len(pad), initial_indent=pad + "# ",
+                                           subsequent_indent=pad + "# ", break_on_hyphens=False))
             if dataclasses.is_dataclass(v):
                 lines.append(f"{pad}{f.name}:")
-                emit(v, dv, depth + 1)
+                emit(v, dv, depth + 1, key + ".")
             else:
-                note = "" if v == dv else f"  # default: {scalar(dv)}"
+                note = f"  # default: {scalar(dv)}" if explain or v != dv else ""
                 lines.append(f"{pad}{f.name}: {scalar(v)}{note}")
 
-    emit(cfg, Config(), 0)
+    emit(cfg, Config(), 0, "")
     return "\n".join(lines) + "\n"
 
 

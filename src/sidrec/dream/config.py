@@ -10,21 +10,21 @@ from dataclasses import dataclass, field
 class CARTConfig:
     """Stage-1 settings (the paper's values where it gives them; the CPU batch is larger than its 64)."""
 
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = 12  # passes over the training interactions while CART learns
+    batch_size: int = 256  # interactions per CART step
+    lr: float = 1e-3  # CART's learning rate
+    weight_decay: float = 0.0  # CART's weight decay
     logit_scale: float = 10.0  # tau_s of the logits -tau_s ||r - c||^2 / s_l
     tau_start: float = 1.0  # Gumbel-softmax temperature, annealed exponentially ...
     tau_end: float = 0.1  # ... to this value at the last step
-    nce_temperature: float = 0.1
-    queue_size: int = 8192
+    nce_temperature: float = 0.1  # temperature of the InfoNCE loss L_NCE
+    queue_size: int = 8192  # past keys per SID position kept as InfoNCE negatives (a FIFO queue)
     momentum: float = 0.995  # EMA of the key encoder
     hard_negatives: int = 8  # counterfactual negatives per item
     history: int = 10  # items of context for the calibration click model
-    w_cal: float = 1.0
-    w_div: float = 0.1
-    w_anchor: float = 0.5
+    w_cal: float = 1.0  # weight of L_cal: a click model must tell the real next item from the quantised target
+    w_div: float = 0.1  # weight of L_div: keeps every level's codebook in use
+    w_anchor: float = 0.5  # weight of L_anc: keeps warm items on their base codes, which the backbone knows
     candidates: int = 8  # size of the candidate pool per item
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"epochs": "> 0", "batch_size": "> 0", "lr": "> 0",
@@ -53,18 +53,18 @@ class DREAMConfig:
     uc3_min_margin: float = 0.05  # top-2 vote margin needed to switch
     uc3_batch: int = 256  # contexts scored together
     hypotheses: int = 4  # B weighted SIDs per cold item
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
+    lora_rank: int = 4  # CPDE: rank of the LoRA adapters on the attention query and value projections
+    lora_alpha: float = 8.0  # CPDE: LoRA scaling (the update is B A x times lora_alpha / lora_rank)
     cpde_epochs: int = 2  # chosen on Beauty validation (docs/dream.md); the paper-like run used 4
     cpde_warmup_epochs: int = 1  # hypothesis weights stay fixed for these epochs
     cpde_update_every: int = 50  # steps between weight updates
-    cpde_lr: float = 3e-4
-    cpde_batch_size: int = 256
+    cpde_lr: float = 3e-4  # CPDE's learning rate
+    cpde_batch_size: int = 256  # cold samples per CPDE step
     cpde_warm_ratio: float = 1.0  # warm (distillation) samples per cold sample
     update_keep: float = 0.7  # w <- keep * w + (1 - keep) * (alpha + score), then renormalised
     update_delta: float = 2.0  # paper: confidence gate sigmoid(-NLL_best + delta) on each update (mean NLL, nats)
     lambda_soft: float = 0.3  # chosen on Beauty validation from {1, 0.3} (docs/dream.md)
-    lambda_kl: float = 0.1
+    lambda_kl: float = 0.1  # weight of the KL to the frozen reference at the cold items' SID positions
     lambda_kd: float = -1.0  # < 0: the warm / cold ratio of training samples (warm mass as in the real data)
     # NLL of warm samples' own SIDs (not in the paper; 0 = off): warm samples already train the full bridge weights,
     # and the term only over-trained it (Beauty: valid warm N@10 .0449 -> .0464 without it, docs/dream.md)

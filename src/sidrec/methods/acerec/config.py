@@ -14,13 +14,13 @@ class ACERecConfig:
 
     d_model: int = 128  # paper 448
     n_latents: int = 4  # k latent tokens per item (compression r = m / k)
-    n_layers: int = 2
-    n_heads: int = 4
+    n_layers: int = 2  # Transformer blocks over the latent tokens
+    n_heads: int = 4  # attention heads per block
     ffn_dim: int = 0  # 0 = the paper's ratio, 1024 / 448 = 2.29 x d_model (rounded to 16); paper 1024 at d 448
     dropout: float = 0.2  # everywhere (RPG's split, .5 on inputs and attention, 0 elsewhere, lost: docs/acerec.md)
     gamma: float = 0.03  # MTP temperature (cosine logits / gamma)
     isa_weight: float = 0.1  # lambda, paper {0.1, 0.15, 0.2}
-    isa_tau: float = 0.07
+    isa_tau: float = 0.07  # temperature of ISA's contrastive loss (similarities / isa_tau)
     pop_beta: float = 0.02  # popularity correction of ISA's in-batch negatives
     recon_weight: float = 0.0  # alpha, paper {0.03, 0.05}; 0 = off
     merge: typing.Literal["atm", "mean", "mlp"] = "atm"  # how m code embeddings become k latents

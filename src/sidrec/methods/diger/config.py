@@ -16,19 +16,20 @@ DECAYS = ("none", "sdud", "frqud", "both")
 class DIGERConfig:
     """The ``diger`` config section (paper values as defaults; every ablation is a value here)."""
 
-    # none: plain straight-through through the softmax
+    # the noise of the soft code assignment: gumbel (the paper's) or gaussian; none: plain straight-through through
+    # the softmax
     noise: typing.Literal["gumbel", "gaussian", "none"] = "gumbel"
     decay: typing.Literal["none", "sdud", "frqud", "both"] = "both"  # both: chosen on Beauty validation (docs/diger.md)
     tau: float = 2.0  # softmax temperature of the soft assignment
     noise_scale: float = 1.0  # fixed noise scale s (decay none / frqud); SDUD's initial sigma
-    sdud_lambda: float = 1.7
-    sdud_lr: float = 1e-3
+    sdud_lambda: float = 1.7  # SDUD: the floor added to the learned |sigma| (generation loss / 2 s^2 + log s)
+    sdud_lr: float = 1e-3  # SDUD: learning rate of the learned noise scale sigma
     hot_ratio: float = 1.5  # FrqUD: a code is hot when its usage share exceeds hot_ratio / K
-    usage_momentum: float = 0.99
+    usage_momentum: float = 0.99  # FrqUD: EMA momentum of each code's usage share, updated every training step
     tokenizer_lr: float = 1e-5  # codebooks (and the RQ-VAE MLPs when not frozen); recommender: train.lr
-    freeze_encoder: bool = True
-    vq_weight: float = 1.0
-    recon_weight: float = 1.0
+    freeze_encoder: bool = True  # keep the RQ-VAE encoder fixed (only the codebooks learn); latents computed once
+    vq_weight: float = 1.0  # weight of the RQ-VAE's quantisation (codebook + commitment) loss in the joint loss
+    recon_weight: float = 1.0  # weight of the reconstruction loss (see diger.recon) in the joint loss
     rec_to_tokenizer: bool = True  # L_gen reaches the tokenizer (false: the authors' public code, labels detached)
     # first: hot decided from the level-1 code, for all levels; each: per level
     frequd_level: typing.Literal["first", "each"] = "first"
@@ -36,8 +37,8 @@ class DIGERConfig:
     noise_unit: typing.Literal["logit", "gap"] = "logit"
     # SID table derivation: sinkhorn (balanced, authors') or argmin (nearest code)
     derive: typing.Literal["sinkhorn", "argmin"] = "sinkhorn"
-    sinkhorn_epsilon: float = 0.003
-    sinkhorn_iters: int = 50
+    sinkhorn_epsilon: float = 0.003  # derive=sinkhorn: entropy regularisation (smaller: closer to the nearest code)
+    sinkhorn_iters: int = 50  # derive=sinkhorn: Sinkhorn iterations per level
     # latent: ||z_q - z||^2, decoder frozen (authors'); input: decode to the embedding
     recon: typing.Literal["latent", "input"] = "latent"
     # value ranges, checked when a config is read (sidrec.config.validate_config)

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 class SASRecConfig:
     """ID-based causal Transformer baseline (full-softmax cross-entropy, tied output embeddings)."""
 
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    ffn_dim: int = 256
-    dropout: float = 0.3
-    emb_dropout: float = 0.3
+    d_model: int = 64  # width of the item embeddings and of every Transformer layer
+    n_layers: int = 2  # causal self-attention blocks
+    n_heads: int = 2  # attention heads per block (d_model must divide by it)
+    ffn_dim: int = 256  # inner width of each block's feed-forward layer
+    dropout: float = 0.3  # dropout on the residual branches (and inside the sublayers, see inner_dropout)
+    emb_dropout: float = 0.3  # dropout on the input item + position embeddings
     # the item embeddings and the content vectors (``features``): none (free ids); init (the free table starts
     # as the vectors' PCA to d_model); add (id + a learned projection of the fixed vectors, so an item seen
     # rarely or never still has an embedding where its content is)

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 class TIGERConfig:
     """The ``tiger`` config section: model shape (paper defaults) and decoding."""
 
-    d_model: int = 128
-    encoder_layers: int = 4
-    decoder_layers: int = 4
-    n_heads: int = 6
-    head_dim: int = 64
-    ffn_dim: int = 1024
-    dropout: float = 0.1
+    d_model: int = 128  # width of the code embeddings and of the residual stream
+    encoder_layers: int = 4  # arch=encdec: blocks reading the history's codes
+    decoder_layers: int = 4  # arch=encdec: blocks generating the next item's codes
+    n_heads: int = 6  # attention heads per layer
+    head_dim: int = 64  # width of each head (n_heads x head_dim need not equal d_model, as in T5)
+    ffn_dim: int = 1024  # inner width of each feed-forward layer
+    dropout: float = 0.1  # dropout throughout the Transformer
     user_buckets: int = 2000  # hashed user token; 0 = no user token
     beam: int = 20  # beam width of the constrained search (returns at most this many items)
     eval_batch_users: int = 256  # users decoded together (each with `beam` hypotheses)

@@ -19,7 +19,10 @@ class DIGERConfig:
     # the noise of the soft code assignment: gumbel (the paper's) or gaussian; none: plain straight-through through
     # the softmax
     noise: typing.Literal["gumbel", "gaussian", "none"] = "gumbel"
-    decay: typing.Literal["none", "sdud", "frqud", "both"] = "both"  # both: chosen on Beauty validation (docs/diger.md)
+    # how the assignment noise is decayed: sdud (a learned scale sigma weighs the generation loss), frqud (only items
+    # on hot codes get noise, see hot_ratio), both, or none (fixed noise_scale); both: chosen on Beauty validation
+    # (docs/diger.md)
+    decay: typing.Literal["none", "sdud", "frqud", "both"] = "both"
     tau: float = 2.0  # softmax temperature of the soft assignment
     noise_scale: float = 1.0  # fixed noise scale s (decay none / frqud); SDUD's initial sigma
     sdud_lambda: float = 1.7  # SDUD: the floor added to the learned |sigma| (generation loss / 2 s^2 + log s)

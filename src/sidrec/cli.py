@@ -402,17 +402,17 @@ def _print_wide(table: Table) -> None:
     (out if out.is_terminal else Console(width=max(out.width, 240))).print(table)
 
 
-@config_app.command("show")
+@config_app.command("show", help="Print the resolved config: every key of every section, its value, and the default "
+                    "where it differs. With --explain every key also says what it does and its default (the same text "
+                    "as docs/config.md); the output stays a config file that loads to the same settings.")
 def config_show(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="also describe every key (comment lines above it) and give its default beside it")] = False,
 ) -> None:
-    """Print the resolved config: every key of every section, its value, and the default where it differs.
-
-    With --explain every key also says what it does and its default (the same text as docs/config.md); the
-    output stays a config file that loads to the same settings."""
+    """``sidrec config show``; the help text is given in the decorator as one paragraph (a docstring's line breaks
+    show up as breaks in rich's help)."""
     from sidrec.config import load_config, render_config
     from sidrec.config_docs import descriptions
 

@@ -592,6 +592,11 @@ def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = 
     return out
 
 
+def is_fused(rec: dict[str, Any] | None) -> bool:
+    """Whether a run's ``fusion`` record changed its ranking (any weight or a cold lift)."""
+    return bool(rec) and not fusion_from_record(rec).off  # type: ignore[arg-type]
+
+
 def fusion_from_record(rec: dict[str, Any]) -> Fusion:
     """The setting a ``fusion.json`` record names; a record written before issue 58 (no ``grouped``) is the
     additive fusion it was chosen as."""

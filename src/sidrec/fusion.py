@@ -4,14 +4,21 @@ Why: a zero-training ranker -- the cosine of each item's text vector to the user
 converged SASRec on Beauty and far above every semantic-ID model on cold items; a trained model's scores forget
 the content that its IDs were built from. One mechanism, shared by every method, puts it back (late fusion):
 
-    final(u, i) = log p_model(i | u) + lambda_i * sim(u, i),    lambda_i = lambda_cold if i is cold else lambda
+    s_lam(i)   = log p_model(i | u) + lam * sim(u, i)
+    final(u, i) = s_lam(i)                                                      for a warm item
+    final(u, i) = s_lamc(i) - LSE_cold(s_lamc) + LSE_cold(s_lam) + cold_lift    for a cold item (grouped)
 
 ``sim`` is :class:`ContentIndex`'s cosine of item i to the user's query (the last item, or a recency-weighted
-mean of the last n); an item is cold with <= ``data.cold_threshold`` training interactions. lambda and
-lambda_cold are chosen on validation after training (:func:`choose`): one grid over lambda (lambda_cold equal
-to it), then one over lambda_cold with the best lambda, each a pass over saved or recomputed validation scores,
-no retraining. The choice is stored in the run (``fusion.json``) and used by ``evaluate`` and ``recommend``;
-lambda = lambda_cold = 0 is the model's own ranking, computed by the model's own path (exactly today's numbers).
+mean of the last n); an item is cold with <= ``data.cold_threshold`` training interactions. Cold items are ranked
+as a group (issue 58): among themselves by the content-heavy ``s_lamc``, and the group gets the mass the lam-fused
+model gives to cold items for this user times ``exp(cold_lift)`` -- a per-user gate, the model's own confidence
+that the next item is cold, corrected once for its popularity bias (:meth:`Grounding.fuse` says why). lam,
+lam_cold and cold_lift are chosen on validation after training (:func:`choose`), each grid a pass over the
+validation users, no retraining; lam_cold and cold_lift keep the cold targets at or above the content ranker's
+(``fusion.cold_floor``). The choice is stored in the run (``fusion.json``) and used by ``evaluate``,
+``recommend`` and the server; all three zero is the model's own ranking, computed by the model's own path
+(exactly today's numbers). A ``fusion.json`` from before issue 58 names the additive form
+``log p + lambda_i * sim`` (lambda_i = lambda_cold for a cold item) and is read back as such.
 
 Two kinds of model plug in (a task's ``scoring`` attribute):
 

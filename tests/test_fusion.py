@@ -410,8 +410,8 @@ def test_the_fusion_is_fitted_on_validation_users_only(tmp_path):
 
 
 def test_the_floor_keeps_the_cold_targets_and_lambda_zero_is_the_model():
-    """A model that never ranks a cold item in its top 10: on the all-user metric fusion would keep it; with the
-    floor the chosen setting ranks the cold targets at least as well as the content ranker on validation; with
+    """A model biased against cold items: on the all-user metric alone fusion leaves the cold targets lower; with
+    the floor the chosen setting ranks the cold targets at least as well as the content ranker on validation; with
     every weight 0 the fused path returns the model's own ranks."""
     from sidrec import fusion
 
@@ -429,7 +429,7 @@ def test_the_floor_keeps_the_cold_targets_and_lambda_zero_is_the_model():
     rec = fusion.choose(t, t.model)
     f = rec["cold_floor"]
     assert rec["grouped"] and rec["valid"]["cold"]["ndcg@10"] >= f["content_valid_cold"] > 0 and f["met"]
-    t.cfg.fusion.cold_floor = False
+    t.cfg.fusion.cold_floor, t.cfg.fusion.cold_objective = False, "all"
     plain = fusion.choose(t, t.model)
     assert plain["valid"]["cold"]["ndcg@10"] <= rec["valid"]["cold"]["ndcg@10"]
     alone, zero = fusion.evaluate(t, t.model, "test", [Fusion(), Fusion(0.0, 0.0, 0.0, True)])

@@ -16,7 +16,7 @@ choice's lambda_cold grid, one pass each, recorded as ``frontier ...`` variants:
 docs/lab/cold.md (read, never chosen on).
 
 Usage: python benchmarks/cold_fusion.py RUN_DIR... [--content RUN_DIR...] [--threads 1] [--frontier]
-       [--reuse] [fusion.key=value ...]
+       [--work runs/cold_fusion] [--reuse] [fusion.key=value ...]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--frontier", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="record an already re-fused copy instead of fusing again")
+    ap.add_argument("--work", default="runs/cold_fusion", help="where the copies live (relative to the repository)")
     args = ap.parse_intermixed_args()
     args.runs, overrides = split_positionals(args.runs, [])
     torch.set_num_threads(args.threads)
@@ -77,7 +78,7 @@ def main() -> None:
         m = json.loads((Path(c) / "metrics.json").read_text())
         records += run_records(cfg.data.name, "content", "content ranker", m, m.get("wall_s", 0.0), seed=None)
     for src in map(Path, args.runs):
-        dst = REPO / "runs" / "cold_fusion" / src.name
+        dst = REPO / args.work / src.name
         old = json.loads((src / "metrics.json").read_text())
         cfg = load_config([src / "config.yaml"])
         t0 = time.time()

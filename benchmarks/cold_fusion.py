@@ -70,7 +70,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="record an already re-fused copy instead of fusing again")
     ap.add_argument("--work", default="runs/cold_fusion", help="where the copies live (relative to the repository)")
     args = ap.parse_intermixed_args()
-    args.runs, overrides = split_positionals(args.runs, [])
+    args.runs, overrides = split_positionals(args.runs + args.content, [])
+    args.runs, args.content = [r for r in args.runs if r not in args.content], [c for c in args.content if "=" not in c]
     torch.set_num_threads(args.threads)
     records: list[dict[str, Any]] = []
     for c in args.content:

@@ -10,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sidrec.fusion import is_fused
+
 from _common import record, save
 
 
@@ -30,7 +32,7 @@ def main() -> None:
         metrics["ndcg@10_vs_popularity"] = metrics["ndcg@10"] / pop
         metrics["run_s"] = m["wall_s"]
         f = m.get("fusion") or {}
-        method = f"{run.name}+content" if f.get("lambda") or f.get("lambda_cold") else run.name
+        method = f"{run.name}+content" if is_fused(f) else run.name
         recs.append(record("synthetic", method, "quickstart", "test", "all", metrics, wall))
         pop_metrics = m["popularity_test"]["all"]
     if pop_metrics is not None:

@@ -85,7 +85,9 @@ def protocol_tables(files: dict[str, list[dict]]) -> str:
                     g["seeds"].append("-" if r["seed"] is None else r["seed"])
                     if r.get("fusion"):
                         f = r["fusion"]
-                        g["lambda"].append(f"{f['lambda']:g}/{f['lambda_cold']:g}" + ("*" if f.get("at_grid_edge") else ""))
+                        lift = f"+{f['cold_lift']:g}" if f.get("grouped") else ""
+                        edge = "*" if f.get("at_grid_edge") else ""
+                        g["lambda"].append(f"{f['lambda']:g}/{f['lambda_cold']:g}{lift}{edge}")
         lines = [f"### Protocol `{protocol}`: {what}", "",
                  "Test split, all users; mean ± sd over the seeds listed. λ: warm/cold chosen on validation per seed "
                  "(* at the grid's edge).", "",

@@ -14,7 +14,7 @@ from sidrec.decoding.beam import beam_search, sequence_log_probs
 from sidrec.decoding.trie import SIDCodes, SIDTrie
 from sidrec.errors import SidrecError
 from sidrec.eval.evaluator import Evaluator, excludes
-from sidrec.fusion import BeamCandidates, ContentIndex, Fusion, Grounding, rank_candidates
+from sidrec.fusion import BeamCandidates, ContentIndex, Fusion, Grounding, fusion_from_record, rank_candidates
 from sidrec.methods.tiger.model import TIGER, TIGERConfig
 from sidrec.pipeline import load_run, train
 
@@ -156,7 +156,7 @@ def test_lambda_zero_gives_the_models_own_ranks_and_fusion_is_chosen_on_valid(tm
         f = json.loads((run / "fusion.json").read_text())
         assert {g["lambda"] for g in f["grid"]} >= {0.0, 2.0, 50.0}
         _, _, _, task = load_run(run)
-        assert task.fusion == Fusion(f["lambda"], f["lambda_cold"])
+        assert task.fusion == fusion_from_record(f)
         from sidrec import fusion
 
         alone, fused = fusion.evaluate(task, task.model, "test", [Fusion(), task.fusion])
@@ -322,3 +322,118 @@ def test_a_best_lambda_at_the_grid_edge_extends_the_grid():
     assert rec["valid"]["all"]["ndcg@10"] > rec["valid_model"]["all"]["ndcg@10"]
     stuck = fusion.choose(Edge([0, 1, 2], 0), None)  # no extension allowed: the record says it is at the edge
     assert stuck["lambda"] == 2.0 and stuck["at_grid_edge"] and stuck["grid_max"] == 2.0
+
+
+def test_grouped_fusion_is_the_mixture_of_a_warm_and_a_cold_ranking():
+    """Grouped: the fused scores are, up to a per-user constant, log((1 - g) p(i | warm) + g p(i | cold)) with
+    p(. | warm) the lambda-fused model within the warm items, p(. | cold) ``log p + lambda_cold * sim`` within the
+    cold ones and logit g = the lambda-fused model's log-odds of a cold item + cold_lift; lambda_cold = lambda with
+    no lift is the additive fusion again; rows with no rankable cold item, and history items at -inf, are kept."""
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.randn(5, 12, generator=gen).log_softmax(1)
+    logp[0, :3] = float("-inf")  # a user's history under `exclude`
+    sim = torch.rand(5, 12, generator=gen)
+    cold = torch.tensor([i % 3 == 0 for i in range(12)])
+    f = Fusion(2.0, 7.0, 0.8, True)
+    fused = Grounding.fuse(logp, sim, cold.view(1, -1), f)
+    ok = torch.isfinite(logp)
+    w, c = logp + 2.0 * sim, logp + 7.0 * sim
+    in_w, in_c = (~cold & ok), (cold & ok)
+    pw = w.masked_fill(~in_w, float("-inf")).log_softmax(1)
+    pc = c.masked_fill(~in_c, float("-inf")).log_softmax(1)
+    logit = (w.masked_fill(~in_c, float("-inf")).logsumexp(1) - w.masked_fill(~in_w, float("-inf")).logsumexp(1)) + 0.8
+    g = torch.sigmoid(logit).view(-1, 1)
+    mix = torch.where(cold, g.log() + pc, (1 - g).log() + pw)
+    diff = (fused - mix)[ok].view(-1)
+    rows = torch.arange(5).view(-1, 1).expand(5, 12)[ok]
+    for r in range(5):  # one constant per row
+        assert torch.allclose(diff[rows == r], diff[rows == r][0].expand(int((rows == r).sum())), atol=1e-4)
+    assert torch.isinf(fused[0, :3]).all()
+    same = Grounding.fuse(logp, sim, cold.view(1, -1), Fusion(3.0, 3.0, 0.0, True))
+    assert torch.allclose(same[ok], (logp + 3.0 * sim)[ok], atol=1e-5)
+    warm_only = torch.zeros(1, 12, dtype=torch.bool)
+    assert torch.equal(Grounding.fuse(logp, sim, warm_only, f), logp + 2.0 * sim)
+    assert Fusion(0.0, 0.0, 0.0, True).off and not Fusion(0.0, 0.0, 0.5, True).off
+
+
+class _Random:
+    """A dense task with fixed random log-probabilities, half the items cold; valid and test share the users and
+    histories and differ only in their targets (``test_targets`` replaces the test split's)."""
+
+    scoring = "dense"
+    eval_batch_size = 32
+    logits_unnormalised = True
+    device = torch.device("cpu")
+    n, users = 30, 80
+
+    def __init__(self, run, test_targets=None):
+        self.cfg = load_config(None, ["eval.ks=[10]", "fusion.lambdas=[0,1,4]", "fusion.cold_lifts=[0,1,2]"])
+        rng = np.random.default_rng(0)
+        self.freq = np.where(np.arange(self.n) % 2 == 0, 2, 20)
+        self.grounding = Grounding(_index(n=self.n, d=6, freq=self.freq), self.freq, 5, self.cfg.fusion)
+        hists = [rng.choice(self.n, 4, replace=False) for _ in range(self.users)]
+        self.sets = {"valid": EvalSet("valid", np.arange(self.users), hists, rng.integers(0, self.n, self.users)),
+                     "test": EvalSet("test", np.arange(self.users), hists,
+                                     rng.integers(0, self.n, self.users) if test_targets is None else test_targets)}
+        self.logits = torch.from_numpy(rng.standard_normal((self.users, self.n)).astype(np.float32)) * 3
+        self.model = torch.nn.Identity()
+        self.fusion = Fusion()
+        self._row = {}
+
+    def eval_subset(self, split, max_users=0, shortest=False):
+        self._split = split
+        return Evaluator(self.sets[split], self.freq, [10])
+
+    def model_scores(self, model, hist):  # rows are found by their history (the users' histories are distinct)
+        es = self.sets["valid"]
+        keys = {tuple(h.tolist()): i for i, h in enumerate(es.padded_histories(pad=-1))}
+        return self.logits[[keys[tuple(h.tolist())] for h in hist]]
+
+
+def test_the_fusion_is_fitted_on_validation_users_only(tmp_path):
+    """The whole choice (lambda, lambda_cold, the cold lift, the content floor) reads validation users only:
+    other test targets leave fusion.json as it was, and change the test numbers."""
+    from sidrec import fusion
+
+    recs, tests = [], []
+    for seed in (1, 2):
+        t = _Random(tmp_path, np.random.default_rng(seed).integers(0, _Random.n, _Random.users))
+        run = tmp_path / f"r{seed}"
+        run.mkdir()
+        out = fusion.final_evaluation(t, run, {})
+        recs.append(json.loads((run / "fusion.json").read_text()))
+        tests.append(out["test"]["all"])
+        assert {(g["lambda"], g["lambda_cold"], g["cold_lift"], g["grouped"]) for g in recs[-1]["grid"]} >= {
+            (1.0, 1.0, 0.0, False), (4.0, 4.0, 0.0, False)}
+    assert recs[0] == recs[1] and tests[0] != tests[1]
+    assert recs[0]["cold_floor"]["content_valid_cold"] >= 0
+
+
+def test_the_floor_keeps_the_cold_targets_and_lambda_zero_is_the_model():
+    """A model biased against cold items: on the all-user metric alone fusion leaves the cold targets lower; with
+    the floor the chosen setting ranks the cold targets at least as well as the content ranker on validation; with
+    every weight 0 the fused path returns the model's own ranks."""
+    from sidrec import fusion
+
+    t = _Random(None)
+    cold = torch.from_numpy(t.freq <= 5)
+    t.logits = t.logits - 4.0 * cold.float()  # popularity bias against cold items
+    es = t.sets["valid"]
+    sim = t.grounding.index.similarity(es.padded_histories(pad=-1))
+    seen = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, es.padded_seen(pad=-1), True)
+    by_content = sim.masked_fill(seen | ~cold, -9).argmax(1)  # even users buy the cold item the content points to
+    by_model = t.logits.masked_fill(seen | cold, -99).argmax(1)  # odd users the model's first warm item
+    targets = torch.where(torch.arange(t.users) % 2 == 0, by_content, by_model).numpy()
+    t.sets = {k: EvalSet(k, es.users, es.histories, targets) for k in ("valid", "test")}
+    t.cfg.fusion.cold_lifts, t.cfg.fusion.lambdas = [0, 1, 2, 4, 8], [0, 1, 4, 50]
+    rec = fusion.choose(t, t.model)
+    f = rec["cold_floor"]
+    assert rec["grouped"] and rec["valid"]["cold"]["ndcg@10"] >= f["content_valid_cold"] > 0 and f["met"]
+    t.cfg.fusion.cold_floor, t.cfg.fusion.cold_objective = False, "all"
+    plain = fusion.choose(t, t.model)
+    assert plain["valid"]["cold"]["ndcg@10"] <= rec["valid"]["cold"]["ndcg@10"]
+    alone, zero = fusion.evaluate(t, t.model, "test", [Fusion(), Fusion(0.0, 0.0, 0.0, True)])
+    assert alone == zero
+    own = t.eval_subset("test").evaluate_scores(
+        lambda rows: t.model_scores(None, t.sets["test"].padded_histories(rows, pad=-1)), exclude_history=True)[0]
+    assert own["all"] == alone["all"]

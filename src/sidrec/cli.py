@@ -373,8 +373,10 @@ def train(
 def _result_rows(method: str, res: dict[str, Any], split: str) -> list[tuple[str, dict[str, Any]]]:
     """The run's ranking, the model alone when content fusion changed it, and popularity (test only)."""
     f = res.get("fusion") or {}
-    fused = bool(f.get("lambda") or f.get("lambda_cold"))
-    rows = [(f"{method}+content (lambda {f['lambda']:g}/{f['lambda_cold']:g})" if fused else method, res[split])]
+    from sidrec.fusion import fusion_from_record, is_fused
+
+    fused = is_fused(f)
+    rows = [(f"{method}+content ({fusion_from_record(f).name()})" if fused else method, res[split])]
     if fused and split in res.get("model_only", {}):
         rows.append((method, res["model_only"][split]))
     if split == "test" and "popularity_test" in res:

@@ -171,6 +171,16 @@ class FusionConfig:
     # when the best lambda is the grid's largest, the grid goes on (x2 each time, at most this many times): a best
     # at the edge means the optimum may lie beyond it (three runs chose 200, the top of the grid, issue 56)
     extend: int = 4
+    # the grouped fusion's lift of the cold items' share (nats added to the log-odds of "the next item is cold"
+    # under the lambda-fused model), chosen on validation after lambda_cold (issue 58)
+    cold_lifts: list[float] = field(default_factory=lambda: [-0.5, 0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3])
+    # lambda_cold and the cold lift: chosen among the settings whose cold-target validation metric reaches the
+    # content ranker's (any setting when none does); false: no floor
+    cold_floor: bool = True
+    # what lambda_cold and the cold lift maximise (above the floor): balanced = the mean of the warm and the cold
+    # users' metric (each population counts as one: the cold share differs between splits and deployments), all =
+    # the all-user metric
+    cold_objective: typing.Literal["balanced", "all"] = "balanced"
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0", "extend": ">= 0"}
 

@@ -4,14 +4,21 @@ Why: a zero-training ranker -- the cosine of each item's text vector to the user
 converged SASRec on Beauty and far above every semantic-ID model on cold items; a trained model's scores forget
 the content that its IDs were built from. One mechanism, shared by every method, puts it back (late fusion):
 
-    final(u, i) = log p_model(i | u) + lambda_i * sim(u, i),    lambda_i = lambda_cold if i is cold else lambda
+    s_lam(i)   = log p_model(i | u) + lam * sim(u, i)
+    final(u, i) = s_lam(i)                                                      for a warm item
+    final(u, i) = s_lamc(i) - LSE_cold(s_lamc) + LSE_cold(s_lam) + cold_lift    for a cold item (grouped)
 
 ``sim`` is :class:`ContentIndex`'s cosine of item i to the user's query (the last item, or a recency-weighted
-mean of the last n); an item is cold with <= ``data.cold_threshold`` training interactions. lambda and
-lambda_cold are chosen on validation after training (:func:`choose`): one grid over lambda (lambda_cold equal
-to it), then one over lambda_cold with the best lambda, each a pass over saved or recomputed validation scores,
-no retraining. The choice is stored in the run (``fusion.json``) and used by ``evaluate`` and ``recommend``;
-lambda = lambda_cold = 0 is the model's own ranking, computed by the model's own path (exactly today's numbers).
+mean of the last n); an item is cold with <= ``data.cold_threshold`` training interactions. Cold items are ranked
+as a group (issue 58): among themselves by the content-heavy ``s_lamc``, and the group gets the mass the lam-fused
+model gives to cold items for this user times ``exp(cold_lift)`` -- a per-user gate, the model's own confidence
+that the next item is cold, corrected once for its popularity bias (:meth:`Grounding.fuse` says why). lam,
+lam_cold and cold_lift are chosen on validation after training (:func:`choose`), each grid a pass over the
+validation users, no retraining; lam_cold and cold_lift keep the cold targets at or above the content ranker's
+(``fusion.cold_floor``). The choice is stored in the run (``fusion.json``) and used by ``evaluate``,
+``recommend`` and the server; all three zero is the model's own ranking, computed by the model's own path
+(exactly today's numbers). A ``fusion.json`` from before issue 58 names the additive form
+``log p + lambda_i * sim`` (lambda_i = lambda_cold for a cold item) and is read back as such.
 
 Two kinds of model plug in (a task's ``scoring`` attribute):
 
@@ -143,17 +150,40 @@ class ContentIndex:
 
 @dataclass(frozen=True)
 class Fusion:
-    """One fusion setting: lambda for warm items, lambda_cold for cold items (0, 0 = the model alone)."""
+    """One fusion setting (all zeros = the model alone).
+
+    ``lam`` weighs the similarity of warm items (and of every item while ``grouped`` is off), ``lam_cold`` that of
+    cold items. ``grouped`` (every choice since issue 58) ranks the cold items as a group: among themselves by
+    ``log p + lam_cold * sim``, and the group as a whole gets the probability mass the lambda-fused model gives to
+    cold items for this user, times ``exp(cold_lift)``; see :meth:`Grounding.fuse`. ``grouped`` off is the additive
+    formula (``log p + lambda_i * sim``) of the runs chosen before it, read back from their ``fusion.json``.
+    """
 
     lam: float = 0.0
     lam_cold: float = 0.0
+    cold_lift: float = 0.0
+    grouped: bool = False
 
     @property
     def off(self) -> bool:
-        return self.lam == 0 and self.lam_cold == 0
+        return self.lam == 0 and self.lam_cold == 0 and self.cold_lift == 0
 
     def name(self) -> str:
-        return "model alone" if self.off else f"lambda {self.lam:g}, cold {self.lam_cold:g}"
+        if self.off:
+            return "model alone"
+        return f"lambda {self.lam:g}, cold {self.lam_cold:g}" + (f", cold lift {self.cold_lift:g}" if self.grouped else "")
+
+    def record(self) -> dict[str, Any]:
+        """The setting as ``fusion.json`` keeps it (read back by :func:`load_fusion`)."""
+        return {"lambda": self.lam, "lambda_cold": self.lam_cold, "cold_lift": self.cold_lift, "grouped": self.grouped}
+
+
+NEG_INF = float("-inf")
+
+
+def _group_lse(x: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """(B, 1) log-sum-exp of each row's entries where ``member``; -inf for a row without any."""
+    return x.masked_fill(~member, NEG_INF).logsumexp(1, keepdim=True)
 
 
 class Grounding:
@@ -175,8 +205,35 @@ class Grounding:
         return lam.masked_fill(self.cold, float(f.lam_cold))
 
     def dense(self, logp: torch.Tensor, sim: torch.Tensor, f: Fusion) -> torch.Tensor:
-        """Fused (B, n_items) scores from model log-probabilities and similarities."""
-        return logp + self.weights(f).view(1, -1) * sim
+        """Fused (B, n_items) scores from model log-probabilities and similarities (``-inf``: not rankable)."""
+        return self.fuse(logp, sim, self.cold.view(1, -1), f)
+
+    @staticmethod
+    def fuse(logp: torch.Tensor, sim: torch.Tensor, cold: torch.Tensor, f: Fusion) -> torch.Tensor:
+        """Fused scores of (B, C) entries (the catalogue, or a beam model's candidates), ``cold`` broadcastable to
+        (B, C); ``-inf`` in ``logp`` marks an entry that cannot be ranked (a history item under ``exclude``, a
+        padding slot) and keeps it out of the group masses.
+
+        Why grouped: with one additive weight per item a cold item must out-score the warm items on the model's
+        scale, where SASRec's popularity bias puts it far below; any lambda_cold large enough to lift the cold
+        targets lifts every cold item for every user, and a warm-dominated validation metric then keeps it small
+        (issue 58: Beauty cold N@10 .0288 fused against .0536 for the content ranker). Grouped, the two questions
+        are separated: *which* cold items (``log p + lam_cold * sim``, the content leads) and *how much* of the
+        list they get (the lambda-fused model's own mass on cold items, a per-user gate, lifted by ``cold_lift``
+        nats to undo the model's popularity bias). It is the mixture ``(1 - g_u) p(i | warm) + g_u p(i | cold)``
+        with ``logit g_u = log P_model(cold | u) - log P_model(warm | u) + cold_lift``; warm items keep their
+        fused score, so ``lam_cold = lam`` and ``cold_lift = 0`` is the additive fusion with lambda again.
+        """
+        cold = cold.expand_as(logp)
+        fused = logp + torch.where(cold, f.lam_cold, f.lam) * sim
+        if not f.grouped:
+            return fused
+        warm_fused = logp + f.lam * sim
+        ok = torch.isfinite(logp)
+        # log P(cold | u) under the lambda-fused model, minus the log-normaliser of the cold group's own scores
+        shift = _group_lse(warm_fused, cold & ok) - _group_lse(fused, cold & ok) + f.cold_lift
+        shift = torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)  # a row without a rankable cold item
+        return torch.where(cold, fused + shift, fused)
 
 
 def has_grounding(task: Any) -> bool:
@@ -235,6 +292,15 @@ def _log_probs(task: Any, raw: torch.Tensor) -> torch.Tensor:
     return raw.float().log_softmax(-1) if task.logits_unnormalised else raw.float()
 
 
+def _fusable(task: Any, raw: torch.Tensor, es: EvalSet, rows: np.ndarray, exclude: bool) -> torch.Tensor:
+    """The model's log-probabilities as the fusion reads them: a copy, the user's history at ``-inf`` under
+    ``exclude``, so that the grouped fusion's cold and warm masses are over the items that can be recommended."""
+    logp = _log_probs(task, raw).clone()
+    if exclude:
+        mask_history(logp, to_device(es.padded_seen(rows, pad=-1), logp.device))
+    return logp
+
+
 def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion]) -> list[dict[str, Any]]:
     """Metrics of each setting for a dense-scoring task, in one pass over the users."""
     es = ev.eval_set
@@ -243,13 +309,15 @@ def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion])
     if need and g is None:
         raise SidrecError("content fusion asked of a run without grounding (fusion.lambdas is [0])")
 
+    exclude = excludes(task.cfg)
+
     def parts(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         hist = to_device(es.padded_histories(rows, pad=-1), task.device)
         raw = task.model_scores(model, hist)
         if not need:
             return raw, None, None
         assert g is not None
-        return raw, _log_probs(task, raw), g.index.similarity(hist)
+        return raw, _fusable(task, raw, es, rows, exclude), g.index.similarity(hist)
 
     def variant(f: Fusion) -> Any:
         if f.off:
@@ -257,7 +325,7 @@ def evaluate_dense(task: Any, model: Any, ev: Evaluator, settings: list[Fusion])
         assert g is not None
         return lambda p: g.dense(p[1], p[2], f)
 
-    res = ev.evaluate_scores_many(parts, [variant(f) for f in settings], task.eval_batch_size, excludes(task.cfg))
+    res = ev.evaluate_scores_many(parts, [variant(f) for f in settings], task.eval_batch_size, exclude)
     return [m for m, _ in res]
 
 
@@ -323,8 +391,8 @@ def rank_candidates(g: Grounding | None, bc: BeamCandidates, f: Fusion, k: int
     if f.off:
         return bc.beam_items[:, :k], bc.beam_scores[:, :k], torch.zeros_like(bc.beam_items[:, :k], dtype=torch.bool)
     assert g is not None
-    fused = bc.ll + g.weights(f).to(bc.items.device)[bc.items.clamp(min=0)] * bc.sim
-    fused = finite_scores(fused.masked_fill(bc.items < 0, float("-inf")))
+    ll = bc.ll.masked_fill(bc.items < 0, NEG_INF)
+    fused = finite_scores(g.fuse(ll, bc.sim, g.cold.to(bc.items.device)[bc.items.clamp(min=0)], f))
     v, order = fused.sort(dim=1, descending=True, stable=True)
     it = bc.items.gather(1, order)[:, :k]
     v = v[:, :k]
@@ -369,13 +437,37 @@ def evaluate(task: Any, model: Any, split: str, settings: list[Fusion], max_user
     return evaluate_dense(task, model, ev, settings)
 
 
+def content_floor(task: Any, ev: Evaluator) -> dict[str, dict[str, Any]]:
+    """The content ranker's metrics on ``ev``'s users under the run's protocol: the cold-target floor that the
+    choice of the cold settings keeps the fused ranking above (``fusion.cold_floor``)."""
+    g: Grounding = task.grounding
+    es = ev.eval_set
+
+    def scores(rows: np.ndarray) -> torch.Tensor:
+        return g.index.scores(to_device(es.padded_histories(rows, pad=-1), task.device))
+
+    return ev.evaluate_scores(scores, task.eval_batch_size, excludes(task.cfg))[0]
+
+
 def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, shortest: bool = False
            ) -> dict[str, Any]:
-    """Choose lambda, then lambda_cold, on the whole validation split (``max_users`` > 0: a fixed subset, as the
-    trainer's timing probe runs it, see the task's ``eval_subset``); returns the record kept in ``fusion.json``.
+    """Choose the fusion on the validation split (``max_users`` > 0: a fixed subset, as the trainer's timing probe
+    runs it, see the task's ``eval_subset``); returns the record kept in ``fusion.json``. Three grids, each one
+    pass over the validation users (the model's scores and the similarities computed once per pass):
 
-    Ties on the metric go to the smaller lambda (the grid is visited in increasing order), so a grid on which
-    fusion never helps keeps the model alone.
+    1. lambda (lambda_cold = lambda), on the all-user metric: the weight of the content for the model's own list;
+    2. with ``fusion.cold``: lambda_cold of the grouped fusion (which cold items), then
+    3. its ``cold_lift`` over ``fusion.cold_lifts`` (how much of the list the cold items get).
+
+    Passes 2 and 3 take the best mean of the warm and the cold users' metric (``fusion.cold_objective:
+    balanced``; ``all``: the all-user metric) among the settings whose cold-target metric reaches the content
+    ranker's on the same users (``fusion.cold_floor``; any setting when none does). Why: a choice on the
+    all-user metric, which warm targets dominate (~3/4 of the validation users), gives the cold targets away to
+    the content ranker (issue 58), and the cold share is not a constant: it grows toward the end of the
+    sequences (Beauty: 22% of the validation targets, 28% of the test targets), so each population counts as
+    one, whatever its share.
+    Ties go to the earlier setting (grids in increasing order), so a grid on which fusion never helps keeps the
+    model alone.
     """
     g: Grounding = task.grounding
     lams = sorted({float(x) for x in g.cfg.lambdas} | {0.0})
@@ -390,6 +482,10 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
             return ms
         return evaluate_dense(task, model, ev, settings)
 
+    def log(settings: list[Fusion], ms: list[dict[str, Any]]) -> None:
+        grid.extend({**f.record(), "valid": m["all"][metric], "valid_cold": m["cold"][metric]}
+                    for f, m in zip(settings, ms, strict=True))
+
     first = [Fusion(x, x) for x in lams]
     ms = run(first)
     # a best lambda at the grid's top edge: the grid goes on (x2) until the best is inside it or the extensions end
@@ -399,26 +495,41 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
             break
         more = [Fusion(2 * first[-1].lam, 2 * first[-1].lam)]
         first, ms = first + more, ms + run(more)
-    for f, m in zip(first, ms, strict=True):
-        grid.append({"lambda": f.lam, "lambda_cold": f.lam_cold, "valid": m["all"][metric],
-                     "valid_cold": m["cold"][metric]})
+    log(first, ms)
     best_i = max(range(len(first)), key=lambda i: (ms[i]["all"][metric], -i))
     best, best_m = first[best_i], ms[best_i]
     model_alone = ms[0]
     lams = [f.lam for f in first]
-    if g.cfg.cold and best.lam > 0:
-        second = [Fusion(best.lam, x) for x in lams if x != best.lam]
-        ms2 = run(second)
-        for f, m in zip(second, ms2, strict=True):
-            grid.append({"lambda": f.lam, "lambda_cold": f.lam_cold, "valid": m["all"][metric],
-                         "valid_cold": m["cold"][metric]})
-            if m["all"][metric] > best_m["all"][metric]:
+    lifts = sorted({float(x) for x in g.cfg.cold_lifts} | {0.0})
+    floor = content_floor(task, ev) if g.cfg.cold and g.cfg.cold_floor else None
+    floor_cold = floor["cold"][metric] if floor is not None else float("-inf")
+
+    def key(m: dict[str, Any]) -> tuple[bool, float]:
+        score = (m["warm"][metric] + m["cold"][metric]) / 2 if g.cfg.cold_objective == "balanced" else m["all"][metric]
+        return m["cold"][metric] >= floor_cold, score
+
+    def consider(cands: list[Fusion]) -> None:
+        nonlocal best, best_m
+        done = {(x["lambda"], x["lambda_cold"], x["cold_lift"] if x["grouped"] or x["lambda"] == x["lambda_cold"] else None)
+                for x in grid}  # grouped with lambda_cold = lambda and no lift is the additive setting again
+        cands = [f for f in cands if (f.lam, f.lam_cold, f.cold_lift) not in done]
+        out = run(cands)
+        log(cands, out)
+        for f, m in zip(cands, out, strict=True):
+            if key(m) > key(best_m):
                 best, best_m = f, m
+
+    if g.cfg.cold and (best.lam > 0 or not key(best_m)[0]):
+        consider([Fusion(best.lam, x, 0.0, True) for x in lams])
+        consider([Fusion(best.lam, best.lam_cold, x, True) for x in lifts])
     top = max(lams)
-    return {"lambda": best.lam, "lambda_cold": best.lam_cold, "metric": f"valid {metric}", "grid": grid,
-            "protocol": task.cfg.eval.protocol, "grid_max": top,
+    return {**best.record(), "metric": f"valid {metric}", "grid": grid,
+            "protocol": task.cfg.eval.protocol, "grid_max": top, "cold_lift_max": max(lifts),
             # still at the edge after the extensions: said in the report and the records, not hidden
-            "at_grid_edge": top > 0 and (best.lam == top or best.lam_cold == top),
+            "at_grid_edge": (top > 0 and (best.lam == top or best.lam_cold == top))
+            or (best.grouped and best.cold_lift in (min(lifts), max(lifts)) and best.cold_lift != 0),
+            "cold_floor": None if floor is None else {"content_valid_cold": floor_cold,
+                                                      "content_valid": floor["all"][metric], "met": bool(key(best_m)[0])},
             "valid": best_m, "valid_model": model_alone,
             "content": {"query_items": g.index.cfg.query_items, "decay": g.index.cfg.decay},
             "candidates": g.cfg.candidates if task.scoring == "beam" else None}
@@ -468,7 +579,7 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
         with torch.no_grad():
             sc = task.model_scores(model, hist)
             if not f.off:
-                sc = g.dense(_log_probs(task, sc), g.index.similarity(hist), f)
+                sc = g.dense(_fusable(task, sc, es, rows, exclude), g.index.similarity(hist), f)
             sc = finite_scores(sc)
         if exclude:
             mask_history(sc, to_device(es.padded_seen(rows, pad=-1), task.device))
@@ -506,7 +617,7 @@ def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = 
     note(f"choosing the content fusion on valid ({n_valid:,} users; one evaluation per lambda of fusion.lambdas)",
          n_valid)
     rec = choose(task, model)
-    task.fusion = Fusion(rec["lambda"], rec["lambda_cold"])
+    task.fusion = fusion_from_record(rec)
     out["valid"], out["model_only"] = rec.pop("valid"), {"valid": rec.pop("valid_model")}
     out["fusion"] = rec
     write_json(Path(run) / FUSION_FILE, rec)
@@ -524,6 +635,18 @@ def split_users(task: Any, split: str) -> int:
     return len(task.split.split(split))
 
 
+def is_fused(rec: dict[str, Any] | None) -> bool:
+    """Whether a run's ``fusion`` record changed its ranking (any weight or a cold lift)."""
+    return bool(rec) and not fusion_from_record(rec).off  # type: ignore[arg-type]
+
+
+def fusion_from_record(rec: dict[str, Any]) -> Fusion:
+    """The setting a ``fusion.json`` record names; a record written before issue 58 (no ``grouped``) is the
+    additive fusion it was chosen as."""
+    return Fusion(float(rec["lambda"]), float(rec["lambda_cold"]), float(rec.get("cold_lift", 0.0)),
+                  bool(rec.get("grouped", False)))
+
+
 def load_fusion(task: Any, run: Any) -> None:
     """Give a rebuilt task the fusion its run chose (``fusion.json``); none (the model alone) when absent."""
     import json
@@ -534,7 +657,7 @@ def load_fusion(task: Any, run: Any) -> None:
         return
     try:
         rec = json.loads(path.read_text())
-        f = Fusion(float(rec["lambda"]), float(rec["lambda_cold"]))
+        f = fusion_from_record(rec)
         query = rec.get("content") or {}
         n, decay = int(query.get("query_items", task.cfg.content.query_items)), float(
             query.get("decay", task.cfg.content.decay))
@@ -542,6 +665,8 @@ def load_fusion(task: Any, run: Any) -> None:
         raise SidrecError(f"{path}: not a fusion record ({type(exc).__name__}: {exc})") from None
     if not (math.isfinite(f.lam) and math.isfinite(f.lam_cold)) or min(f.lam, f.lam_cold) < 0:
         raise SidrecError(f"{path}: lambda and lambda_cold must be finite and >= 0, got {f.lam}, {f.lam_cold}")
+    if not math.isfinite(f.cold_lift):
+        raise SidrecError(f"{path}: cold_lift must be finite, got {f.cold_lift}")
     if n < 1 or not 0 <= decay <= 1:
         raise SidrecError(f"{path}: content query_items must be >= 1 and decay in [0, 1], got {n}, {decay}")
     # the query the fusion was chosen with (`sidrec fuse RUN content.query_items=3` may differ from config.yaml)

@@ -466,18 +466,24 @@ def render_report(cfg: Config, out: dict[str, Any], plots: list[str] | None = No
     f = out.get("fusion")
     if f:
         mo = out.get("model_only", {}).get("valid", {}).get("all", {})
-        lines.append(f"Content fusion (chosen on validation NDCG@10): lambda {f['lambda']:g}, cold items "
-                     f"{f['lambda_cold']:g}; validation NDCG@10 {mo.get('ndcg@10', float('nan')):.4f} for the model "
+        grouped = ", cold items grouped" if f.get("grouped") else ""
+        lines.append(f"Content fusion (chosen on validation NDCG@10): {fusion.fusion_from_record(f).name()}{grouped}"
+                     f"; validation NDCG@10 {mo.get('ndcg@10', float('nan')):.4f} for the model "
                      f"alone, {out.get('valid', {}).get('all', {}).get('ndcg@10', float('nan')):.4f} fused; query: the "
                      f"last {f.get('content', {}).get('query_items', '?')} items, decay "
                      f"{f.get('content', {}).get('decay', '?')}.")
+        floor = f.get("cold_floor")
+        if floor:
+            lines.append(f"Cold floor: the content ranker's validation NDCG@10 on cold targets is "
+                         f"{floor['content_valid_cold']:.4f}; the fused ranking {'reaches' if floor['met'] else 'misses'} "
+                         "it on validation.")
         if f.get("at_grid_edge"):
             lines.append(f"Warning: the chosen lambda is the largest of the grid ({f.get('grid_max'):g}) after "
                          "extending it; the best may lie beyond (fusion.extend, fusion.lambdas).")
     lines += ["", "| split | subset | users | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |",
               "|---|---|---|" + "---|---|" * len(ks)]
     rows = [("valid", out.get("valid", {})), ("test", out.get("test", {}))]
-    if f and (f["lambda"] or f["lambda_cold"]):
+    if fusion.is_fused(f):
         rows += [(f"{s} (model alone)", out.get("model_only", {}).get(s, {})) for s in ("valid", "test")]
     rows.append(("test (popularity)", out.get("popularity_test", {})))
     tied = [(name, sub, r["tied@10"]) for name, m in rows[:-1] for sub, r in m.items()

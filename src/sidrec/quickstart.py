@@ -43,7 +43,9 @@ MIN_ITEMS = 16
 def _label(method: str, res: dict[str, Any]) -> str:
     """The method's name, with '+content' when its ranking is fused with the content similarity."""
     f = res.get("fusion") or {}
-    return f"{method}+content" if f.get("lambda") or f.get("lambda_cold") else method
+    from sidrec.fusion import is_fused
+
+    return f"{method}+content" if is_fused(f) else method
 
 
 def free_threads() -> tuple[int, str]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from peers import peer_commit
 from sidrec.config import load_config
 from sidrec.data.protocol import LeaveOneOut
 from sidrec.methods.registry import get_builder
@@ -129,14 +130,6 @@ def peer_epoch(repo: Path, threads: int, out_dir: Path, batches: int = 0) -> dic
     out["process_wall_s"] = round(wall, 2)
     out["command"] = "python main.py " + " ".join(args)
     return out
-
-
-def peer_commit(repo: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

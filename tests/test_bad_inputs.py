@@ -344,6 +344,9 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # evaluate / recommend
     ("evaluate non-run", _args("evaluate", "{tmp}"), "not a run directory"),
     ("evaluate bad split", _args("evaluate", "{base}/run", "--split", "nope"), "--split"),
+    ("serve not a run", _args("serve", "{tmp}/none"), "not a run directory"),
+    ("serve port out of range", _args("serve", "{base}/run", "--port", "70000"), "--port"),
+    ("data fetch unknown name", _args("data", "fetch", "nosuch"), "nosuch"),
     ("recommend without user", _args("recommend", "{base}/run"), "--user"),
     ("recommend k not a number", _args("recommend", "{base}/run", "-u", "U000001", "-k", "ten"), "-k"),
     ("recommend k 0", _args("recommend", "{base}/run", "-u", "U000001", "-k", "0"), "-k"),

@@ -63,8 +63,8 @@ def test_train_evaluate_recommend(tmp_path):
     p = run("evaluate", str(run_dir), "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["test"]["all"] == pytest.approx(m["test"]["all"])
-    p = run("recommend", str(run_dir), "--user", "U000001", "-k", "5")
-    assert p.returncode == 0 and p.stdout.count("I0") == 5, p.stdout
+    p = run("recommend", str(run_dir), "--user", "U000001", "-k", "5", "--json")
+    assert p.returncode == 0 and len(json.loads(p.stdout)[0]["recommendations"]) == 5, p.stdout
     _assert_clean_error(run("recommend", str(run_dir), "--user", "nobody"), "unknown user")
     _assert_clean_error(run("evaluate", str(tmp_path)), "not a run directory")
     _assert_clean_error(run("train", "--resume", "--run-dir", str(tmp_path / "fresh"), "data.path=synthetic"),

@@ -182,7 +182,8 @@ class FusionConfig:
     # the all-user metric
     cold_objective: typing.Literal["balanced", "all"] = "balanced"
     # value ranges, checked when a config is read (sidrec.config.validate_config)
-    RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0", "extend": ">= 0"}
+    RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0", "extend": ">= 0",
+                                                "cold_lifts": "in [-20, 20]"}
 
 
 @dataclass
@@ -362,10 +363,13 @@ _POS, _NONNEG, _UNIT, _UNIT_OPEN, _AT_LEAST_1 = "> 0", ">= 0", "in [0, 1]", "in 
 _RATE, _RATE0, _SYNTH = "in (0, 10]", "in [0, 10]", "in [1, 1000000]"
 # seeds go to numpy's legacy seeding (np.random.seed), which takes 0 .. 2^32-1 and raises on anything else
 _SEED = "in [0, 4294967295]"
+# the grouped fusion's cold lift is in nats of log-odds and may be negative; beyond +-20 (a factor of 5e8) it only
+# ever means "content alone" or "model alone", which lambda_cold and lambda already say
+_LIFT = "in [-20, 20]"
 _RANGE_TESTS = {_POS: lambda v: v > 0, _NONNEG: lambda v: v >= 0, _UNIT: lambda v: 0 <= v <= 1,
                 _UNIT_OPEN: lambda v: 0 <= v < 1, _AT_LEAST_1: lambda v: v >= 1, _RATE: lambda v: 0 < v <= 10,
                 _RATE0: lambda v: 0 <= v <= 10, _SYNTH: lambda v: 1 <= v <= 1_000_000,
-                _SEED: lambda v: 0 <= v <= 2**32 - 1}
+                _SEED: lambda v: 0 <= v <= 2**32 - 1, _LIFT: lambda v: -20 <= v <= 20}
 _SEEDS = {"seed", "data.synthetic_seed", "tokenizer.seed"}
 # numeric keys any value of which is meaningful (a negative lambda_kd means "derive it"; the CPDE gate's offset delta
 # is in nats and may be negative)
@@ -420,12 +424,12 @@ def validate_config(cfg: Config) -> None:
             _check_value(key, value, rule)
     if not cfg.data.path.strip():
         raise SidrecError("config key 'data.path': empty; name a dataset file or folder, or 'synthetic'")
+    if 10 not in cfg.eval.ks:  # the fusion choice reads NDCG@10
+        raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
     m = re.fullmatch(r"(ndcg|recall)@(\d+)|mrr", cfg.train.select_metric)
     if m is None or (m.group(2) is not None and int(m.group(2)) not in cfg.eval.ks):
         raise SidrecError(f"config key 'train.select_metric': expected ndcg@K or recall@K with K in eval.ks "
                           f"{cfg.eval.ks}, or mrr; got '{cfg.train.select_metric}'")
-    if 10 not in cfg.eval.ks:  # the fusion choice reads NDCG@10
-        raise SidrecError(f"config key 'eval.ks': must include 10 (checkpoints are chosen on NDCG@10), got {cfg.eval.ks}")
     if cfg.method in ("tiger", "diger") and cfg.tiger.beam < 10:
         raise SidrecError(f"config key 'tiger.beam': at least 10 (checkpoints are chosen on NDCG@10 of the beam's "
                           f"item list, which holds at most tiger.beam items), got {cfg.tiger.beam}")

@@ -632,7 +632,7 @@ def final_evaluation(task: Any, run: Any, summary: dict[str, Any], test: bool = 
 
 def split_users(task: Any, split: str) -> int:
     """How many users ``split`` evaluates (the size of a progress note)."""
-    return len(task.split.split(split))
+    return len(task.eval_subset(split).eval_set)
 
 
 def is_fused(rec: dict[str, Any] | None) -> bool:

@@ -56,6 +56,15 @@ def _is_list(x: Any) -> bool:
     return isinstance(x, Sequence) or (hasattr(x, "ndim") and getattr(x, "ndim", 0) == 1)
 
 
+def _one_or_many_ids(method: str, item_ids: Any) -> list[str]:
+    """One item id or a list of them, as a list of ids; anything else names ``item_ids`` of ``method``."""
+    if _is_id(item_ids):
+        return [str(item_ids)]
+    if _is_list(item_ids):
+        return _ids(method, "item_ids", item_ids, "an item id")
+    raise _bad_argument(method, "item_ids", "an item id or a list of them", item_ids)
+
+
 def _ids(func: str, name: str, value: Any, what: str) -> list[str]:
     """A list of ids, as strings; any element that is not an id names its position."""
     out = []
@@ -384,12 +393,7 @@ class Recommender:
         item without one or an id the dataset does not know. One id alone is that item."""
         from sidrec.show import item_labels, label_field
 
-        if _is_id(item_ids):
-            ids = [str(item_ids)]
-        elif _is_list(item_ids):
-            ids = _ids("item_text", "item_ids", item_ids, "an item id")
-        else:
-            raise _bad_argument("item_text", "item_ids", "an item id or a list of them", item_ids)
+        ids = _one_or_many_ids("item_text", item_ids)
         if field is not None and not isinstance(field, str):
             raise _bad_argument("item_text", "field", "an item field name (a string)", field)
         try:
@@ -440,12 +444,7 @@ class Recommender:
         alone is that item."""
         from sidrec.pipeline import item_indices
 
-        if _is_id(item_ids):
-            ids = [str(item_ids)]
-        elif _is_list(item_ids):
-            ids = _ids("item_sids", "item_ids", item_ids, "an item id")
-        else:
-            raise _bad_argument("item_sids", "item_ids", "an item id or a list of them", item_ids)
+        ids = _one_or_many_ids("item_sids", item_ids)
         table = self.task.item_codes()
         if table is None:
             raise SidrecError(f"method '{self.method}' has no semantic IDs")

@@ -818,6 +818,9 @@ def ratio_points(records: list[dict[str, Any]], method: tuple[str, str], baselin
         if vb > 0 and vm > 0:
             out.append({"size": m[key]["size"], "seed": key[1], "params": x[key]["params"], "ratio": vm / vb,
                         "method": vm, "baseline": vb})
+        else:  # no ratio of a zero: said, not hidden
+            print(f"no ratio for {method[1]} / {baseline[1]} {m[key]['size']} seed {key[1]} ({subset}, "
+                  f"{'+ content' if fused else 'alone'}): N@10 {vm:.4f} / {vb:.4f}", flush=True)
     return out
 
 
@@ -910,12 +913,13 @@ def plot_pair(pair: str, series: list[tuple[str, list[dict[str, Any]], Trend, bo
                     ax.fill_between(10 ** grid, fit[:, 1], fit[:, 2], color=color, alpha=.12)
         if paper:
             ax.axvline(paper, color="k", ls=":", lw=1)
-            ax.text(paper, ax.get_ylim()[1], " paper", va="top", fontsize=8)
+            ax.text(paper, 0.98, " paper", va="top", fontsize=8, transform=ax.get_xaxis_transform())
         ax.axhline(1.0, color="grey", lw=.8)
         ax.set_xscale("log")
         ax.set_xlabel(f"parameters of {PAPER[pair][1][1]} (this data)")
         ax.set_title("+ content" if fused else "alone")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[0].set_ylabel("ratio of test N@10 (method / baseline)")
     fig.suptitle(f"{pair}: effect vs size (Beauty 2,000 items, exclude)", fontsize=10)
     fig.tight_layout()

@@ -549,6 +549,33 @@ def test_dream_paper_mode_retokenizes_every_item_and_trains_a_bridge(tmp_path):
     assert again["stages"]["cart"]["all"] == out["stages"]["cart"]["all"]  # same bridge, same numbers
 
 
+def test_cart_bridge_alone_is_a_complete_run_and_skips_the_later_stages(tmp_path):
+    """run_cart_bridge (benchmarks/scaling.py's DREAM arm): CART's table and a bridge run with its own final evaluation
+    (test, alone and + content), no UC3 / CPDE tables; a second call reuses both the CART fit and the bridge."""
+    import json
+
+    from sidrec.config import load_config
+    from sidrec.dream.pipeline import run_cart_bridge
+    from sidrec.pipeline import train
+    from test_tiger import TINY
+
+    run = tmp_path / "tiger"
+    train(load_config(None, TINY + ["train.epochs=1", "data.cold_threshold=12", f"run_dir={run}",
+                                    "tiger.arch=decoder"]))
+    sets = ["dream.cart.epochs=1", "dream.cart.queue_size=256"]
+    out = run_cart_bridge(run, sets, progress=False)
+    bridge = run / "dream" / "bridge"
+    assert out["bridge"] == str(bridge) and out["diagnostics"]["bridge"]["status"] == "trained"
+    m = json.loads((bridge / "metrics.json").read_text())
+    assert "test" in m and m["protocol"] == json.loads((run / "metrics.json").read_text())["protocol"]
+    cart = SIDTable.load(run / "dream" / "sid_table.cart.parquet").primary.numpy()
+    assert (SIDTable.load(bridge / "sid_table.parquet").primary.numpy() == cart).all()
+    assert not any((run / "dream" / f"sid_table.{s}.parquet").exists() for s in ("uc3", "cpde"))
+    assert json.loads((run / "dream" / "cart_bridge.json").read_text())["bridge"] == str(bridge)
+    again = run_cart_bridge(run, sets, progress=False)
+    assert again["diagnostics"]["bridge"]["status"] == "reused" and again["diagnostics"]["cart_reused"]
+
+
 def test_info_nce_prefers_the_positive_key_and_averages_positions():
     from sidrec.dream.cart import info_nce
 

@@ -166,6 +166,24 @@ def run_dream(run_dir: str | Path, overrides: list[str] | None = None, split: st
     return out
 
 
+def run_cart_bridge(run_dir: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Stage 1 and the bridge only: CART's table (``RUN/dream/sid_table.cart.parquet``) and the bridge TIGER
+    trained on it (``RUN/dream/bridge``, a complete run with its own fusion and test, alone and + content).
+
+    Why: the paper's "CART only" row is the bridge, and a study that compares it with the static run as two runs
+    under one protocol (``benchmarks/scaling.py``) needs neither UC3's vote nor CPDE's fine-tuning nor the stage
+    table's beam-50 evaluations. The same caches as :func:`run_dream`: a finished CART fit for the same settings and
+    base SIDs is reused, a finished bridge for the same table is reused, an interrupted one resumed. Writes
+    ``RUN/dream/cart_bridge.json`` (the bridge's folder, CART's diagnostics and the time of each stage).
+    """
+    job, _ = _open(Path(run_dir), overrides, False, progress)
+    cart_table, _, _ = _stage_cart(job)
+    _stage_bridge(job, cart_table)
+    out = {"run": str(job.run), "bridge": job.diag["bridge"]["dir"], "diagnostics": job.diag, "timings": job.timings}
+    write_json(job.out_dir / "cart_bridge.json", out)
+    return out
+
+
 def _open(run: Path, overrides: list[str] | None, allow_config_commands: bool, progress: bool) -> tuple[_Job, Fusion]:
     """Check the request and load the run: its config with the dream overrides, data, task and base SID table."""
     from sidrec.config import only_overrides, parse_override
@@ -489,4 +507,4 @@ def load_dream(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-__all__ = ["STAGES", "evaluate_stage", "item_docs_and_families", "load_dream", "run_dream"]
+__all__ = ["STAGES", "evaluate_stage", "item_docs_and_families", "load_dream", "run_cart_bridge", "run_dream"]

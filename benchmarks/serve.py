@@ -14,7 +14,8 @@ the share of HTTP / JSON / queueing in the latency can be read off. ``loadavg`` 
 average when the level ran (this machine is shared: other jobs' load shows in the tail).
 
 Usage: python benchmarks/serve.py --run sasrec=PATH --run content=PATH ... [--concurrency 1 8 32]
-       [--max-batch 1 8] [--requests 400] [--beam-requests 120] [--dataset beauty] [--variant-note TEXT]
+       [--max-batch 1 8] [--requests 400] [--beam-requests 120] [--dataset beauty] [--note TEXT]
+       [--server-src OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ async def load(port: int, payloads: list[bytes], concurrency: int) -> tuple[list
     return lat, time.perf_counter() - t0, errors
 
 
-def start(run: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
+def start(run: Path, max_batch: int, threads: int, src: Path = REPO / "src") -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(src)}
     proc = subprocess.Popen([sys.executable, "-c", "from sidrec.cli import main; main()", "serve", str(run),
                              "--port", "0", "--max-batch", str(max_batch), "--threads", str(threads)],
                             stdout=subprocess.PIPE, text=True, env=env)
@@ -125,6 +126,9 @@ def main() -> None:
     ap.add_argument("--beam-requests", type=int, default=120, help="requests per level (beam-search runs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server's model thread")
     ap.add_argument("--note", default="", help="appended to each record's variant (e.g. how a run was made)")
+    ap.add_argument("--server-src", type=Path, default=REPO / "src",
+                    help="the sidrec package the server runs from (another checkout's src/: an A/B against an older "
+                         "commit, measured back to back under the same load)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -142,7 +146,7 @@ def main() -> None:
         fused = f is not None and not f.off
         name = f"{method}+content" if fused and method != "content" else method
         for mb in args.max_batch:
-            proc, port = start(run, mb, args.threads)
+            proc, port = start(run, mb, args.threads, args.server_src)
             try:
                 asyncio.run(load(port, payloads[:20], 1))  # warm-up
                 for c in args.concurrency:

@@ -324,3 +324,21 @@ def test_batches_wait_for_the_clients_of_recent_calls_and_no_longer():
     # the wait is bounded by half the last call: 8 lately, a call of 40 ms, nobody else comes -> ~20 ms
     n, waited = asyncio.run(batch([8], 0.04, [0.0]))
     assert n == 1 and waited < 0.25
+
+    async def after_a_timeout() -> int:  # the clients that did not come back are not waited for again
+        w = ModelWorker(None, ServeSettings(max_batch=8))
+        try:
+            w.queue = asyncio.Queue()
+            w.recent.extend([8])
+            w.last_call_s = 0.02
+            loop = asyncio.get_running_loop()
+            w.queue.put_nowait((Q(), loop.create_future()))
+            await w._batch()  # times out after ~10 ms
+            w.last_call_s = 1.0
+            w.queue.put_nowait((Q(), loop.create_future()))
+            loop.call_later(0.3, w.queue.put_nowait, (Q(), loop.create_future()))
+            return len(await w._batch())
+        finally:
+            w.close()
+
+    assert asyncio.run(after_a_timeout()) == 1

@@ -141,6 +141,9 @@ class ModelWorker:
                 try:
                     jobs.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
+                    # the clients of the last calls did not all come back (fewer clients now): the next call does
+                    # not wait for them again, only for as many as a later call ranks
+                    self.recent.clear()
                     break
             else:
                 jobs.append(self.queue.get_nowait())

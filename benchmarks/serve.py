@@ -7,13 +7,15 @@ bounded number of requests per level (``--requests``; fewer for beam-search runs
 warm-up. A request is one history -- a dataset user's history without its last item, as item ids, oldest first
 -- and ``k`` 10, answered under the run's own protocol and fusion (``POST /recommend``).
 
-Besides the HTTP numbers a record holds ``model_ms``: the median time of the same requests ranked in this process
-by the Python API (``Recommender.query`` + ``rank``, one at a time), so the share of HTTP / JSON / queueing in
-the latency can be read off. ``loadavg`` is the machine's 1-minute load average when the level ran (this machine
-is shared: other jobs' load shows in the tail).
+``client_cpu_ms`` is this load generator's own CPU time per request (~0.1-0.2 ms: it takes little of the
+cores it shares with the server). Besides the HTTP numbers a record holds ``model_ms``: the median time of the
+same requests ranked in this process by the Python API (``Recommender.query`` + ``rank``, one at a time), so
+the share of HTTP / JSON / queueing in the latency can be read off. ``loadavg`` is the machine's 1-minute load
+average when the level ran (this machine is shared: other jobs' load shows in the tail).
 
 Usage: python benchmarks/serve.py --run sasrec=PATH --run content=PATH ... [--concurrency 1 8 32]
-       [--max-batch 1 8] [--requests 400] [--beam-requests 120] [--dataset beauty] [--variant-note TEXT]
+       [--max-batch 1 8] [--requests 400] [--beam-requests 120] [--dataset beauty] [--note TEXT]
+       [--server-src OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ async def load(port: int, payloads: list[bytes], concurrency: int) -> tuple[list
     return lat, time.perf_counter() - t0, errors
 
 
-def start(run: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
+def start(run: Path, max_batch: int, threads: int, src: Path = REPO / "src") -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(src)}
     proc = subprocess.Popen([sys.executable, "-c", "from sidrec.cli import main; main()", "serve", str(run),
                              "--port", "0", "--max-batch", str(max_batch), "--threads", str(threads)],
                             stdout=subprocess.PIPE, text=True, env=env)
@@ -124,6 +126,9 @@ def main() -> None:
     ap.add_argument("--beam-requests", type=int, default=120, help="requests per level (beam-search runs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server's model thread")
     ap.add_argument("--note", default="", help="appended to each record's variant (e.g. how a run was made)")
+    ap.add_argument("--server-src", type=Path, default=REPO / "src",
+                    help="the sidrec package the server runs from (another checkout's src/: an A/B against an older "
+                         "commit, measured back to back under the same load)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -141,23 +146,25 @@ def main() -> None:
         fused = f is not None and not f.off
         name = f"{method}+content" if fused and method != "content" else method
         for mb in args.max_batch:
-            proc, port = start(run, mb, args.threads)
+            proc, port = start(run, mb, args.threads, args.server_src)
             try:
                 asyncio.run(load(port, payloads[:20], 1))  # warm-up
                 for c in args.concurrency:
+                    cpu = time.process_time()
                     lat, wall, errors = asyncio.run(load(port, payloads, c))
+                    cpu = time.process_time() - cpu
                     ms = np.array(lat) * 1000
                     m = {"requests": len(lat), "concurrency": c, "max_batch": mb, "errors": errors,
                          "req_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
                          "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "model_ms": alone_ms,
-                         "loadavg": round(os.getloadavg()[0], 2)}
+                         "client_cpu_ms": 1000 * cpu / len(lat), "loadavg": round(os.getloadavg()[0], 2)}
                     variant = f"c{c} max_batch {mb}" + (f" {args.note}" if args.note else "")
                     r = record(args.dataset, name, variant, "serve", "single-history", m, wall, threads=args.threads,
                                protocol=rec.cfg.eval.protocol, run=str(run), items=len(rec.items))
                     records.append(r)
                     print(f"{name:16s} c={c:<3d} max_batch={mb}: {m['req_per_s']:7.1f} req/s  p50 {m['p50_ms']:7.1f} ms  "
-                          f"p99 {m['p99_ms']:7.1f} ms  (model alone {alone_ms:.1f} ms; errors {errors}; load "
-                          f"{m['loadavg']})", flush=True)
+                          f"p99 {m['p99_ms']:7.1f} ms  (model alone {alone_ms:.1f} ms; client CPU "
+                          f"{m['client_cpu_ms']:.2f} ms/request; errors {errors}; load {m['loadavg']})", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(60)

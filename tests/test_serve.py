@@ -287,3 +287,58 @@ def test_stable_top_k_is_the_stable_sorts_head():
         v, i = s.sort(dim=1, descending=True, stable=True)
         tv, ti = stable_top_k(s, k)
         assert torch.equal(tv, v[:, :k]) and torch.equal(ti, i[:, :k])
+
+
+def test_batches_wait_for_the_clients_of_recent_calls_and_no_longer():
+    """max_batch > 1: a call takes the requests waiting; when fewer wait than the largest of the last calls ranked,
+    it waits for the rest, at most half the last call's time; a lone client's request never waits."""
+    import asyncio
+    import time
+
+    from sidrec.serve import ModelWorker
+
+    class Q:  # a checked query as the worker sees it: one history
+        histories = [[0]]
+
+    async def batch(recent: list[int], last_call_s: float, arrivals: list[float]) -> tuple[int, float]:
+        w = ModelWorker(None, ServeSettings(max_batch=8))
+        try:
+            w.queue = asyncio.Queue()
+            w.recent.extend(recent)
+            w.last_call_s = last_call_s
+            loop = asyncio.get_running_loop()
+            for delay in arrivals:
+                loop.call_later(delay, w.queue.put_nowait, (Q(), loop.create_future()))
+            t = time.perf_counter()
+            jobs = await w._batch()
+            return len(jobs), time.perf_counter() - t
+        finally:
+            w.close()
+
+    # 8 clients lately: the first request waits for the 7 that come back 20 ms after it (a call took 1 s)
+    n, _ = asyncio.run(batch([8], 1.0, [0.0] + [0.02] * 7))
+    assert n == 8
+    # a lone client lately: its request goes at once, even if another comes soon after
+    n, waited = asyncio.run(batch([1], 1.0, [0.0, 0.3]))
+    assert n == 1 and waited < 0.25
+    # the wait is bounded by half the last call: 8 lately, a call of 40 ms, nobody else comes -> ~20 ms
+    n, waited = asyncio.run(batch([8], 0.04, [0.0]))
+    assert n == 1 and waited < 0.25
+
+    async def after_a_timeout() -> int:  # the clients that did not come back are not waited for again
+        w = ModelWorker(None, ServeSettings(max_batch=8))
+        try:
+            w.queue = asyncio.Queue()
+            w.recent.extend([8])
+            w.last_call_s = 0.02
+            loop = asyncio.get_running_loop()
+            w.queue.put_nowait((Q(), loop.create_future()))
+            await w._batch()  # times out after ~10 ms
+            w.last_call_s = 1.0
+            w.queue.put_nowait((Q(), loop.create_future()))
+            loop.call_later(0.3, w.queue.put_nowait, (Q(), loop.create_future()))
+            return len(await w._batch())
+        finally:
+            w.close()
+
+    assert asyncio.run(after_a_timeout()) == 1

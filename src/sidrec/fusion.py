@@ -225,10 +225,11 @@ class Grounding:
         fused score, so ``lam_cold = lam`` and ``cold_lift = 0`` is the additive fusion with lambda again.
         """
         cold = cold.expand_as(logp)
-        fused = logp + torch.where(cold, f.lam_cold, f.lam) * sim
+        # one weight for every item (lambda_cold = lambda, most runs): the same numbers without the per-item select
+        warm_fused = logp + f.lam * sim
+        fused = warm_fused if f.lam_cold == f.lam else logp + torch.where(cold, f.lam_cold, f.lam) * sim
         if not f.grouped:
             return fused
-        warm_fused = logp + f.lam * sim
         ok = torch.isfinite(logp)
         # log P(cold | u) under the lambda-fused model, minus the log-normaliser of the cold group's own scores
         shift = _group_lse(warm_fused, cold & ok) - _group_lse(fused, cold & ok) + f.cold_lift
@@ -295,7 +296,9 @@ def _log_probs(task: Any, raw: torch.Tensor) -> torch.Tensor:
 def _fusable(task: Any, raw: torch.Tensor, es: EvalSet, rows: np.ndarray, exclude: bool) -> torch.Tensor:
     """The model's log-probabilities as the fusion reads them: a copy, the user's history at ``-inf`` under
     ``exclude``, so that the grouped fusion's cold and warm masses are over the items that can be recommended."""
-    logp = _log_probs(task, raw).clone()
+    logp = _log_probs(task, raw)
+    if logp is raw:  # a task whose scores are log-probabilities already: the mask below must not write into them
+        logp = logp.clone()
     if exclude:
         mask_history(logp, to_device(es.padded_seen(rows, pad=-1), logp.device))
     return logp
@@ -547,9 +550,10 @@ def stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     if k >= n:
         v, i = scores.sort(dim=1, descending=True, stable=True)
         return v[:, :k], i[:, :k]
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    m = int((scores >= kth).sum(1).max())  # the most items at or above a row's k-th score (ties make it > k)
-    v, i = scores.topk(m, dim=1)
+    v, i = scores.topk(k, dim=1)
+    m = int((scores >= v[:, -1:]).sum(1).max())  # the most items at or above a row's k-th score (ties make it > k)
+    if m > k:
+        v, i = scores.topk(m, dim=1)
     i, by_index = i.sort(dim=1)
     v, by_score = v.gather(1, by_index).sort(dim=1, descending=True, stable=True)
     return v[:, :k], i.gather(1, by_score)[:, :k]
@@ -579,9 +583,10 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
         with torch.no_grad():
             sc = task.model_scores(model, hist)
             if not f.off:
+                # the history is -inf in the fusion's log-probabilities already, and stays -inf through it
                 sc = g.dense(_fusable(task, sc, es, rows, exclude), g.index.similarity(hist), f)
             sc = finite_scores(sc)
-        if exclude:
+        if exclude and f.off:
             mask_history(sc, to_device(es.padded_seen(rows, pad=-1), task.device))
         v, i = stable_top_k(sc, k)  # equal scores: the lower index first, as in evaluation
         items.append(i.masked_fill(~torch.isfinite(v), -1).cpu())

@@ -34,7 +34,7 @@ def finite_scores(scores: torch.Tensor) -> torch.Tensor:
     item "above" it and rank first: a broken model would score R@10 = 1. NaN means "no score", the bottom.
     """
     scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 (a tie key) stays exact
-    return torch.where(torch.isnan(scores), torch.full_like(scores, float("-inf")), scores)
+    return scores.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # one pass, infinities kept
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -94,7 +94,8 @@ class ACERecTask(Task):
     # -------------------------------------------------------------------------------- inference
     def _core(self, model: nn.Module) -> ACERec:
         core = model.module if hasattr(model, "module") else model
-        core.eval()
+        if core.training:  # eval() walks every module, a cost per served request when called each time
+            core.eval()
         return core  # type: ignore[return-value]
 
     def log_probs(self, model: nn.Module, hist: torch.Tensor,

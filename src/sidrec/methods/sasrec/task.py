@@ -42,7 +42,8 @@ class SASRecTask(Task):
         top-10 had 23% of its slots tied; the Transformer may run in bf16, the ranking never does.
         """
         core = model.module if hasattr(model, "module") else model
-        core.eval()
+        if core.training:  # eval() walks every module: 0.4 ms of a served request when called each time
+            core.eval()
         with torch.no_grad():
             with self.autocast():
                 h = core.encode(to_device(hist, self.device))[:, -1]

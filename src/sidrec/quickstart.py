@@ -41,11 +41,29 @@ MIN_ITEMS = 16
 
 
 def _label(method: str, res: dict[str, Any]) -> str:
-    """The method's name, with '+content' when its ranking is fused with the content similarity."""
+    """The method's name, with '+content' and the chosen weight when its ranking is fused with the content
+    similarity (the weight lambda is chosen on validation, :func:`sidrec.fusion.choose`)."""
     f = res.get("fusion") or {}
     from sidrec.fusion import is_fused
 
-    return f"{method}+content" if is_fused(f) else method
+    if not is_fused(f):
+        return method
+    cold = f" cold {f['lambda_cold']:g}" if f["lambda_cold"] != f["lambda"] else ""
+    return f"{method}+content λ={f['lambda']:g}{cold}"
+
+
+def _short_list_note(rows: list[tuple[str, dict[str, Any], int | None]], k: int) -> str | None:
+    """One line on the n/a cells: which rows rank fewer than ``k`` items and why; None when every row has @k.
+
+    Why a note: a beam-search model alone ranks only the items its beam returns (``tiger.beam``, 20 here), and
+    Recall / NDCG at K above that are not measured (:func:`sidrec.fusion.drop_beyond`), not zero.
+    """
+    short = [(name, width) for name, m, width in rows if f"ndcg@{k}" not in m["all"]]
+    if not short:
+        return None
+    why = "; ".join(f"{name} alone ranks only the {w} items its beam search returns (tiger.beam={w})" if w
+                    else f"{name} ranks fewer than {k} items" for name, w in short)
+    return f"n/a: not measured, the ranked list is shorter than {k} ({why})"
 
 
 def free_threads() -> tuple[int, str]:
@@ -79,12 +97,14 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
     base = ["data.path=synthetic", f"data.synthetic_users={users}", f"data.synthetic_items={items}",
             "data.max_len=20", "train.progress=true", f"train.threads={threads}"]
     pop = None
+    widths: dict[str, int | None] = {}
     for method, ov in methods or QUICKSTART_METHODS:
         t0 = time.time()
         console.print(f"[bold]training {method}[/] on the synthetic dataset ({users} users, {items} items)")
         cfg = load_config(None, base + [f"method={method}", f"run_dir={run_dir / method}"] + ov)
         res = train(cfg, overwrite=True)  # the demo always replaces its own earlier runs
         results[method] = res
+        widths[method] = cfg.tiger.beam if method in ("tiger", "diger") else None
         pop = res["popularity_test"]
         console.print(f"  done in {time.time() - t0:.0f}s -> {run_dir / method}")
     t = Table(title=f"test split, full-catalogue ranking ({time.time() - t_all:.0f}s in all)")
@@ -92,12 +112,15 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
         t.add_column(c, justify="left" if c == "model" else "right")
     assert pop is not None
     p10 = pop["all"]["ndcg@10"]
-    rows = [("popularity", pop)] + [(_label(m, r), r["test"]) for m, r in results.items()]
-    for name, m in rows:
+    rows = [("popularity", pop, None)] + [(_label(m, r), r["test"], widths[m]) for m, r in results.items()]
+    for name, m, _ in rows:
         a = m["all"]
         ratio = a["ndcg@10"] / p10 if p10 > 0 else float("inf")
         t.add_row(name, *(f"{a[key]:.4f}" if key in a else "n/a" for key in ("recall@10", "ndcg@10", "recall@50",
                                                                            "ndcg@50")), f"{ratio:.1f}x")
     console.print(t)
+    note = _short_list_note(rows, 50)
+    if note:
+        console.print(note)
     results["popularity"] = pop
     return results

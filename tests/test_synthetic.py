@@ -69,5 +69,5 @@ def test_the_quickstart_table_explains_n_a():
     note = _short_list_note([("popularity", full, None), ("tiger", short, 20)], 50)
     assert note is not None and note.startswith("n/a:") and "tiger" in note and "tiger.beam=20" in note
     assert _label("tiger", {"fusion": {"lambda": 6.0, "lambda_cold": 4.0, "cold_lift": 3.0, "grouped": True}}) \
-        == "tiger+content λ=6 cold 4"
+        == "tiger+content λ=6"
     assert _label("tiger", {"fusion": {"lambda": 0.0, "lambda_cold": 0.0, "cold_lift": 0.0}}) == "tiger"

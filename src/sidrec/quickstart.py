@@ -1,7 +1,9 @@
 """``sidrec quickstart``: the whole pipeline on the embedded synthetic dataset in a few minutes.
 
 It is the README's first command, so it must work offline on a fresh 2-core machine and show a true
-result: trained models against the popularity ranker, on the test split, full-catalogue ranking.
+result: the content ranker (item text alone) and trained models against the popularity ranker, each model fused
+with the content when that won on validation (the table shows the weight), on the test split, full-catalogue
+ranking. The synthetic data plants a signal of each kind (:mod:`sidrec.data.synthetic`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sidrec.pipeline import train
 # small batches (synthetic users are few, so batch 256 gave 12 steps per epoch) and no dropout (CPU dropout
 # cost a third of the step; on this data it changed test NDCG@10 by < .005).
 QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
-    ("content", []),  # no training: the cosine of the item text vectors to the user's last item
+    ("content", []),  # no training: the cosine of the item text vectors to the user's last items
     ("sasrec", ["train.epochs=15", "train.batch_size=128", "train.lr=2e-3", "train.patience=5",
                 "sasrec.dropout=0.2", "sasrec.emb_dropout=0.2"]),
     # the generative pipeline: MiniLM item text -> RQ-KMeans SIDs (3 x 16 + collision code) -> small TIGER
@@ -41,15 +43,13 @@ MIN_ITEMS = 16
 
 
 def _label(method: str, res: dict[str, Any]) -> str:
-    """The method's name, with '+content' and the chosen weight when its ranking is fused with the content
-    similarity (the weight lambda is chosen on validation, :func:`sidrec.fusion.choose`)."""
+    """The method's name, with '+content' and the weight lambda of the content similarity when its ranking is fused
+    with it (chosen on validation, :func:`sidrec.fusion.choose`; the cold items' weights are in the run's
+    fusion.json). Short: the table must fit 80 columns."""
     f = res.get("fusion") or {}
     from sidrec.fusion import is_fused
 
-    if not is_fused(f):
-        return method
-    cold = f" cold {f['lambda_cold']:g}" if f["lambda_cold"] != f["lambda"] else ""
-    return f"{method}+content λ={f['lambda']:g}{cold}"
+    return f"{method}+content λ={f['lambda']:g}" if is_fused(f) else method
 
 
 def _short_list_note(rows: list[tuple[str, dict[str, Any], int | None]], k: int) -> str | None:

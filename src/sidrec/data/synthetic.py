@@ -152,6 +152,7 @@ def generate(n_users: int = 3000, n_items: int = 600, seed: int = 7, n_topics: i
     lengths = np.minimum(5 + rng.geometric(1.0 / max(1.0, mean_len - 4), n_users), 40)
     likes = rng.integers(n_styles, size=n_users)
     seen = np.zeros(n_items, dtype=bool)
+    all_items = np.arange(n_items)
     seqs: list[list[int]] = []
     for u in range(n_users):  # generation only, not a hot path
         def pick(m: np.ndarray, like: int = int(likes[u])) -> int:
@@ -168,6 +169,8 @@ def generate(n_users: int = 3000, n_items: int = 600, seed: int = 7, n_topics: i
                 nxt = c
             else:
                 nxt = pick(members[succ[topic[cur], _draw(rng, succ_p)]])
+                if nxt < 0:  # that topic is bought out (a small catalogue): any item not bought yet
+                    nxt = pick(all_items)
                 if nxt < 0:
                     break
             seq.append(nxt)

@@ -231,7 +231,9 @@ def test_tiny_acerec_beats_popularity(tmp_path):
     items, scores = task.recommend(split.test.subset(np.arange(5)), 10)
     assert items.shape == (5, 10) and (np.diff(scores, axis=1) <= 0).all()
     hist = split.test.padded_histories(np.arange(5), pad=-1)
-    expect = mask_history(task.scorer.scores(task.log_probs(task.model, hist)), hist)  # the run's protocol: exclude
+    # the run's protocol, exclude: every item the user has seen, also those older than the model's max_len window
+    expect = mask_history(task.scorer.scores(task.log_probs(task.model, hist)),
+                          split.test.padded_seen(np.arange(5), pad=-1))
     assert np.array_equal(items, expect.argsort(dim=1, descending=True, stable=True)[:, :10].numpy())
     # the section round-trips through the saved config
     assert dataclasses.asdict(cfg.acerec) == dataclasses.asdict(load_config(None, TINY).acerec)

@@ -1,7 +1,9 @@
 """``sidrec quickstart``: the whole pipeline on the embedded synthetic dataset in a few minutes.
 
 It is the README's first command, so it must work offline on a fresh 2-core machine and show a true
-result: trained models against the popularity ranker, on the test split, full-catalogue ranking.
+result: the content ranker (item text alone) and trained models against the popularity ranker, each model fused
+with the content when that won on validation (the table shows the weight), on the test split, full-catalogue
+ranking. The synthetic data plants a signal of each kind (:mod:`sidrec.data.synthetic`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sidrec.pipeline import train
 # small batches (synthetic users are few, so batch 256 gave 12 steps per epoch) and no dropout (CPU dropout
 # cost a third of the step; on this data it changed test NDCG@10 by < .005).
 QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
-    ("content", []),  # no training: the cosine of the item text vectors to the user's last item
+    ("content", []),  # no training: the cosine of the item text vectors to the user's last items
     ("sasrec", ["train.epochs=15", "train.batch_size=128", "train.lr=2e-3", "train.patience=5",
                 "sasrec.dropout=0.2", "sasrec.emb_dropout=0.2"]),
     # the generative pipeline: MiniLM item text -> RQ-KMeans SIDs (3 x 16 + collision code) -> small TIGER
@@ -41,11 +43,27 @@ MIN_ITEMS = 16
 
 
 def _label(method: str, res: dict[str, Any]) -> str:
-    """The method's name, with '+content' when its ranking is fused with the content similarity."""
+    """The method's name, with '+content' and the weight lambda of the content similarity when its ranking is fused
+    with it (chosen on validation, :func:`sidrec.fusion.choose`; the cold items' weights are in the run's
+    fusion.json). Short: the table must fit 80 columns."""
     f = res.get("fusion") or {}
     from sidrec.fusion import is_fused
 
-    return f"{method}+content" if is_fused(f) else method
+    return f"{method}+content λ={f['lambda']:g}" if is_fused(f) else method
+
+
+def _short_list_note(rows: list[tuple[str, dict[str, Any], int | None]], k: int) -> str | None:
+    """One line on the n/a cells: which rows rank fewer than ``k`` items and why; None when every row has @k.
+
+    Why a note: a beam-search model alone ranks only the items its beam returns (``tiger.beam``, 20 here), and
+    Recall / NDCG at K above that are not measured (:func:`sidrec.fusion.drop_beyond`), not zero.
+    """
+    short = [(name, width) for name, m, width in rows if f"ndcg@{k}" not in m["all"]]
+    if not short:
+        return None
+    why = "; ".join(f"{name} alone ranks only the {w} items its beam search returns (tiger.beam={w})" if w
+                    else f"{name} ranks fewer than {k} items" for name, w in short)
+    return f"n/a: not measured, the ranked list is shorter than {k} ({why})"
 
 
 def free_threads() -> tuple[int, str]:
@@ -79,12 +97,14 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
     base = ["data.path=synthetic", f"data.synthetic_users={users}", f"data.synthetic_items={items}",
             "data.max_len=20", "train.progress=true", f"train.threads={threads}"]
     pop = None
+    widths: dict[str, int | None] = {}
     for method, ov in methods or QUICKSTART_METHODS:
         t0 = time.time()
         console.print(f"[bold]training {method}[/] on the synthetic dataset ({users} users, {items} items)")
         cfg = load_config(None, base + [f"method={method}", f"run_dir={run_dir / method}"] + ov)
         res = train(cfg, overwrite=True)  # the demo always replaces its own earlier runs
         results[method] = res
+        widths[method] = cfg.tiger.beam if method in ("tiger", "diger") else None
         pop = res["popularity_test"]
         console.print(f"  done in {time.time() - t0:.0f}s -> {run_dir / method}")
     t = Table(title=f"test split, full-catalogue ranking ({time.time() - t_all:.0f}s in all)")
@@ -92,12 +112,15 @@ def run_quickstart(run_dir: Path, users: int = 3000, items: int = 600, console: 
         t.add_column(c, justify="left" if c == "model" else "right")
     assert pop is not None
     p10 = pop["all"]["ndcg@10"]
-    rows = [("popularity", pop)] + [(_label(m, r), r["test"]) for m, r in results.items()]
-    for name, m in rows:
+    rows = [("popularity", pop, None)] + [(_label(m, r), r["test"], widths[m]) for m, r in results.items()]
+    for name, m, _ in rows:
         a = m["all"]
         ratio = a["ndcg@10"] / p10 if p10 > 0 else float("inf")
         t.add_row(name, *(f"{a[key]:.4f}" if key in a else "n/a" for key in ("recall@10", "ndcg@10", "recall@50",
                                                                            "ndcg@50")), f"{ratio:.1f}x")
     console.print(t)
+    note = _short_list_note(rows, 50)
+    if note:
+        console.print(note)
     results["popularity"] = pop
     return results

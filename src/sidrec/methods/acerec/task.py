@@ -6,9 +6,10 @@ reuse and staleness check as TIGER). The configs set ``tokenizer.kind: opq`` wit
 ``subspace_codes`` (paper 32 x 256). ACERec needs the tokenizer's *raw* m codes: when two items share all
 m codes the shared stage appends a disambiguation code (``extra_code: if_needed``), which ACERec models as one
 more subspace with its own codebook size (``acerec.collision_code: true``, the default), so items with identical
-content codes can still be told apart (the synthetic data needs it: groups of up to 25 items there have identical
-features, hence identical OPQ codes). With ``collision_code: false`` the model reads the first m columns only;
-a table where that leaves items sharing every code is refused (:func:`refuse_structural_ties`).
+content codes can still be told apart (the synthetic data needs it: with attribute features, groups of up to 11
+items there share brand and category, hence identical features and OPQ codes). With ``collision_code: false``
+the model reads the first m columns only; a table where that leaves items sharing every code is refused
+(:func:`refuse_structural_ties`).
 
 Training batches are SASRec-style: each user's most recent ``max_len + 1`` training items, left-padded and
 grouped by length (:func:`~sidrec.methods.sasrec.task.bucketed_batches`); the state after item t is trained to

@@ -79,7 +79,8 @@ def grounded_records(dataset: str, method: str, variant: str, metrics: dict[str,
         q = f.get("content") or {}
         lams = [g["lambda"] for g in f.get("grid", [])]
         fusion = {"lambda": f["lambda"], "lambda_cold": f["lambda_cold"], "cold_lift": f.get("cold_lift", 0.0),
-                  "grouped": f.get("grouped", False), "cold_floor": f.get("cold_floor"), "query_items": q.get("query_items"),
+                  "grouped": f.get("grouped", False), "cold_freq": f.get("cold_freq", 0.0),
+                  "cold_floor": f.get("cold_floor"), "query_items": q.get("query_items"),
                   "decay": q.get("decay"), "grid_max": f.get("grid_max", max(lams, default=None)),
                   "at_grid_edge": f.get("at_grid_edge", bool(lams) and max(f["lambda"], f["lambda_cold"]) >= max(lams))}
         out += run_records(dataset, f"{method}+content", variant, metrics, wall_s, subsets, fusion=fusion, **extra)

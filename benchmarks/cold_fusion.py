@@ -8,7 +8,9 @@ cold_fusion.json``; protocol, seed, dataset, subsets all / warm / cold, valid an
 
 - ``sasrec`` / ``model alone``: the run's model alone;
 - ``sasrec+content`` / ``additive (before issue 58)``: the source run's own fusion, as its metrics.json has it;
-- ``sasrec+content`` / ``grouped, cold floor``: the copy re-fused by today's ``fusion.choose``;
+- ``sasrec+content`` / ``--variant`` (default ``grouped, cold floor``): the copy re-fused by today's
+  ``fusion.choose`` with the given ``fusion.*`` overrides (``fusion.cold_freqs=[0]``: the grouped fusion as first
+  merged, without the cold group's frequency term); ``choose_s`` is the time the choice took (validation only);
 - ``content`` / ``content ranker``: the content ranker runs named by ``--content`` (the cold floor's source).
 
 ``--frontier`` also ranks test under every setting of the new choice's last grid (the cold lifts) and the old
@@ -16,7 +18,7 @@ choice's lambda_cold grid, one pass each, recorded as ``frontier ...`` variants:
 docs/lab/cold.md (read, never chosen on).
 
 Usage: python benchmarks/cold_fusion.py RUN_DIR... [--content RUN_DIR...] [--threads 1] [--frontier]
-       [--work runs/cold_fusion] [--reuse] [fusion.key=value ...]
+       [--work runs/cold_fusion] [--reuse] [--variant NAME] [fusion.key=value ...]
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def frontier(run: Path, old: dict[str, Any], new: dict[str, Any]) -> list[tuple[
     _, _, _, task = load_run(run)
     old_f = [fusion.Fusion(g["lambda"], g["lambda_cold"]) for g in old["grid"] if g["lambda"] == old["lambda"]]
     new_f = [fusion.fusion_from_record(g) for g in new["grid"]
-             if g.get("grouped") and g["lambda"] == new["lambda"] and g["lambda_cold"] == new["lambda_cold"]]
+             if g.get("grouped") and g["lambda"] == new["lambda"] and g["lambda_cold"] == new["lambda_cold"]
+             and g.get("cold_freq", 0.0) == new.get("cold_freq", 0.0)]
     out = []
     for label, settings in (("additive", old_f), ("grouped", new_f)):
         for f, m in zip(settings, fusion.evaluate(task, task.model, "test", settings), strict=True):
@@ -69,11 +72,22 @@ def main() -> None:
     ap.add_argument("--frontier", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="record an already re-fused copy instead of fusing again")
     ap.add_argument("--work", default="runs/cold_fusion", help="where the copies live (relative to the repository)")
+    ap.add_argument("--variant", default=NEW, help="the record's variant name for the re-fused ranking")
     args = ap.parse_intermixed_args()
     args.runs, overrides = split_positionals(args.runs + args.content, [])
     args.runs, args.content = [r for r in args.runs if r not in args.content], [c for c in args.content if "=" not in c]
     torch.set_num_threads(args.threads)
     records: list[dict[str, Any]] = []
+    chose: list[float] = []  # seconds of each fusion.choose (the validation passes), timed around the library's own
+    real_choose = fusion.choose
+
+    def timed_choose(*a: Any, **kw: Any) -> dict[str, Any]:
+        t = time.time()
+        out = real_choose(*a, **kw)
+        chose.append(time.time() - t)
+        return out
+
+    fusion.choose = timed_choose
     for c in args.content:
         cfg = load_config([Path(c) / "config.yaml"])
         m = json.loads((Path(c) / "metrics.json").read_text())
@@ -83,30 +97,35 @@ def main() -> None:
         old = json.loads((src / "metrics.json").read_text())
         cfg = load_config([src / "config.yaml"])
         t0 = time.time()
+        chose.clear()
         if not (args.reuse and (dst / "metrics.json").exists()):
             copy_run(src, dst)
             fuse(dst, overrides)
         new = json.loads((dst / "metrics.json").read_text())
         wall = time.time() - t0
         kw = {"seed": cfg.seed, "protocol": new["protocol"], "source": str(src)}
+        new_kw = {**kw, "choose_s": round(chose[0], 1)} if chose else kw
         records += run_records(cfg.data.name, "sasrec", "model alone", {**old, **old["model_only"]}, old["wall_s"], **kw)
         records += run_records(cfg.data.name, "sasrec+content", OLD, old, old["wall_s"], fusion=_fusion(old), **kw)
-        records += run_records(cfg.data.name, "sasrec+content", NEW, new, wall, fusion=_fusion(new), **kw)
+        records += run_records(cfg.data.name, "sasrec+content", args.variant, new, wall, fusion=_fusion(new), **new_kw)
         if args.frontier:
             for variant, m in frontier(dst, old["fusion"], new["fusion"]):
-                records += [record(cfg.data.name, "sasrec+content", variant, "test", sub, m[sub], 0.0, **kw)
+                records += [record(cfg.data.name, "sasrec+content", f"{args.variant}: {variant}", "test", sub, m[sub],
+                                   0.0, **kw)
                             for sub in ("all", "warm", "cold")]
         print(f"{cfg.data.name} seed {cfg.seed}: test N@10 all / cold, old "
               f"{old['test']['all']['ndcg@10']:.4f} / {old['test']['cold']['ndcg@10']:.4f}, new "
               f"{new['test']['all']['ndcg@10']:.4f} / {new['test']['cold']['ndcg@10']:.4f} "
-              f"({fusion.fusion_from_record(new['fusion']).name()})", flush=True)
+              f"({fusion.fusion_from_record(new['fusion']).name()}; chosen in {chose[0] if chose else 0:.0f} s)",
+              flush=True)
     print(save("cold_fusion", records, merge_key=("dataset", "method", "variant", "protocol", "seed")))
 
 
 def _fusion(m: dict[str, Any]) -> dict[str, Any]:
     """The fields of a run's fusion choice a record keeps (not its grid)."""
     f = m["fusion"]
-    keys = ("lambda", "lambda_cold", "cold_lift", "grouped", "cold_floor", "at_grid_edge", "grid_max", "content")
+    keys = ("lambda", "lambda_cold", "cold_lift", "grouped", "cold_freq", "cold_floor", "at_grid_edge", "grid_max",
+            "content")
     return {k: f[k] for k in keys if k in f}
 
 

@@ -356,6 +356,36 @@ def test_grouped_fusion_is_the_mixture_of_a_warm_and_a_cold_ranking():
     assert Fusion(0.0, 0.0, 0.0, True).off and not Fusion(0.0, 0.0, 0.5, True).off
 
 
+
+def test_the_cold_frequency_term_reorders_the_cold_items_only():
+    """``cold_freq`` adds ``cold_freq * log(1 + training interactions)`` to the cold items' scores within their
+    group and leaves the group's mass and every warm score as they were; 0 is the grouped fusion without it; a
+    record without the key (before it existed) reads back as 0, and the record round-trips."""
+    gen = torch.Generator().manual_seed(1)
+    logp = torch.randn(4, 12, generator=gen).log_softmax(1)
+    logp[1, :2] = float("-inf")
+    sim = torch.rand(4, 12, generator=gen)
+    cold = torch.tensor([i % 3 == 0 for i in range(12)]).view(1, -1)
+    log_freq = torch.log1p(torch.arange(12, dtype=torch.float32) % 6).view(1, -1)
+    base, with_freq = Fusion(2.0, 7.0, 0.8, True), Fusion(2.0, 7.0, 0.8, True, -2.0)
+    a = Grounding.fuse(logp, sim, cold, base, log_freq)
+    b = Grounding.fuse(logp, sim, cold, with_freq, log_freq)
+    ok = torch.isfinite(logp)
+    warm = ~cold.expand_as(logp) & ok
+    assert torch.equal(a[warm], b[warm]) and torch.isinf(b[~ok]).all()
+    in_c = cold.expand_as(logp) & ok
+    lse = [x.masked_fill(~in_c, float("-inf")).logsumexp(1) for x in (a, b)]
+    assert torch.allclose(lse[0], lse[1], atol=1e-5)  # the cold group's mass is unchanged
+    d = (b - a - (-2.0) * log_freq).masked_fill(~in_c, 0.0)
+    for r in range(4):  # one constant per row among the cold items
+        assert torch.allclose(d[r][in_c[r]], d[r][in_c[r]][0].expand(int(in_c[r].sum())), atol=1e-4)
+    assert torch.equal(Grounding.fuse(logp, sim, cold, Fusion(2.0, 7.0, 0.8, True, 0.0)), a)
+    with pytest.raises(ValueError):
+        Grounding.fuse(logp, sim, cold, with_freq)
+    assert fusion_from_record(with_freq.record()) == with_freq
+    assert fusion_from_record({"lambda": 2, "lambda_cold": 7, "cold_lift": 0.8, "grouped": True}).cold_freq == 0
+    assert not Fusion(0.0, 0.0, 0.0, True, -1.0).off
+
 class _Random:
     """A dense task with fixed random log-probabilities, half the items cold; valid and test share the users and
     histories and differ only in their targets (``test_targets`` replaces the test split's)."""
@@ -407,6 +437,35 @@ def test_the_fusion_is_fitted_on_validation_users_only(tmp_path):
             (1.0, 1.0, 0.0, False), (4.0, 4.0, 0.0, False)}
     assert recs[0] == recs[1] and tests[0] != tests[1]
     assert recs[0]["cold_floor"]["content_valid_cold"] >= 0
+
+
+def test_the_choice_takes_a_negative_cold_freq_when_validation_buys_rarely_trained_cold_items():
+    """A model that ranks cold items by their training interactions while the users buy the least trained cold
+    item near their query: the cold_freq grid (chosen on validation) takes a negative weight, and it lifts the
+    cold targets over the choice without it."""
+    from sidrec import fusion
+
+    t = _Random(None)
+    t.freq = np.where(np.arange(t.n) % 2 == 0, np.arange(t.n) % 6, 20)  # cold items with 0..5 interactions
+    t.grounding = Grounding(_index(n=t.n, d=6, freq=t.freq), t.freq, 5, t.cfg.fusion)
+    cold = torch.from_numpy(t.freq <= 5)
+    t.logits = t.logits + 3.0 * torch.from_numpy(np.log1p(t.freq)).float() * cold  # the model's frequency bias
+    es = t.sets["valid"]
+    sim = t.grounding.index.similarity(es.padded_histories(pad=-1))
+    seen = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, es.padded_seen(pad=-1), True)
+    rare = cold & torch.from_numpy(t.freq <= 1)
+    by_content = sim.masked_fill(seen | ~rare, -9).argmax(1)
+    by_model = t.logits.masked_fill(seen | cold, -99).argmax(1)
+    targets = torch.where(torch.arange(t.users) % 2 == 0, by_content, by_model).numpy()
+    t.sets = {k: EvalSet(k, es.users, es.histories, targets) for k in ("valid", "test")}
+    t.cfg.fusion.lambdas, t.cfg.fusion.cold_lifts = [0, 1, 4], [0, 1, 2]
+    t.cfg.fusion.cold_freqs = [-4, -2, 0]
+    rec = fusion.choose(t, t.model)
+    assert rec["grouped"] and rec["cold_freq"] < 0, rec
+    t.cfg.fusion.cold_freqs = [0]
+    without = fusion.choose(t, t.model)
+    assert without["cold_freq"] == 0
+    assert rec["valid"]["cold"]["ndcg@10"] > without["valid"]["cold"]["ndcg@10"]
 
 
 def test_the_floor_keeps_the_cold_targets_and_lambda_zero_is_the_model():

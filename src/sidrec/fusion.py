@@ -154,8 +154,9 @@ class Fusion:
 
     ``lam`` weighs the similarity of warm items (and of every item while ``grouped`` is off), ``lam_cold`` that of
     cold items. ``grouped`` (every choice since issue 58) ranks the cold items as a group: among themselves by
-    ``log p + lam_cold * sim``, and the group as a whole gets the probability mass the lambda-fused model gives to
-    cold items for this user, times ``exp(cold_lift)``; see :meth:`Grounding.fuse`. ``grouped`` off is the additive
+    ``log p + lam_cold * sim + cold_freq * log(1 + training interactions)``, and the group as a whole gets the
+    probability mass the lambda-fused model gives to cold items for this user, times ``exp(cold_lift)``; see
+    :meth:`Grounding.fuse`. ``grouped`` off is the additive
     formula (``log p + lambda_i * sim``) of the runs chosen before it, read back from their ``fusion.json``.
     """
 
@@ -163,19 +164,24 @@ class Fusion:
     lam_cold: float = 0.0
     cold_lift: float = 0.0
     grouped: bool = False
+    cold_freq: float = 0.0
 
     @property
     def off(self) -> bool:
-        return self.lam == 0 and self.lam_cold == 0 and self.cold_lift == 0
+        return self.lam == 0 and self.lam_cold == 0 and self.cold_lift == 0 and self.cold_freq == 0
 
     def name(self) -> str:
         if self.off:
             return "model alone"
-        return f"lambda {self.lam:g}, cold {self.lam_cold:g}" + (f", cold lift {self.cold_lift:g}" if self.grouped else "")
+        out = f"lambda {self.lam:g}, cold {self.lam_cold:g}"
+        if self.grouped:
+            out += f", cold lift {self.cold_lift:g}" + (f", cold freq {self.cold_freq:g}" if self.cold_freq else "")
+        return out
 
     def record(self) -> dict[str, Any]:
         """The setting as ``fusion.json`` keeps it (read back by :func:`load_fusion`)."""
-        return {"lambda": self.lam, "lambda_cold": self.lam_cold, "cold_lift": self.cold_lift, "grouped": self.grouped}
+        return {"lambda": self.lam, "lambda_cold": self.lam_cold, "cold_lift": self.cold_lift, "grouped": self.grouped,
+                "cold_freq": self.cold_freq}
 
 
 NEG_INF = float("-inf")
@@ -193,10 +199,12 @@ class Grounding:
         self.index = index
         self.cfg = cfg
         self.cold = torch.from_numpy(np.asarray(item_freq) <= cold_threshold)
+        # log(1 + training interactions): the cold group's frequency term (Fusion.cold_freq)
+        self.log_freq = torch.from_numpy(np.log1p(np.asarray(item_freq, dtype=np.float64)).astype(np.float32))
 
     def to(self, device: torch.device) -> Grounding:
         self.index.to(device)
-        self.cold = self.cold.to(device)
+        self.cold, self.log_freq = self.cold.to(device), self.log_freq.to(device)
         return self
 
     def weights(self, f: Fusion) -> torch.Tensor:
@@ -206,11 +214,13 @@ class Grounding:
 
     def dense(self, logp: torch.Tensor, sim: torch.Tensor, f: Fusion) -> torch.Tensor:
         """Fused (B, n_items) scores from model log-probabilities and similarities (``-inf``: not rankable)."""
-        return self.fuse(logp, sim, self.cold.view(1, -1), f)
+        return self.fuse(logp, sim, self.cold.view(1, -1), f, self.log_freq.view(1, -1))
 
     @staticmethod
-    def fuse(logp: torch.Tensor, sim: torch.Tensor, cold: torch.Tensor, f: Fusion) -> torch.Tensor:
-        """Fused scores of (B, C) entries (the catalogue, or a beam model's candidates), ``cold`` broadcastable to
+    def fuse(logp: torch.Tensor, sim: torch.Tensor, cold: torch.Tensor, f: Fusion,
+             log_freq: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused scores of (B, C) entries (the catalogue, or a beam model's candidates), ``cold`` and ``log_freq``
+        (each entry's log(1 + training interactions), needed when ``f.cold_freq`` is not 0) broadcastable to
         (B, C); ``-inf`` in ``logp`` marks an entry that cannot be ranked (a history item under ``exclude``, a
         padding slot) and keeps it out of the group masses.
 
@@ -223,6 +233,13 @@ class Grounding:
         nats to undo the model's popularity bias). It is the mixture ``(1 - g_u) p(i | warm) + g_u p(i | cold)``
         with ``logit g_u = log P_model(cold | u) - log P_model(warm | u) + cold_lift``; warm items keep their
         fused score, so ``lam_cold = lam`` and ``cold_lift = 0`` is the additive fusion with lambda again.
+
+        ``cold_freq`` (issue 58, Toys) reorders the cold items among themselves by their training interactions
+        (the group's mass does not change): the model's ``log p`` ranks a cold item with 5 training interactions far
+        above one with 0, while on the 5-core Amazon data the next item is *more* often a rarely trained cold item
+        (every item has >= 5 interactions, so the fewer fall in training, the more are still to come: Toys
+        validation targets per item 2.1 at 0 training interactions, 0.72 at 5); a negative ``cold_freq`` undoes
+        that bias of the model, as far as validation says it should.
         """
         cold = cold.expand_as(logp)
         # one weight for every item (lambda_cold = lambda, most runs): the same numbers without the per-item select
@@ -230,6 +247,10 @@ class Grounding:
         fused = warm_fused if f.lam_cold == f.lam else logp + torch.where(cold, f.lam_cold, f.lam) * sim
         if not f.grouped:
             return fused
+        if f.cold_freq:
+            if log_freq is None:
+                raise ValueError("a cold_freq fusion needs the entries' log(1 + training interactions)")
+            fused = torch.where(cold, fused + f.cold_freq * log_freq, fused)
         ok = torch.isfinite(logp)
         # log P(cold | u) under the lambda-fused model, minus the log-normaliser of the cold group's own scores
         shift = _group_lse(warm_fused, cold & ok) - _group_lse(fused, cold & ok) + f.cold_lift
@@ -395,7 +416,8 @@ def rank_candidates(g: Grounding | None, bc: BeamCandidates, f: Fusion, k: int
         return bc.beam_items[:, :k], bc.beam_scores[:, :k], torch.zeros_like(bc.beam_items[:, :k], dtype=torch.bool)
     assert g is not None
     ll = bc.ll.masked_fill(bc.items < 0, NEG_INF)
-    fused = finite_scores(g.fuse(ll, bc.sim, g.cold.to(bc.items.device)[bc.items.clamp(min=0)], f))
+    at = bc.items.clamp(min=0)
+    fused = finite_scores(g.fuse(ll, bc.sim, g.cold.to(at.device)[at], f, g.log_freq.to(at.device)[at]))
     v, order = fused.sort(dim=1, descending=True, stable=True)
     it = bc.items.gather(1, order)[:, :k]
     v = v[:, :k]
@@ -455,22 +477,23 @@ def content_floor(task: Any, ev: Evaluator) -> dict[str, dict[str, Any]]:
 def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, shortest: bool = False
            ) -> dict[str, Any]:
     """Choose the fusion on the validation split (``max_users`` > 0: a fixed subset, as the trainer's timing probe
-    runs it, see the task's ``eval_subset``); returns the record kept in ``fusion.json``. Three grids, each one
+    runs it, see the task's ``eval_subset``); returns the record kept in ``fusion.json``. Four grids, each one
     pass over the validation users (the model's scores and the similarities computed once per pass):
 
     1. lambda (lambda_cold = lambda), on the all-user metric: the weight of the content for the model's own list;
     2. with ``fusion.cold``: lambda_cold of the grouped fusion (which cold items), then
-    3. its ``cold_lift`` over ``fusion.cold_lifts`` (how much of the list the cold items get).
+    3. its ``cold_freq`` over ``fusion.cold_freqs`` (which cold items: rarely or often trained ones), then
+    4. its ``cold_lift`` over ``fusion.cold_lifts`` (how much of the list the cold items get).
 
-    Passes 2 and 3 take the best mean of the warm and the cold users' metric (``fusion.cold_objective:
+    Passes 2 to 4 take the best mean of the warm and the cold users' metric (``fusion.cold_objective:
     balanced``; ``all``: the all-user metric) among the settings whose cold-target metric reaches the content
     ranker's on the same users (``fusion.cold_floor``; any setting when none does). Why: a choice on the
     all-user metric, which warm targets dominate (~3/4 of the validation users), gives the cold targets away to
     the content ranker (issue 58), and the cold share is not a constant: it grows toward the end of the
     sequences (Beauty: 22% of the validation targets, 28% of the test targets), so each population counts as
     one, whatever its share.
-    Ties go to the earlier setting (grids in increasing order), so a grid on which fusion never helps keeps the
-    model alone.
+    Ties go to the earlier setting (grids in increasing order, cold_freq's by size with 0 first), so a grid on
+    which fusion never helps keeps the model alone.
     """
     g: Grounding = task.grounding
     lams = sorted({float(x) for x in g.cfg.lambdas} | {0.0})
@@ -513,24 +536,30 @@ def choose(task: Any, model: Any, metric: str = "ndcg@10", max_users: int = 0, s
 
     def consider(cands: list[Fusion]) -> None:
         nonlocal best, best_m
-        done = {(x["lambda"], x["lambda_cold"], x["cold_lift"] if x["grouped"] or x["lambda"] == x["lambda_cold"] else None)
-                for x in grid}  # grouped with lambda_cold = lambda and no lift is the additive setting again
-        cands = [f for f in cands if (f.lam, f.lam_cold, f.cold_lift) not in done]
+        # grouped with lambda_cold = lambda, no lift and no frequency term is the additive setting again
+        done = {(x["lambda"], x["lambda_cold"], x["cold_lift"] if x["grouped"] or x["lambda"] == x["lambda_cold"] else None,
+                 x.get("cold_freq", 0.0)) for x in grid}
+        cands = [f for f in cands if (f.lam, f.lam_cold, f.cold_lift, f.cold_freq) not in done]
         out = run(cands)
         log(cands, out)
         for f, m in zip(cands, out, strict=True):
             if key(m) > key(best_m):
                 best, best_m = f, m
 
+    freqs = sorted({float(x) for x in g.cfg.cold_freqs} | {0.0}, key=abs)  # ties: the smaller term
     if g.cfg.cold and (best.lam > 0 or not key(best_m)[0]):
         consider([Fusion(best.lam, x, 0.0, True) for x in lams])
-        consider([Fusion(best.lam, best.lam_cold, x, True) for x in lifts])
+        if best.grouped:
+            consider([Fusion(best.lam, best.lam_cold, 0.0, True, x) for x in freqs])
+        consider([Fusion(best.lam, best.lam_cold, x, True, best.cold_freq) for x in lifts])
     top = max(lams)
     return {**best.record(), "metric": f"valid {metric}", "grid": grid,
             "protocol": task.cfg.eval.protocol, "grid_max": top, "cold_lift_max": max(lifts),
+            "cold_freqs": [min(freqs), max(freqs)],
             # still at the edge after the extensions: said in the report and the records, not hidden
             "at_grid_edge": (top > 0 and (best.lam == top or best.lam_cold == top))
-            or (best.grouped and best.cold_lift in (min(lifts), max(lifts)) and best.cold_lift != 0),
+            or (best.grouped and best.cold_lift in (min(lifts), max(lifts)) and best.cold_lift != 0)
+            or (best.cold_freq != 0 and best.cold_freq in (min(freqs), max(freqs))),
             "cold_floor": None if floor is None else {"content_valid_cold": floor_cold,
                                                       "content_valid": floor["all"][metric], "met": bool(key(best_m)[0])},
             "valid": best_m, "valid_model": model_alone,
@@ -649,7 +678,7 @@ def fusion_from_record(rec: dict[str, Any]) -> Fusion:
     """The setting a ``fusion.json`` record names; a record written before issue 58 (no ``grouped``) is the
     additive fusion it was chosen as."""
     return Fusion(float(rec["lambda"]), float(rec["lambda_cold"]), float(rec.get("cold_lift", 0.0)),
-                  bool(rec.get("grouped", False)))
+                  bool(rec.get("grouped", False)), float(rec.get("cold_freq", 0.0)))
 
 
 def load_fusion(task: Any, run: Any) -> None:
@@ -670,8 +699,8 @@ def load_fusion(task: Any, run: Any) -> None:
         raise SidrecError(f"{path}: not a fusion record ({type(exc).__name__}: {exc})") from None
     if not (math.isfinite(f.lam) and math.isfinite(f.lam_cold)) or min(f.lam, f.lam_cold) < 0:
         raise SidrecError(f"{path}: lambda and lambda_cold must be finite and >= 0, got {f.lam}, {f.lam_cold}")
-    if not math.isfinite(f.cold_lift):
-        raise SidrecError(f"{path}: cold_lift must be finite, got {f.cold_lift}")
+    if not (math.isfinite(f.cold_lift) and math.isfinite(f.cold_freq)):
+        raise SidrecError(f"{path}: cold_lift and cold_freq must be finite, got {f.cold_lift}, {f.cold_freq}")
     if n < 1 or not 0 <= decay <= 1:
         raise SidrecError(f"{path}: content query_items must be >= 1 and decay in [0, 1], got {n}, {decay}")
     # the query the fusion was chosen with (`sidrec fuse RUN content.query_items=3` may differ from config.yaml)

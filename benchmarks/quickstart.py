@@ -41,6 +41,9 @@ def main() -> None:
         if f:  # the content weights chosen on validation (0: the model alone), beside the model alone on test
             metrics["lambda"], metrics["lambda_cold"] = float(f["lambda"]), float(f["lambda_cold"])
             metrics["model_only_ndcg@10"] = m["model_only"]["test"]["all"]["ndcg@10"]
+            # the validation numbers the choice was made on
+            metrics["valid_ndcg@10"] = m["valid"]["all"]["ndcg@10"]
+            metrics["valid_model_only_ndcg@10"] = m["model_only"]["valid"]["all"]["ndcg@10"]
         threads = int(yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"])
         recs.append(record("synthetic", method, "quickstart", "test", "all", metrics, wall, threads=threads,
                            protocol=m.get("protocol"), load=load))

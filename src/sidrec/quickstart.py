@@ -33,7 +33,11 @@ QUICKSTART_METHODS: list[tuple[str, list[str]]] = [
                "tokenizer.collision_codebook=64", "tiger.arch=decoder", "tiger.d_model=64", "tiger.layers=4",
                "tiger.n_heads=4", "tiger.head_dim=16", "tiger.ffn_dim=256", "tiger.dropout=0.0",
                "train.epochs=8", "train.batch_size=32", "train.lr=3e-3", "train.patience=4",
-               "train.eval_users=500"]),
+               "train.eval_users=500",
+               # the content candidates the fusion scores beside the beam (default 100): each is one teacher-forced
+               # pass, on valid and, once fused, on test. Issue 60, same run: 50 took 2/3 of the time of 100 and
+               # chose a better fusion on validation (N@10 .3262 vs .3173); 30 left @50 to a 50-item list
+               "fusion.candidates=50"]),
 ]
 
 

@@ -176,7 +176,7 @@ class FusionConfig:
     cold_lifts: list[float] = field(default_factory=lambda: [-0.5, 0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3])
     # the grouped fusion's weight of log(1 + training interactions) among the cold items (negative: the rarely
     # trained ones first), chosen on validation between lambda_cold and the lift; [0] = off (issue 58)
-    cold_freqs: list[float] = field(default_factory=lambda: [-6, -4, -3, -2, -1, -0.5, 0, 0.5, 1])
+    cold_freqs: list[float] = field(default_factory=lambda: [-8, -6, -4, -3, -2, -1, -0.5, 0, 0.5, 1])
     # lambda_cold and the cold lift: chosen among the settings whose cold-target validation metric reaches the
     # content ranker's (any setting when none does); false: no floor
     cold_floor: bool = True

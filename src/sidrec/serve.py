@@ -367,7 +367,7 @@ def create_app(rec: Any, settings: ServeSettings | None = None) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         f = getattr(rec.task, "fusion", None)
-        fusion = None if f is None or f.off else {"lambda": f.lam, "lambda_cold": f.lam_cold}
+        fusion = None if f is None or f.off else f.record()  # every setting the ranking uses (fusion.json's)
         return {"status": "ok", "run": str(rec.path), "method": rec.method, "dataset": rec.dataset.name,
                 "items": n_items, "users": len(rec.dataset.user_ids), "protocol": rec.cfg.eval.protocol,
                 "fusion": fusion, "max_k": max_k, "max_batch": settings.max_batch,

@@ -52,6 +52,8 @@ def score_name(task: Any) -> str:
         return "cosine"
     f = getattr(task, "fusion", None)
     if f is not None and not f.off:
+        if f.grouped:  # cold items re-ranked as a group (issue 58): the score is the grouped fusion's
+            return f"grouped fusion of log-probability and cosine ({f.name()})"
         lam = f"{f.lam:g}" if f.lam == f.lam_cold else f"{f.lam:g}, cold {f.lam_cold:g}"
         return f"log-probability + {lam} x cosine"
     return "logit" if getattr(task, "logits_unnormalised", False) else "log-probability"

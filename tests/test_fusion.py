@@ -496,3 +496,35 @@ def test_the_floor_keeps_the_cold_targets_and_lambda_zero_is_the_model():
     own = t.eval_subset("test").evaluate_scores(
         lambda rows: t.model_scores(None, t.sets["test"].padded_histories(rows, pad=-1)), exclude_history=True)[0]
     assert own["all"] == alone["all"]
+
+
+def test_the_cold_passes_keep_the_whole_list_within_cold_max_loss():
+    """One user in five buys the cold item the content points to, the rest the model's first warm item: the floor
+    alone buys those cold targets with a large all-user loss; with ``fusion.cold_max_loss`` the choice keeps the
+    all-user validation metric within that fraction of the model alone's (and says the floor was missed)."""
+    from sidrec import fusion
+
+    def task(max_loss: float) -> _Random:
+        t = _Random(None)
+        cold = torch.from_numpy(t.freq <= 5)
+        t.logits = t.logits - 4.0 * cold.float()
+        es = t.sets["valid"]
+        sim = t.grounding.index.similarity(es.padded_histories(pad=-1))
+        seen = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, es.padded_seen(pad=-1), True)
+        by_content = sim.masked_fill(seen | ~cold, -9).argmax(1)
+        by_model = t.logits.masked_fill(seen | cold, -99).argmax(1)
+        targets = torch.where(torch.arange(t.users) % 5 == 0, by_content, by_model).numpy()
+        t.sets = {k: EvalSet(k, es.users, es.histories, targets) for k in ("valid", "test")}
+        t.cfg.fusion.cold_lifts, t.cfg.fusion.lambdas = [0, 1, 2, 4, 8], [0, 1, 4, 50]
+        t.cfg.fusion.cold_max_loss = max_loss
+        return t
+
+    t = task(1.0)
+    free = fusion.choose(t, t.model)
+    t = task(0.05)
+    kept = fusion.choose(t, t.model)
+    alone = kept["valid_model"]["all"]["ndcg@10"]
+    assert free["valid"]["all"]["ndcg@10"] < 0.9 * alone  # the guard has something to prevent here
+    assert kept["valid"]["all"]["ndcg@10"] >= 0.95 * alone
+    assert kept["valid"]["cold"]["ndcg@10"] > kept["valid_model"]["cold"]["ndcg@10"]  # still lifts the cold targets
+    assert kept["cold_floor"]["max_loss"] == 0.05 and not kept["cold_floor"]["met"]

@@ -184,9 +184,16 @@ class FusionConfig:
     # users' metric (each population counts as one: the cold share differs between splits and deployments), all =
     # the all-user metric
     cold_objective: typing.Literal["balanced", "all"] = "balanced"
+    # the most the cold passes may cost the all-user validation metric, as a fraction of the model alone's: a
+    # setting below (1 - cold_max_loss) x the model alone ranks after every one above it, floor or not, so the
+    # fused ranking never trades the whole list for its cold targets. 0.05: the exclude choices of issue 58 cost
+    # 0-3% on validation (and gained on test, where the cold share is larger); Beauty seed 44 under keep cost 14%
+    # and ranked below SASRec alone on test (issue 58, docs/content.md)
+    cold_max_loss: float = 0.05
     # value ranges, checked when a config is read (sidrec.config.validate_config)
     RANGES: typing.ClassVar[dict[str, str]] = {"lambdas": ">= 0", "candidates": ">= 0", "extend": ">= 0",
-                                                "cold_lifts": "in [-20, 20]", "cold_freqs": "in [-20, 20]"}
+                                                "cold_lifts": "in [-20, 20]", "cold_freqs": "in [-20, 20]",
+                                                "cold_max_loss": "in [0, 1]"}
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -19,12 +21,19 @@ from _common import record, save
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--note", default="", help="how the machine was during the run (e.g. other jobs paused)")
+    args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="sidrec-qs-"))
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = f"{os.getloadavg()[0]:.1f}"  # the machine's load before the run (the quickstart picks its threads by it)
     t0 = time.time()
     p = subprocess.run([sys.executable, "-m", "sidrec.cli", "quickstart", "--run-dir", str(out)],
                        capture_output=True, text=True)
     wall = time.time() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the quickstart process: what the machine's load inflates less than the wall time
+    cpu = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
     load += f" -> {os.getloadavg()[0]:.1f}"
     print(p.stdout[-3000:], p.stderr[-2000:])
     if p.returncode != 0:
@@ -46,14 +55,14 @@ def main() -> None:
             metrics["valid_model_only_ndcg@10"] = m["model_only"]["valid"]["all"]["ndcg@10"]
         threads = int(yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"])
         recs.append(record("synthetic", method, "quickstart", "test", "all", metrics, wall, threads=threads,
-                           protocol=m.get("protocol"), load=load))
+                           protocol=m.get("protocol"), load=load, cpu_s=cpu, note=args.note))
         pop_metrics, protocol = m["popularity_test"]["all"], m.get("protocol")
     if pop_metrics is not None:
         recs.append(record("synthetic", "popularity", "quickstart", "test", "all", pop_metrics, 0.0, threads=threads,
-                           protocol=protocol, load=load))
+                           protocol=protocol, load=load, cpu_s=cpu, note=args.note))
     save("quickstart", recs, merge_key=("dataset", "variant"))  # one quickstart: its rows replace every earlier one
     shutil.rmtree(out, ignore_errors=True)
-    print(f"quickstart wall time {wall:.0f}s")
+    print(f"quickstart wall time {wall:.0f}s, CPU {cpu:.0f}s")
 
 
 if __name__ == "__main__":

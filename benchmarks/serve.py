@@ -103,10 +103,11 @@ async def load(port: int, payloads: list[bytes], concurrency: int) -> tuple[list
     return lat, time.perf_counter() - t0, errors
 
 
-def start(run: Path, max_batch: int, threads: int, src: Path = REPO / "src") -> tuple[subprocess.Popen[str], int]:
+def start(run: Path, max_batch: int, threads: int, src: Path = REPO / "src", extra: tuple[str, ...] = ()
+          ) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(src)}
     proc = subprocess.Popen([sys.executable, "-c", "from sidrec.cli import main; main()", "serve", str(run),
-                             "--port", "0", "--max-batch", str(max_batch), "--threads", str(threads)],
+                             "--port", "0", "--max-batch", str(max_batch), "--threads", str(threads), *extra],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests per level (dense-scoring runs)")
     ap.add_argument("--beam-requests", type=int, default=120, help="requests per level (beam-search runs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server's model thread")
+    ap.add_argument("--content-thread", nargs="+", choices=["no", "yes"], default=["yes"],
+                    help="serve --content-thread (the content similarity on a second thread): no, yes or both")
     ap.add_argument("--note", default="", help="appended to each record's variant (e.g. how a run was made)")
     ap.add_argument("--server-src", type=Path, default=REPO / "src",
                     help="the sidrec package the server runs from (another checkout's src/: an A/B against an older "
@@ -145,8 +148,9 @@ def main() -> None:
         f = getattr(rec.task, "fusion", None)
         fused = f is not None and not f.off
         name = f"{method}+content" if fused and method != "content" else method
-        for mb in args.max_batch:
-            proc, port = start(run, mb, args.threads, args.server_src)
+        for mb, side in [(mb, side) for mb in args.max_batch for side in args.content_thread]:
+            extra = ("--content-thread",) if side == "yes" else ("--no-content-thread",)
+            proc, port = start(run, mb, args.threads, args.server_src, extra)
             try:
                 asyncio.run(load(port, payloads[:20], 1))  # warm-up
                 for c in args.concurrency:
@@ -158,11 +162,13 @@ def main() -> None:
                          "req_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
                          "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "model_ms": alone_ms,
                          "client_cpu_ms": 1000 * cpu / len(lat), "loadavg": round(os.getloadavg()[0], 2)}
-                    variant = f"c{c} max_batch {mb}" + (f" {args.note}" if args.note else "")
+                    variant = (f"c{c} max_batch {mb}" + (" content thread" if side == "yes" else "")
+                               + (f" {args.note}" if args.note else ""))
                     r = record(args.dataset, name, variant, "serve", "single-history", m, wall, threads=args.threads,
                                protocol=rec.cfg.eval.protocol, run=str(run), items=len(rec.items))
                     records.append(r)
-                    print(f"{name:16s} c={c:<3d} max_batch={mb}: {m['req_per_s']:7.1f} req/s  p50 {m['p50_ms']:7.1f} ms  "
+                    tag = f"{mb}{' +thread' if side == 'yes' else ''}"
+                    print(f"{name:16s} c={c:<3d} max_batch={tag}: {m['req_per_s']:7.1f} req/s  p50 {m['p50_ms']:7.1f} ms  "
                           f"p99 {m['p99_ms']:7.1f} ms  (model alone {alone_ms:.1f} ms; client CPU "
                           f"{m['client_cpu_ms']:.2f} ms/request; errors {errors}; load {m['loadavg']})", flush=True)
             finally:

@@ -343,3 +343,35 @@ def test_batches_wait_for_the_clients_of_recent_calls_and_no_longer():
             w.close()
 
     assert asyncio.run(after_a_timeout()) == 1
+
+
+def test_the_content_thread_gives_the_same_answers(run, monkeypatch):
+    """``content_thread`` computes a fused dense model's content similarity on a second thread while the model
+    scores: the answers equal the Python API's (no second thread) bit for bit, and the API's own calls are not
+    switched to the thread (the setting is the model thread's only)."""
+    from sidrec import fusion
+
+    rec = sidrec.load(run)
+    rec.task.fusion = fusion.Fusion(2.0, 2.0)  # a fused run whatever the tiny training chose
+    assert "cosine" in rec.score_name
+    hists = [[rec.items[(5 * i + j) % len(rec.items)] for j in range(1 + i % 4)] for i in range(40)]
+    alone = [rec.recommend(history=h, k=10) for h in hists]
+    threads: list[str] = []
+    similarity = fusion.ContentIndex.similarity
+
+    def spy(self, hist):
+        threads.append(threading.current_thread().name)
+        return similarity(self, hist)
+
+    monkeypatch.setattr(fusion.ContentIndex, "similarity", spy)
+    for side in (True, False):
+        threads.clear()
+        s = Served(rec, ServeSettings(content_thread=side))
+        try:
+            got = [pairs(s.client.post("/recommend", json={"history": h, "k": 10}).json()) for h in hists]
+        finally:
+            s.stop()
+        assert got == [[(i, x) for i, x in a] for a in alone]
+        on_side = [t for t in threads if t.startswith("sidrec-content")]
+        assert (len(on_side) >= len(hists)) if side else not on_side, threads
+    assert getattr(fusion._side, "executor", None) is None

@@ -599,6 +599,9 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="requests ranked together while the model is busy "
                                            "(1: each alone, bit-exact; see docs/serve.md)")] = 1,
     threads: Annotated[int, typer.Option(help="torch threads of the one model thread")] = 1,
+    content_thread: Annotated[bool, typer.Option("--content-thread/--no-content-thread",
+                                                 help="a dense model's content similarity on a second thread while "
+                                                 "the model scores (same answers; uses a second core)")] = True,
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="leave out unknown item ids of a history "
                                                "(by default a request naming one is refused, 422)")] = False,
     weights: Annotated[Path | None, typer.Option(help="other weights for the run's model")] = None,
@@ -616,7 +619,8 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise SidrecError(f"--port must be between 0 and 65535, got {port}")
-    settings = ServeSettings(max_k=max_k, max_batch=max_batch, threads=threads, skip_unknown=skip_unknown)
+    settings = ServeSettings(max_k=max_k, max_batch=max_batch, threads=threads, skip_unknown=skip_unknown,
+                             content_thread=content_thread)
     run_serve(run, host, port, settings, weights, access_log, announce=lambda line: print(line, flush=True))
 
 

@@ -41,6 +41,10 @@ other, its own cosine to the query included).
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -595,6 +599,22 @@ def stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return v[:, :k], i.gather(1, by_score)[:, :k]
 
 
+_side = threading.local()
+
+
+@contextmanager
+def content_thread(executor: Executor | None) -> Iterator[None]:
+    """Within the block, :func:`recommend` on this thread computes a dense model's content similarity on
+    ``executor`` while the model scores (``sidrec serve``'s ``content_thread``). Thread-local, so a server's model
+    thread and a Python caller of the same run never see each other's setting."""
+    old = getattr(_side, "executor", None)
+    _side.executor = executor
+    try:
+        yield
+    finally:
+        _side.executor = old
+
+
 def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items per user of ``es`` and their scores under the run's fusion setting (history items left
     out when ``exclude_history``; default: the run's ``eval.protocol``, as in evaluation)."""
@@ -611,16 +631,21 @@ def recommend(task: Any, es: EvalSet, k: int, exclude_history: bool | None = Non
         it, sc, _ = rank_candidates(None if f.off else task.grounding, bc, f, k)
         return it.numpy(), sc.numpy()
     g = task.grounding if not f.off else None
+    # a second thread for the content similarity while the model scores (the server's ``content_thread``): the
+    # two products run on two cores at once; same operations, same numbers
+    side = getattr(_side, "executor", None) if g is not None else None
     items, scores = [], []
     order = es.length_order()
     for s in range(0, len(es), task.eval_batch_size):
         rows = order[s:s + task.eval_batch_size]
         hist = to_device(es.padded_histories(rows, pad=-1), task.device)
         with torch.no_grad():
+            sim = side.submit(g.index.similarity, hist) if side is not None else None
             sc = task.model_scores(model, hist)
             if not f.off:
                 # the history is -inf in the fusion's log-probabilities already, and stays -inf through it
-                sc = g.dense(_fusable(task, sc, es, rows, exclude), g.index.similarity(hist), f)
+                sc = g.dense(_fusable(task, sc, es, rows, exclude),
+                             sim.result() if sim is not None else g.index.similarity(hist), f)
             sc = finite_scores(sc)
         if exclude and f.off:
             mask_history(sc, to_device(es.padded_seen(rows, pad=-1), task.device))

@@ -41,7 +41,7 @@ import torch
 
 from sidrec.config import load_config
 from sidrec.eval.evaluator import excludes
-from sidrec.pipeline import fuse, load_run, train
+from sidrec.pipeline import fuse, load_run
 
 from _common import (
     REPO,
@@ -53,6 +53,7 @@ from _common import (
     record,
     save,
     split_positionals,
+    train_or_resume,
 )
 
 VARIANTS = {
@@ -115,7 +116,6 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                               [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false"]
                               + protocol_overrides(args.protocol)
                               + variant_overrides(variant) + overrides + (["eval.test=false"] if args.select else []))
-            t0 = time.time()
             reused = args.reuse and (run / "metrics.json").exists()
             if args.command == "test":  # the single test read of a setting chosen on validation
                 res, reused = read_test(run), True
@@ -124,8 +124,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str], datasets: list[str
                 res = json.loads((run / "metrics.json").read_text())
                 wall = float(res["summary"]["train_s"])
             else:
-                res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
-                wall = time.time() - t0
+                res, wall = train_or_resume(cfg, run, args.reuse)
             first = first or run
             label = (variant if reused else f"{variant}{args.tag}") + (
                 ", selection " + " ".join(overrides) if args.select else "")

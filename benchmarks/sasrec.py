@@ -23,7 +23,7 @@ import time
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import fuse, train
+from sidrec.pipeline import fuse
 
 from _common import (
     REPO,
@@ -34,6 +34,7 @@ from _common import (
     run_records,
     save,
     split_positionals,
+    train_or_resume,
 )
 
 
@@ -77,8 +78,7 @@ def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]
         # runs trained before metrics.json named its protocol: the run's own config says which it was
         res.setdefault("protocol", load_config([run / "config.yaml"]).eval.protocol)
     else:
-        res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
-        wall = time.time() - t0
+        res, wall = train_or_resume(cfg, run, args.reuse)
     return res, wall
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from sidrec.config import load_config
-from sidrec.pipeline import fuse, train
+from sidrec.pipeline import fuse
 
 from _common import (
     REPO,
@@ -33,6 +32,7 @@ from _common import (
     run_records,
     save,
     split_positionals,
+    train_or_resume,
 )
 
 
@@ -58,7 +58,6 @@ def main() -> None:
         cfg = load_config([REPO / "configs" / "data" / f"{name}.yaml", REPO / "configs" / f"{args.config}.yaml"],
                           [f"run_dir={run}", f"train.threads={args.threads}", "train.progress=false",
                            f"seed={args.seed}"] + protocol_overrides(args.protocol) + args.overrides)
-        t0 = time.time()
         reused = args.reuse and (run / "metrics.json").exists()
         if reused:
             res = json.loads((run / "metrics.json").read_text())
@@ -66,8 +65,7 @@ def main() -> None:
             if "fusion" not in res and cfg.fusion.lambdas != [0]:  # trained before grounding: choose it now
                 res = fuse(run)
         else:
-            res = train(cfg, overwrite=True)  # a benchmark re-run replaces its earlier run
-            wall = time.time() - t0
+            res, wall = train_or_resume(cfg, run, args.reuse)
         tc, tok = cfg.tiger, cfg.tokenizer
         depth = (f"decoder {tc.layers or tc.encoder_layers + tc.decoder_layers}L" if tc.arch == "decoder"
                  else f"{tc.encoder_layers}+{tc.decoder_layers}L")

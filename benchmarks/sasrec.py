@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -63,12 +62,12 @@ def run_one(name: str, seed: int, tag: str, args: argparse.Namespace) -> None:
                       [f"run_dir={run_dir}", f"train.threads={args.threads}", "train.progress=false", f"seed={seed}"]
                       + protocol_overrides(args.protocol) + args.overrides)
     run = REPO / cfg.run_dir
-    res, wall = _result(run, cfg, args, time.time())
+    res, wall = _result(run, cfg, args)
     for protocol, r in protocol_results(run, res, args.protocol):
         _record(name, seed, tag, cfg, protocol, r, wall, args)
 
 
-def _result(run, cfg, args: argparse.Namespace, t0: float) -> tuple[dict, float]:
+def _result(run, cfg, args: argparse.Namespace) -> tuple[dict, float]:
     """The run's metrics (trained now, or read back with ``--reuse``)."""
     if args.reuse and (run / "metrics.json").exists():
         res = json.loads((run / "metrics.json").read_text())

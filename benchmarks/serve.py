@@ -149,7 +149,10 @@ def main() -> None:
         fused = f is not None and not f.off
         name = f"{method}+content" if fused and method != "content" else method
         for mb, side in [(mb, side) for mb in args.max_batch for side in args.content_thread]:
-            extra = ("--content-thread",) if side == "yes" else ("--no-content-thread",)
+            # a --server-src checkout older than the setting has no such flag (and no second thread)
+            knows = "content_thread" in (args.server_src / "sidrec" / "serve.py").read_text()
+            extra = (("--content-thread",) if side == "yes" else ("--no-content-thread",)) if knows else ()
+            side = side if knows else "no"
             proc, port = start(run, mb, args.threads, args.server_src, extra)
             try:
                 asyncio.run(load(port, payloads[:20], 1))  # warm-up

@@ -66,7 +66,7 @@ class ServeSettings:
     threads: int = 1  # torch intra-op threads of the model thread
     # a dense model's content similarity on a second thread while the model scores (one torch thread each, same
     # numbers): a SASRec + content call's two catalogue products overlap on two cores (Beauty, c 8, batch 8: p99
-    # 18-21 ms vs 23-24, +25-30% requests/s on an idle 2-core machine; it helped under load too; docs/serve.md)
+    # 17.9-21.3 ms vs 23.3-29.4, +25-35% requests/s on an idle 2-core machine; it helped under load too; docs/serve.md)
     content_thread: bool = True
 
     def check(self) -> None:
